@@ -1,0 +1,111 @@
+"""Frozen dataclasses holding a loaded configuration: what the runtime reads.
+
+``None`` in an optional field means "not set here: inherit" (from the user, the database
+or the ``[pgbouncer]`` section, in PgBouncer's order).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+
+@dataclass(frozen=True)
+class DatabaseDef:
+    """One ``[databases]`` entry; the name ``*`` is the fallback for unlisted databases.
+
+    ``host`` empty means a Unix socket in ``unix_socket_dir``; several hosts are used
+    according to ``load_balance_hosts``.  ``startup_params`` are sent at server login,
+    named as PostgreSQL reports them (``DateStyle``, ``TimeZone``, ...).
+    """
+
+    name: str
+    host: Tuple[str, ...] = ()
+    port: int = 5432
+    dbname: Optional[str] = None
+    user: Optional[str] = None
+    password: Optional[str] = None
+    auth_user: Optional[str] = None
+    auth_query: Optional[str] = None
+    auth_dbname: Optional[str] = None
+    pool_size: Optional[int] = None
+    min_pool_size: Optional[int] = None
+    reserve_pool_size: Optional[int] = None
+    connect_query: Optional[str] = None
+    pool_mode: Optional[str] = None
+    max_db_connections: Optional[int] = None
+    max_db_client_connections: Optional[int] = None
+    server_lifetime: Optional[float] = None
+    query_wait_timeout: Optional[float] = None
+    load_balance_hosts: str = "round-robin"
+    # Excluded from the hash so the frozen dataclass stays hashable despite the dict.
+    startup_params: Dict[str, str] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class UserDef:
+    """One ``[users]`` entry (or an admin ``SET USER``): per-user overrides."""
+
+    name: str
+    pool_size: Optional[int] = None
+    reserve_pool_size: Optional[int] = None
+    pool_mode: Optional[str] = None
+    max_user_connections: Optional[int] = None
+    max_user_client_connections: Optional[int] = None
+    query_timeout: Optional[float] = None
+    query_wait_timeout: Optional[float] = None
+    idle_transaction_timeout: Optional[float] = None
+    transaction_timeout: Optional[float] = None
+    client_idle_timeout: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class PoolDef:
+    """One ``[pools]`` entry ``user.database = pool_size=N`` (cf-pgbouncer's extension).
+
+    ``pool_size`` None means "no override" (written ``pool_size=-1``).
+    """
+
+    user: str
+    database: str
+    pool_size: Optional[int]
+
+
+@dataclass(frozen=True)
+class PeerDef:
+    """One ``[peers]`` entry: another bouncer process that cancel requests may belong to.
+
+    ``host`` None means a Unix socket in ``unix_socket_dir``; ``pool_size`` None means
+    ``default_pool_size``.
+    """
+
+    peer_id: int
+    host: Optional[str] = None
+    port: int = 6432
+    pool_size: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole loaded configuration.
+
+    ``settings`` has a typed value for every :data:`~bouncer.config.settings.SETTINGS`
+    entry, defaults filled in; ``explicit`` names those the file actually set.  Any
+    setting is also an attribute: ``config.listen_port``.
+    """
+
+    path: str
+    settings: Mapping[str, Any]
+    databases: Mapping[str, DatabaseDef] = field(default_factory=dict)
+    users: Mapping[str, UserDef] = field(default_factory=dict)
+    pools: Mapping[Tuple[str, str], PoolDef] = field(default_factory=dict)
+    peers: Mapping[int, PeerDef] = field(default_factory=dict)
+    warnings: Tuple[str, ...] = ()
+    explicit: frozenset[str] = frozenset()
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails.  Read settings through __dict__ so a
+        # half-built instance (copy, pickle) gets AttributeError, not endless recursion.
+        settings = self.__dict__.get("settings")
+        if settings is None or name not in settings:
+            raise AttributeError(f"{type(self).__name__} has no attribute or setting {name!r}")
+        return settings[name]
