@@ -11,12 +11,12 @@ refuse, naming file and line, anything PostgreSQL would read with a meaning we c
 """
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os.path
-import dataclasses
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Callable, FrozenSet, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Callable, FrozenSet, Iterator, List, Mapping, Optional, Set, Tuple, Union
 
 from bouncer.auth.authfile import (AuthLine, Field, Token, Where, load_text, read_text,
                                    reject_include_directive, tokenize_auth_file)
@@ -30,8 +30,8 @@ ReadFile = Callable[[str], str]
 # --------------------------------------------------------------------------------------------
 
 CONN_TYPES = ("local", "host", "hostssl", "hostnossl")
-_IPV4_MAPPED_PREFIX = 0xFFFF << 32  # ::ffff:0.0.0.0
 METHODS = ("trust", "reject", "password", "md5", "scram-sha-256", "cert", "peer")
+_IPV4_MAPPED_PREFIX = 0xFFFF << 32  # ::ffff:0.0.0.0
 
 
 @dataclass(frozen=True)
@@ -244,8 +244,8 @@ def _parse_rule(line: AuthLine, where: Where, read_file: ReadFile) -> Optional[H
 
 def _parse_names(tokens: Field, column: _NameColumn, where: Where,
                  read_file: ReadFile) -> Tuple[FrozenSet[str], Tuple[str, ...]]:
-    keywords = set()
-    names = []
+    keywords: Set[str] = set()
+    names: List[str] = []
     for token, origin in _expand_name_files(tokens, where, read_file, depth=0):
         text = token.text
         if not token.quoted and text in column.keywords:
@@ -255,7 +255,7 @@ def _parse_names(tokens: Field, column: _NameColumn, where: Where,
             raise origin.error(f'"{text}" is not supported in the {column.label} column')
         if not token.quoted and text.startswith("+"):
             raise origin.error(f'group membership ("{text}") is not supported: '
-                               "list the user names, or put them in an @file")
+                               "list the names, or put them in an @file")
         if text.startswith("/"):
             raise origin.error(f'regular expressions ("{text}") are not supported')
         names.append(text)
@@ -326,7 +326,9 @@ def _prefix_from_mask(mask: IPAddress, address: IPAddress, where: Where) -> int:
 
 def _network(address: IPAddress, prefix: int) -> IPNetwork:
     # strict=False: like PostgreSQL, host bits set in the address are masked off, not an error.
-    return ipaddress.ip_network((address, prefix), strict=False)
+    # Built from the integer so that a scope ("fe80::1%eth0") is dropped on every Python.
+    network_class = ipaddress.IPv4Network if address.version == 4 else ipaddress.IPv6Network
+    return network_class((int(address), prefix), strict=False)
 
 
 def _parse_method(token: Token, where: Where) -> str:
