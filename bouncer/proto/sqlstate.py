@@ -1,0 +1,42 @@
+"""The SQLSTATE codes bouncer puts in the ErrorResponses it sends itself.
+
+Names and codes are PostgreSQL's (Appendix A, "PostgreSQL Error Codes"); only the ones
+bouncer emits are listed, so a grep shows every place a code is used.
+"""
+from __future__ import annotations
+
+# Class 08: connection exception
+CONNECTION_EXCEPTION = "08000"
+CONNECTION_FAILURE = "08006"
+PROTOCOL_VIOLATION = "08P01"
+
+# Class 0A: feature not supported
+FEATURE_NOT_SUPPORTED = "0A000"
+
+# Class 25: invalid transaction state
+IDLE_IN_TRANSACTION_TIMEOUT = "25P03"
+
+# Class 28: invalid authorization specification
+INVALID_AUTHORIZATION = "28000"
+INVALID_PASSWORD = "28P01"
+
+# Class 3D: invalid catalog name (unknown database)
+INVALID_CATALOG_NAME = "3D000"
+
+# Class 42: syntax error or access rule violation (admin console)
+SYNTAX_ERROR = "42601"
+INSUFFICIENT_PRIVILEGE = "42501"
+
+# Class 53: insufficient resources
+TOO_MANY_CONNECTIONS = "53300"
+
+# Class 55: object not in prerequisite state (e.g. PAUSE while already paused)
+OBJECT_NOT_IN_PREREQUISITE_STATE = "55000"
+
+# Class 57: operator intervention
+QUERY_CANCELED = "57014"
+ADMIN_SHUTDOWN = "57P01"
+CANNOT_CONNECT_NOW = "57P03"
+
+# Class F0: configuration file error (RELOAD failures)
+CONFIG_FILE_ERROR = "F0000"
