@@ -1,0 +1,34 @@
+"""The plugin API: how to extend bouncer.
+
+bouncer's behaviour at its boundaries (who may log in, with which credentials, which limits
+apply, which admin commands exist) is decided by pluggy hooks.  The built-in behaviour is itself a
+set of plugins (``bouncer.builtin.*``), so a third-party plugin is written exactly like them::
+
+    # my_plugin.py
+    from bouncer.plugin import hookimpl
+
+    @hookimpl
+    def bouncer_get_credentials(app, user, database):
+        if user == "robot":
+            return Credentials(user, "md5...", source="my_plugin")
+        return None          # not mine: the next backend is asked
+
+A plugin is loaded either by installing a distribution that declares an entry point in the group
+``bouncer.plugins`` (the name is free, the value is the module), or by naming its module in the
+``plugins =`` setting.  Every hook is declared, with its contract, in
+:mod:`bouncer.plugin.hookspecs`; the guide is ``bouncer-plugins(7)``.
+
+Only :data:`hookimpl` and :data:`NAME` are public here.
+"""
+import pluggy
+
+#: The pluggy project name; hook names start with ``bouncer_``.
+NAME = "bouncer"
+
+#: The entry-point group third-party plugins advertise themselves in.
+ENTRY_POINT_GROUP = "bouncer.plugins"
+
+#: Decorator marking a plugin's hook implementation.
+hookimpl = pluggy.HookimplMarker(NAME)
+
+__all__ = ["NAME", "ENTRY_POINT_GROUP", "hookimpl"]

@@ -1,0 +1,256 @@
+"""The App: owns the configuration, plugin hooks, registry, listeners and janitor; starts,
+reloads, pauses and shuts down the pooler."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import ssl
+import sys
+import time
+from typing import Any, List, Optional, Set
+
+import gevent
+from gevent.pool import Group
+
+from bouncer import VERSION_STRING
+from bouncer.auth.store import UserStore
+from bouncer.auth.userlist import load_userlist
+from bouncer.config import Config, load_config
+from bouncer.config.validate import validate
+from bouncer.errors import ConfigError
+from bouncer.log import LogSetup
+from bouncer.net.dns import Resolver
+from bouncer.net.listener import Listeners
+from bouncer.net.stream import send_all
+from bouncer.plugin.hooks import PluginHooks
+from bouncer.plugin.manager import make_plugin_manager
+from bouncer.pool.janitor import Janitor
+from bouncer.pool.registry import Registry
+from bouncer.pool.stats import StatsPeriod
+from bouncer.session.cancel import CancelRegistry
+from bouncer.session.client import ClientSession
+from bouncer.session.server import connect_server
+from bouncer import operations, systemd
+
+log = logging.getLogger(__name__)
+
+#: How often shutdown checks whether what it waits for is done.
+SHUTDOWN_POLL = 0.1
+
+
+def load_and_check(path: str, hooks: Optional[PluginHooks] = None) -> Config:
+    """Parse *path* and run every validation (settings, cross-field, plugins).
+
+    :raises ConfigError: listing every problem found.
+    """
+    config = load_config(path)
+    problems = list(validate(config))
+    if hooks is not None:
+        problems += hooks.validate_config(config)
+    if problems:
+        raise ConfigError("; ".join(problems), filename=path)
+    return config
+
+
+class App:
+    """One pooler process."""
+
+    def __init__(self, config_path: str, logs: LogSetup) -> None:
+        self.config_path = config_path
+        self.logs = logs
+        self.config: Config = load_config(config_path)
+        self._apply_logging(self.config)
+        pm = make_plugin_manager(self.config.plugins, self.config.disable_plugins)
+        self.hooks = PluginHooks(pm)
+        self.config = load_and_check(config_path, self.hooks)
+        for warning in self.config.warnings:
+            log.warning("%s", warning)
+        self.user_store = UserStore()
+        self._load_users(self.config)
+        self.resolver = Resolver(self.config.dns_max_ttl, self.config.dns_nxdomain_ttl)
+        self.registry = Registry(lambda: self.config, lambda pool: connect_server(self, pool),
+                                 lambda pool: self.hooks.server_connect_limit(self, pool))
+        self.cancels = CancelRegistry(self)
+        self.stats_period = StatsPeriod()
+        self.clients: Set[ClientSession] = set()
+        self.group = Group()
+        self.listeners = Listeners(self._handle_connection, self.group)
+        self.janitor = Janitor(self)
+        self.start_time = time.time()
+        self.paused = False
+        self.suspended = False
+        self.shutdown_mode: Optional[str] = None
+        self._client_tls: Optional[ssl.SSLContext] = None
+        self._server_tls: Optional[ssl.SSLContext] = None
+        self.admin_commands = self.hooks.admin_commands(self)
+
+    # -- start -------------------------------------------------------------------------------
+
+    def start(self, inherited_sockets: Optional[List[socket.socket]] = None) -> None:
+        config = self.config
+        log.info("process up: %s, gevent %s, tls: %s", VERSION_STRING, gevent.__version__,
+                 ssl.OPENSSL_VERSION)
+        self.hooks.startup(self)
+        if inherited_sockets:
+            self.listeners.adopt(inherited_sockets)
+        else:
+            self.listeners.open(config.listen_addr, config.listen_port, config.unix_socket_dir,
+                                config.unix_socket_mode, config.listen_backlog,
+                                config.so_reuseport)
+        self.janitor.start()
+        systemd.notify("READY=1", f"STATUS=accepting connections on port {config.listen_port}")
+
+    def _apply_logging(self, config: Config) -> None:
+        self.logs.apply(config.logfile, config.syslog, config.syslog_ident,
+                        config.syslog_facility, config.verbose)
+
+    def _load_users(self, config: Config) -> None:
+        if config.auth_file:
+            entries, warnings = load_userlist(config.auth_file)
+            for warning in warnings:
+                log.warning("%s", warning)
+            self.user_store.load_userlist(entries)
+        self.user_store.set_configured_users(config.users)
+
+    # -- clients -----------------------------------------------------------------------------
+
+    def _handle_connection(self, sock: socket.socket, address: Any) -> None:
+        unix = sock.family == socket.AF_UNIX
+        if not unix:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.tune_socket(sock)
+        client = ClientSession(self, sock, address, unix)
+        self.clients.add(client)
+        client.run()
+
+    def forget_client(self, client: ClientSession) -> None:
+        self.clients.discard(client)
+        self.cancels.forget(client)
+
+    def tune_socket(self, sock: socket.socket) -> None:
+        """TCP keepalive settings, as PgBouncer applies them to both sides."""
+        config = self.config
+        if not config.tcp_keepalive:
+            return
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in (("TCP_KEEPIDLE", config.tcp_keepidle),
+                              ("TCP_KEEPINTVL", config.tcp_keepintvl),
+                              ("TCP_KEEPCNT", config.tcp_keepcnt)):
+            if value and hasattr(socket, option):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), int(value))
+        if config.tcp_user_timeout and hasattr(socket, "TCP_USER_TIMEOUT"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
+                            int(config.tcp_user_timeout * 1000))
+
+    # -- TLS (the policy plugins of issue #5 replace the simple contexts below) ----------------
+
+    def start_client_tls(self, client: ClientSession) -> None:
+        """Answer an SSLRequest: ``N`` when client TLS is off, else ``S`` and the handshake."""
+        config = self.config
+        if config.client_tls_sslmode == "disable" or client.tls:
+            send_all(client.sock, b"N")
+            return
+        send_all(client.sock, b"S")
+        if self._client_tls is None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(config.client_tls_cert_file, config.client_tls_key_file)
+            self._client_tls = context
+        client.sock = self._client_tls.wrap_socket(client.sock, server_side=True)
+        client.tls = f"{client.sock.version()}/{client.sock.cipher()[0]}"
+
+    def server_tls_context(self) -> ssl.SSLContext:
+        if self._server_tls is None:
+            config = self.config
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            if config.server_tls_sslmode in ("verify-ca", "verify-full"):
+                context.load_verify_locations(config.server_tls_ca_file)
+                context.check_hostname = config.server_tls_sslmode == "verify-full"
+            else:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            if config.server_tls_cert_file:
+                context.load_cert_chain(config.server_tls_cert_file, config.server_tls_key_file)
+            self._server_tls = context
+        return self._server_tls
+
+    # -- reload ------------------------------------------------------------------------------
+
+    def reload(self) -> List[str]:
+        """Re-read the ini and auth_file; a bad new config is refused and the old one kept.
+
+        :return: the problems found (empty when the reload was applied).
+        """
+        systemd.notify("RELOADING=1")
+        try:
+            new = load_and_check(self.config_path, self.hooks)
+            if new.auth_file:
+                load_userlist(new.auth_file)  # fail before changing anything
+        except (ConfigError, OSError) as exc:
+            log.error("config reload failed, keeping the old configuration: %s", exc)
+            systemd.notify("READY=1")
+            return [str(exc)]
+        old, self.config = self.config, new
+        self._warn_unreloadable(old, new)
+        self._apply_logging(new)
+        self.logs.reopen()
+        self._load_users(new)
+        self.registry.apply_config(new)
+        self.resolver.max_ttl, self.resolver.nxdomain_ttl = new.dns_max_ttl, new.dns_nxdomain_ttl
+        self._client_tls = self._server_tls = None
+        self.admin_commands = self.hooks.admin_commands(self)
+        self.hooks.reload(self, old, new)
+        systemd.notify("READY=1")
+        return []
+
+    @staticmethod
+    def _warn_unreloadable(old: Config, new: Config) -> None:
+        from bouncer.config import SETTINGS  # the table says which settings need a restart
+        for setting in SETTINGS:
+            if not setting.reloadable and old.settings.get(setting.name) != new.settings.get(setting.name):
+                log.warning("%s cannot be changed by a reload; restart to apply it", setting.name)
+
+    # -- pause and shutdown ------------------------------------------------------------------
+
+    def shutdown(self, mode: str) -> None:
+        """Stop listening, wait as *mode* says, then exit.
+
+        ``immediate``: exit now; ``wait_for_servers``: until no server is linked to a client
+        (SIGINT); ``wait_for_clients``: until every client has gone (SIGTERM).  A second
+        shutdown request while waiting exits at once.
+        """
+        if self.shutdown_mode is not None and mode != "immediate":
+            mode = "immediate"
+        log.info("shutting down (%s)", mode.replace("_", " "))
+        self.shutdown_mode = mode
+        systemd.notify("STOPPING=1")
+        self.listeners.close()
+        if mode != "immediate":
+            while not self._shutdown_done(mode) and self.shutdown_mode == mode:
+                gevent.sleep(SHUTDOWN_POLL)
+        self._exit()
+
+    def _shutdown_done(self, mode: str) -> bool:
+        if mode == "wait_for_clients":
+            return not any(client.logged_in and not client.is_admin for client in self.clients)
+        return not any(pool.active for pool in self.registry.pools())
+
+    def _exit(self) -> None:
+        self.janitor.stop()
+        self.hooks.shutdown(self)
+        for pool in self.registry.pools():
+            for server in pool.all_servers():
+                server.close("shutting down")
+        log.info("exiting")
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(0)
+
+    def pause(self, database: Optional[str]) -> None:
+        operations.pause(self, database)
+
+    def resume(self, database: Optional[str]) -> None:
+        operations.resume(self, database)
+
+    def notify_status(self, line: str) -> None:
+        systemd.notify(f"STATUS={line}")

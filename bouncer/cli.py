@@ -1,0 +1,142 @@
+"""Command line, as pgbouncer's: ``bouncer [-d] [-R] [-q] [-v...] [-u USER] [-V] [-h] CONFIG``.
+
+Builds the App and runs it; daemonizing, pidfile and dropping privileges happen here.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pwd
+import sys
+from typing import List, Optional
+
+from bouncer import VERSION_STRING
+from bouncer.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bouncer", description="A PgBouncer-compatible PostgreSQL connection pooler.")
+    parser.add_argument("config", nargs="?", help="the ini file (pgbouncer.ini format)")
+    parser.add_argument("-d", "--daemon", action="store_true",
+                        help="run in the background (needs pidfile)")
+    parser.add_argument("-R", "--reboot", action="store_true",
+                        help="online restart: take the listening sockets over from a running "
+                             "bouncer (a rolling restart with so_reuseport is preferred)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no logging to stderr")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more logging (repeat for more)")
+    parser.add_argument("-u", "--user", help="switch to this user after start")
+    parser.add_argument("-V", "--version", action="store_true", help="print the version")
+    parser.add_argument("--check", action="store_true",
+                        help="validate the configuration, print every problem, exit")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.version:
+        print(VERSION_STRING)
+        return 0
+    if not args.config:
+        build_parser().print_usage(sys.stderr)
+        return 1
+    if args.check:
+        return check(args.config)
+    return run(args)
+
+
+def check(path: str) -> int:
+    """``--check``: validate without listening; exit 0 when the config is usable."""
+    from bouncer.app import load_and_check
+    from bouncer.plugin.hooks import PluginHooks
+    from bouncer.plugin.manager import make_plugin_manager
+    from bouncer.config import load_config
+    try:
+        config = load_config(path)
+        hooks = PluginHooks(make_plugin_manager(config.plugins, config.disable_plugins))
+        config = load_and_check(path, hooks)
+    except ConfigError as err:
+        for problem in str(err).split("; "):
+            print(f"ERROR {problem}", file=sys.stderr)
+        return 1
+    for warning in config.warnings:
+        print(f"WARNING {warning}", file=sys.stderr)
+    print(f"{path}: configuration OK")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from bouncer.app import App
+    from bouncer.log import LogSetup
+    from bouncer import signals
+    logs = LogSetup(quiet=args.quiet, verbosity=args.verbose)
+    logs.apply()
+    try:
+        app = App(args.config, logs)
+    except ConfigError as err:
+        log.critical("%s", err)
+        return 1
+    if args.daemon and not app.config.pidfile:
+        log.critical("-d needs pidfile to be set in the config")
+        return 1
+    inherited = None
+    if args.reboot:
+        from bouncer.takeover import take_over
+        inherited = take_over(app)
+    try:
+        app.start(inherited)
+    except ConfigError as err:
+        log.critical("%s", err)
+        return 1
+    if args.user:
+        _drop_privileges(args.user)
+    if args.daemon:
+        _daemonize(logs)
+    _write_pidfile(app.config.pidfile)
+    signals.install(app)
+    import gevent
+    try:
+        gevent.wait()
+    finally:
+        _remove_pidfile(app.config.pidfile)
+    return 0
+
+
+def _drop_privileges(user: str) -> None:
+    entry = pwd.getpwnam(user)
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+
+
+def _daemonize(logs) -> None:
+    """Double fork, new session, stdio to /dev/null (after listening, so errors were seen)."""
+    from gevent import reinit
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    reinit()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    logs.detach_stderr()
+
+
+def _write_pidfile(path: str) -> None:
+    if path:
+        with open(path, "w") as handle:
+            handle.write(f"{os.getpid()}\n")
+
+
+def _remove_pidfile(path: str) -> None:
+    if path:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,67 @@
+"""Server address resolution, cached for ``dns_max_ttl`` seconds.
+
+gevent's resolver sends even an IP literal through its thread pool, which costs about three
+times the connect itself; literals and unix socket paths therefore never reach the resolver,
+and names are resolved once per TTL.
+"""
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from typing import Dict, List, Tuple
+
+Address = Tuple[int, object]  # (family, sockaddr)
+
+
+class Resolver:
+    """getaddrinfo with a TTL cache; failures are cached for ``dns_nxdomain_ttl``."""
+
+    def __init__(self, max_ttl: float = 15.0, nxdomain_ttl: float = 15.0) -> None:
+        self.max_ttl = max_ttl
+        self.nxdomain_ttl = nxdomain_ttl
+        self._cache: Dict[Tuple[str, int], Tuple[float, object]] = {}
+
+    def resolve(self, host: str, port: int) -> List[Address]:
+        """Addresses to try, in order.  A host starting with ``/`` is a unix socket dir.
+
+        :raises OSError: the name does not resolve (possibly a cached failure).
+        """
+        if host.startswith("/"):
+            return [(socket.AF_UNIX, f"{host}/.s.PGSQL.{port}")]
+        literal = _ip_literal(host, port)
+        if literal is not None:
+            return [literal]
+        return self._cached(host, port)
+
+    def _cached(self, host: str, port: int) -> List[Address]:
+        key = (host, port)
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] > time.monotonic():
+            if isinstance(hit[1], OSError):
+                raise hit[1]
+            return hit[1]  # type: ignore[return-value]
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            self._cache[key] = (time.monotonic() + self.nxdomain_ttl, exc)
+            raise
+        addresses = [(family, sockaddr) for family, _, _, _, sockaddr in infos]
+        self._cache[key] = (time.monotonic() + self.max_ttl, addresses)
+        return addresses
+
+    def entries(self) -> List[Tuple[str, float, List[Address]]]:
+        """(host, seconds to live, addresses) for SHOW DNS_HOSTS."""
+        now = time.monotonic()
+        return [(host, max(0.0, expiry - now), value) for (host, _), (expiry, value)
+                in self._cache.items() if not isinstance(value, OSError)]
+
+
+def _ip_literal(host: str, port: int):
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if ip.version == 6:
+        return (socket.AF_INET6, (host, port, 0, 0))
+    return (socket.AF_INET, (host, port))

@@ -1,0 +1,144 @@
+"""Listening sockets: one gevent StreamServer per TCP address, plus the unix socket.
+
+Handlers run in an unbounded Group: ``max_client_conn`` is enforced by sending the client a
+PostgreSQL error after accepting it, never by stalling the accept queue.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Callable, List, Optional, Sequence
+
+from gevent.pool import Group
+from gevent.server import StreamServer
+
+from bouncer.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def expand_addresses(listen_addr: Sequence[str]) -> List[str]:
+    """``*`` means every IPv4 and IPv6 address, as in PgBouncer."""
+    result: List[str] = []
+    for addr in listen_addr:
+        addr = addr.strip()
+        if addr == "*":
+            result += ["0.0.0.0"] + (["::"] if socket.has_ipv6 else [])
+        elif addr:
+            result.append(addr)
+    return result
+
+
+def unix_socket_path(directory: str, port: int) -> str:
+    return os.path.join(directory, f".s.PGSQL.{port}")
+
+
+class Listeners:
+    """All of bouncer's listening sockets."""
+
+    def __init__(self, handle: Callable, group: Group) -> None:
+        self._handle = handle
+        self._group = group
+        self.servers: List[StreamServer] = []
+        self.unix_path: Optional[str] = None
+        self._unix_inode = 0
+
+    def open(self, listen_addr: Sequence[str], port: int, unix_dir: str, unix_mode: int,
+             backlog: int, reuseport: bool) -> None:
+        """Bind everything first, then start accepting: a bind error leaves nothing half-open."""
+        sockets = [self._tcp_socket(addr, port, backlog, reuseport)
+                   for addr in expand_addresses(listen_addr)]
+        if unix_dir:
+            sockets.append(self._unix_socket(unix_dir, port, unix_mode, backlog))
+        for sock in sockets:
+            server = StreamServer(sock, self._handle, spawn=self._group.spawn)
+            server.start()
+            self.servers.append(server)
+            log.info("listening on %s", _describe(sock))
+
+    def adopt(self, sockets: Sequence[socket.socket]) -> None:
+        """Serve sockets inherited from another process (online restart)."""
+        for sock in sockets:
+            server = StreamServer(sock, self._handle, spawn=self._group.spawn)
+            server.start()
+            self.servers.append(server)
+            log.info("listening on %s (taken over)", _describe(sock))
+
+    @staticmethod
+    def _tcp_socket(addr: str, port: int, backlog: int, reuseport: bool) -> socket.socket:
+        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            sock.bind((addr, port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"cannot listen on {addr}:{port}: {exc.strerror}",
+                              key="listen_addr") from exc
+        sock.listen(backlog)
+        return sock
+
+    def _unix_socket(self, directory: str, port: int, mode: int, backlog: int) -> socket.socket:
+        path = unix_socket_path(directory, port)
+        _remove_stale_socket(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            os.chmod(path, mode)
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"cannot listen on unix socket {path}: {exc.strerror}",
+                              key="unix_socket_dir") from exc
+        sock.listen(backlog)
+        self.unix_path = path
+        self._unix_inode = os.stat(path).st_ino
+        return sock
+
+    def stop_accepting(self) -> None:
+        for server in self.servers:
+            server.stop_accepting()
+
+    def start_accepting(self) -> None:
+        for server in self.servers:
+            server.start_accepting()
+
+    def close(self) -> None:
+        """Stop listening (existing connections are not touched)."""
+        for server in self.servers:
+            server.close()
+        self.servers = []
+        if self.unix_path:
+            self._remove_own_socket_file(self.unix_path)
+            self.unix_path = None
+
+    def _remove_own_socket_file(self, path: str) -> None:
+        """Remove the socket file only if it is still ours: in a rolling restart the new
+        process has already bound a fresh one at the same path."""
+        try:
+            if os.stat(path).st_ino == self._unix_inode:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def sockets(self) -> List[socket.socket]:
+        return [server.socket for server in self.servers]
+
+
+def _remove_stale_socket(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _describe(sock: socket.socket) -> str:
+    name = sock.getsockname()
+    if isinstance(name, tuple):
+        host = f"[{name[0]}]" if ":" in name[0] else name[0]
+        return f"{host}:{name[1]}"
+    return f"unix:{name}"

@@ -1,0 +1,60 @@
+"""Reading whole protocol messages from a socket, for the login phase and the admin console.
+
+The relay does not use this: it forwards raw chunks (see :mod:`bouncer.session.relay`).
+"""
+from __future__ import annotations
+
+import socket
+from typing import Tuple
+
+from bouncer.errors import BouncerError
+from bouncer.proto.framing import MessageReader
+
+RECV_SIZE = 65536
+
+
+class ConnectionLost(BouncerError):
+    """The peer closed the connection (or it broke) before a whole message arrived."""
+
+
+def recv_some(sock: socket.socket) -> bytes:
+    """One ``recv``; a reset connection reads as end-of-stream."""
+    try:
+        data = sock.recv(RECV_SIZE)
+    except (ConnectionError, OSError) as exc:
+        raise ConnectionLost(str(exc)) from exc
+    if not data:
+        raise ConnectionLost("connection closed by peer")
+    return data
+
+
+def read_message(sock: socket.socket, reader: MessageReader) -> Tuple[int, bytes]:
+    """The next whole (type, payload) message, reading the socket as needed."""
+    while True:
+        message = reader.next_message()
+        if message is not None:
+            return message
+        reader.feed(recv_some(sock))
+
+
+def read_exactly(sock: socket.socket, count: int) -> bytes:
+    """*count* bytes (the untyped startup packets have only a length prefix)."""
+    chunks = []
+    while count > 0:
+        try:
+            data = sock.recv(count)
+        except (ConnectionError, OSError) as exc:
+            raise ConnectionLost(str(exc)) from exc
+        if not data:
+            raise ConnectionLost("connection closed by peer")
+        chunks.append(data)
+        count -= len(data)
+    return b"".join(chunks)
+
+
+def send_all(sock: socket.socket, data: bytes) -> None:
+    """``sendall`` with a broken connection reported as :class:`ConnectionLost`."""
+    try:
+        sock.sendall(data)
+    except (ConnectionError, OSError) as exc:
+        raise ConnectionLost(str(exc)) from exc

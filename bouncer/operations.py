@@ -1,0 +1,133 @@
+"""Operator actions on a running pooler: PAUSE, RESUME, SUSPEND, DISABLE, ENABLE, RECONNECT,
+KILL, KILL_CLIENT, WAIT_CLOSE.  Used by the admin console and by signals (SIGUSR1/SIGUSR2).
+
+Each takes an optional database name; ``None`` means every database, as in PgBouncer.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, List, Optional
+
+import gevent
+
+from bouncer.errors import ClientError
+from bouncer.proto import sqlstate
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bouncer.app import App
+    from bouncer.pool.registry import DatabaseState
+
+log = logging.getLogger(__name__)
+
+POLL = 0.05
+
+
+class OperationError(ClientError):
+    """An admin command cannot be carried out (sent as ERROR, the console stays usable)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, sqlstate.OBJECT_NOT_IN_PREREQUISITE_STATE, "ERROR")
+
+
+def _targets(app: "App", database: Optional[str]) -> List["DatabaseState"]:
+    if database is None:
+        return list(app.registry.databases.values())
+    state = app.registry.databases.get(database)
+    if state is None:
+        raise OperationError(f"no such database: {database}")
+    return [state]
+
+
+def pause(app: "App", database: Optional[str]) -> None:
+    """Hold new transactions, wait until every server is released, then close the servers."""
+    targets = _targets(app, database)
+    if all(db.paused for db in targets):
+        raise OperationError("already paused" if database is None else
+                             f"database {database} is already paused")
+    for db in targets:
+        db.resumed.clear()
+    if database is None:
+        app.paused = True
+    while any(db.active_count() for db in targets):
+        gevent.sleep(POLL)
+    for db in targets:
+        for pool in db.pools.values():
+            pool.close_idle(lambda server: "pause mode")
+    log.info("PAUSE done for %s", database or "all databases")
+
+
+def resume(app: "App", database: Optional[str]) -> None:
+    targets = _targets(app, database)
+    if app.suspended and database is None:
+        app.suspended = False
+        app.listeners.start_accepting()
+    if not any(db.paused for db in targets) and database is not None:
+        raise OperationError(f"database {database} is not paused")
+    for db in targets:
+        db.resumed.set()
+    if database is None:
+        app.paused = False
+
+
+def suspend(app: "App") -> None:
+    """Stop accepting and hold all traffic (used before an online restart)."""
+    if app.suspended:
+        raise OperationError("already suspended")
+    app.suspended = True
+    app.listeners.stop_accepting()
+    pause(app, None)
+
+
+def disable(app: "App", database: str) -> None:
+    for db in _targets(app, database):
+        db.disabled = True
+
+
+def enable(app: "App", database: str) -> None:
+    for db in _targets(app, database):
+        db.disabled = False
+
+
+def reconnect(app: "App", database: Optional[str]) -> None:
+    """Close every server as soon as it is released (new ones get the current config)."""
+    for db in _targets(app, database):
+        for pool in list(db.pools.values()):
+            pool.mark_close_needed("RECONNECT issued")
+
+
+def wait_close(app: "App", database: Optional[str]) -> None:
+    """Wait until the servers marked by RECONNECT (or a reload) are all closed."""
+    targets = _targets(app, database)
+    while any(server.close_needed for db in targets for pool in db.pools.values()
+              for server in pool.all_servers()):
+        gevent.sleep(POLL)
+
+
+def kill(app: "App", database: Optional[str]) -> None:
+    """Drop every client and server of the database(s) at once."""
+    names = {db.name for db in _targets(app, database)}
+    for client in list(app.clients):
+        if client.database in names and not client.is_admin:
+            kill_client_session(client, "database killed")
+    for db in _targets(app, database):
+        for pool in list(db.pools.values()):
+            for server in pool.all_servers():
+                pool.close_server(server, "database killed")
+        db.resumed.clear()
+
+
+def kill_client(app: "App", client_id: int) -> None:
+    for client in list(app.clients):
+        if client.id == client_id:
+            kill_client_session(client, "client killed by admin")
+            return
+    raise OperationError(f"no such client: {client_id}")
+
+
+def kill_client_session(client, reason: str) -> None:
+    """Tell the client why, then end its greenlet (which returns its server)."""
+    client.fail(ClientError(reason, sqlstate.ADMIN_SHUTDOWN))
+    client.close_reason = reason
+    greenlet = client.greenlet
+    if greenlet is not None and greenlet is not gevent.getcurrent():
+        greenlet.kill(block=False)

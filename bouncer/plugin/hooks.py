@@ -1,0 +1,108 @@
+"""A typed facade over the hook relay, and the error policy for each kind of hook.
+
+Core code calls hooks only through :class:`PluginHooks`: pluggy cannot type-check
+``pm.hook.x(...)`` calls, and this is the one place that decides what an exception in a plugin
+means.  Decision hooks fail closed (the client gets a FATAL, the daemon lives); observer hooks
+are logged and ignored.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+
+import pluggy
+
+from bouncer.errors import ClientError
+from bouncer.proto import sqlstate
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bouncer.app import App
+    from bouncer.auth.store import Credentials
+    from bouncer.config import Config
+    from bouncer.pool.pool import Pool
+    from bouncer.session.client import ClientSession
+
+log = logging.getLogger(__name__)
+
+
+class PluginFailure(ClientError):
+    """A decision hook raised: the client is refused (fail closed)."""
+
+    def __init__(self, hook: str, exc: BaseException) -> None:
+        super().__init__("authentication failed (plugin error)", sqlstate.INVALID_AUTHORIZATION)
+        self.hook = hook
+        self.original = exc
+
+
+class PluginHooks:
+    """One typed method per hook; see :mod:`bouncer.plugin.hookspecs` for the contracts."""
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self.pm = pm
+        self._relay = pm.hook
+
+    # -- decision hooks: exceptions become PluginFailure ------------------------------------
+
+    def _decide(self, name: str, **kwargs: Any) -> Any:
+        try:
+            return getattr(self._relay, name)(**kwargs)
+        except ClientError:
+            raise  # a deliberate refusal, already worded for the client
+        except Exception as exc:
+            log.error("plugin hook %s failed: %r", name, exc, exc_info=True)
+            raise PluginFailure(name, exc) from exc
+
+    def client_admit(self, app: "App", client: "ClientSession") -> Optional[ClientError]:
+        return self._decide("bouncer_client_admit", app=app, client=client)
+
+    def auth_method(self, app: "App", client: "ClientSession") -> Optional[str]:
+        return self._decide("bouncer_auth_method", app=app, client=client)
+
+    def get_credentials(self, app: "App", user: str, database: str) -> Optional["Credentials"]:
+        return self._decide("bouncer_get_credentials", app=app, user=user, database=database)
+
+    def verify_client(self, app: "App", client: "ClientSession", method: str) -> Optional[bool]:
+        return self._decide("bouncer_verify_client", app=app, client=client, method=method)
+
+    def server_connect_limit(self, app: "App", pool: "Pool") -> Optional[str]:
+        try:
+            return self._relay.bouncer_server_connect_limit(app=app, pool=pool)
+        except Exception:
+            # Failing closed here means "no new server": clients wait, then time out.
+            log.error("plugin hook bouncer_server_connect_limit failed", exc_info=True)
+            return "plugin error"
+
+    def validate_config(self, config: "Config") -> List[str]:
+        problems: List[str] = []
+        for result in self._relay.bouncer_validate_config(config=config):
+            problems.extend(result or ())
+        return problems
+
+    def admin_commands(self, app: "App") -> Dict[str, Callable[..., Any]]:
+        merged: Dict[str, Callable[..., Any]] = {}
+        # pluggy returns results last-registered first, and built-ins are registered last
+        # (manager.py), so with setdefault a plugin cannot replace a built-in command.
+        for table in self._relay.bouncer_admin_commands(app=app):
+            for word, handler in (table or {}).items():
+                merged.setdefault(word.upper(), handler)
+        return merged
+
+    # -- observer hooks: exceptions are logged and ignored ----------------------------------
+
+    def _observe(self, name: str, **kwargs: Any) -> None:
+        try:
+            getattr(self._relay, name)(**kwargs)
+        except Exception:
+            log.error("plugin hook %s failed (ignored)", name, exc_info=True)
+
+    def startup(self, app: "App") -> None:
+        self._observe("bouncer_startup", app=app)
+
+    def reload(self, app: "App", old_config: "Config", new_config: "Config") -> None:
+        self._observe("bouncer_reload", app=app, old_config=old_config, new_config=new_config)
+
+    def shutdown(self, app: "App") -> None:
+        self._observe("bouncer_shutdown", app=app)
+
+    def client_login(self, app: "App", client: "ClientSession", ok: bool, reason: str) -> None:
+        self._observe("bouncer_client_login", app=app, client=client, ok=ok, reason=reason)

@@ -1,0 +1,197 @@
+"""Every hook bouncer calls, with its contract.
+
+Sections follow a connection's life: process and config, client login and authentication,
+limits, admin console.  Hooks are called only at those boundaries, never per packet.
+
+Conventions (shared by all hooks):
+
+* Hooks are called with keyword arguments, so an implementation may accept fewer arguments
+  than the spec names (pluggy's opt-in arguments) and new arguments can be added later.
+* *Decision* hooks (``firstresult``) answer ``None`` for "not mine": the next implementation is
+  asked.  They fail closed: if an implementation raises, the client gets a ``FATAL`` with SQLSTATE
+  28000 and the error is logged; the daemon lives.
+* *Observer* hooks return nothing; an exception in one is logged and ignored.
+* "Called from" names the greenlet the hook runs in.  Hooks may block cooperatively (gevent I/O);
+  code that blocks the whole thread (C libraries) should use ``gevent.get_hub().threadpool``.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+
+import pluggy
+
+from bouncer.plugin import NAME
+
+if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
+    from bouncer.app import App
+    from bouncer.auth.store import Credentials
+    from bouncer.config import Config
+    from bouncer.errors import ClientError
+    from bouncer.pool.pool import Pool
+    from bouncer.session.client import ClientSession
+
+hookspec = pluggy.HookspecMarker(NAME)
+
+
+# --------------------------------------------------------------------------------------------
+# Process and configuration
+# --------------------------------------------------------------------------------------------
+
+@hookspec
+def bouncer_validate_config(config: "Config") -> List[str]:
+    """Check a configuration before it is used.
+
+    :param config: the fully parsed configuration (start, RELOAD, or ``bouncer --check``).
+    :return: a list of problems, each a sentence naming the setting and what to do; an empty
+        list when all is well.  All implementations are called and their lists concatenated.
+        Any problem refuses the configuration: at start bouncer exits non-zero, on RELOAD the
+        old configuration stays.
+
+    Called from: the main greenlet at start, the reloading greenlet on SIGHUP/RELOAD.
+    """
+
+
+@hookspec
+def bouncer_startup(app: "App") -> None:
+    """Observe that bouncer has loaded its configuration and is about to listen.
+
+    :param app: the running application.
+
+    Called from: the main greenlet, once.
+    """
+
+
+@hookspec
+def bouncer_reload(app: "App", old_config: "Config", new_config: "Config") -> None:
+    """Observe that a new configuration was accepted and applied (SIGHUP or RELOAD).
+
+    :param app: the running application, already using ``new_config``.
+    :param old_config: the configuration in force before.
+    :param new_config: the configuration now in force.
+
+    Called from: the greenlet that performed the reload.
+    """
+
+
+@hookspec
+def bouncer_shutdown(app: "App") -> None:
+    """Observe that bouncer is shutting down (after listeners closed, before exit).
+
+    :param app: the running application.
+
+    Called from: the main greenlet.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# Client login and authentication
+# --------------------------------------------------------------------------------------------
+
+@hookspec(firstresult=True)
+def bouncer_client_admit(app: "App", client: "ClientSession") -> Optional["ClientError"]:
+    """Decide whether a client that sent its startup packet may proceed to authentication.
+
+    Limit enforcers use this for ``max_client_conn`` and the per-database and per-user client
+    connection limits.
+
+    :param app: the running application.
+    :param client: the client; ``client.user``, ``client.database`` and ``client.addr`` are set.
+    :return: a :class:`~bouncer.errors.ClientError` to refuse the client with (it is sent as an
+        ErrorResponse and the connection closed), or ``None`` to admit.
+
+    Called from: the client's greenlet.
+    """
+
+
+@hookspec(firstresult=True)
+def bouncer_auth_method(app: "App", client: "ClientSession") -> Optional[str]:
+    """Choose how a client must authenticate.
+
+    :param app: the running application.
+    :param client: the client (user, database, address, ``client.tls`` known).
+    :return: a method name: ``trust``, ``reject``, ``plain`` (cleartext password), ``md5``,
+        ``scram-sha-256``, ``cert`` or ``peer``; or ``None`` when this implementation has no
+        opinion.  The built-in answer (``auth_type``) comes last.
+
+    Called from: the client's greenlet, once per login.
+    """
+
+
+@hookspec(firstresult=True)
+def bouncer_get_credentials(app: "App", user: str, database: str) -> Optional["Credentials"]:
+    """Find the stored secret for a user.
+
+    Backends chain: the userlist (``auth_file``) answers first, ``auth_query`` after it.
+
+    :param app: the running application.
+    :param user: the user name the client logs in as.
+    :param database: the database name the client asked for.
+    :return: :class:`~bouncer.auth.store.Credentials` (the secret may be a plain password, an md5
+        secret or a SCRAM secret), or ``None`` when this backend does not know the user.
+
+    Called from: the client's greenlet; may block cooperatively (auth_query runs a query).
+    """
+
+
+@hookspec(firstresult=True)
+def bouncer_verify_client(app: "App", client: "ClientSession", method: str) -> Optional[bool]:
+    """Verify a client by a method that is not a password exchange (``cert``, ``peer``, ...).
+
+    :param app: the running application.
+    :param client: the client; ``client.peer_cert`` / ``client.peer_uid`` are set where known.
+    :param method: the method chosen by :func:`bouncer_auth_method`.
+    :return: ``True`` to accept, ``False`` to refuse, ``None`` when the method is not this
+        implementation's.  If no implementation answers, the client is refused.
+
+    Called from: the client's greenlet.
+    """
+
+
+@hookspec
+def bouncer_client_login(app: "App", client: "ClientSession", ok: bool, reason: str) -> None:
+    """Observe the outcome of a client's login (for audit).
+
+    :param app: the running application.
+    :param client: the client.
+    :param ok: whether authentication succeeded.
+    :param reason: on failure, why (for logs; never includes a secret).
+
+    Called from: the client's greenlet.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# Limits on server connections
+# --------------------------------------------------------------------------------------------
+
+@hookspec(firstresult=True)
+def bouncer_server_connect_limit(app: "App", pool: "Pool") -> Optional[str]:
+    """Decide whether a new server connection may be opened for a pool now.
+
+    The pool itself enforces its size; this hook adds limits that span pools
+    (``max_db_connections``, ``max_user_connections``).  A refused pool is asked again when
+    another server connection closes; its clients keep waiting (up to ``query_wait_timeout``).
+
+    :param app: the running application.
+    :param pool: the pool that wants one more server connection.
+    :return: the name of the limit that is reached (for SHOW output and logs), or ``None``.
+
+    Called from: whichever greenlet asks the pool for a server.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# Admin console
+# --------------------------------------------------------------------------------------------
+
+@hookspec
+def bouncer_admin_commands(app: "App") -> Dict[str, Callable[..., Any]]:
+    """Contribute admin console commands.
+
+    :param app: the running application.
+    :return: a mapping of command word (upper case, e.g. ``"SHOW PLUGINS"`` or ``"SET USER"``) to
+        a handler ``handler(console, args: str) -> Result``; see :mod:`bouncer.admin.commands`.
+        All implementations' mappings are merged; a later plugin cannot replace a built-in.
+
+    Called from: the main greenlet at start and after a reload.
+    """

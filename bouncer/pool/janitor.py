@@ -1,0 +1,112 @@
+"""Periodic maintenance in one place (PgBouncer's janitor.c): server lifetimes and idle
+timeouts, health checks of idle servers, min_pool_size, and the stats period."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Optional
+
+import gevent
+
+from bouncer.errors import ClientError
+from bouncer.net.stream import ConnectionLost
+from bouncer.pool.stats import stats_line
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bouncer.app import App
+    from bouncer.pool.pool import Pool
+    from bouncer.session.server import ServerConnection
+
+log = logging.getLogger(__name__)
+
+TICK = 0.5
+
+
+class Janitor:
+    """Runs :meth:`tick` every half second in its own greenlet."""
+
+    def __init__(self, app: "App") -> None:
+        self.app = app
+        self.greenlet: Optional[gevent.Greenlet] = None
+        self.period_start = time.monotonic()
+
+    def start(self) -> None:
+        self.greenlet = gevent.spawn(self._run)
+
+    def stop(self) -> None:
+        if self.greenlet is not None:
+            self.greenlet.kill()
+
+    def _run(self) -> None:
+        while True:
+            gevent.sleep(TICK)
+            try:
+                self.tick()
+            except Exception:
+                log.error("janitor failed (will retry)", exc_info=True)
+
+    def tick(self) -> None:
+        for pool in self.app.registry.pools():
+            pool.close_idle(self._expiry_reason)
+            self._check_idle(pool)
+            self._fill_min(pool)
+            while pool.over_size() and pool.idle:
+                pool.close_server(pool.idle[0], "too many servers in pool")
+        self._maybe_roll_stats()
+
+    def _expiry_reason(self, server: "ServerConnection") -> Optional[str]:
+        config = self.app.config
+        lifetime = server.pool.limits.server_lifetime()
+        if lifetime and server.age() > lifetime:
+            return "server lifetime over"
+        if config.server_idle_timeout and server.idle_for() > config.server_idle_timeout:
+            return "server idle timeout"
+        if not server.is_usable():
+            return "server conn crashed?"
+        return None
+
+    def _check_idle(self, pool: "Pool") -> None:
+        """Run server_check_query on servers idle longer than server_check_delay."""
+        config = self.app.config
+        query = config.server_check_query
+        if not query or config.server_check_delay <= 0:
+            return
+        for server in list(pool.idle):
+            if server.idle_for() > config.server_check_delay:
+                pool.idle.remove(server)
+                pool.tested.add(server)
+                gevent.spawn(self._test_server, pool, server, "" if query == "<empty>" else query)
+
+    @staticmethod
+    def _test_server(pool: "Pool", server: "ServerConnection", query: str) -> None:
+        try:
+            server.run_query(query)
+        except (ClientError, ConnectionLost) as err:
+            pool.close_server(server, f"server check query failed: {err}")
+            return
+        pool.tested.discard(server)
+        server.last_used = time.monotonic()
+        pool.give(server)
+
+    @staticmethod
+    def _fill_min(pool: "Pool") -> None:
+        """Keep min_pool_size servers for pools that have clients or a forced user."""
+        minimum = pool.limits.min_pool_size()
+        if not minimum or not (pool.clients or pool.database.definition.user):
+            return
+        if pool.last_login_failure is not None:
+            return
+        while pool.server_count() < minimum and pool.may_open_another():
+            pool.launch()
+
+    def _maybe_roll_stats(self) -> None:
+        config = self.app.config
+        elapsed = time.monotonic() - self.period_start
+        if elapsed < config.stats_period:
+            return
+        self.period_start = time.monotonic()
+        totals = [(db.name, db.stats) for db in self.app.registry.databases.values()]
+        line = stats_line(self.app.stats_period.roll(totals, elapsed))
+        self.app.notify_status(line)
+        if config.log_stats:
+            log.info("%s", line)

@@ -1,0 +1,241 @@
+"""One pool of server connections for a (database, user) pair, and the clients waiting on it.
+
+As in PgBouncer, a server connection's state *is* the collection it sits in: ``login``
+(connecting), ``idle`` (ready), ``active`` (linked to a client) or ``tested`` (running the check
+query).  The pool never touches sockets: it opens connections through the ``connector`` it is
+given and closes them through ``server.close()``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable, Deque, List, Optional, Set
+
+import gevent
+from gevent.event import AsyncResult
+
+from bouncer.errors import ClientError
+from bouncer.pool.limits import PoolLimits
+from bouncer.proto import sqlstate
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bouncer.pool.registry import DatabaseState, UserState
+
+log = logging.getLogger(__name__)
+
+
+class WaitTimeout(ClientError):
+    def __init__(self) -> None:
+        super().__init__("query_wait_timeout", sqlstate.CONNECTION_FAILURE, "FATAL")
+
+
+class Waiter:
+    """A client waiting for a server; ``since`` drives maxwait and the reserve pool."""
+
+    __slots__ = ("result", "client", "since")
+
+    def __init__(self, client: Any) -> None:
+        self.result: AsyncResult = AsyncResult()
+        self.client = client
+        self.since = time.monotonic()
+
+
+class Pool:
+    """Server connections of one (database, user) pair."""
+
+    def __init__(self, database: "DatabaseState", user: "UserState", *,
+                 connector: Callable[["Pool"], Any], limits: PoolLimits,
+                 cross_pool_limit: Callable[["Pool"], Optional[str]]) -> None:
+        self.database = database
+        self.user = user
+        self.limits = limits
+        self._connector = connector
+        self._cross_pool_limit = cross_pool_limit
+        self.idle: Deque[Any] = deque()
+        self.active: Set[Any] = set()
+        self.tested: Set[Any] = set()
+        self.login: Set[Any] = set()
+        self.waiters: Deque[Waiter] = deque()
+        self.clients: Set[Any] = set()
+        #: ParameterStatus values a server sent at login: what new clients are told.
+        self.welcome_params: Optional[dict] = None
+        #: (monotonic time, error) of the last failed server login, for server_login_retry.
+        self.last_login_failure: Optional[tuple] = None
+        #: Credentials and SCRAM keys used to log in to servers (set by client logins).
+        self.server_credentials: Any = None
+        self.scram_keys: Optional[tuple] = None
+        self.blocked_by: Optional[str] = None
+
+    # -- names and counts ----------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return f"{self.database.name}/{self.user.name}"
+
+    def server_count(self) -> int:
+        return len(self.idle) + len(self.active) + len(self.tested) + len(self.login)
+
+    def all_servers(self) -> List[Any]:
+        """Connected servers (those still logging in have nothing to show yet)."""
+        return [*self.active, *self.idle, *self.tested]
+
+    def max_wait(self) -> float:
+        if not self.waiters:
+            return 0.0
+        return time.monotonic() - self.waiters[0].since
+
+    # -- acquiring and releasing ---------------------------------------------------------------
+
+    def acquire(self, client: Any, timeout: float) -> Any:
+        """Link a server to *client*, waiting in FIFO order up to *timeout* seconds (0 = ever).
+
+        :raises WaitTimeout: no server became free in time (``query_wait_timeout``).
+        :raises ClientError: server login is failing (the server's own error is passed on).
+        """
+        self._fail_fast_if_login_failing()
+        if not self.database.resumed.is_set():
+            self._wait_for_resume(timeout)
+        if not self.waiters:
+            server = self._take_idle()
+            if server is not None:
+                return self._activate(server, client)
+        waiter = Waiter(client)
+        self.waiters.append(waiter)
+        self.launch_if_needed()
+        try:
+            server = waiter.result.get(timeout=timeout or None)
+        except gevent.Timeout:
+            raise WaitTimeout() from None
+        finally:
+            if waiter in self.waiters:
+                self.waiters.remove(waiter)
+        client.wait_time_us += int((time.monotonic() - waiter.since) * 1e6)
+        return server
+
+    def _wait_for_resume(self, timeout: float) -> None:
+        """PAUSE: hold the client until RESUME (or until query_wait_timeout)."""
+        if not self.database.resumed.wait(timeout or None):
+            raise WaitTimeout()
+
+    def _take_idle(self) -> Optional[Any]:
+        while self.idle:
+            server = self.idle.pop() if not self.limits.round_robin() else self.idle.popleft()
+            if server.is_usable():
+                return server
+            self.close_server(server, "server conn crashed?")
+        return None
+
+    def _activate(self, server: Any, client: Any) -> Any:
+        self.active.add(server)
+        server.link = client
+        self.database.stats.server_assignment_count += 1
+        return server
+
+    def release(self, server: Any) -> None:
+        """Return a server that finished its transaction/session, or hand it to a waiter."""
+        self.active.discard(server)
+        server.link = None
+        if server.close_needed or self.over_size():
+            self.close_server(server, server.close_reason or "too many servers in pool")
+            return
+        server.last_used = time.monotonic()
+        self.give(server)
+
+    def give(self, server: Any) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if waiter.result.ready():
+                continue
+            self._activate(server, waiter.client)
+            waiter.result.set(server)
+            return
+        self.idle.append(server)
+
+    def over_size(self) -> bool:
+        size = self.limits.pool_size()
+        return bool(size) and self.server_count() > size + self.limits.reserve_size()
+
+    # -- opening server connections ------------------------------------------------------------
+
+    def launch_if_needed(self) -> None:
+        """Open server connections for waiters that no connection in progress will serve."""
+        while len(self.waiters) > len(self.login) and self.may_open_another():
+            self.launch()
+
+    def may_open_another(self) -> bool:
+        size = self.limits.pool_size()
+        if size:
+            allowed = size
+            if self.waiters and self.max_wait() >= self.limits.reserve_timeout():
+                allowed += self.limits.reserve_size()
+            if self.server_count() >= allowed:
+                return False
+        self.blocked_by = self._cross_pool_limit(self)
+        return self.blocked_by is None
+
+    def launch(self) -> None:
+        placeholder = _Connecting()
+        self.login.add(placeholder)
+        gevent.spawn(self._connect, placeholder)
+
+    def _connect(self, placeholder: "_Connecting") -> None:
+        try:
+            server = self._connector(self)
+        except ClientError as err:
+            self.login.discard(placeholder)
+            self._login_failed(err)
+            return
+        self.login.discard(placeholder)
+        self.last_login_failure = None
+        if self.welcome_params is None:
+            self.welcome_params = dict(server.params)
+        self.give(server)
+
+    def _login_failed(self, err: ClientError) -> None:
+        self.last_login_failure = (time.monotonic(), err)
+        # Every waiter gets the server's error now rather than a timeout later: the clients
+        # waiting at this moment are those who need this server (PgBouncer does the same).
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.result.ready():
+                waiter.result.set_exception(err)
+
+    def _fail_fast_if_login_failing(self) -> None:
+        if self.last_login_failure is None or self.idle:
+            return
+        when, err = self.last_login_failure
+        if time.monotonic() - when < self.limits.login_retry():
+            raise err
+
+    # -- closing -------------------------------------------------------------------------------
+
+    def close_server(self, server: Any, reason: str) -> None:
+        """Forget *server* and close its connection; waiters may get a new one."""
+        for collection in (self.active, self.tested):
+            collection.discard(server)
+        if server in self.idle:
+            self.idle.remove(server)
+        server.link = None
+        server.close(reason)
+        self.database.registry.server_closed(self)
+
+    def close_idle(self, predicate: Callable[[Any], Optional[str]]) -> None:
+        """Close idle servers for which *predicate* returns a reason (janitor's sweeps)."""
+        for server in list(self.idle):
+            reason = predicate(server)
+            if reason:
+                self.close_server(server, reason)
+
+    def mark_close_needed(self, reason: str) -> None:
+        """RECONNECT: idle servers close now, active ones when released."""
+        for server in self.all_servers():
+            server.close_needed = True
+            server.close_reason = reason
+        self.close_idle(lambda s: reason)
+
+
+class _Connecting:
+    """Stands in the ``login`` set for a connection being opened."""
+
+    __slots__ = ()

@@ -1,0 +1,186 @@
+"""Databases, users and pools: lookup, creation (auto-databases from ``*``) and reload.
+
+The registry is the object model behind SHOW DATABASES / USERS / POOLS.  It knows nothing
+about sockets: pools open server connections through the connector the App gives it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Optional, Tuple
+
+from gevent.event import Event
+
+from bouncer.pool.limits import PoolLimits
+from bouncer.pool.pool import Pool
+from bouncer.pool.stats import Counters
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bouncer.config import Config, DatabaseDef
+
+log = logging.getLogger(__name__)
+
+AUTODB = "*"
+
+
+class Overrides:
+    """Runtime limits set from the admin console; RELOAD clears them (ini values return)."""
+
+    def __init__(self) -> None:
+        self.users: Dict[str, Dict[str, Any]] = {}
+        self.pools: Dict[Tuple[str, str], Dict[str, Any]] = {}
+
+    def user_value(self, user: str, key: str) -> Optional[Any]:
+        return self.users.get(user, {}).get(key)
+
+    def pool_value(self, user: str, database: str, key: str) -> Optional[Any]:
+        return self.pools.get((user, database), {}).get(key)
+
+    def clear(self) -> None:
+        self.users.clear()
+        self.pools.clear()
+
+
+class DatabaseState:
+    """A configured (or auto-created) database and its pools."""
+
+    def __init__(self, registry: "Registry", definition: "DatabaseDef", autodb: bool) -> None:
+        self.registry = registry
+        self.definition = definition
+        self.name = definition.name
+        self.autodb = autodb
+        self.stats = Counters()
+        #: Set while the database is not paused: acquiring a server waits on it (PAUSE).
+        self.resumed = Event()
+        self.resumed.set()
+        self.disabled = False
+        self.pools: Dict[str, Pool] = {}
+        self._host_cycle = itertools.count()
+
+    def next_host(self) -> Optional[str]:
+        """Round-robin over a comma list of hosts (``None``: the default unix socket)."""
+        hosts = self.definition.host
+        if not hosts:
+            return None
+        if len(hosts) == 1 or self.definition.load_balance_hosts == "disable":
+            return hosts[0]
+        return hosts[next(self._host_cycle) % len(hosts)]
+
+    @property
+    def paused(self) -> bool:
+        return not self.resumed.is_set()
+
+    def server_count(self) -> int:
+        return sum(pool.server_count() for pool in self.pools.values())
+
+    def client_count(self) -> int:
+        return sum(len(pool.clients) for pool in self.pools.values())
+
+    def active_count(self) -> int:
+        return sum(len(pool.active) for pool in self.pools.values())
+
+
+class UserState:
+    """A user seen by the pooler (configured in [users] or logged in)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.pools: Dict[str, Pool] = {}
+
+    def server_count(self) -> int:
+        return sum(pool.server_count() for pool in self.pools.values())
+
+    def client_count(self) -> int:
+        return sum(len(pool.clients) for pool in self.pools.values())
+
+
+class Registry:
+    """Every database, user and pool the pooler knows."""
+
+    def __init__(self, get_config: Callable[[], "Config"],
+                 connector: Callable[[Pool], Any],
+                 cross_pool_limit: Callable[[Pool], Optional[str]]) -> None:
+        self._config = get_config
+        self._connector = connector
+        self._cross_pool_limit = cross_pool_limit
+        self.overrides = Overrides()
+        self.databases: Dict[str, DatabaseState] = {}
+        self.users: Dict[str, UserState] = {}
+        self.apply_config(get_config())
+
+    # -- lookup --------------------------------------------------------------------------------
+
+    def find_database(self, name: str) -> Optional[DatabaseState]:
+        """The configured database, or one auto-created from the ``*`` entry, or ``None``."""
+        state = self.databases.get(name)
+        if state is not None:
+            return state
+        fallback = self._config().databases.get(AUTODB)
+        if fallback is None:
+            return None
+        definition = dataclasses.replace(fallback, name=name)
+        state = self.databases[name] = DatabaseState(self, definition, autodb=True)
+        log.info("registered new auto-database: db=%s", name)
+        return state
+
+    def user(self, name: str) -> UserState:
+        state = self.users.get(name)
+        if state is None:
+            state = self.users[name] = UserState(name)
+        return state
+
+    def pool(self, database: DatabaseState, user_name: str) -> Pool:
+        """The pool for (database, user), created on first use."""
+        pool = database.pools.get(user_name)
+        if pool is None:
+            user = self.user(user_name)
+            limits = PoolLimits(self._config, database, user_name, self.overrides)
+            pool = Pool(database, user, connector=self._connector, limits=limits,
+                        cross_pool_limit=self._cross_pool_limit)
+            database.pools[user_name] = pool
+            user.pools[database.name] = pool
+        return pool
+
+    def pools(self) -> Iterator[Pool]:
+        for database in list(self.databases.values()):
+            yield from list(database.pools.values())
+
+    # -- events --------------------------------------------------------------------------------
+
+    def server_closed(self, pool: Pool) -> None:
+        """A server closed: pools blocked by a cross-pool limit may open one now."""
+        pool.launch_if_needed()
+        for other in self.pools():
+            if other is not pool and other.waiters and other.blocked_by:
+                other.launch_if_needed()
+
+    def apply_config(self, config: "Config") -> None:
+        """Bring databases and users in line with a (re)loaded configuration.
+
+        Changed definitions apply to new server connections; a database that left the config
+        keeps serving its current clients until they go (PgBouncer does the same), but new
+        logins no longer find it.
+        """
+        for name, definition in config.databases.items():
+            if name == AUTODB:
+                continue
+            state = self.databases.get(name)
+            if state is None:
+                self.databases[name] = DatabaseState(self, definition, autodb=False)
+            else:
+                state.definition = definition
+                state.autodb = False
+        fallback = config.databases.get(AUTODB)
+        for name, state in list(self.databases.items()):
+            if name in config.databases:
+                continue
+            if state.autodb and fallback is not None:
+                state.definition = dataclasses.replace(fallback, name=name)
+            elif not state.pools:
+                del self.databases[name]
+            else:
+                state.disabled = True
+        for name in config.users:
+            self.user(name)
+        self.overrides.clear()

@@ -1,0 +1,57 @@
+"""CancelRequest routing: clients get our own cancel keys; a cancel is forwarded to the
+server the client is linked to, with that server's key (PgBouncer's behaviour)."""
+from __future__ import annotations
+
+import logging
+import socket
+from typing import TYPE_CHECKING, Dict, Tuple
+
+import gevent
+
+from bouncer.proto import frontend
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bouncer.app import App
+    from bouncer.session.client import ClientSession
+
+log = logging.getLogger(__name__)
+
+
+class CancelRegistry:
+    """Cancel key -> logged-in client."""
+
+    def __init__(self, app: "App") -> None:
+        self.app = app
+        self._clients: Dict[Tuple[int, int], "ClientSession"] = {}
+
+    def register(self, client: "ClientSession") -> None:
+        self._clients[client.cancel_key] = client
+
+    def forget(self, client: "ClientSession") -> None:
+        if self._clients.get(client.cancel_key) is client:
+            del self._clients[client.cancel_key]
+
+    def forward(self, pid: int, secret: int) -> None:
+        """Forward a client's cancel to its server; unknown or idle clients are ignored."""
+        client = self._clients.get((pid, secret))
+        if client is None:
+            log.debug("cancel request for unknown key ignored")
+            return
+        server = client.server
+        if server is None:
+            log.debug("%s cancel request while not linked: nothing to cancel", client.prefix)
+            return
+        gevent.spawn(self._send_cancel, server.host, server.port, server.cancel_key,
+                     client.prefix)
+
+    def _send_cancel(self, host: str, port: int, key: Tuple[int, int], prefix: str) -> None:
+        timeout = self.app.config.cancel_wait_timeout or None
+        try:
+            with gevent.Timeout(timeout, OSError("cancel_wait_timeout")):
+                family, sockaddr = self.app.resolver.resolve(host, port)[0]
+                with socket.socket(family, socket.SOCK_STREAM) as sock:
+                    sock.connect(sockaddr)
+                    sock.sendall(frontend.cancel_request(*key))
+                    sock.recv(1)  # the server closes after acting on it
+        except OSError as exc:
+            log.warning("%s cancel request to server failed: %s", prefix, exc)

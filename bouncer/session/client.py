@@ -1,0 +1,277 @@
+"""A client connection's life: startup packet, admission, authentication, welcome, relay.
+
+One greenlet per client runs :meth:`ClientSession.run` (PgBouncer's client.c).  The password
+exchanges live in :mod:`bouncer.session.client_auth`; the traffic after login in
+:mod:`bouncer.session.relay`.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import socket
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
+
+import gevent
+
+from bouncer import VERSION_STRING
+from bouncer.errors import ClientError, ProtocolError
+from bouncer.net.stream import ConnectionLost, read_exactly, send_all
+from bouncer.proto import backend, sqlstate
+from bouncer.proto.constants import PROTOCOL_3_0, TXN_IDLE
+from bouncer.proto.framing import (CancelRequest, GSSENCRequest, SSLRequest, StartupMessage,
+                                   parse_startup_packet, startup_packet_length)
+from bouncer.admin.console import serve_admin
+from bouncer.session import client_auth, relay
+from bouncer.session.varcache import tracked_names
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bouncer.app import App
+    from bouncer.pool.pool import Pool
+    from bouncer.pool.registry import DatabaseState
+
+log = logging.getLogger(__name__)
+
+ADMIN_DATABASE = "pgbouncer"
+
+#: Unique ids for SHOW CLIENTS' ``id`` column and KILL_CLIENT.
+_ids = itertools.count(1)
+
+#: Startup parameters every pooler accepts without tracking them.
+_ALWAYS_ACCEPTED = {"user", "database", "replication"}
+
+
+class ClientSession:
+    """State of one client connection (shown by SHOW CLIENTS)."""
+
+    def __init__(self, app: "App", sock: socket.socket, addr: Any, unix: bool) -> None:
+        self.app = app
+        self.id = next(_ids)
+        self.sock = sock
+        self.unix = unix
+        self.addr, self.port = ("unix", 0) if unix else (addr[0], addr[1])
+        self.local_addr, self.local_port = self._local_address(sock, unix)
+        self.user = "(nouser)"
+        self.database = "(nodb)"
+        self.params: Dict[str, str] = {}
+        #: Tracked parameters this client expects servers to have (name as servers spell it).
+        self.vars: Dict[str, str] = {}
+        self.application_name = ""
+        self.tls = ""
+        self.peer_cert: Any = None
+        self.peer_uid: Optional[int] = peer_uid(sock) if unix else None
+        self.connect_time = time.time()
+        self.request_time = self.connect_time
+        self.db: Optional["DatabaseState"] = None
+        self.pool: Optional["Pool"] = None
+        self.server: Any = None
+        self.link: Any = None
+        self.logged_in = False
+        self.is_admin = False
+        self.wait_time_us = 0
+        self.cancel_key: Tuple[int, int] = (random.getrandbits(31), random.getrandbits(32))
+        self.close_reason = ""
+        self.greenlet = gevent.getcurrent()
+        self.credentials: Any = None
+        self.scram_keys: Optional[tuple] = None
+
+    @staticmethod
+    def _local_address(sock: socket.socket, unix: bool) -> Tuple[str, int]:
+        if unix:
+            return ("unix", 0)
+        local = sock.getsockname()
+        return (local[0], local[1])
+
+    @property
+    def prefix(self) -> str:
+        """``C-0x...: db/user@addr:port``, PgBouncer's client log prefix."""
+        if self.unix:
+            where = f"unix({self.peer_uid})" if self.peer_uid is not None else "unix"
+        else:
+            where = f"[{self.addr}]:{self.port}" if ":" in self.addr else f"{self.addr}:{self.port}"
+        return f"C-{id(self):#x}: {self.database}/{self.user}@{where}"
+
+    # -- the whole life ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve this client until it leaves; never raises (the greenlet's top level)."""
+        try:
+            if self._login():
+                if self.is_admin:
+                    serve_admin(self)
+                else:
+                    relay.serve(self)
+        except ClientError as err:
+            self.fail(err)
+        except ProtocolError as err:
+            self.fail(ClientError(str(err), sqlstate.PROTOCOL_VIOLATION))
+        except ConnectionLost as err:
+            self.close_reason = self.close_reason or f"client unexpected eof ({err})"
+        except gevent.GreenletExit:
+            self.close_reason = self.close_reason or "client killed"
+        finally:
+            self._cleanup()
+
+    def fail(self, err: ClientError) -> None:
+        """Send *err* to the client (best effort) and remember it as the close reason."""
+        if isinstance(err, client_auth.LoginRefused) or not self.close_reason:
+            self.close_reason = getattr(err, "log_reason", "") or err.message
+        log.log(logging.WARNING if not self.logged_in else logging.INFO,
+                "%s pooler error: %s", self.prefix, self.close_reason)
+        try:
+            send_all(self.sock, backend.error_response(err.severity, err.sqlstate, err.message,
+                                                       err.detail, err.hint))
+        except ConnectionLost:
+            pass  # the client is gone; the reason is logged above
+
+    def _cleanup(self) -> None:
+        relay.unlink_on_exit(self)
+        if self.pool is not None:
+            self.pool.clients.discard(self)
+        self.app.forget_client(self)
+        if self.logged_in and self.app.config.log_disconnections:
+            age = time.time() - self.connect_time
+            log.info("%s closing because: %s (age=%ds)", self.prefix,
+                     self.close_reason or "client close request", age)
+        try:
+            self.sock.close()
+        except OSError:
+            pass  # already closed by the peer
+
+    # -- login -----------------------------------------------------------------------------
+
+    def _login(self) -> bool:
+        """Everything up to ReadyForQuery; False when the connection was only a cancel."""
+        timeout = self.app.config.client_login_timeout or None
+        with gevent.Timeout(timeout, ClientError("client_login_timeout", sqlstate.PROTOCOL_VIOLATION)):
+            startup = self._read_startup()
+            if startup is None:
+                return False
+            self._accept_startup(startup)
+            if self.app.config.log_connections:
+                log.info("%s login attempt: db=%s user=%s tls=%s replication=no", self.prefix,
+                         self.database, self.user, self.tls or "no")
+            refusal = self.app.hooks.client_admit(self.app, self)
+            if refusal is not None:
+                raise refusal
+            if self.database == ADMIN_DATABASE:
+                self.is_admin = True
+                client_auth.authenticate_admin(self)
+                self._send_admin_welcome()
+                return True
+            client_auth.authenticate(self)
+            self._attach_pool()
+            self._send_welcome()
+        return True
+
+    def _read_startup(self) -> Optional[StartupMessage]:
+        """Read startup packets until a StartupMessage; answer SSL/GSS requests on the way."""
+        while True:
+            length = startup_packet_length(read_exactly(self.sock, 4))
+            packet = parse_startup_packet(_length_prefix(length) + read_exactly(self.sock, length - 4))
+            if isinstance(packet, StartupMessage):
+                return packet
+            if isinstance(packet, CancelRequest):
+                self.app.cancels.forward(packet.pid, packet.secret)
+                self.close_reason = "cancel request"
+                return None
+            if isinstance(packet, SSLRequest):
+                self.app.start_client_tls(self)
+            elif isinstance(packet, GSSENCRequest):
+                send_all(self.sock, b"N")
+
+    def _accept_startup(self, startup: StartupMessage) -> None:
+        params = dict(startup.params)
+        if "user" not in params:
+            raise ClientError("no username supplied", sqlstate.PROTOCOL_VIOLATION)
+        self.user = params["user"]
+        self.database = params.get("database") or self.user
+        if startup.protocol != PROTOCOL_3_0 or _pq_options(params):
+            send_all(self.sock, backend.negotiate_protocol_version(0, _pq_options(params)))
+        if params.get("replication", "false").lower() not in ("false", "off", "no", "0"):
+            raise ClientError("replication connections are not supported by bouncer yet",
+                              sqlstate.FEATURE_NOT_SUPPORTED)
+        self.params = self._check_parameters(params)
+        self.application_name = self.params.get("application_name", "")
+
+    def _check_parameters(self, params: Dict[str, str]) -> Dict[str, str]:
+        """Keep tracked parameters; refuse unknown ones unless ignore_startup_parameters lists them."""
+        config = self.app.config
+        tracked = tracked_names(config.track_extra_parameters)
+        ignored = {name.strip().lower() for name in config.ignore_startup_parameters}
+        accepted: Dict[str, str] = {}
+        for name, value in params.items():
+            lower = name.lower()
+            if lower in _ALWAYS_ACCEPTED or name.startswith("_pq_."):
+                continue
+            if lower in tracked:
+                accepted[tracked[lower]] = value
+            elif lower not in ignored:
+                raise ClientError(f"unsupported startup parameter: {name}",
+                                  sqlstate.PROTOCOL_VIOLATION)
+        return accepted
+
+    def _attach_pool(self) -> None:
+        db = self.app.registry.find_database(self.database)
+        if db is None:
+            raise ClientError(f"no such database: {self.database}", sqlstate.INVALID_CATALOG_NAME)
+        if db.disabled:
+            raise ClientError("database does not allow connections: " + self.database,
+                              sqlstate.CONNECTION_FAILURE)
+        self.db = db
+        user = db.definition.user or self.user
+        self.pool = self.app.registry.pool(db, user)
+        self.pool.clients.add(self)
+        if not db.definition.user:
+            # Servers of this pool log in as this user: with its secret, and with SCRAM keys
+            # when only a SCRAM secret is known (passthrough).
+            self.pool.server_credentials = self.credentials
+            if self.scram_keys is not None:
+                self.pool.scram_keys = self.scram_keys
+        db.stats.client_login_count += 1
+
+    def _send_welcome(self) -> None:
+        """AuthenticationOk, the server's parameters (with this client's own), key, ReadyForQuery."""
+        pool = self.pool
+        if pool.welcome_params is None:
+            relay.fetch_welcome_params(self)
+        tracked = tracked_names(self.app.config.track_extra_parameters).values()
+        params = dict(pool.welcome_params)
+        params.update(self.params)
+        self.vars = {name: params[name] for name in tracked if name in params}
+        parts = [backend.authentication(0)]
+        parts += [backend.parameter_status(k, v) for k, v in params.items()]
+        parts += [backend.backend_key_data(*self.cancel_key), backend.ready_for_query(TXN_IDLE)]
+        send_all(self.sock, b"".join(parts))
+        self.logged_in = True
+        self.app.cancels.register(self)
+
+    def _send_admin_welcome(self) -> None:
+        params = {"server_version": VERSION_STRING.split()[1], "client_encoding": "UTF8",
+                  "server_encoding": "UTF8", "DateStyle": "ISO", "TimeZone": "UTC",
+                  "standard_conforming_strings": "on", "integer_datetimes": "on",
+                  "application_name": self.application_name}
+        parts = [backend.authentication(0)]
+        parts += [backend.parameter_status(k, v) for k, v in params.items()]
+        parts += [backend.backend_key_data(*self.cancel_key), backend.ready_for_query(TXN_IDLE)]
+        send_all(self.sock, b"".join(parts))
+        self.logged_in = True
+
+
+def _length_prefix(length: int) -> bytes:
+    return length.to_bytes(4, "big")
+
+
+def _pq_options(params: Dict[str, str]) -> list:
+    return [name for name in params if name.startswith("_pq_.")]
+
+
+def peer_uid(sock: socket.socket) -> Optional[int]:
+    """The uid of a unix-socket peer (SO_PEERCRED), or ``None`` where unavailable."""
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    except (OSError, AttributeError):
+        return None
+    return int.from_bytes(creds[4:8], sys.byteorder)

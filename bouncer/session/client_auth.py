@@ -1,0 +1,179 @@
+"""Authenticating a client: choosing the method (hooks), fetching credentials (hooks), and
+running the password exchange (trust, plain, md5, SCRAM-SHA-256).
+
+What the client is told is only what PostgreSQL would say; the log says why.
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+from typing import TYPE_CHECKING, Optional
+
+from bouncer.auth.md5 import is_md5_secret, md5_secret, verify_md5_response
+from bouncer.auth.scram import (ScramAuthFailed, ScramError, ScramServer, parse_scram_secret)
+from bouncer.auth.store import Credentials
+from bouncer.errors import AuthFailed, ClientError
+from bouncer.net.stream import read_message, send_all
+from bouncer.proto import backend, frontend, sqlstate
+from bouncer.proto.constants import AuthCode, Frontend
+from bouncer.proto.framing import MessageReader
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bouncer.session.client import ClientSession
+
+log = logging.getLogger(__name__)
+
+#: Largest password message we accept (PgBouncer 1.26 raised passwords to 65535 bytes).
+MAX_PASSWORD_PACKET = 70000
+
+ADMIN_LOCAL_USER = "pgbouncer"
+
+
+class LoginRefused(AuthFailed):
+    """Authentication failed; ``log_reason`` says why (never sent to the client)."""
+
+
+def password_failed(user: str, reason: str) -> LoginRefused:
+    return LoginRefused(f'password authentication failed for user "{user}"',
+                        sqlstate.INVALID_PASSWORD, log_reason=reason)
+
+
+def authenticate(client: "ClientSession") -> None:
+    """Authenticate a normal client; on success the pool learns the server credentials.
+
+    :raises ClientError: refused (the message is what the client sees).
+    """
+    app = client.app
+    method = app.hooks.auth_method(app, client)
+    credentials = app.hooks.get_credentials(app, client.user, client.database)
+    try:
+        scram_keys = _run_method(client, method, credentials)
+    except ClientError as err:
+        app.hooks.client_login(app, client, False, getattr(err, "log_reason", err.message))
+        raise
+    app.hooks.client_login(app, client, True, "")
+    client.credentials = credentials
+    client.scram_keys = scram_keys
+
+
+def authenticate_admin(client: "ClientSession") -> None:
+    """The admin console: admin_users and stats_users, or ``pgbouncer`` over a local socket."""
+    app = client.app
+    config = app.config
+    if (client.unix and client.user == ADMIN_LOCAL_USER and client.peer_uid == os.geteuid()):
+        return
+    allowed = set(config.admin_users) | set(config.stats_users)
+    if client.user not in allowed and config.auth_type not in ("trust", "any"):
+        raise LoginRefused("not allowed", sqlstate.INVALID_AUTHORIZATION,
+                           log_reason=f"user {client.user} is in neither admin_users nor stats_users")
+    credentials = app.user_store.from_userlist(client.user)
+    method = config.auth_type if config.auth_type != "hba" else "md5"
+    _run_method(client, method, credentials)
+    if client.user not in allowed:
+        raise LoginRefused("not allowed", sqlstate.INVALID_AUTHORIZATION,
+                           log_reason=f"user {client.user} is in neither admin_users nor stats_users")
+
+
+def _run_method(client: "ClientSession", method: Optional[str],
+                credentials: Optional[Credentials]) -> Optional[tuple]:
+    """Run one method; returns SCRAM (client_key, server_key) when passthrough became possible."""
+    user = client.user
+    if method in ("trust", "any"):
+        if credentials is None and method == "trust" and not _forced_user(client):
+            raise LoginRefused(f'password authentication failed for user "{user}"',
+                               sqlstate.INVALID_PASSWORD,
+                               log_reason=f"no such user: {user} (trust needs a known user)")
+        return None
+    if method == "reject" or method is None:
+        raise LoginRefused(f'authentication rejected for user "{user}"',
+                           sqlstate.INVALID_AUTHORIZATION, log_reason=f"auth method {method}")
+    if method == "plain" or method == "password":
+        _check_plain(client, credentials)
+        return None
+    if method == "md5":
+        if credentials is not None and parse_scram_secret(credentials.secret or ""):
+            return _check_scram(client, credentials)  # md5 upgrades to SCRAM (PgBouncer rule)
+        _check_md5(client, credentials)
+        return None
+    if method == "scram-sha-256":
+        return _check_scram(client, credentials)
+    verdict = client.app.hooks.verify_client(client.app, client, method)
+    if verdict is not True:
+        raise LoginRefused(f'authentication failed for user "{user}"',
+                           sqlstate.INVALID_AUTHORIZATION,
+                           log_reason=f"{method} authentication failed")
+    return None
+
+
+def _forced_user(client: "ClientSession") -> bool:
+    db = client.app.registry.find_database(client.database)
+    return db is not None and bool(db.definition.user)
+
+
+def _read_password_message(client: "ClientSession") -> bytes:
+    reader = MessageReader(max_length=MAX_PASSWORD_PACKET)
+    kind, payload = read_message(client.sock, reader)
+    if kind != Frontend.PASSWORD:
+        raise ClientError(f"expected password response, got message type {chr(kind)!r}",
+                          sqlstate.PROTOCOL_VIOLATION)
+    return payload
+
+
+def _check_plain(client: "ClientSession", credentials: Optional[Credentials]) -> None:
+    send_all(client.sock, backend.authentication(AuthCode.CLEARTEXT_PASSWORD))
+    password = frontend.parse_password_message(_read_password_message(client)).decode(
+        "utf-8", "replace")
+    if credentials is None or credentials.secret is None:
+        raise password_failed(client.user, f"no such user: {client.user}")
+    secret = credentials.secret
+    scram = parse_scram_secret(secret)
+    if scram is not None:
+        ok = ScramServer.verify_password(scram, password)
+    elif is_md5_secret(secret):
+        ok = hmac.compare_digest(md5_secret(client.user, password), secret)
+    else:
+        ok = hmac.compare_digest(password.encode(), secret.encode())
+    if not ok:
+        raise password_failed(client.user, "wrong password (cleartext)")
+
+
+def _check_md5(client: "ClientSession", credentials: Optional[Credentials]) -> None:
+    salt = os.urandom(4)
+    send_all(client.sock, backend.authentication(AuthCode.MD5_PASSWORD, salt))
+    response = frontend.parse_password_message(_read_password_message(client)).decode(
+        "ascii", "replace")
+    if credentials is None or credentials.secret is None:
+        raise password_failed(client.user, f"no such user: {client.user}")
+    if not verify_md5_response(credentials.secret, client.user, salt, response):
+        raise password_failed(client.user, "wrong password (md5)")
+
+
+def _check_scram(client: "ClientSession", credentials: Optional[Credentials]) -> Optional[tuple]:
+    secret = credentials.secret if credentials is not None else None
+    scram_secret = parse_scram_secret(secret) if secret else None
+    if scram_secret is not None:
+        server = ScramServer(scram_secret)
+    elif secret and not is_md5_secret(secret):
+        server = ScramServer.from_password(secret, client.app.config.scram_iterations)
+    else:
+        # Run the whole exchange anyway so an unknown user looks like a wrong password.
+        server = ScramServer.mock(client.user)
+    send_all(client.sock, backend.authentication(AuthCode.SASL, b"SCRAM-SHA-256\0\0"))
+    try:
+        mechanism, first = frontend.parse_sasl_initial_response(_read_password_message(client))
+        if mechanism != "SCRAM-SHA-256":
+            raise ClientError(f"unsupported SASL mechanism {mechanism}", sqlstate.PROTOCOL_VIOLATION)
+        send_all(client.sock, backend.authentication(AuthCode.SASL_CONTINUE,
+                                                     server.handle_client_first(first)))
+        final = server.handle_client_final(_read_password_message(client))
+    except ScramAuthFailed:
+        raise password_failed(client.user, "wrong password (SCRAM)") from None
+    except ScramError as exc:
+        raise ClientError(f"malformed SCRAM message: {exc}", sqlstate.PROTOCOL_VIOLATION) from None
+    if credentials is None or (secret and is_md5_secret(secret)):
+        raise password_failed(client.user, f"no such user or no SCRAM-capable secret: {client.user}")
+    send_all(client.sock, backend.authentication(AuthCode.SASL_FINAL, final))
+    if scram_secret is not None:
+        return (server.client_key, scram_secret.server_key)
+    return None

@@ -1,0 +1,159 @@
+"""Logging in to a PostgreSQL server: startup packet, TLS, and answering its auth request.
+
+Supports trust, cleartext, md5 and SCRAM-SHA-256.  With SCRAM, a userlist/auth_query secret in
+SCRAM form cannot produce a password, so the keys recovered from the client's own SCRAM exchange
+are used instead (passthrough), exactly as PgBouncer does.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Optional
+
+from bouncer.auth.md5 import is_md5_secret, md5_response
+from bouncer.auth.scram import ScramClient, ScramError, parse_scram_secret
+from bouncer.errors import ClientError
+from bouncer.net.stream import read_exactly, read_message, send_all
+from bouncer.proto import backend, frontend, sqlstate
+from bouncer.proto.constants import AuthCode, Backend
+from bouncer.proto.framing import MessageReader
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bouncer.app import App
+    from bouncer.pool.pool import Pool
+    from bouncer.session.server import ServerConnection
+
+log = logging.getLogger(__name__)
+
+
+class ServerLoginError(ClientError):
+    """The server refused our login; its message and SQLSTATE go to the client as they are."""
+
+
+def login(app: "App", server: "ServerConnection", pool: "Pool") -> None:
+    """Run the whole login on a connected socket; fills ``server.params`` and ``cancel_key``."""
+    _maybe_start_tls(app, server)
+    user, secret = _server_identity(pool)
+    params = {"user": user, "database": pool.database.definition.dbname or pool.database.name}
+    params.update(pool.database.definition.startup_params)
+    send_all(server.sock, frontend.startup_message(params))
+    reader = MessageReader()
+    exchange = _AuthExchange(server, pool, user, secret)
+    while True:
+        kind, payload = read_message(server.sock, reader)
+        if kind == Backend.AUTHENTICATION:
+            exchange.answer(*backend.parse_authentication(payload))
+        elif kind == Backend.PARAMETER_STATUS:
+            name, value = backend.parse_parameter_status(payload)
+            server.params[name] = value
+        elif kind == Backend.BACKEND_KEY_DATA:
+            server.cancel_key = backend.parse_backend_key_data(payload)
+        elif kind == Backend.ERROR_RESPONSE:
+            fields = backend.parse_error_fields(payload)
+            raise ServerLoginError(fields.get("M", "server login failed"),
+                                   fields.get("C", sqlstate.CONNECTION_FAILURE), "FATAL")
+        elif kind == Backend.READY_FOR_QUERY:
+            return
+
+
+def _server_identity(pool: "Pool"):
+    """(user, secret) to log in with: the database's forced user, or the client's user."""
+    definition = pool.database.definition
+    if definition.user:
+        return definition.user, definition.password
+    credentials = pool.server_credentials
+    return pool.user.name, (credentials.secret if credentials is not None else None)
+
+
+class _AuthExchange:
+    """Answers one server's authentication requests."""
+
+    def __init__(self, server: "ServerConnection", pool: "Pool", user: str,
+                 secret: Optional[str]) -> None:
+        self.server = server
+        self.pool = pool
+        self.user = user
+        self.secret = secret
+        self.scram: Optional[ScramClient] = None
+
+    def answer(self, code: int, data: bytes) -> None:
+        if code == AuthCode.OK:
+            return
+        if code == AuthCode.CLEARTEXT_PASSWORD:
+            self._send(frontend.password_message(self._plain_password("cleartext") + b"\0"))
+        elif code == AuthCode.MD5_PASSWORD:
+            self._send_md5(data[:4])
+        elif code == AuthCode.SASL:
+            self._start_scram(data)
+        elif code == AuthCode.SASL_CONTINUE and self.scram is not None:
+            self._send(frontend.sasl_response(self._scram_step(self.scram.handle_server_first, data)))
+        elif code == AuthCode.SASL_FINAL and self.scram is not None:
+            self._scram_step(self.scram.handle_server_final, data)
+        else:
+            raise ServerLoginError(f"server requested unsupported authentication method {code}",
+                                   sqlstate.FEATURE_NOT_SUPPORTED)
+
+    def _send(self, message: bytes) -> None:
+        send_all(self.server.sock, message)
+
+    def _plain_password(self, method: str) -> bytes:
+        if self.secret is None or is_md5_secret(self.secret) or parse_scram_secret(self.secret):
+            raise ServerLoginError(
+                f"server requests {method} password but no plain-text password is known for "
+                f"user \"{self.user}\"", sqlstate.INVALID_PASSWORD)
+        return self.secret.encode()
+
+    def _send_md5(self, salt: bytes) -> None:
+        if self.secret is None or parse_scram_secret(self.secret):
+            raise ServerLoginError(
+                f"server requests md5 but no password or md5 secret is known for user "
+                f"\"{self.user}\"", sqlstate.INVALID_PASSWORD)
+        response = md5_response(self.secret, self.user, salt)
+        self._send(frontend.password_message(response.encode() + b"\0"))
+
+    def _start_scram(self, data: bytes) -> None:
+        mechanisms = [m.decode() for m in data.split(b"\0") if m]
+        if "SCRAM-SHA-256" not in mechanisms:
+            raise ServerLoginError(f"server offers no supported SASL mechanism: {mechanisms}",
+                                   sqlstate.FEATURE_NOT_SUPPORTED)
+        self.scram = self._scram_client()
+        self._send(frontend.sasl_initial_response("SCRAM-SHA-256", self.scram.client_first()))
+
+    def _scram_client(self) -> ScramClient:
+        if self.secret is not None and parse_scram_secret(self.secret) is not None:
+            if self.pool.scram_keys is None:
+                raise ServerLoginError(
+                    f"server requests SCRAM but only a SCRAM secret is known for user "
+                    f"\"{self.user}\": the client must log in with SCRAM first",
+                    sqlstate.INVALID_PASSWORD)
+            client_key, server_key = self.pool.scram_keys
+            return ScramClient(client_key=client_key, server_key=server_key)
+        if self.secret is None or is_md5_secret(self.secret):
+            raise ServerLoginError(
+                f"server requests SCRAM but no plain-text password is known for user "
+                f"\"{self.user}\"", sqlstate.INVALID_PASSWORD)
+        return ScramClient(self.secret)
+
+    def _scram_step(self, step, data: bytes) -> bytes:
+        try:
+            return step(data)
+        except ScramError as exc:
+            raise ServerLoginError(f"SCRAM exchange with server failed: {exc}",
+                                   sqlstate.INVALID_PASSWORD) from exc
+
+
+def _maybe_start_tls(app: "App", server: "ServerConnection") -> None:
+    """Ask for TLS when server_tls_sslmode wants it, and wrap the socket in-band."""
+    mode = app.config.server_tls_sslmode
+    if mode == "disable" or server.addr == "unix":
+        return
+    send_all(server.sock, frontend.ssl_request())
+    answer = read_exactly(server.sock, 1)
+    if answer == b"S":
+        context = app.server_tls_context()
+        hostname = server.host if mode == "verify-full" else None
+        server.sock = context.wrap_socket(server.sock, server_hostname=hostname)
+        server.tls = f"{server.sock.version()}/{server.sock.cipher()[0]}"
+    elif mode in ("require", "verify-ca", "verify-full"):
+        raise ServerLoginError(
+            f"server refused TLS but server_tls_sslmode={mode} requires it",
+            sqlstate.CONNECTION_FAILURE)

@@ -1,0 +1,38 @@
+"""Tracked session parameters, and the SET that makes a server match its new client.
+
+PgBouncer tracks the parameters the server reports with ParameterStatus that clients commonly
+set; when a client gets a server whose values differ (transaction mode), they are set again
+before the client's query (PgBouncer's varcache.c).
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterable, Mapping, Optional
+
+#: Always tracked; ``track_extra_parameters`` adds more (IntervalStyle by default).
+BASE_TRACKED = ("client_encoding", "DateStyle", "TimeZone", "standard_conforming_strings",
+                "application_name")
+
+
+def tracked_names(extra: Iterable[str]) -> Dict[str, str]:
+    """Lower-case name -> the spelling servers report (GUC names are case-insensitive)."""
+    names = {name.lower(): name for name in BASE_TRACKED}
+    for name in extra:
+        name = name.strip()
+        if name:
+            names.setdefault(name.lower(), name)
+    return names
+
+
+def quote_literal(value: str) -> str:
+    """A SQL string literal (E'' form when a backslash is present, as PostgreSQL's quote_literal)."""
+    escaped = value.replace("'", "''")
+    if "\\" in value:
+        return "E'" + escaped.replace("\\", "\\\\") + "'"
+    return "'" + escaped + "'"
+
+
+def sync_query(wanted: Mapping[str, str], current: Mapping[str, str]) -> Optional[str]:
+    """The SET statements that give a server the client's values, or ``None`` if they match."""
+    statements = [f"SET {name}={quote_literal(value)};" for name, value in wanted.items()
+                  if current.get(name) != value]
+    return "".join(statements) or None
