@@ -1,0 +1,230 @@
+"""Header-only scanning of relayed chunks: the relay's hot path.
+
+The relay forwards every chunk unchanged; these scanners only walk the 5-byte message
+headers to learn what the pooler must know: how many ReadyForQuery messages to expect
+(client side), when one arrives and with which transaction status (server side), and
+which ParameterStatus values the server reported.
+
+How it stays cheap: one offset loop per chunk with ``struct.unpack_from``, no per-message
+objects, and bodies skipped by arithmetic: a body that runs past the chunk end becomes a
+byte count to skip at the start of the next chunk.  Only two state fragments survive
+between chunks: a header split by the chunk boundary (< 5 bytes) and, on the server side,
+the tiny bodies of ReadyForQuery and ParameterStatus, the only bodies ever copied.
+"""
+from __future__ import annotations
+
+import struct
+from typing import List, Optional, Tuple
+
+from bouncer.errors import ProtocolError
+from bouncer.proto.backend import parse_parameter_status
+from bouncer.proto.constants import Backend, Frontend
+
+_HEADER_LEN = 5
+_unpack_length = struct.Struct("!I").unpack_from
+
+_READY_FOR_QUERY = Backend.READY_FOR_QUERY
+_PARAMETER_STATUS = Backend.PARAMETER_STATUS
+#: ReadyForQuery's length field: itself plus the one status byte.
+_READY_FOR_QUERY_LEN = 5
+#: A server sending a bigger ParameterStatus is broken or hostile: we would buffer it.
+_MAX_PARAMETER_STATUS_LEN = 1 << 20
+
+_QUERY = Frontend.QUERY
+_SYNC = Frontend.SYNC
+_FUNCTION_CALL = Frontend.FUNCTION_CALL
+_PARSE = Frontend.PARSE
+_BIND = Frontend.BIND
+_TERMINATE = Frontend.TERMINATE
+
+
+def _bad_length(msg_type: int, length: int) -> ProtocolError:
+    return ProtocolError(f"invalid length {length} of message type {chr(msg_type)!r}")
+
+
+class _HeaderScanner:
+    """State shared by both directions: bytes left to skip and a split header."""
+
+    __slots__ = ("_skip", "_head")
+
+    def __init__(self) -> None:
+        #: Body bytes of the current message still to come in later chunks.
+        self._skip = 0
+        #: First 1-4 bytes of a header cut by the previous chunk's end.
+        self._head = b""
+
+    def _take_skip(self) -> int:
+        """Where scanning resumes: past the pending skip (it may lie beyond this chunk,
+        in which case ``feed`` turns the excess back into a skip)."""
+        pos, self._skip = self._skip, 0
+        return pos
+
+    def _complete_header(self, chunk: bytes, size: int) -> Optional[Tuple[int, int, int]]:
+        """Join a split header with the start of ``chunk``.
+
+        :return: ``(type, length, body start in chunk)``, or None when ``chunk`` is still
+            too short to finish the header (it has been absorbed).
+        """
+        missing = _HEADER_LEN - len(self._head)
+        if size < missing:
+            self._head += chunk
+            return None
+        header = self._head + chunk[:missing]
+        self._head = b""
+        length = _unpack_length(header, 1)[0]
+        if length < 4:
+            raise _bad_length(header[0], length)
+        return header[0], length, missing
+
+
+class ServerScanner(_HeaderScanner):
+    """Scan server-to-client chunks for ReadyForQuery and ParameterStatus."""
+
+    __slots__ = ("last_status", "param_updates", "_body_type", "_body", "_body_missing")
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: Status byte (``TXN_IDLE``...) of the last ReadyForQuery seen; None before the first.
+        self.last_status: Optional[int] = None
+        #: ``(name, value)`` of each completed ParameterStatus; the caller drains it.
+        self.param_updates: List[Tuple[str, str]] = []
+        self._body_type = 0
+        #: Body collected so far of a ReadyForQuery/ParameterStatus cut by a chunk end.
+        self._body: Optional[bytearray] = None
+        self._body_missing = 0
+
+    def feed(self, chunk: bytes) -> int:
+        """Scan one chunk; return how many ReadyForQuery messages ended in it."""
+        size = len(chunk)
+        pos, ready = self._resume(chunk, size)
+        unpack_length = _unpack_length
+        while pos < size:
+            if size - pos < _HEADER_LEN:
+                self._head = chunk[pos:]
+                return ready
+            msg_type = chunk[pos]
+            length = unpack_length(chunk, pos + 1)[0]
+            if length < 4:
+                raise _bad_length(msg_type, length)
+            if msg_type == _READY_FOR_QUERY or msg_type == _PARAMETER_STATUS:
+                pos, found = self._small_message(msg_type, length, chunk, pos + _HEADER_LEN)
+                ready += found
+            else:
+                pos += 1 + length
+        self._skip = pos - size
+        return ready
+
+    def _resume(self, chunk: bytes, size: int) -> Tuple[int, int]:
+        """Finish what the previous chunk left open.
+
+        :return: ``(scan position, ReadyForQuery messages completed on the way)``.
+        """
+        if self._skip:
+            return self._take_skip(), 0
+        if self._body is not None:
+            return self._continue_body(self._body, chunk, size)
+        if not self._head:
+            return 0, 0
+        header = self._complete_header(chunk, size)
+        if header is None:
+            return size, 0
+        msg_type, length, start = header
+        if msg_type == _READY_FOR_QUERY or msg_type == _PARAMETER_STATUS:
+            return self._small_message(msg_type, length, chunk, start)
+        return start + length - 4, 0
+
+    def _small_message(self, msg_type: int, length: int, chunk: bytes,
+                       start: int) -> Tuple[int, int]:
+        """Handle a ReadyForQuery/ParameterStatus whose body begins at ``start``.
+
+        :return: ``(position after it, 1 if a ReadyForQuery completed else 0)``; a body
+            cut by the chunk end is buffered and the position is the chunk end.
+        """
+        if msg_type == _READY_FOR_QUERY:
+            if length != _READY_FOR_QUERY_LEN:
+                raise _bad_length(msg_type, length)
+        elif length > _MAX_PARAMETER_STATUS_LEN:
+            raise _bad_length(msg_type, length)
+        end = start + length - 4
+        size = len(chunk)
+        if end > size:
+            self._body_type = msg_type
+            self._body = bytearray(chunk[start:])
+            self._body_missing = end - size
+            return size, 0
+        return end, self._handle_body(msg_type, chunk[start:end])
+
+    def _continue_body(self, body: bytearray, chunk: bytes, size: int) -> Tuple[int, int]:
+        """Add the start of ``chunk`` to a buffered small body; handle it once complete."""
+        taken = min(self._body_missing, size)
+        self._body_missing -= taken
+        body += chunk[:taken]
+        if self._body_missing:
+            return size, 0
+        self._body = None
+        return taken, self._handle_body(self._body_type, bytes(body))
+
+    def _handle_body(self, msg_type: int, body: bytes) -> int:
+        """Act on a complete ReadyForQuery/ParameterStatus body; return 1 for ReadyForQuery."""
+        if msg_type == _READY_FOR_QUERY:
+            self.last_status = body[0]
+            return 1
+        self.param_updates.append(parse_parameter_status(body))
+        return 0
+
+
+class ClientScanner(_HeaderScanner):
+    """Scan client-to-server chunks for sync points, Parse/Bind counts and Terminate."""
+
+    __slots__ = ("terminate_at", "parse_count", "bind_count")
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: Offset of a Terminate message in the chunk last fed; forward only what precedes it.
+        self.terminate_at: Optional[int] = None
+        self.parse_count = 0
+        self.bind_count = 0
+
+    def feed(self, chunk: bytes) -> int:
+        """Scan one chunk; return how many ReadyForQuery the server will answer for it.
+
+        Query, Sync and FunctionCall each end in exactly one ReadyForQuery.  A message is
+        counted as soon as its type byte is seen, even if its header is cut by the chunk
+        end: the caller forwards the chunk anyway, and a header never changes its type.
+        """
+        size = len(chunk)
+        pos = self._resume(chunk, size)
+        syncs = 0
+        unpack_length = _unpack_length
+        while pos < size:
+            msg_type = chunk[pos]
+            if msg_type == _QUERY or msg_type == _SYNC or msg_type == _FUNCTION_CALL:
+                syncs += 1
+            elif msg_type == _PARSE:
+                self.parse_count += 1
+            elif msg_type == _BIND:
+                self.bind_count += 1
+            elif msg_type == _TERMINATE:
+                self.terminate_at = pos
+                return syncs
+            if size - pos < _HEADER_LEN:
+                self._head = chunk[pos:]
+                return syncs
+            length = unpack_length(chunk, pos + 1)[0]
+            if length < 4:
+                raise _bad_length(msg_type, length)
+            pos += 1 + length
+        self._skip = pos - size
+        return syncs
+
+    def _resume(self, chunk: bytes, size: int) -> int:
+        """Finish a skip or split header left by the previous chunk; return the scan position."""
+        if self._skip:
+            return self._take_skip()
+        if not self._head:
+            return 0
+        header = self._complete_header(chunk, size)
+        if header is None:
+            return size
+        _, length, start = header
+        return start + length - 4
