@@ -46,7 +46,8 @@ def _read_key(text: str, pos: int) -> Tuple[str, int]:
     key = text[start:pos]
     pos = _skip_blanks(text, pos)
     if not key or pos >= len(text) or text[pos] != "=":
-        raise ValueError(f"syntax error in connection string: expected key=value at {text[start:]!r}")
+        raise ValueError("syntax error in connection string: "
+                         f"expected key=value at {text[start:]!r}")
     return key, pos + 1
 
 

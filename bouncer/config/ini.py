@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 from configobj import ConfigObj
 
@@ -74,7 +74,7 @@ def to_configobj(lines: Iterable[IniLine]) -> ConfigObj:
 
 
 def rename_keys(lines: Iterable[IniLine], section: str,
-                canonical: Dict[str, str]) -> List[IniLine]:
+                canonical: Mapping[str, str]) -> List[IniLine]:
     """Lines with keys of ``section`` found in ``canonical`` renamed (aliases to targets)."""
     return [replace(line, key=canonical[line.key])
             if line.section == section and line.key in canonical else line

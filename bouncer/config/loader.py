@@ -6,6 +6,7 @@ then run the cross-field checks.
 """
 from __future__ import annotations
 
+from functools import partial
 from types import MappingProxyType
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Tuple, TypeVar
 
@@ -104,7 +105,7 @@ def _settings(document: ConfigObj, where: Mapping[Tuple[str, str], IniLine]) -> 
         if setting is None:
             raise ConfigError("unknown parameter", filename=line.filename, lineno=line.lineno,
                               key=key)
-        section[key] = _typed(line, lambda raw: parse_value(setting, raw))
+        section[key] = _typed(line, partial(parse_value, setting))
     settings = {setting.name: setting.default for setting in SETTINGS}
     settings.update(section)
     return settings
@@ -116,7 +117,7 @@ def _section(document: ConfigObj, where: Mapping[Tuple[str, str], IniLine], name
     section = document.get(name, {})
     for key in section:
         line = where[(name, key)]
-        section[key] = _typed(line, lambda raw: parse(key, raw))
+        section[key] = _typed(line, partial(parse, key))
     return dict(section)
 
 
