@@ -1,4 +1,4 @@
-"""Registers the fixture modules: fixtures live in tests/fixtures, plain helpers in tests/support."""
+"""Registers the fixture modules (tests/fixtures); plain helpers live in tests/support."""
 
 pytest_plugins = [
     "tests.fixtures.postgres",

@@ -59,7 +59,7 @@ def give_to_pg_owner(path: str) -> None:
     """chown ``path`` (recursively) to the postgres system user; a no-op when not root."""
     if not running_as_root():
         return
-    for root, dirs, files in os.walk(path):
+    for root, _subdirs, files in os.walk(path):
         shutil.chown(root, PG_OWNER, PG_OWNER)
         for name in files:
             shutil.chown(os.path.join(root, name), PG_OWNER, PG_OWNER)
