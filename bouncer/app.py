@@ -8,7 +8,7 @@ import socket
 import ssl
 import sys
 import time
-from typing import Any, List, Optional, Set
+from typing import Any, List, NamedTuple, Optional, Set
 
 import gevent
 from gevent.pool import Group
@@ -22,7 +22,7 @@ from bouncer.errors import ConfigError
 from bouncer.log import LogSetup
 from bouncer.net.dns import Resolver
 from bouncer.net.listener import Listeners
-from bouncer.net.stream import send_all
+from bouncer.net.stream import ConnectionLost, send_all
 from bouncer.plugin.hooks import PluginHooks
 from bouncer.plugin.manager import make_plugin_manager
 from bouncer.pool.janitor import Janitor
@@ -53,6 +53,13 @@ def load_and_check(path: str, hooks: Optional[PluginHooks] = None) -> Config:
     return config
 
 
+class TlsContexts(NamedTuple):
+    """The contexts in force; a reload swaps the pair, so existing connections are untouched."""
+
+    client: Optional[ssl.SSLContext]
+    server: Optional[ssl.SSLContext]
+
+
 class App:
     """One pooler process."""
 
@@ -81,8 +88,7 @@ class App:
         self.paused = False
         self.suspended = False
         self.shutdown_mode: Optional[str] = None
-        self._client_tls: Optional[ssl.SSLContext] = None
-        self._server_tls: Optional[ssl.SSLContext] = None
+        self.tls = self._build_tls(self.config)
         self.admin_commands = self.hooks.admin_commands(self)
 
     # -- start -------------------------------------------------------------------------------
@@ -143,36 +149,30 @@ class App:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
                             int(config.tcp_user_timeout * 1000))
 
-    # -- TLS (the policy plugins of issue #5 replace the simple contexts below) ----------------
+    # -- TLS: contexts come from the TLS policy plugins ------------------------------------
+
+    def _build_tls(self, config: Config) -> TlsContexts:
+        return TlsContexts(self.hooks.client_tls_context(self, config),
+                           self.hooks.server_tls_context(self, config))
 
     def start_client_tls(self, client: ClientSession) -> None:
-        """Answer an SSLRequest: ``N`` when client TLS is off, else ``S`` and the handshake."""
-        config = self.config
-        if config.client_tls_sslmode == "disable" or client.tls:
+        """Answer an SSLRequest: ``N`` without a client context, else ``S`` and the handshake."""
+        context = self.tls.client
+        if context is None or client.tls:
             send_all(client.sock, b"N")
             return
         send_all(client.sock, b"S")
-        if self._client_tls is None:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(config.client_tls_cert_file, config.client_tls_key_file)
-            self._client_tls = context
-        client.sock = self._client_tls.wrap_socket(client.sock, server_side=True)
-        client.tls = f"{client.sock.version()}/{client.sock.cipher()[0]}"
+        try:
+            client.sock = context.wrap_socket(client.sock, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            log.warning("%s TLS handshake error: %s", client.prefix, exc)
+            raise ConnectionLost(f"TLS handshake error: {exc}") from exc
+        version, cipher = client.sock.version(), client.sock.cipher()
+        client.tls = f"{version}/{cipher[0]}/{cipher[2]}"
+        client.peer_cert = client.sock.getpeercert(binary_form=True)
 
-    def server_tls_context(self) -> ssl.SSLContext:
-        if self._server_tls is None:
-            config = self.config
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            if config.server_tls_sslmode in ("verify-ca", "verify-full"):
-                context.load_verify_locations(config.server_tls_ca_file)
-                context.check_hostname = config.server_tls_sslmode == "verify-full"
-            else:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            if config.server_tls_cert_file:
-                context.load_cert_chain(config.server_tls_cert_file, config.server_tls_key_file)
-            self._server_tls = context
-        return self._server_tls
+    def server_tls_context(self) -> Optional[ssl.SSLContext]:
+        return self.tls.server
 
     # -- reload ------------------------------------------------------------------------------
 
@@ -186,7 +186,8 @@ class App:
             new = load_and_check(self.config_path, self.hooks)
             if new.auth_file:
                 load_userlist(new.auth_file)  # fail before changing anything
-        except (ConfigError, OSError) as exc:
+            tls = self._build_tls(new)
+        except (ConfigError, OSError, ssl.SSLError) as exc:
             log.error("config reload failed, keeping the old configuration: %s", exc)
             systemd.notify("READY=1")
             return [str(exc)]
@@ -197,7 +198,7 @@ class App:
         self._load_users(new)
         self.registry.apply_config(new)
         self.resolver.max_ttl, self.resolver.nxdomain_ttl = new.dns_max_ttl, new.dns_nxdomain_ttl
-        self._client_tls = self._server_tls = None
+        self.tls = tls
         self.admin_commands = self.hooks.admin_commands(self)
         self.hooks.reload(self, old, new)
         systemd.notify("READY=1")

@@ -16,6 +16,8 @@ from bouncer.errors import ClientError
 from bouncer.proto import sqlstate
 
 if TYPE_CHECKING:  # pragma: no cover
+    import ssl
+
     from bouncer.app import App
     from bouncer.auth.store import Credentials
     from bouncer.config import Config
@@ -51,6 +53,15 @@ class PluginHooks:
         except Exception as exc:
             log.error("plugin hook %s failed: %r", name, exc, exc_info=True)
             raise PluginFailure(name, exc) from exc
+
+    def client_tls_context(self, app: "App", config: "Config") -> Optional["ssl.SSLContext"]:
+        return self._relay.bouncer_client_tls_context(app=app, config=config)
+
+    def server_tls_context(self, app: "App", config: "Config") -> Optional["ssl.SSLContext"]:
+        return self._relay.bouncer_server_tls_context(app=app, config=config)
+
+    def check_client_tls(self, app: "App", client: "ClientSession") -> Optional[ClientError]:
+        return self._decide("bouncer_check_client_tls", app=app, client=client)
 
     def client_admit(self, app: "App", client: "ClientSession") -> Optional[ClientError]:
         return self._decide("bouncer_client_admit", app=app, client=client)

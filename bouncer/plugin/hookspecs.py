@@ -1,7 +1,7 @@
 """Every hook bouncer calls, with its contract.
 
-Sections follow a connection's life: process and config, client login and authentication,
-limits, admin console.  Hooks are called only at those boundaries, never per packet.
+Sections follow a connection's life: process and config, TLS policy, client login and
+authentication, limits, admin console.  Hooks are called only at those boundaries, never per packet.
 
 Conventions (shared by all hooks):
 
@@ -23,6 +23,8 @@ import pluggy
 from bouncer.plugin import NAME
 
 if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
+    import ssl
+
     from bouncer.app import App
     from bouncer.auth.store import Credentials
     from bouncer.config import Config
@@ -80,6 +82,56 @@ def bouncer_shutdown(app: "App") -> None:
     :param app: the running application.
 
     Called from: the main greenlet.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# TLS policy
+# --------------------------------------------------------------------------------------------
+
+@hookspec(firstresult=True)
+def bouncer_client_tls_context(app: "App", config: "Config") -> Optional["ssl.SSLContext"]:
+    """Build the TLS context offered to clients (``client_tls_*`` settings).
+
+    :param app: the application (during start, before it listens).
+    :param config: the configuration being applied (at start or RELOAD).
+    :return: a server-side :class:`ssl.SSLContext`, or ``None`` when this implementation does not
+        build it.  If no implementation returns a context, clients' SSLRequests are answered
+        ``N``.  Raise :class:`~bouncer.errors.ConfigError` to refuse the configuration; on
+        RELOAD the running contexts stay.
+
+    Called from: the main greenlet at start, the reloading greenlet on RELOAD.
+    """
+
+
+@hookspec(firstresult=True)
+def bouncer_server_tls_context(app: "App", config: "Config") -> Optional["ssl.SSLContext"]:
+    """Build the TLS context used towards PostgreSQL servers (``server_tls_*`` settings).
+
+    :param app: the application.
+    :param config: the configuration being applied.
+    :return: a client-side :class:`ssl.SSLContext`, or ``None`` when this implementation does
+        not build it; with no context at all, servers are never asked for TLS.  Raise
+        :class:`~bouncer.errors.ConfigError` to refuse the configuration.
+
+    Called from: the main greenlet at start, the reloading greenlet on RELOAD.
+    """
+
+
+@hookspec(firstresult=True)
+def bouncer_check_client_tls(app: "App", client: "ClientSession") -> Optional["ClientError"]:
+    """Decide whether a client's transport is acceptable, once its startup packet is read.
+
+    Policies enforce ``client_tls_sslmode`` here: plaintext refused under ``require``, a missing
+    or unacceptable client certificate under ``verify-ca``/``verify-full``.
+
+    :param app: the running application.
+    :param client: the client; ``client.tls`` is ``""`` for plaintext, and ``client.peer_cert``
+        holds the DER certificate it presented (``None`` when it presented none).
+    :return: a :class:`~bouncer.errors.ClientError` (a FATAL that says what to do) to refuse,
+        or ``None`` to accept.
+
+    Called from: the client's greenlet.
     """
 
 

@@ -153,9 +153,10 @@ class ClientSession:
             if self.app.config.log_connections:
                 log.info("%s login attempt: db=%s user=%s tls=%s replication=no", self.prefix,
                          self.database, self.user, self.tls or "no")
-            refusal = self.app.hooks.client_admit(self.app, self)
-            if refusal is not None:
-                raise refusal
+            for check in (self.app.hooks.check_client_tls, self.app.hooks.client_admit):
+                refusal = check(self.app, self)
+                if refusal is not None:
+                    raise refusal
             if self.database == ADMIN_DATABASE:
                 self.is_admin = True
                 client_auth.authenticate_admin(self)

@@ -144,12 +144,12 @@ class _AuthExchange:
 def _maybe_start_tls(app: "App", server: "ServerConnection") -> None:
     """Ask for TLS when server_tls_sslmode wants it, and wrap the socket in-band."""
     mode = app.config.server_tls_sslmode
-    if mode == "disable" or server.addr == "unix":
+    context = app.server_tls_context()
+    if context is None or mode == "disable" or server.addr == "unix":
         return
     send_all(server.sock, frontend.ssl_request())
     answer = read_exactly(server.sock, 1)
     if answer == b"S":
-        context = app.server_tls_context()
         hostname = server.host if mode == "verify-full" else None
         server.sock = context.wrap_socket(server.sock, server_hostname=hostname)
         server.tls = f"{server.sock.version()}/{server.sock.cipher()[0]}"
