@@ -1,0 +1,77 @@
+"""Looking at what a pooler did from the outside: client queries and PostgreSQL's own view.
+
+The functional tests judge the pooler by what a client sees and by ``pg_stat_activity`` on the
+server (never by the pooler's SHOW commands, which are its own claims about itself).
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Optional, Set
+
+from tests.support.pgcluster import PgCluster
+from tests.support.ports import wait_until
+
+
+def scalar(conn: Any, sql: str, params: Optional[tuple] = None) -> Any:
+    """The first column of the first row of ``sql`` on a psycopg2 connection."""
+    with conn.cursor() as cur:
+        cur.execute(sql, params)
+        return cur.fetchone()[0]
+
+
+def execute(conn: Any, sql: str, params: Optional[tuple] = None) -> None:
+    """Run a statement that returns no rows (SET, CREATE ...)."""
+    with conn.cursor() as cur:
+        cur.execute(sql, params)
+
+
+def backend_pid(conn: Any) -> int:
+    return scalar(conn, "SELECT pg_backend_pid()")
+
+
+def server_pids(pg: PgCluster, user: str, db: str = "testdb") -> Set[int]:
+    """Backends of ``user`` on ``db`` as PostgreSQL sees them (the pooler's servers)."""
+    out = pg.psql(f"SELECT pid FROM pg_stat_activity WHERE usename = '{user}' "
+                  f"AND datname = '{db}' AND backend_type = 'client backend'")
+    return {int(line) for line in out.split()}
+
+
+def wait_for_server_pids(pg: PgCluster, user: str, check: Callable[[Set[int]], bool],
+                         timeout: float = 10, db: str = "testdb") -> Set[int]:
+    """Poll ``server_pids`` until ``check`` accepts them; fail with what was last seen."""
+    seen: Set[int] = set()
+
+    def ready() -> bool:
+        seen.clear()
+        seen.update(server_pids(pg, user, db))
+        return check(seen)
+
+    assert wait_until(ready, timeout, interval=0.1), f"server pids never matched: {seen}"
+    return set(seen)
+
+
+class Background:
+    """Runs ``action`` in a thread; ``result()`` gives its return value or re-raises."""
+
+    def __init__(self, action: Callable[[], Any]) -> None:
+        self._action = action
+        self._value: Any = None
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._action()
+        except BaseException as exc:  # handed to the test thread by result()
+            self._error = exc
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def result(self, timeout: float = 10) -> Any:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), f"background action still running after {timeout}s"
+        if self._error is not None:
+            raise self._error
+        return self._value
