@@ -139,6 +139,13 @@ class ScramServer:
         server._doomed = True
         return server
 
+    @staticmethod
+    def verify_password(secret: ScramSecret, password: str) -> bool:
+        """Check a cleartext password (auth_type=plain) against a SCRAM secret."""
+        client_key, server_key = _keys_from_password(password, secret.salt, secret.iterations)
+        return (hmac.compare_digest(_sha256(client_key), secret.stored_key)
+                and hmac.compare_digest(server_key, secret.server_key))
+
     def handle_client_first(self, data: bytes) -> bytes:
         """Take the client-first-message; return the server-first-message.
 

@@ -78,6 +78,13 @@ def test_parse_scram_secret_rejects_other_text(text):
     assert parse_scram_secret(text) is None
 
 
+@pytest.mark.parametrize("password, text", PG_SECRETS.items())
+def test_verify_password_against_postgresql_secret(password, text):
+    secret = parse_scram_secret(text)
+    assert ScramServer.verify_password(secret, password)
+    assert not ScramServer.verify_password(secret, password + " ")
+
+
 # --- server role ---------------------------------------------------------------------
 
 def test_server_reproduces_rfc7677_exchange(monkeypatch):
