@@ -18,7 +18,7 @@ from typing import List, Optional, Tuple
 
 from bouncer.errors import ProtocolError
 from bouncer.proto.backend import parse_parameter_status
-from bouncer.proto.constants import Backend, Frontend
+from bouncer.proto.constants import TXN_IDLE, Backend, Frontend
 
 _HEADER_LEN = 5
 _unpack_length = struct.Struct("!I").unpack_from
@@ -84,8 +84,9 @@ class ServerScanner(_HeaderScanner):
 
     def __init__(self) -> None:
         super().__init__()
-        #: Status byte (``TXN_IDLE``...) of the last ReadyForQuery seen; None before the first.
-        self.last_status: Optional[int] = None
+        #: Status byte of the last ReadyForQuery seen.  Starts at ``TXN_IDLE``: scanning
+        #: begins after login, which always ends with ReadyForQuery 'I'.
+        self.last_status = TXN_IDLE
         #: ``(name, value)`` of each completed ParameterStatus; the caller drains it.
         self.param_updates: List[Tuple[str, str]] = []
         self._body_type = 0
