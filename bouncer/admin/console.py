@@ -1,0 +1,187 @@
+"""The admin console session: read a console user's messages, run commands, send replies.
+
+Entered by the client session after an admin login (``psql -d pgbouncer``).  Only the simple
+query protocol is served, one command per Query; commands come from ``app.admin_commands``
+(the built-in table plus plugins', see :mod:`bouncer.admin.commands`).  Every failure is an
+ERROR followed by ReadyForQuery: the console never drops the connection over a bad command.
+"""
+from __future__ import annotations
+
+import array
+import logging
+import os
+import socket
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence
+
+from bouncer import operations
+from bouncer.admin import grammar
+from bouncer.admin.commands import (AdminError, InvalidCommand, Result, admin_access_needed,
+                                    is_stats_allowed)
+from bouncer.errors import ClientError
+from bouncer.net.stream import ConnectionLost, read_message, send_all
+from bouncer.proto import backend, frontend, sqlstate
+from bouncer.proto.constants import TXN_IDLE, Frontend
+from bouncer.proto.framing import MessageReader
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bouncer.session.client import ClientSession
+
+log = logging.getLogger(__name__)
+
+#: The unix-socket user that is admin without a password when its uid is ours.
+LOCAL_ADMIN_USER = "pgbouncer"
+#: Extended-protocol messages: refused once, then skipped up to the next Sync.
+_EXTENDED = {Frontend.PARSE, Frontend.BIND, Frontend.DESCRIBE, Frontend.EXECUTE,
+             Frontend.CLOSE, Frontend.FLUSH}
+_READY = backend.ready_for_query(TXN_IDLE)
+
+
+def serve_admin(client: "ClientSession") -> None:
+    """Serve a logged-in console user until Terminate (runs in the client's greenlet).
+
+    :raises ConnectionLost: the user went away without Terminate.
+    """
+    console = Console(client)
+    try:
+        console.serve()
+    finally:
+        console.close()
+
+
+class Console:
+    """One console user's session; handlers receive it as their first argument."""
+
+    def __init__(self, client: "ClientSession") -> None:
+        self.client = client
+        self.app = client.app
+        #: Set by SUSPEND: if this user leaves while the pooler is suspended, it resumes.
+        self.suspended_pooler = False
+        self._skipping_to_sync = False
+
+    # -- who is asking ---------------------------------------------------------------------
+
+    def is_admin(self) -> bool:
+        """May run every command (``admin_users``, or the local ``pgbouncer`` user)."""
+        return self.client.user in self.app.config.admin_users or self._is_local_owner()
+
+    def _is_local_owner(self) -> bool:
+        client = self.client
+        return (client.unix and client.user == LOCAL_ADMIN_USER
+                and client.peer_uid == os.geteuid())
+
+    def may_pass_fds(self) -> bool:
+        """File descriptors go only to our own uid, over a plain unix socket (as PgBouncer)."""
+        return self._is_local_owner() and not self.client.tls
+
+    # -- the session -----------------------------------------------------------------------
+
+    def serve(self) -> None:
+        reader = MessageReader()
+        while True:
+            kind, payload = read_message(self.client.sock, reader)
+            if kind == Frontend.TERMINATE:
+                return
+            self._answer(kind, payload)
+
+    def close(self) -> None:
+        if self.suspended_pooler and self.app.suspended:
+            log.info("admin disappeared when suspended, doing RESUME")
+            operations.resume(self.app, None)
+
+    def _answer(self, kind: int, payload: bytes) -> None:
+        if kind == Frontend.QUERY:
+            self._run(frontend.parse_query(payload))
+        elif kind == Frontend.SYNC:
+            self._skipping_to_sync = False
+            self._send(_READY)
+        elif kind in _EXTENDED:
+            # As PostgreSQL after an error: one ErrorResponse, then silence until Sync.
+            if not self._skipping_to_sync:
+                self._skipping_to_sync = True
+                self._send(self._error(AdminError(
+                    "extended query protocol not supported by admin console",
+                    sqlstate.FEATURE_NOT_SUPPORTED)))
+        else:
+            message = f"unsupported packet type for admin console: {chr(kind)!r}"
+            self._send(self._error(AdminError(message, sqlstate.PROTOCOL_VIOLATION)) + _READY)
+
+    def _run(self, query: str) -> None:
+        log.debug("%s got admin query: %s", self.client.prefix, query)
+        if not grammar.strip_terminator(query):
+            self._send(backend.empty_query_response() + _READY)
+            return
+        try:
+            result = self.execute(query)
+        except (InvalidCommand, grammar.GrammarError):
+            self._send(self._error(AdminError(f"invalid command '{query}', use SHOW HELP;",
+                                              sqlstate.SYNTAX_ERROR)) + _READY)
+            return
+        except ClientError as err:
+            self._send(self._error(err) + _READY)
+            return
+        except Exception as exc:  # a plugin's bug must not cost the operator the console
+            log.exception("admin command failed: %s", query)
+            self._send(self._error(AdminError(f"admin command failed: {exc}", "XX000"))
+                       + _READY)
+            return
+        self._reply(result)
+        if result.after is not None:
+            result.after()
+
+    def execute(self, query: str) -> Result:
+        """Find and run the command *query* names; access is checked before it runs.
+
+        :raises InvalidCommand: no command matches (or its handler found the rest malformed).
+        :raises ClientError: the command failed or this user may not run it.
+        """
+        table = self.app.admin_commands
+        found = grammar.match_command(grammar.strip_terminator(query), table)
+        if found is None:
+            raise InvalidCommand()
+        word, args = found
+        handler = table[word]
+        if not (is_stats_allowed(handler) or self.is_admin()):
+            raise admin_access_needed()
+        return handler(self, args)
+
+    # -- replies ---------------------------------------------------------------------------
+
+    def _error(self, err: ClientError) -> bytes:
+        log.error("%s %s", self.client.prefix, err.message)
+        # Always ERROR, never FATAL: the console survives its user's mistakes.
+        return backend.error_response("ERROR", err.sqlstate, err.message, err.detail, err.hint)
+
+    def _reply(self, result: Result) -> None:
+        head = [backend.notice_response("NOTICE", "00000", notice.message, notice.detail)
+                for notice in result.notices]
+        if result.columns:
+            head.append(backend.row_description(result.columns))
+        rows = [backend.data_row(_texts(row)) for row in result.rows]
+        tail = backend.command_complete(result.tag) + _READY
+        if result.row_fds and self.may_pass_fds():
+            self._send(b"".join(head))
+            self._send_with_fds(rows, result.row_fds)
+            self._send(tail)
+        else:
+            self._send(b"".join(head + rows) + tail)
+
+    def _send(self, data: bytes) -> None:
+        send_all(self.client.sock, data)
+
+    def _send_with_fds(self, rows: Sequence[bytes], fds: Sequence[int]) -> None:
+        """Each row with its descriptor attached (SCM_RIGHTS), as PgBouncer's SHOW FDS."""
+        sock = self.client.sock
+        for row, fd in zip(rows, fds):
+            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
+            try:
+                sent = sock.sendmsg([row], ancillary)
+            except OSError as exc:
+                raise ConnectionLost(str(exc)) from exc
+            if sent < len(row):
+                self._send(row[sent:])
+
+
+def _texts(row: Sequence[Any]) -> List[Optional[str]]:
+    """DataRow values: NULL for None, bytea hex for bytes, ``str()`` for the rest."""
+    return [None if value is None else "\\x" + value.hex() if isinstance(value, bytes)
+            else str(value) for value in row]

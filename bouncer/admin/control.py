@@ -1,0 +1,227 @@
+"""Admin commands that change the running pooler: SET, RELOAD, PAUSE, RESUME, SUSPEND,
+DISABLE, ENABLE, RECONNECT, KILL, KILL_CLIENT, SHUTDOWN and WAIT_CLOSE.
+
+The work itself is done by :mod:`bouncer.operations` and the App; this module parses the
+arguments, checks what PgBouncer checks first, and answers with PgBouncer's tags and wording.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import TYPE_CHECKING, List, Optional
+
+import gevent
+
+from bouncer import operations
+from bouncer.admin import grammar
+from bouncer.admin.commands import (AdminError, InvalidCommand, Notice, Result,
+                                     admin_access_needed, stats_allowed)
+from bouncer.admin.show import FAKE_PARAMETERS
+from bouncer.config import SETTINGS_BY_NAME, Config, parse_setting, validate
+from bouncer.config.sections import ADMIN_DATABASE
+from bouncer.proto import sqlstate
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bouncer.admin.console import Console
+    from bouncer.app import App
+
+log = logging.getLogger(__name__)
+
+#: SHUTDOWN's optional argument -> the App's shutdown mode.
+SHUTDOWN_MODES = {None: "immediate", "WAIT_FOR_SERVERS": "wait_for_servers",
+                  "WAIT_FOR_CLIENTS": "wait_for_clients"}
+
+
+def _database_argument(args: str, refusal: str) -> Optional[str]:
+    """The optional database name; the console's own database is refused with *refusal*."""
+    name = grammar.optional_name(args)
+    if name == ADMIN_DATABASE:
+        raise AdminError(f"{refusal}: {name}")
+    return name
+
+
+def _required_database(args: str, refusal: str) -> str:
+    name = _database_argument(args, refusal)
+    if name is None:
+        raise AdminError("a database is required")
+    return name
+
+
+def _refuse_when_paused(app: "App") -> None:
+    if app.paused or app.suspended:
+        raise AdminError("already suspended/paused")
+
+
+def _log_issued(command: str, database: Optional[str]) -> None:
+    """PgBouncer's "PAUSE 'db' command issued" log line."""
+    log.info("%s%s command issued", command, f" '{database}'" if database else "")
+
+
+# -- SET -------------------------------------------------------------------------------------
+
+@stats_allowed  # the faked driver parameters may be SET by anyone; real settings check below
+def set_setting(console: "Console", args: str) -> Result:
+    key, raw = grammar.parse_set(args)
+    if key.lower() in FAKE_PARAMETERS:
+        return Result("SET", notices=[Notice("SET ignored")])
+    if not console.is_admin():
+        raise admin_access_needed()
+    app = console.app
+    app.config = changed_config(app, key, raw)
+    log.info("SET %s = %s", key, raw)
+    return Result(f"SET {key}={raw}", notices=_unsupported_notice(key))
+
+
+def changed_config(app: "App", key: str, raw: str) -> Config:
+    """The running configuration with setting *key* set to *raw*.
+
+    :raises AdminError: unknown setting, one that needs a restart, or a bad value (the
+        reason goes in the error's detail, the message is PgBouncer's "SET failed").
+    """
+    setting = SETTINGS_BY_NAME.get(key.lower())
+    if setting is None:
+        raise AdminError("SET failed", detail=f"unknown setting: {key}")
+    if not setting.reloadable:
+        raise AdminError("SET failed", detail=f"{setting.name} cannot be changed while "
+                                              "running; change the file and restart")
+    try:
+        value = parse_setting(setting.name, raw)
+    except ValueError as exc:
+        raise AdminError("SET failed", detail=f"{setting.name}: {exc}") from None
+    config = app.config
+    new = dataclasses.replace(config, settings={**config.settings, setting.name: value},
+                              explicit=config.explicit | {setting.name})
+    problems = validate(new) + app.hooks.validate_config(new)
+    if problems:
+        raise AdminError("SET failed", detail="; ".join(problems))
+    return new
+
+
+def _unsupported_notice(key: str) -> List[Notice]:
+    setting = SETTINGS_BY_NAME[key.lower()]
+    if setting.supported:
+        return []
+    return [Notice(f"{setting.name} is accepted but not implemented by bouncer: "
+                   "the value has no effect")]
+
+
+# -- RELOAD, SHUTDOWN ------------------------------------------------------------------------
+
+def reload(console: "Console", args: str) -> Result:
+    grammar.no_arguments(args)
+    log.info("RELOAD command issued")
+    problems = console.app.reload()
+    if problems:
+        raise AdminError("RELOAD failed, see logs for additional details",
+                         sqlstate.CONFIG_FILE_ERROR, detail="; ".join(problems))
+    return Result("RELOAD")
+
+
+def shutdown(console: "Console", args: str) -> Result:
+    word = grammar.optional_name(args)
+    key = word.upper() if word is not None else None
+    if key not in SHUTDOWN_MODES:
+        raise InvalidCommand()
+    log.info("SHUTDOWN%s command issued", f" {key}" if key else "")
+    app, mode = console.app, SHUTDOWN_MODES[key]
+    # The reply goes out first; the shutdown runs in its own greenlet, so a waiting
+    # shutdown leaves this console usable (SHOW CLIENTS while clients drain).
+    return Result("SHUTDOWN", after=lambda: gevent.spawn(app.shutdown, mode))
+
+
+# -- PAUSE, RESUME, SUSPEND ------------------------------------------------------------------
+
+def pause(console: "Console", args: str) -> Result:
+    database = _database_argument(args, "cannot pause admin db")
+    _refuse_when_paused(console.app)
+    _log_issued("PAUSE", database)
+    operations.pause(console.app, database)
+    return Result("PAUSE")
+
+
+def resume(console: "Console", args: str) -> Result:
+    database = _database_argument(args, "cannot resume admin db")
+    app = console.app
+    _log_issued("RESUME", database)
+    if database is None:
+        if app.shutdown_mode is not None:
+            raise AdminError("pooler is shutting down")
+        if not (app.paused or app.suspended
+                or any(db.paused for db in app.registry.databases.values())):
+            raise AdminError("pooler is not paused/suspended")
+    operations.resume(app, database)
+    return Result("RESUME")
+
+
+def suspend(console: "Console", args: str) -> Result:
+    grammar.no_arguments(args)
+    app = console.app
+    _refuse_when_paused(app)
+    if any(db.paused for db in app.registry.databases.values()):
+        raise AdminError("cannot suspend with paused databases")
+    _log_issued("SUSPEND", None)
+    console.suspended_pooler = True
+    operations.suspend(app)
+    return Result("SUSPEND")
+
+
+# -- DISABLE, ENABLE, RECONNECT, WAIT_CLOSE, KILL, KILL_CLIENT -------------------------------
+
+def disable(console: "Console", args: str) -> Result:
+    database = _required_database(args, "cannot disable admin db")
+    _log_issued("DISABLE", database)
+    operations.disable(console.app, database)
+    return Result("DISABLE")
+
+
+def enable(console: "Console", args: str) -> Result:
+    database = _required_database(args, "cannot enable admin db")
+    _log_issued("ENABLE", database)
+    operations.enable(console.app, database)
+    return Result("ENABLE")
+
+
+def reconnect(console: "Console", args: str) -> Result:
+    database = _database_argument(args, "cannot reconnect admin db")
+    _log_issued("RECONNECT", database)
+    operations.reconnect(console.app, database)
+    return Result("RECONNECT")
+
+
+def wait_close(console: "Console", args: str) -> Result:
+    database = _database_argument(args, "cannot wait in admin db")
+    _log_issued("WAIT_CLOSE", database)
+    operations.wait_close(console.app, database)
+    return Result("WAIT_CLOSE")
+
+
+def kill(console: "Console", args: str) -> Result:
+    database = _database_argument(args, "cannot kill admin db")
+    _refuse_when_paused(console.app)
+    _log_issued("KILL", database)
+    operations.kill(console.app, database)
+    return Result("KILL")
+
+
+def kill_client(console: "Console", args: str) -> Result:
+    word = grammar.optional_name(args)
+    if word is None or not (word.isascii() and word.isdigit()):
+        raise AdminError("invalid client pointer supplied")
+    operations.kill_client(console.app, int(word))
+    return Result("KILL_CLIENT")
+
+
+COMMANDS = {
+    "SET": set_setting,
+    "RELOAD": reload,
+    "SHUTDOWN": shutdown,
+    "PAUSE": pause,
+    "RESUME": resume,
+    "SUSPEND": suspend,
+    "DISABLE": disable,
+    "ENABLE": enable,
+    "RECONNECT": reconnect,
+    "WAIT_CLOSE": wait_close,
+    "KILL": kill,
+    "KILL_CLIENT": kill_client,
+}
