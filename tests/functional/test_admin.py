@@ -82,11 +82,44 @@ EXPECTED_COLUMNS["SHOW ACTIVE_SOCKETS"] = EXPECTED_COLUMNS["SHOW SOCKETS"]
 
 ADMIN, STATS_USER = "scramuser", "md5user"
 
+#: A plugin contributing console commands, loaded through the ``plugins`` setting.
+PLUGIN = """
+from bouncer.admin import grammar
+from bouncer.admin.commands import Result, columns, show, stats_allowed
+from bouncer.plugin import hookimpl
+
+
+@stats_allowed
+def show_greeting(console, args):
+    grammar.no_arguments(args)
+    return show(columns("s", "greeting"), [["hello " + console.client.user]])
+
+
+def set_greeting(console, args):
+    return Result("SET GREETING " + args)
+
+
+def show_broken(console, args):
+    raise RuntimeError("plugin bug")
+
+
+def show_pools(console, args):
+    return show(columns("s", "hijacked"), [])
+
+
+@hookimpl
+def bouncer_admin_commands(app):
+    return {"SHOW GREETING": show_greeting, "SET GREETING": set_greeting,
+            "SHOW BROKEN": show_broken, "SHOW POOLS": show_pools}
+"""
+
 
 @pytest.fixture(scope="module")
 def bouncer(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BouncerProcess]:
-    ini = common_ini(pg, pool_mode="transaction", admin_users=ADMIN, stats_users=STATS_USER)
-    with BouncerProcess(tmp_path_factory.mktemp("admin"), ini) as proc:
+    ini = common_ini(pg, pool_mode="transaction", admin_users=ADMIN, stats_users=STATS_USER,
+                     plugins="admin_test_plugin", stats_period=1)
+    with BouncerProcess(tmp_path_factory.mktemp("admin"), ini,
+                        extra_files={"admin_test_plugin.py": PLUGIN}) as proc:
         yield proc
 
 
@@ -189,6 +222,17 @@ def test_xact_count_moves_by_the_number_of_transactions(bouncer: BouncerProcess)
     assert after["bytes_received"] > before["bytes_received"]
     totals = {row["name"]: row["value"] for row in as_dicts(bouncer, "SHOW TOTALS")}
     assert totals["total_xact_count"] >= after["xact_count"]
+
+
+def test_averages_over_the_stats_period_reach_the_console(bouncer: BouncerProcess) -> None:
+    def averaged() -> bool:
+        xacts(bouncer, 3)
+        average = row_for(bouncer, "SHOW STATS_AVERAGES", database="testdb")
+        totals = {row["name"]: row["value"] for row in as_dicts(bouncer, "SHOW TOTALS")}
+        return average["xact_count"] > 0 and average["xact_time"] > 0 and (
+            totals["avg_xact_count"] > 0 and totals["avg_xact_time"] > 0)
+
+    assert wait_until(averaged, 5, interval=0.2)
 
 
 def test_show_pools_counts_clients_and_servers(bouncer: BouncerProcess) -> None:
@@ -297,6 +341,42 @@ def test_command_errors_use_pgbouncers_wording(bouncer: BouncerProcess) -> None:
                 run(conn, command)
     finally:
         conn.close()
+
+
+# -- plugin commands -------------------------------------------------------------------------
+def test_plugin_commands_join_the_table_without_replacing_built_ins(
+        bouncer: BouncerProcess) -> None:
+    conn = console(bouncer, STATS_USER)
+    try:
+        assert run(conn, "show greeting;") == (["greeting"], [("hello md5user",)])
+        assert run(conn, "SHOW POOLS")[0][0] == "database"
+        with pytest.raises(psycopg2.Error, match="admin access needed"):
+            run(conn, "SET GREETING x")  # not marked stats_allowed: admins only
+    finally:
+        conn.close()
+
+
+def test_longest_command_wins(bouncer: BouncerProcess) -> None:
+    conn = console(bouncer)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("set greeting \"to all\"")
+            assert cur.statusmessage == 'SET GREETING "to all"'
+            cur.execute("SET stats_period = 1")
+            assert cur.statusmessage == "SET stats_period=1"
+    finally:
+        conn.close()
+
+
+def test_a_failing_plugin_command_is_an_error_not_a_disconnect(bouncer: BouncerProcess) -> None:
+    conn = console(bouncer)
+    try:
+        with pytest.raises(psycopg2.Error, match="admin command failed: plugin bug"):
+            run(conn, "SHOW BROKEN")
+        assert run(conn, "SHOW VERSION")[0] == ["version"]
+    finally:
+        conn.close()
+    assert "SHOW GREETING" in bouncer.psql("SHOW HELP", user=ADMIN, dbname="pgbouncer").stderr
 
 
 # -- SET and RELOAD --------------------------------------------------------------------------
