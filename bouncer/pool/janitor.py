@@ -47,6 +47,9 @@ class Janitor:
 
     def tick(self) -> None:
         for pool in self.app.registry.pools():
+            pool.refresh_limits()
+            pool.expire_waiters(pool.limits.query_wait_timeout())
+            pool.launch_if_needed()  # the reserve pool opens once clients waited long enough
             pool.close_idle(self._expiry_reason)
             self._check_idle(pool)
             self._fill_min(pool)

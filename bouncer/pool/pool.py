@@ -66,6 +66,10 @@ class Pool:
         self.server_credentials: Any = None
         self.scram_keys: Optional[tuple] = None
         self.blocked_by: Optional[str] = None
+        #: Effective size, cached: release() checks it per transaction.  Refreshed by the
+        #: janitor, on reload and when the admin console changes a limit.
+        self.size = limits.pool_size()
+        self.reserve = limits.reserve_size()
 
     # -- names and counts ----------------------------------------------------------------------
 
@@ -87,15 +91,18 @@ class Pool:
 
     # -- acquiring and releasing ---------------------------------------------------------------
 
-    def acquire(self, client: Any, timeout: float) -> Any:
-        """Link a server to *client*, waiting in FIFO order up to *timeout* seconds (0 = ever).
+    def acquire(self, client: Any) -> Any:
+        """Link a server to *client*, waiting in FIFO order.
 
-        :raises WaitTimeout: no server became free in time (``query_wait_timeout``).
+        ``query_wait_timeout`` is enforced by the janitor (:meth:`expire_waiters`), as in
+        PgBouncer, so a wait costs no timer of its own.
+
+        :raises WaitTimeout: no server became free in time.
         :raises ClientError: server login is failing (the server's own error is passed on).
         """
         self._fail_fast_if_login_failing()
         if not self.database.resumed.is_set():
-            self._wait_for_resume(timeout)
+            self._wait_for_resume()
         if not self.waiters:
             server = self._take_idle()
             if server is not None:
@@ -104,18 +111,26 @@ class Pool:
         self.waiters.append(waiter)
         self.launch_if_needed()
         try:
-            server = waiter.result.get(timeout=timeout or None)
-        except gevent.Timeout:
-            raise WaitTimeout() from None
+            server = waiter.result.get()
         finally:
             if waiter in self.waiters:
                 self.waiters.remove(waiter)
         client.wait_time_us += int((time.monotonic() - waiter.since) * 1e6)
         return server
 
-    def _wait_for_resume(self, timeout: float) -> None:
+    def expire_waiters(self, timeout: float) -> None:
+        """Fail clients that waited longer than *timeout* seconds (0 = wait for ever)."""
+        if not timeout:
+            return
+        now = time.monotonic()
+        while self.waiters and now - self.waiters[0].since > timeout:
+            waiter = self.waiters.popleft()
+            if not waiter.result.ready():
+                waiter.result.set_exception(WaitTimeout())
+
+    def _wait_for_resume(self) -> None:
         """PAUSE: hold the client until RESUME (or until query_wait_timeout)."""
-        if not self.database.resumed.wait(timeout or None):
+        if not self.database.resumed.wait(self.limits.query_wait_timeout() or None):
             raise WaitTimeout()
 
     def _take_idle(self) -> Optional[Any]:
@@ -152,9 +167,13 @@ class Pool:
             return
         self.idle.append(server)
 
+    def refresh_limits(self) -> None:
+        self.size = self.limits.pool_size()
+        self.reserve = self.limits.reserve_size()
+
     def over_size(self) -> bool:
-        size = self.limits.pool_size()
-        return bool(size) and self.server_count() > size + self.limits.reserve_size()
+        size = self.size
+        return bool(size) and self.server_count() > size + self.reserve
 
     # -- opening server connections ------------------------------------------------------------
 
@@ -164,11 +183,11 @@ class Pool:
             self.launch()
 
     def may_open_another(self) -> bool:
-        size = self.limits.pool_size()
+        size = self.size
         if size:
             allowed = size
             if self.waiters and self.max_wait() >= self.limits.reserve_timeout():
-                allowed += self.limits.reserve_size()
+                allowed += self.reserve
             if self.server_count() >= allowed:
                 return False
         self.blocked_by = self._cross_pool_limit(self)

@@ -184,3 +184,5 @@ class Registry:
         for name in config.users:
             self.user(name)
         self.overrides.clear()
+        for pool in self.pools():
+            pool.refresh_limits()

@@ -45,9 +45,11 @@ def authenticate(client: "ClientSession") -> None:
     :raises ClientError: refused (the message is what the client sees).
     """
     app = client.app
-    method = app.hooks.auth_method(app, client)
-    credentials = app.hooks.get_credentials(app, client.user, client.database)
     try:
+        # Inside the try: a refusal by the method choice (an HBA line) or a failing
+        # credentials backend is an outcome the login observers must hear about too.
+        method = app.hooks.auth_method(app, client)
+        credentials = app.hooks.get_credentials(app, client.user, client.database)
         scram_keys = _run_method(client, method, credentials)
     except ClientError as err:
         app.hooks.client_login(app, client, False, getattr(err, "log_reason", err.message))

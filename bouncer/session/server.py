@@ -63,6 +63,7 @@ class ServerConnection:
         self.closed = False
         self.scanner = ServerScanner()
         self.tls = ""
+        self._read_watch: Any = None
         local = sock.getsockname()
         self.local_addr, self.local_port = (local[0], local[1]) if isinstance(local, tuple) \
             else ("unix", 0)
@@ -79,6 +80,12 @@ class ServerConnection:
 
     def idle_for(self) -> float:
         return time.monotonic() - self.last_used
+
+    def read_watcher(self) -> Any:
+        """A libev read watcher on this socket, made once (the relay waits on it)."""
+        if self._read_watch is None:
+            self._read_watch = gevent.get_hub().loop.io(self.sock.fileno(), 1)
+        return self._read_watch
 
     def is_usable(self) -> bool:
         """False if the server closed the connection (or sent something) while idle."""
@@ -134,6 +141,8 @@ class ServerConnection:
             self.sock.sendall(frontend.terminate())
         except OSError:
             pass  # the server may be gone already; closing is all that is left to do
+        if self._read_watch is not None:
+            self._read_watch.close()
         self.sock.close()
 
 
