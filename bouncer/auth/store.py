@@ -64,5 +64,9 @@ class UserStore:
             parts.append("[users]")
         return "+".join(parts) or "unknown"
 
+    def names(self) -> frozenset:
+        """Every user known from auth_file or ``[users]`` (SHOW USERS lists them)."""
+        return frozenset(self._userlist) | self._configured
+
     def __len__(self) -> int:
         return len(self._userlist)

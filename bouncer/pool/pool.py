@@ -115,7 +115,9 @@ class Pool:
         finally:
             if waiter in self.waiters:
                 self.waiters.remove(waiter)
-        client.wait_time_us += int((time.monotonic() - waiter.since) * 1e6)
+        waited = int((time.monotonic() - waiter.since) * 1e6)
+        client.wait_time_us += waited
+        self.database.stats.wait_time += waited
         return server
 
     def expire_waiters(self, timeout: float) -> None:

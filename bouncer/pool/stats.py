@@ -34,7 +34,8 @@ def averages(old: Tuple[int, ...], new: Tuple[int, ...], seconds: float) -> Dict
     """Per-second rates and per-transaction/query times over one stats period, as PgBouncer does.
 
     Counts and bytes are per second; ``xact_time`` is per transaction, ``query_time`` per query
-    and ``wait_time`` per second; none of them averaged over an empty period.
+    and ``wait_time`` per server assignment (how long a client waited, on average); none of
+    them averaged over an empty period.
     """
     delta = dict(zip(FIELDS, (n - o for n, o in zip(new, old))))
     seconds = max(seconds, 1e-9)
@@ -42,6 +43,8 @@ def averages(old: Tuple[int, ...], new: Tuple[int, ...], seconds: float) -> Dict
     result["xact_time"] = delta["xact_time"] // delta["xact_count"] if delta["xact_count"] else 0
     result["query_time"] = (delta["query_time"] // delta["query_count"]
                             if delta["query_count"] else 0)
+    assignments = delta["server_assignment_count"]
+    result["wait_time"] = delta["wait_time"] // assignments if assignments else 0
     return result
 
 
@@ -59,6 +62,8 @@ class StatsPeriod:
     def __init__(self) -> None:
         self.previous: Dict[str, Tuple[int, ...]] = {}
         self.current_averages: Dict[str, Dict[str, int]] = {}
+        #: The all-database averages of the last period (SHOW TOTALS, the stats line).
+        self.total_averages: Dict[str, int] = averages((0,) * len(FIELDS), (0,) * len(FIELDS), 1)
 
     def roll(self, totals: Iterable[Tuple[str, Counters]], seconds: float) -> Dict[str, int]:
         """Close a period: compute each database's averages and the all-database line values."""
@@ -71,4 +76,5 @@ class StatsPeriod:
             self.previous[name] = new
             grand_old = [a + b for a, b in zip(grand_old, old)]
             grand_new = [a + b for a, b in zip(grand_new, new)]
-        return averages(tuple(grand_old), tuple(grand_new), seconds)
+        self.total_averages = averages(tuple(grand_old), tuple(grand_new), seconds)
+        return self.total_averages

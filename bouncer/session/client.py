@@ -61,7 +61,7 @@ class ClientSession:
         self.application_name = ""
         self.tls = ""
         self.peer_cert: Any = None
-        self.peer_uid: Optional[int] = peer_uid(sock) if unix else None
+        self.peer_pid, self.peer_uid = peer_credentials(sock) if unix else (0, None)
         self.connect_time = time.time()
         self.request_time = self.connect_time
         self.db: Optional["DatabaseState"] = None
@@ -269,10 +269,10 @@ def _pq_options(params: Dict[str, str]) -> list:
     return [name for name in params if name.startswith("_pq_.")]
 
 
-def peer_uid(sock: socket.socket) -> Optional[int]:
-    """The uid of a unix-socket peer (SO_PEERCRED), or ``None`` where unavailable."""
+def peer_credentials(sock: socket.socket) -> Tuple[int, Optional[int]]:
+    """(pid, uid) of a unix-socket peer (SO_PEERCRED); (0, None) where unavailable."""
     try:
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
     except (OSError, AttributeError):
-        return None
-    return int.from_bytes(creds[4:8], sys.byteorder)
+        return 0, None
+    return (int.from_bytes(creds[0:4], sys.byteorder), int.from_bytes(creds[4:8], sys.byteorder))

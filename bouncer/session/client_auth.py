@@ -5,13 +5,15 @@ What the client is told is only what PostgreSQL would say; the log says why.
 """
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import os
 from typing import TYPE_CHECKING, Optional
 
 from bouncer.auth.md5 import is_md5_secret, md5_secret, verify_md5_response
-from bouncer.auth.scram import (ScramAuthFailed, ScramError, ScramServer, parse_scram_secret)
+from bouncer.auth.scram import (ScramAuthFailed, ScramError, ScramSecret, ScramServer,
+                                 make_scram_secret, parse_scram_secret)
 from bouncer.auth.store import Credentials
 from bouncer.errors import AuthFailed, ClientError
 from bouncer.net.stream import read_message, send_all
@@ -124,8 +126,9 @@ def _read_password_message(client: "ClientSession") -> bytes:
 
 def _check_plain(client: "ClientSession", credentials: Optional[Credentials]) -> None:
     send_all(client.sock, backend.authentication(AuthCode.CLEARTEXT_PASSWORD))
+    # surrogateescape keeps non-UTF-8 bytes as they are, so such passwords still match.
     password = frontend.parse_password_message(_read_password_message(client)).decode(
-        "utf-8", "replace")
+        "utf-8", "surrogateescape")
     if credentials is None or credentials.secret is None:
         raise password_failed(client.user, f"no such user: {client.user}")
     secret = credentials.secret
@@ -151,17 +154,25 @@ def _check_md5(client: "ClientSession", credentials: Optional[Credentials]) -> N
         raise password_failed(client.user, "wrong password (md5)")
 
 
+@functools.lru_cache(maxsize=1024)
+def _secret_for_plain(password: str, iterations: int) -> ScramSecret:
+    """Deriving a SCRAM secret takes milliseconds and blocks the hub: do it once per password
+    (PgBouncer 1.25 caches it too).  Keyed by the password itself, which the userlist already
+    holds in memory."""
+    return parse_scram_secret(make_scram_secret(password, iterations=iterations))
+
+
 def _check_scram(client: "ClientSession", credentials: Optional[Credentials]) -> Optional[tuple]:
     secret = credentials.secret if credentials is not None else None
     scram_secret = parse_scram_secret(secret) if secret else None
     if scram_secret is not None:
         server = ScramServer(scram_secret)
     elif secret and not is_md5_secret(secret):
-        server = ScramServer.from_password(secret, client.app.config.scram_iterations)
+        server = ScramServer(_secret_for_plain(secret, client.app.config.scram_iterations))
     else:
         # Run the whole exchange anyway so an unknown user looks like a wrong password.
-        server = ScramServer.mock(client.user)
-    send_all(client.sock, backend.authentication(AuthCode.SASL, b"SCRAM-SHA-256\0\0"))
+        server = ScramServer.mock(client.user, client.app.config.scram_iterations)
+    send_all(client.sock, backend.authentication_sasl(["SCRAM-SHA-256"]))
     try:
         mechanism, first = frontend.parse_sasl_initial_response(_read_password_message(client))
         if mechanism != "SCRAM-SHA-256":
