@@ -1,0 +1,95 @@
+"""auth_query, sans-IO: which query runs for a login, the bytes that run it, and its answer.
+
+The user name is always a bound parameter of the extended protocol (Parse/Bind/Execute/Sync),
+never spliced into the SQL text, so a name full of quotes and semicolons is only a name that
+matches no role.  Sending the bytes over a pooled server connection and reading the rows back
+is :mod:`bouncer.builtin.auth_query`'s job.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from bouncer.auth.store import SOURCE_AUTH_QUERY, Credentials
+from bouncer.config.model import Config
+from bouncer.errors import BouncerError
+from bouncer.proto import frontend
+from bouncer.proto.codec import decode_text, encode_text
+
+#: The ``[databases]`` entry that stands for every database not listed.
+AUTODB = "*"
+#: The unnamed statement and portal: nothing is left behind on the server.
+_UNNAMED = ""
+#: auth_query answers (user name, secret).
+_COLUMNS = 2
+
+
+class AuthQueryFailed(BouncerError):
+    """The query ran but its answer cannot be used; the message is for the log."""
+
+
+@dataclass(frozen=True)
+class AuthQuerySpec:
+    """How to look up passwords for logins to one database.
+
+    :param auth_user: the role the query runs as (its own secret comes from auth_file).
+    :param query: the SQL, with ``$1`` standing for the user name.
+    :param dbname: the ``[databases]`` entry whose server runs the query.
+    """
+
+    auth_user: str
+    query: str
+    dbname: str
+
+
+def resolve_spec(config: Config, database: str) -> Optional[AuthQuerySpec]:
+    """The auth_query setup for logins to *database*, or ``None`` when no auth_user applies.
+
+    A database's own ``auth_user``, ``auth_query`` and ``auth_dbname`` override the
+    ``[pgbouncer]`` values; an unlisted database takes the ``*`` entry's.  Without
+    ``auth_dbname`` the query runs in the database the client asked for.
+    """
+    definition = config.databases.get(database) or config.databases.get(AUTODB)
+    auth_user = (definition and definition.auth_user) or config.auth_user
+    if not auth_user:
+        return None
+    query = (definition and definition.auth_query) or config.auth_query
+    dbname = (definition and definition.auth_dbname) or config.auth_dbname or database
+    return AuthQuerySpec(auth_user, query, dbname)
+
+
+def lookup_request(query: str, user: str) -> bytes:
+    """Parse, Bind (the user name as the text parameter ``$1``), Execute and Sync, as one write.
+
+    The parameter type is left for the server to infer, as psql's ``\\bind`` does, so a
+    custom query may compare ``$1`` with a ``name`` or a ``text`` column alike.
+    """
+    return b"".join((
+        frontend.parse(_UNNAMED, query),
+        frontend.bind(_UNNAMED, _UNNAMED, [encode_text(user)]),
+        frontend.execute(_UNNAMED),
+        frontend.sync(),
+    ))
+
+
+def credentials_from_rows(user: str, rows: Sequence[Sequence[Optional[bytes]]]
+                          ) -> Optional[Credentials]:
+    """Read the query's answer: ``None`` when no row (no such role).
+
+    A NULL or empty secret (an expired role under the default query, or a role without a
+    password) gives credentials without a secret: the user is known, but no password can
+    match.
+
+    :raises AuthQueryFailed: more than one row, or not exactly two columns.
+    """
+    if not rows:
+        return None
+    if len(rows) > 1:
+        raise AuthQueryFailed(f"auth_query returned {len(rows)} rows for one user; "
+                              "it must return at most one")
+    row = rows[0]
+    if len(row) != _COLUMNS:
+        raise AuthQueryFailed(f"auth_query returned {len(row)} columns; it must return two "
+                              "(user name, password)")
+    secret = row[1]
+    return Credentials(user, decode_text(secret) if secret else None, SOURCE_AUTH_QUERY)

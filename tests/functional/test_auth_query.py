@@ -1,0 +1,206 @@
+"""auth_query against a real PostgreSQL: md5 and SCRAM secrets, SCRAM passthrough, no caching,
+the ``[users]``-without-auth_file regression, expired and non-login roles, hostile user names,
+per-database overrides, failures, and no secret in the log.
+
+The auth_user is ``scramuser`` (a superuser, plain password in the standard userlist); every
+user looked up is a throwaway role that auth_file does not list.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Iterator, List
+
+import pytest
+
+from tests.functional.pgroles import Roles, literal, login_outcome, unique_name
+from tests.support.inifile import common_ini
+from tests.support.pgcluster import STANDARD_PASSWORDS
+
+REFUSED_PASSWORD = "refused: .*password authentication failed for user"
+
+
+@pytest.fixture(scope="module")
+def roles(pg) -> Iterator[Roles]:
+    created = Roles(pg)
+    yield created
+    created.drop_all()
+
+
+@pytest.fixture
+def start(pg, bouncer_factory):
+    """``start(**settings)``: a bouncer whose auth_user is scramuser."""
+    def start_bouncer(users=None, databases=None, flags=(), **settings):
+        settings.setdefault("auth_user", "scramuser")
+        return bouncer_factory(common_ini(pg, databases=databases, users=users, **settings),
+                               flags=flags)
+    return start_bouncer
+
+
+def test_md5_secret_from_auth_query_authenticates_the_client(roles, start) -> None:
+    user = roles.create("h10_md5", "md5-role-pw")
+    assert roles.stored_secret(user).startswith("md5")
+    bouncer = start()
+    assert login_outcome(bouncer.connect, user=user, password="md5-role-pw") == user
+    assert re.match(REFUSED_PASSWORD, login_outcome(bouncer.connect, user=user, password="nope"))
+
+
+@pytest.mark.parametrize("auth_type", ["md5", "scram-sha-256"])
+def test_scram_secret_authenticates_and_passes_through_to_a_server_requiring_scram(
+        roles, start, auth_type) -> None:
+    # The cluster asks this role for SCRAM, and bouncer only has the SCRAM secret: the second
+    # server connection can only log in with the keys recovered from the client's exchange.
+    user = roles.create("h10_scram", "scram-role-pw", encryption="scram-sha-256")
+    bouncer = start(auth_type=auth_type)
+    first = bouncer.connect(user=user, password="scram-role-pw")
+    try:
+        assert login_outcome(bouncer.connect, user=user, password="scram-role-pw") == user
+    finally:
+        first.close()
+    assert re.match(REFUSED_PASSWORD, login_outcome(bouncer.connect, user=user, password="nope"))
+
+
+@pytest.mark.parametrize("encryption", ["md5", "scram-sha-256"])
+def test_password_changed_in_postgres_counts_at_the_next_login(roles, start,
+                                                                encryption) -> None:
+    user = roles.create("h10_change", "before-pw", encryption=encryption)
+    bouncer = start()
+    assert login_outcome(bouncer.connect, user=user, password="before-pw") == user
+    roles.set_password(user, "after-pw", encryption)
+    assert re.match(REFUSED_PASSWORD,
+                    login_outcome(bouncer.connect, user=user, password="before-pw"))
+    assert login_outcome(bouncer.connect, user=user, password="after-pw") == user
+
+
+def test_user_in_users_section_but_not_in_auth_file_is_looked_up(roles, start) -> None:
+    # The incident: a [users] entry (only there for its limits) made the user "known", so
+    # auth_query was skipped and the empty password failed every login against an md5 HBA.
+    user = roles.create("h10_limited", "limited-pw")
+    bouncer = start(users={user: "max_user_connections=2 pool_mode=session"})
+    assert login_outcome(bouncer.connect, user=user, password="limited-pw") == user
+
+
+def test_auth_user_logs_in_with_its_auth_file_password_and_standard_users_still_work(
+        roles, start) -> None:
+    user = roles.create("h10_chain", "chain-pw")
+    bouncer = start()
+    for standard in STANDARD_PASSWORDS:  # auth_file answers these first
+        assert login_outcome(bouncer.connect, user=standard) == standard
+    assert login_outcome(bouncer.connect, user=user, password="chain-pw") == user
+
+
+@pytest.mark.parametrize("role", [{"valid_until": "2000-01-01"}, {"login": False}],
+                         ids=["expired", "nologin"])
+def test_expired_or_non_login_role_is_refused(roles, start, role) -> None:
+    user = roles.create("h10_refused", "refused-pw", **role)
+    bouncer = start()
+    assert re.match(REFUSED_PASSWORD,
+                    login_outcome(bouncer.connect, user=user, password="refused-pw"))
+
+
+@pytest.fixture
+def canary(pg) -> Iterator[str]:
+    table = unique_name("h10_canary")
+    pg.psql(f"CREATE TABLE public.{table} (x int)", db="testdb")
+    yield table
+    pg.psql(f"DROP TABLE IF EXISTS public.{table}", db="testdb")
+
+
+@pytest.mark.parametrize("template", [
+    "x' OR rolname = 'scramuser",
+    "x'; DROP TABLE public.{canary}; --",
+    "x\"; DROP TABLE public.{canary}; SELECT '",
+    "scramuser' --",
+])
+def test_user_name_with_quotes_and_semicolons_only_fails_to_log_in(pg, start, canary,
+                                                                   template) -> None:
+    hostile = template.format(canary=canary)
+    bouncer = start()
+    # Spliced into the SQL, the first name would fetch scramuser's secret for this password.
+    outcome = login_outcome(bouncer.connect, user=hostile, password="scrampass")
+    assert re.match(REFUSED_PASSWORD, outcome), outcome
+    assert pg.psql(f"SELECT to_regclass('public.{canary}') IS NOT NULL", db="testdb") == "t"
+    assert login_outcome(bouncer.connect, user="md5user") == "md5user"
+
+
+def test_database_auth_user_overrides_the_global_one(pg, roles, start) -> None:
+    user = roles.create("h10_dbuser", "dbuser-pw")
+    databases = {"viaoverride": f"host=127.0.0.1 port={pg.port} dbname=testdb "
+                                f"auth_user=scramuser"}
+    bouncer = start(databases=databases, auth_user="h10_no_such_auth_user")
+    assert login_outcome(bouncer.connect, user=user, password="dbuser-pw",
+                         dbname="viaoverride") == user
+    assert "refused" in login_outcome(bouncer.connect, user=user, password="dbuser-pw")
+
+
+@pytest.fixture
+def secrets_table(pg) -> Iterator[str]:
+    """A password table that exists in ``bench`` only, readable by scramuser."""
+    table = unique_name("h10_secrets")
+    pg.psql(f"CREATE TABLE public.{table} (name text, secret text)", db="bench")
+    yield table
+    pg.psql(f"DROP TABLE IF EXISTS public.{table}", db="bench")
+
+
+def test_database_auth_query_and_auth_dbname_override_the_global_ones(
+        pg, roles, start, secrets_table) -> None:
+    user = roles.create("h10_dbquery", "dbquery-pw")
+    pg.psql(f"INSERT INTO public.{secrets_table} VALUES "
+            f"({literal(user)}, {literal(roles.stored_secret(user))})", db="bench")
+    query = f"SELECT name, secret FROM public.{secrets_table} WHERE name = $1"
+    databases = {"viatable": f"host=127.0.0.1 port={pg.port} dbname=testdb auth_dbname=bench "
+                             f"auth_query='{query}'"}
+    # The global query never matches: only the database's own query can let the user in,
+    # and its table exists in bench alone.
+    bouncer = start(databases=databases,
+                    auth_query="SELECT rolname, rolpassword FROM pg_catalog.pg_authid "
+                               "WHERE rolname = $1 AND false")
+    assert login_outcome(bouncer.connect, user=user, password="dbquery-pw",
+                         dbname="viatable") == user
+    assert re.match(REFUSED_PASSWORD,
+                    login_outcome(bouncer.connect, user=user, password="dbquery-pw"))
+
+
+def test_failing_auth_query_refuses_the_client_and_the_log_says_why(roles, start) -> None:
+    user = roles.create("h10_broken", "broken-pw")
+    bouncer = start(auth_query="SELECT rolname, no_such_column FROM pg_catalog.pg_authid "
+                               "WHERE rolname = $1")
+    outcome = login_outcome(bouncer.connect, user=user, password="broken-pw")
+    assert re.match(f'refused: .*authentication failed for user "{user}"', outcome), outcome
+    assert "no_such_column" not in outcome
+    bouncer.wait_for_log(r"auth_query .* failed: .*no_such_column")
+    assert login_outcome(bouncer.connect, user="md5user") == "md5user"
+
+
+def test_no_password_or_secret_in_the_log_at_any_verbosity(pg, roles, start) -> None:
+    passwords = {"md5": "Md5-Log-Pw-4471", "scram-sha-256": "Scram-Log-Pw-8812"}
+    users = {encryption: roles.create("h10_log", password, encryption=encryption)
+             for encryption, password in passwords.items()}
+    bouncer = start(flags=["-v", "-v"], users={users["md5"]: "pool_mode=session"})
+    for encryption, user in users.items():
+        assert login_outcome(bouncer.connect, user=user, password=passwords[encryption]) == user
+        assert "refused" in login_outcome(bouncer.connect, user=user, password="Wrong-Guess-5")
+    for standard in STANDARD_PASSWORDS:
+        assert login_outcome(bouncer.connect, user=standard) == standard
+    log = bouncer.log_text() + _read(os.path.join(bouncer.workdir, "bouncer.log"))
+    assert "DEBUG" in log or "NOISE" in log, "the log is not verbose"
+    forbidden = [*passwords.values(), "Wrong-Guess-5", *STANDARD_PASSWORDS.values()]
+    for user in users.values():
+        forbidden += _secret_parts(roles.stored_secret(user))
+    leaked = [secret for secret in forbidden if secret in log]
+    assert not leaked
+
+
+def _secret_parts(secret: str) -> List[str]:
+    """An md5 secret's hash, a SCRAM secret's salt, StoredKey and ServerKey."""
+    if secret.startswith("md5"):
+        return [secret[3:]]
+    return re.split(r"[$:]", secret)[2:]
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return ""
