@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 #: Built-in behaviour, registered by import path (never through our own entry points).
 #: Essential ones cannot be disabled: without them no client could log in.
 ESSENTIAL_PLUGINS = ("bouncer.builtin.auth_file", "bouncer.builtin.admin_console")
-DEFAULT_PLUGINS = ("bouncer.builtin.limits", "bouncer.builtin.tls")
+DEFAULT_PLUGINS = ("bouncer.builtin.limits", "bouncer.builtin.tls", "bouncer.builtin.auth_query",
+                   "bouncer.builtin.auth_hba", "bouncer.builtin.auth_cert")
 
 #: Set to any non-empty value to skip loading third-party plugins from entry points.
 DISABLE_AUTOLOAD_ENV = "BOUNCER_DISABLE_PLUGIN_AUTOLOAD"
