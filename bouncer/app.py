@@ -191,18 +191,27 @@ class App:
             log.error("config reload failed, keeping the old configuration: %s", exc)
             systemd.notify("READY=1")
             return [str(exc)]
+        self._load_users(new)
+        self.registry.overrides.clear()  # RELOAD restores the ini's limits (SET USER/POOL undone)
+        self.apply_settings(new, tls)
+        systemd.notify("READY=1")
+        return []
+
+    def apply_settings(self, new: Config, tls: Optional[TlsContexts] = None) -> None:
+        """Put a new configuration in force (RELOAD, or SET on the admin console).
+
+        :param tls: contexts already built from *new* (RELOAD builds them first so a bad
+            certificate refuses the reload); built here when not given.
+        """
         old, self.config = self.config, new
         self._warn_unreloadable(old, new)
         self._apply_logging(new)
         self.logs.reopen()
-        self._load_users(new)
         self.registry.apply_config(new)
         self.resolver.max_ttl, self.resolver.nxdomain_ttl = new.dns_max_ttl, new.dns_nxdomain_ttl
-        self.tls = tls
+        self.tls = tls if tls is not None else self._build_tls(new)
         self.admin_commands = self.hooks.admin_commands(self)
         self.hooks.reload(self, old, new)
-        systemd.notify("READY=1")
-        return []
 
     @staticmethod
     def _warn_unreloadable(old: Config, new: Config) -> None:
@@ -226,6 +235,10 @@ class App:
         self.shutdown_mode = mode
         systemd.notify("STOPPING=1")
         self.listeners.close()
+        if mode == "wait_for_servers":
+            # Like PAUSE: transactions in flight finish, no new one starts.
+            for database in self.registry.databases.values():
+                database.resumed.clear()
         if mode != "immediate":
             while not self._shutdown_done(mode) and self.shutdown_mode == mode:
                 gevent.sleep(SHUTDOWN_POLL)

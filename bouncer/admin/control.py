@@ -67,9 +67,9 @@ def set_setting(console: "Console", args: str) -> Result:
     if not console.is_admin():
         raise admin_access_needed()
     app = console.app
-    app.config = changed_config(app, key, raw)
+    app.apply_settings(changed_config(app, key, raw))
     log.info("SET %s = %s", key, raw)
-    return Result(f"SET {key}={raw}", notices=_unsupported_notice(key))
+    return Result("SET", notices=_unsupported_notice(key))
 
 
 def changed_config(app: "App", key: str, raw: str) -> Config:

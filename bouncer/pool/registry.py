@@ -183,6 +183,5 @@ class Registry:
                 state.disabled = True
         for name in config.users:
             self.user(name)
-        self.overrides.clear()
         for pool in self.pools():
             pool.refresh_limits()

@@ -363,7 +363,7 @@ def test_longest_command_wins(bouncer: BouncerProcess) -> None:
             cur.execute("set greeting \"to all\"")
             assert cur.statusmessage == 'SET GREETING "to all"'
             cur.execute("SET stats_period = 1")
-            assert cur.statusmessage == "SET stats_period=1"
+            assert cur.statusmessage == "SET"  # PgBouncer's tag for every SET
     finally:
         conn.close()
 
