@@ -119,6 +119,28 @@ def parameter_status(messages: List[Message]) -> Dict[str, str]:
     return found
 
 
+def data_rows(messages: List[Message]) -> List[List[Optional[str]]]:
+    """The DataRow values among ``messages`` (NULL as None)."""
+    rows = []
+    for kind, payload in messages:
+        if kind != b"D":
+            continue
+        (count,), pos, row = struct.unpack("!H", payload[:2]), 2, []
+        for _ in range(count):
+            (size,) = struct.unpack("!i", payload[pos:pos + 4])
+            pos += 4
+            row.append(None if size < 0 else payload[pos:pos + size].decode())
+            pos += max(size, 0)
+        rows.append(row)
+    return rows
+
+
+def run_query(sock: socket.socket, sql: str) -> List[Message]:
+    """Send a simple Query and read its replies up to ReadyForQuery."""
+    sock.sendall(query(sql))
+    return read_until(sock, b"Z")
+
+
 def login(sock: socket.socket, user: str, plain: Optional[str]) -> List[Message]:
     """Answer cleartext or md5 requests with ``plain``; returns messages up to ReadyForQuery
     or the first ErrorResponse."""
