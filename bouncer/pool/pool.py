@@ -248,6 +248,39 @@ class Pool:
             if reason:
                 self.close_server(server, reason)
 
+    def evict(self, count: int, reason: str, grace: float) -> int:
+        """Close *count* server connections because a limit was lowered.
+
+        Idle servers go first, then those being tested, then active ones, most recently
+        active first: an active server is closed when its client releases it, or, after
+        *grace* seconds, at once, with its client told *reason*.
+
+        :return: how many servers were chosen (fewer than *count* if the pool is smaller).
+        """
+        chosen = 0
+        while chosen < count and self.idle:
+            self.close_server(self.idle.pop(), reason)
+            chosen += 1
+        for server in list(self.tested)[:count - chosen]:
+            server.close_needed, server.close_reason = True, reason
+            chosen += 1
+        recent_first = sorted((s for s in self.active if not s.close_needed),
+                              key=lambda s: s.link.request_time if s.link else 0, reverse=True)
+        for server in recent_first[:count - chosen]:
+            server.close_needed, server.close_reason = True, reason
+            gevent.spawn_later(grace, self._force_close, server, reason)
+            chosen += 1
+        return chosen
+
+    def _force_close(self, server: Any, reason: str) -> None:
+        """The grace period is over: the client gets an error naming the limit."""
+        client = server.link
+        if server.closed or server not in self.active or client is None:
+            return
+        greenlet = getattr(client, "greenlet", None)
+        if greenlet is not None:
+            greenlet.kill(ClientError(reason, sqlstate.ADMIN_SHUTDOWN), block=False)
+
     def mark_close_needed(self, reason: str) -> None:
         """RECONNECT: idle servers close now, active ones when released."""
         for server in self.all_servers():
