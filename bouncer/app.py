@@ -94,13 +94,12 @@ class App:
     # -- start -------------------------------------------------------------------------------
 
     def start(self, inherited_sockets: Optional[List[socket.socket]] = None) -> None:
+        """Listen (or serve *inherited_sockets*, already adopted by an online restart)."""
         config = self.config
         log.info("process up: %s, gevent %s, tls: %s", VERSION_STRING, gevent.__version__,
                  ssl.OPENSSL_VERSION)
         self.hooks.startup(self)
-        if inherited_sockets:
-            self.listeners.adopt(inherited_sockets)
-        else:
+        if not inherited_sockets:
             self.listeners.open(config.listen_addr, config.listen_port, config.unix_socket_dir,
                                 config.unix_socket_mode, config.listen_backlog,
                                 config.so_reuseport)
@@ -235,10 +234,11 @@ class App:
         self.shutdown_mode = mode
         systemd.notify("STOPPING=1")
         self.listeners.close()
-        if mode == "wait_for_servers":
-            # Like PAUSE: transactions in flight finish, no new one starts.
-            for database in self.registry.databases.values():
-                database.resumed.clear()
+        for database in self.registry.databases.values():
+            if mode == "wait_for_servers":
+                database.resumed.clear()  # like PAUSE: transactions in flight finish, no new one
+            elif mode == "wait_for_clients":
+                database.resumed.set()  # a suspended process (online restart) serves its clients
         if mode != "immediate":
             while not self._shutdown_done(mode) and self.shutdown_mode == mode:
                 gevent.sleep(SHUTDOWN_POLL)

@@ -12,7 +12,7 @@ import sys
 from typing import List, Optional
 
 from bouncer import VERSION_STRING
-from bouncer.errors import ConfigError
+from bouncer.errors import BouncerError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +83,13 @@ def run(args: argparse.Namespace) -> int:
     if args.daemon and not app.config.pidfile:
         log.critical("-d needs pidfile to be set in the config")
         return 1
-    inherited = None
-    if args.reboot:
-        from bouncer.takeover import take_over
-        inherited = take_over(app)
     try:
-        app.start(inherited)
-    except ConfigError as err:
+        if args.reboot:
+            from bouncer.takeover import take_over
+            app.start(take_over(app))
+        else:
+            app.start()
+    except (ConfigError, OSError, BouncerError) as err:
         log.critical("%s", err)
         return 1
     if args.user:

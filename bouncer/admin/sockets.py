@@ -143,6 +143,8 @@ def show_fds(console: "Console", args: str) -> Result:
     listening = app.listeners.sockets()
     rows = [_pooler_row(sock, app.config.listen_port) for sock in listening]
     fds = [sock.fileno() for sock in listening] if console.may_pass_fds() else []
+    if fds:
+        app.listeners.handed_over()
     return Result("SHOW", FDS_COLUMNS, rows, row_fds=fds)
 
 

@@ -125,6 +125,10 @@ class Listeners:
         except FileNotFoundError:
             pass
 
+    def handed_over(self) -> None:
+        """The sockets now belong to a new process too: leave the socket file to it."""
+        self.unix_path = None
+
     def sockets(self) -> List[socket.socket]:
         return [server.socket for server in self.servers]
 
