@@ -41,6 +41,8 @@ class Listeners:
         self._handle = handle
         self._group = group
         self.servers: List[StreamServer] = []
+        #: The sockets we listen on, as we made them (StreamServer keeps only the raw ones).
+        self._sockets: List[socket.socket] = []
         self.unix_path: Optional[str] = None
         self._unix_inode = 0
 
@@ -52,18 +54,20 @@ class Listeners:
         if unix_dir:
             sockets.append(self._unix_socket(unix_dir, port, unix_mode, backlog))
         for sock in sockets:
-            server = StreamServer(sock, self._handle, spawn=self._group.spawn)
-            server.start()
-            self.servers.append(server)
+            self._serve(sock)
             log.info("listening on %s", _describe(sock))
 
     def adopt(self, sockets: Sequence[socket.socket]) -> None:
         """Serve sockets inherited from another process (online restart)."""
         for sock in sockets:
-            server = StreamServer(sock, self._handle, spawn=self._group.spawn)
-            server.start()
-            self.servers.append(server)
+            self._serve(sock)
             log.info("listening on %s (taken over)", _describe(sock))
+
+    def _serve(self, sock: socket.socket) -> None:
+        server = StreamServer(sock, self._handle, spawn=self._group.spawn)
+        server.start()
+        self.servers.append(server)
+        self._sockets.append(sock)
 
     @staticmethod
     def _tcp_socket(addr: str, port: int, backlog: int, reuseport: bool) -> socket.socket:
@@ -108,10 +112,17 @@ class Listeners:
             server.start_accepting()
 
     def close(self) -> None:
-        """Stop listening (existing connections are not touched)."""
-        for server in self.servers:
+        """Stop listening (existing connections are not touched).
+
+        Connections already queued on a socket are accepted and served first: in a rolling
+        restart with ``so_reuseport`` they would otherwise be reset when the socket closes.
+        (Connections the kernel queues during the final microseconds are only saved by
+        ``net.ipv4.tcp_migrate_req = 1``.)"""
+        for server, sock in zip(self.servers, self._sockets):
+            server.stop_accepting()
+            self._accept_queued(sock)
             server.close()
-        self.servers = []
+        self.servers, self._sockets = [], []
         if self.unix_path:
             self._remove_own_socket_file(self.unix_path)
             self.unix_path = None
@@ -125,12 +136,28 @@ class Listeners:
         except FileNotFoundError:
             pass
 
+    def _accept_queued(self, sock: socket.socket) -> None:
+        sock.settimeout(0)
+        while True:
+            try:
+                conn, address = sock.accept()
+            except OSError:
+                return  # the queue is empty (or the socket already failed)
+            conn.settimeout(None)
+            self._group.spawn(self._serve_and_close, conn, address)
+
+    def _serve_and_close(self, conn: socket.socket, address: object) -> None:
+        try:
+            self._handle(conn, address)
+        finally:
+            conn.close()
+
     def handed_over(self) -> None:
         """The sockets now belong to a new process too: leave the socket file to it."""
         self.unix_path = None
 
     def sockets(self) -> List[socket.socket]:
-        return [server.socket for server in self.servers]
+        return list(self._sockets)
 
 
 def _remove_stale_socket(path: str) -> None:
