@@ -29,25 +29,33 @@ def backend_pid(conn: Any) -> int:
     return scalar(conn, "SELECT pg_backend_pid()")
 
 
-def server_pids(pg: PgCluster, user: str, db: str = "testdb") -> Set[int]:
-    """Backends of ``user`` on ``db`` as PostgreSQL sees them (the pooler's servers)."""
-    out = pg.psql(f"SELECT pid FROM pg_stat_activity WHERE usename = '{user}' "
-                  f"AND datname = '{db}' AND backend_type = 'client backend'")
+def server_pids(pg: PgCluster, user: str, db: str = "testdb", query: Optional[str] = None
+                ) -> Set[int]:
+    """Backends of ``user`` on ``db`` as PostgreSQL sees them (the pooler's servers); only
+    those running ``query`` when it is given."""
+    running = "" if query is None else f" AND query = {_literal(query)} AND state = 'active'"
+    out = pg.psql(f"SELECT pid FROM pg_stat_activity WHERE usename = {_literal(user)} "
+                  f"AND datname = {_literal(db)} AND backend_type = 'client backend'{running}")
     return {int(line) for line in out.split()}
 
 
 def wait_for_server_pids(pg: PgCluster, user: str, check: Callable[[Set[int]], bool],
-                         timeout: float = 10, db: str = "testdb") -> Set[int]:
+                         timeout: float = 10, db: str = "testdb",
+                         query: Optional[str] = None) -> Set[int]:
     """Poll ``server_pids`` until ``check`` accepts them; fail with what was last seen."""
     seen: Set[int] = set()
 
     def ready() -> bool:
         seen.clear()
-        seen.update(server_pids(pg, user, db))
+        seen.update(server_pids(pg, user, db, query))
         return check(seen)
 
     assert wait_until(ready, timeout, interval=0.1), f"server pids never matched: {seen}"
     return set(seen)
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 class Background:

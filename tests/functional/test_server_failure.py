@@ -1,0 +1,167 @@
+"""Server connections: where they are opened (host lists, unix sockets, connect_query) and what
+a client sees when one dies (pg_terminate_backend) or cannot be opened.
+
+Leaks are judged by PostgreSQL's own pg_stat_activity, not by the pooler's SHOW output.
+"""
+from __future__ import annotations
+
+import re
+import time
+from typing import List
+
+import psycopg2
+import pytest
+
+from tests.support.inifile import common_ini
+from tests.support.observe import Background, backend_pid, scalar, wait_for_server_pids
+from tests.support.ports import free_port
+
+POOL_SIZE = 2
+#: What psql may print when its server dies: PostgreSQL's own FATAL, passed on, or
+#: PgBouncer's "server conn crashed?".  (psycopg2 only says "server closed the connection
+#: unexpectedly", through PgBouncer and directly alike.)
+SERVER_DEATH = "terminating connection due to administrator command|server conn crashed"
+
+
+@pytest.fixture
+def bouncer(pg, bouncer_factory):
+    return bouncer_factory(common_ini(pg, pool_mode="transaction",
+                                      default_pool_size=POOL_SIZE))
+
+
+def terminate(pg, pid: int) -> None:
+    assert pg.psql(f"SELECT pg_terminate_backend({pid})") == "t"
+
+
+def assert_works(bouncer) -> int:
+    """A fresh client can query; returns its server's pid."""
+    conn = bouncer.connect()
+    try:
+        conn.autocommit = True
+        assert scalar(conn, "SELECT 1") == 1
+        return backend_pid(conn)
+    finally:
+        conn.close()
+
+
+# -- a server dies under its client -------------------------------------------------------------
+def test_server_killed_mid_transaction(pg, bouncer) -> None:
+    conn = bouncer.connect()  # psycopg2 opens a transaction: the server stays linked
+    pid = backend_pid(conn)
+    terminate(pg, pid)
+    started = time.monotonic()
+    with pytest.raises(psycopg2.OperationalError):
+        scalar(conn, "SELECT 1")
+    assert time.monotonic() - started < 3
+    conn.close()
+    assert assert_works(bouncer) != pid
+    wait_for_server_pids(pg, "md5user", lambda pids: pid not in pids and len(pids) <= POOL_SIZE)
+
+
+def test_server_killed_mid_query(pg, bouncer) -> None:
+    conn = bouncer.connect()
+    pid = backend_pid(conn)
+    sleeper = Background(lambda: scalar(conn, "SELECT pg_sleep(10)"))
+    time.sleep(0.3)
+    terminate(pg, pid)
+    with pytest.raises(psycopg2.OperationalError):
+        sleeper.result(timeout=3)
+    conn.close()
+    assert assert_works(bouncer) != pid
+
+
+def test_psql_shows_why_its_server_died(pg, bouncer) -> None:
+    sql = "SELECT 'victim', pg_sleep(10)"
+    psql = Background(lambda: bouncer.psql(sql))
+    pids = wait_for_server_pids(pg, "md5user", bool, query=sql)
+    terminate(pg, pids.pop())
+    result = psql.result(timeout=3)
+    assert result.returncode == 2
+    assert re.search(SERVER_DEATH, result.stderr), result.stderr
+
+
+def test_server_killed_while_idle_in_session_mode(pg, bouncer_factory) -> None:
+    bouncer = bouncer_factory(common_ini(pg, pool_mode="session", default_pool_size=1))
+    conn = bouncer.connect()
+    conn.autocommit = True
+    pid = backend_pid(conn)
+    terminate(pg, pid)
+    with pytest.raises(psycopg2.OperationalError):
+        scalar(conn, "SELECT 1")
+    conn.close()
+    assert assert_works(bouncer) != pid
+
+
+def test_repeated_kills_leak_no_server_connection(pg, bouncer) -> None:
+    killed: List[int] = []
+    for _ in range(5):
+        conn = bouncer.connect()
+        killed.append(backend_pid(conn))
+        terminate(pg, killed[-1])
+        with pytest.raises(psycopg2.OperationalError):
+            scalar(conn, "SELECT 1")
+        conn.close()
+    assert_works(bouncer)
+    remaining = wait_for_server_pids(pg, "md5user", lambda pids: len(pids) <= POOL_SIZE)
+    assert not remaining & set(killed)
+    assert bouncer.alive
+
+
+# -- a server cannot be reached -----------------------------------------------------------------
+def test_unreachable_server_gives_an_error_not_a_hang(pg, bouncer_factory) -> None:
+    dead = f"host=127.0.0.1 port={free_port()} dbname=testdb"
+    bouncer = bouncer_factory(common_ini(pg, databases={"deaddb": dead}, query_wait_timeout=3,
+                                         server_connect_timeout=2))
+    started = time.monotonic()
+    with pytest.raises(psycopg2.OperationalError):
+        bouncer.connect(dbname="deaddb")
+    assert time.monotonic() - started < 5
+    assert bouncer.alive
+    assert_works(bouncer)  # the other databases are unaffected
+
+
+# -- where servers are opened -------------------------------------------------------------------
+def client_addrs_of_concurrent_servers(bouncer, count: int) -> List[object]:
+    """``inet_client_addr()`` as seen by ``count`` servers opened at once (None = unix)."""
+    conns = [bouncer.connect() for _ in range(count)]
+    try:
+        addrs = [scalar(conn, "SELECT host(inet_client_addr())") for conn in conns]
+        assert len({backend_pid(conn) for conn in conns}) == count
+        return addrs
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+def test_unix_socket_host_for_servers(pg, bouncer_factory) -> None:
+    databases = {"testdb": f"host={pg.socket_dir} port={pg.port} dbname=testdb"}
+    bouncer = bouncer_factory(common_ini(pg, databases=databases, pool_mode="transaction"))
+    assert client_addrs_of_concurrent_servers(bouncer, 2) == [None, None]
+
+
+def test_comma_list_of_hosts_is_used_round_robin(pg, bouncer_factory) -> None:
+    databases = {"testdb": f"host=127.0.0.1,{pg.socket_dir} port={pg.port} dbname=testdb"}
+    bouncer = bouncer_factory(common_ini(pg, databases=databases, pool_mode="transaction",
+                                         default_pool_size=4))
+    addrs = client_addrs_of_concurrent_servers(bouncer, 4)
+    assert sorted(addrs, key=str) == ["127.0.0.1", "127.0.0.1", None, None]
+
+
+def test_host_list_with_a_name_and_an_address(pg, bouncer_factory) -> None:
+    databases = {"testdb": f"host=127.0.0.1,localhost port={pg.port} dbname=testdb"}
+    bouncer = bouncer_factory(common_ini(pg, databases=databases, pool_mode="transaction",
+                                         default_pool_size=4))
+    assert set(client_addrs_of_concurrent_servers(bouncer, 4)) <= {"127.0.0.1", "::1"}
+
+
+def test_connect_query_runs_on_every_new_server(pg, bouncer_factory) -> None:
+    databases = {"testdb": f"host=127.0.0.1 port={pg.port} dbname=testdb "
+                           f"connect_query='SET work_mem TO 1234'"}
+    bouncer = bouncer_factory(common_ini(pg, databases=databases, pool_mode="transaction"))
+    conns = [bouncer.connect() for _ in range(2)]
+    try:
+        assert [scalar(conn, "SHOW work_mem") for conn in conns] == ["1234kB", "1234kB"]
+        assert len({backend_pid(conn) for conn in conns}) == 2
+    finally:
+        for conn in conns:
+            conn.close()
