@@ -14,7 +14,7 @@ from bouncer.admin import grammar
 from bouncer.admin.commands import InvalidCommand, Result, columns, show, stats_allowed
 from bouncer.config import SETTINGS, format_value
 from bouncer.config.sections import ADMIN_DATABASE
-from bouncer.pool.limits import first_set
+from bouncer.pool.limits import database_cap, first_set, user_cap, user_value
 from bouncer.pool.stats import FIELDS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -71,8 +71,8 @@ def _database_row(app: "App", db: "DatabaseState") -> List[Any]:
             first_set(definition.reserve_pool_size, config.reserve_pool_size),
             int(definition.server_lifetime or config.server_lifetime),
             definition.pool_mode, _load_balance_hosts(db),
-            definition.max_db_connections or config.max_db_connections, db.server_count(),
-            definition.max_db_client_connections or config.max_db_client_connections,
+            database_cap(config, definition, "max_db_connections"), db.server_count(),
+            database_cap(config, definition, "max_db_client_connections"),
             db.client_count(), int(db.paused), int(db.disabled)]
 
 
@@ -147,15 +147,15 @@ def show_users(console: "Console", args: str) -> Result:
 
 
 def _user_row(app: "App", name: str, servers: int, clients: int) -> List[Any]:
-    config = app.config
+    """The user's own settings (SET USER first, then [users]) and the caps in force."""
+    config, overrides = app.config, app.registry.overrides
 
     def value(key: str) -> Optional[Any]:
-        return first_set(app.registry.overrides.user_value(name, key),
-                         getattr(config.users.get(name), key, None))
+        return user_value(config, overrides, name, key)
 
     return [name, _padded(value("pool_size")), _padded(value("reserve_pool_size")),
-            value("pool_mode"), value("max_user_connections") or config.max_user_connections,
-            servers, value("max_user_client_connections") or config.max_user_client_connections,
+            value("pool_mode"), user_cap(config, overrides, name, "max_user_connections"),
+            servers, user_cap(config, overrides, name, "max_user_client_connections"),
             clients]
 
 

@@ -1,19 +1,25 @@
-"""Built-in limit enforcers: client connection limits at login, and the limits that span pools
-when a server connection is about to be opened (max_db_connections, max_user_connections).
+"""Built-in limit enforcer: client connection limits at login, the limits that span pools when a
+server connection is about to be opened (max_db_connections, max_user_connections), and
+applying changed limits to live pools after RELOAD, SET, SET USER and SET POOL.
 
-Refusals use PgBouncer's wording; the pool's own size is enforced by the pool itself.
+Refusals use PgBouncer's wording; the pool's own size is enforced by the pool itself.  The
+SET USER / SET POOL commands are in :mod:`bouncer.builtin.limits_admin`, shrinking in
+:mod:`bouncer.builtin.limits_shrink`; this module is the plugin that registers them.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
+from bouncer.builtin import limits_admin, limits_shrink
 from bouncer.errors import ClientError
 from bouncer.plugin import hookimpl
-from bouncer.pool.limits import first_set
+from bouncer.pool.limits import database_cap, user_cap
+from bouncer.pool.registry import AUTODB
 from bouncer.proto import sqlstate
 
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.app import App
+    from bouncer.config import Config
     from bouncer.pool.pool import Pool
     from bouncer.session.client import ClientSession
 
@@ -24,15 +30,16 @@ def _too_many(limit: str) -> ClientError:
 
 @hookimpl
 def bouncer_client_admit(app: "App", client: "ClientSession") -> Optional[ClientError]:
+    # app.clients already holds this client, hence ">" rather than ">=".
     config = app.config
     if config.max_client_conn and len(app.clients) > config.max_client_conn:
         return _too_many("max_client_conn")
-    db_limit = _db_value(app, client.database, "max_db_client_connections",
-                         config.max_db_client_connections)
+    db_limit = database_cap(config, _definition(app, client.database),
+                            "max_db_client_connections")
     if db_limit and _clients_of(app, database=client.database) > db_limit:
         return _too_many("max_db_client_connections")
-    user_limit = _user_value(app, client.user, "max_user_client_connections",
-                             config.max_user_client_connections)
+    user_limit = user_cap(config, app.registry.overrides, client.user,
+                          "max_user_client_connections")
     if user_limit and _clients_of(app, user=client.user) > user_limit:
         return _too_many("max_user_client_connections")
     return None
@@ -41,14 +48,25 @@ def bouncer_client_admit(app: "App", client: "ClientSession") -> Optional[Client
 @hookimpl
 def bouncer_server_connect_limit(app: "App", pool: "Pool") -> Optional[str]:
     config = app.config
-    db_limit = first_set(pool.database.definition.max_db_connections, config.max_db_connections)
+    db_limit = database_cap(config, pool.database.definition, "max_db_connections")
     if db_limit and pool.database.server_count() >= db_limit:
         return "max_db_connections"
-    user_limit = _user_value(app, pool.user.name, "max_user_connections",
-                             config.max_user_connections)
+    user_limit = user_cap(config, app.registry.overrides, pool.user.name,
+                          "max_user_connections")
     if user_limit and pool.user.server_count() >= user_limit:
         return "max_user_connections"
     return None
+
+
+@hookimpl
+def bouncer_reload(app: "App", old_config: "Config", new_config: "Config") -> None:
+    """RELOAD (or SET) may have lowered a limit below what is open, or raised one."""
+    limits_shrink.apply_limits(app)
+
+
+@hookimpl
+def bouncer_admin_commands(app: "App") -> Dict[str, Callable[..., Any]]:
+    return limits_admin.COMMANDS
 
 
 def _clients_of(app: "App", database: Optional[str] = None, user: Optional[str] = None) -> int:
@@ -57,12 +75,7 @@ def _clients_of(app: "App", database: Optional[str] = None, user: Optional[str] 
                if (database is None or c.database == database) and (user is None or c.user == user))
 
 
-def _db_value(app: "App", database: str, key: str, default: int) -> int:
-    definition = app.config.databases.get(database)
-    return first_set(getattr(definition, key, None), default)
-
-
-def _user_value(app: "App", user: str, key: str, default: int) -> int:
-    configured = app.config.users.get(user)
-    return first_set(app.registry.overrides.user_value(user, key),
-                     getattr(configured, key, None), default)
+def _definition(app: "App", database: str) -> Any:
+    """The database's definition; an unknown name would be served by the ``*`` entry."""
+    state = app.registry.databases.get(database)
+    return state.definition if state is not None else app.config.databases.get(AUTODB)

@@ -1,12 +1,12 @@
-"""Effective per-pool settings: the fallback chain from a pool to its user, database and globals.
+"""Effective limits and settings: the fallback chain from runtime overrides to the ini.
 
-One place answers "what is this pool's size / mode / timeout", as PgBouncer's
-``pool_pool_size()`` & co. do, so runtime overrides (SET USER, SET POOL) and reloads only have
-to change the inputs.
+One place answers "what is this pool's size / mode / timeout" and "what is this user's or
+database's connection cap", as PgBouncer's ``pool_pool_size()`` and ``user_max_connections()``
+do, so runtime overrides (SET USER, SET POOL) and reloads only have to change the inputs.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.config import Config
@@ -18,6 +18,80 @@ def first_set(*values: Optional[Any]) -> Optional[Any]:
         if value is not None:
             return value
     return None
+
+
+def smaller_limit(limit: int, other: Optional[int]) -> int:
+    """The tighter of two limits where 0 means unlimited and ``None`` means not set."""
+    if other is None or not limit:
+        return limit if other is None else other
+    return min(limit, other) if other else limit
+
+
+class Overrides:
+    """Runtime values set from the admin console (SET USER, SET POOL).
+
+    They win over the ini until RELOAD clears them.  A key absent here inherits.
+    """
+
+    def __init__(self) -> None:
+        self.users: Dict[str, Dict[str, Any]] = {}
+        self.pools: Dict[Tuple[str, str], Dict[str, Any]] = {}
+
+    def user_value(self, user: str, key: str) -> Optional[Any]:
+        return self.users.get(user, {}).get(key)
+
+    def pool_value(self, user: str, database: str, key: str) -> Optional[Any]:
+        return self.pools.get((user, database), {}).get(key)
+
+    def update_user(self, user: str, changes: Mapping[str, Optional[Any]]) -> None:
+        """Set the keys named in *changes*; a ``None`` value removes the override."""
+        _update(self.users, user, changes)
+
+    def update_pool(self, user: str, database: str, changes: Mapping[str, Optional[Any]]) -> None:
+        """As :meth:`update_user`, for the ``[pools]`` entry ``user.database``."""
+        _update(self.pools, (user, database), changes)
+
+    def clear(self) -> None:
+        self.users.clear()
+        self.pools.clear()
+
+
+def _update(table: Dict[Any, Dict[str, Any]], name: Any,
+            changes: Mapping[str, Optional[Any]]) -> None:
+    values = table.setdefault(name, {})
+    for key, value in changes.items():
+        if value is None:
+            values.pop(key, None)
+        else:
+            values[key] = value
+    if not values:
+        del table[name]
+
+
+def user_value(config: "Config", overrides: Overrides, user: str, key: str) -> Optional[Any]:
+    """A ``[users]`` key of *user*: the runtime override, else the ini's, else ``None``."""
+    return first_set(overrides.user_value(user, key), getattr(config.users.get(user), key, None))
+
+
+def user_cap(config: "Config", overrides: Overrides, user: str, key: str) -> int:
+    """``max_user_connections`` or ``max_user_client_connections`` in force for *user*.
+
+    As PgBouncer's ``user_max_connections()``: the user's own value when positive, else the
+    ``[pgbouncer]`` setting of the same name (0 = unlimited).
+    """
+    return _positive_or(user_value(config, overrides, user, key), config.settings[key])
+
+
+def database_cap(config: "Config", definition: Any, key: str) -> int:
+    """``max_db_connections`` or ``max_db_client_connections`` in force for a database.
+
+    The database's own value when positive, else the global setting (PgBouncer's rule).
+    """
+    return _positive_or(getattr(definition, key, None), config.settings[key])
+
+
+def _positive_or(value: Optional[int], default: int) -> int:
+    return value if value is not None and value > 0 else default
 
 
 class PoolLimits:
@@ -39,23 +113,24 @@ class PoolLimits:
     def _db(self) -> Any:
         return self._database.definition
 
-    def _user(self) -> Any:
-        return self._config().users.get(self.user)
-
     def _field(self, obj: Any, name: str) -> Optional[Any]:
         return getattr(obj, name, None) if obj is not None else None
 
     def _user_value(self, name: str) -> Optional[Any]:
-        return first_set(self.overrides.user_value(self.user, name),
-                         self._field(self._user(), name))
+        return user_value(self._config(), self.overrides, self.user, name)
 
     def pool_size(self) -> int:
-        """Servers this pool may hold (0 = unlimited); [pools] beats user beats database."""
+        """Servers this pool may hold (0 = unlimited).
+
+        A ``[pools]`` size (or SET POOL) applies, capped by the database's own ``pool_size``
+        when both are set; otherwise the user's, then the database's, then
+        ``default_pool_size``.
+        """
         db_size = self._field(self._db(), "pool_size")
         pool_size = first_set(self.overrides.pool_value(self.user, self.database, "pool_size"),
                               self._config_pool_size())
         if pool_size is not None:
-            return min(pool_size, db_size) if db_size is not None else pool_size
+            return smaller_limit(pool_size, db_size)
         return first_set(self._user_value("pool_size"), db_size,
                          self._config().default_pool_size)
 

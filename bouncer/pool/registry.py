@@ -8,11 +8,11 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Optional
 
 from gevent.event import Event
 
-from bouncer.pool.limits import PoolLimits
+from bouncer.pool.limits import Overrides, PoolLimits
 from bouncer.pool.pool import Pool
 from bouncer.pool.stats import Counters
 
@@ -22,24 +22,6 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 AUTODB = "*"
-
-
-class Overrides:
-    """Runtime limits set from the admin console; RELOAD clears them (ini values return)."""
-
-    def __init__(self) -> None:
-        self.users: Dict[str, Dict[str, Any]] = {}
-        self.pools: Dict[Tuple[str, str], Dict[str, Any]] = {}
-
-    def user_value(self, user: str, key: str) -> Optional[Any]:
-        return self.users.get(user, {}).get(key)
-
-    def pool_value(self, user: str, database: str, key: str) -> Optional[Any]:
-        return self.pools.get((user, database), {}).get(key)
-
-    def clear(self) -> None:
-        self.users.clear()
-        self.pools.clear()
 
 
 class DatabaseState:
