@@ -70,6 +70,7 @@ class Pool:
         #: janitor, on reload and when the admin console changes a limit.
         self.size = limits.pool_size()
         self.reserve = limits.reserve_size()
+        self.round_robin = limits.round_robin()
 
     # -- names and counts ----------------------------------------------------------------------
 
@@ -137,7 +138,7 @@ class Pool:
 
     def _take_idle(self) -> Optional[Any]:
         while self.idle:
-            server = self.idle.pop() if not self.limits.round_robin() else self.idle.popleft()
+            server = self.idle.popleft() if self.round_robin else self.idle.pop()
             if server.is_usable():
                 return server
             self.close_server(server, "server conn crashed?")
@@ -172,6 +173,7 @@ class Pool:
     def refresh_limits(self) -> None:
         self.size = self.limits.pool_size()
         self.reserve = self.limits.reserve_size()
+        self.round_robin = self.limits.round_robin()
 
     def over_size(self) -> bool:
         size = self.size
