@@ -1,0 +1,1 @@
+"""Throwaway plugin modules that functional tests load into bouncer with ``plugins =``."""

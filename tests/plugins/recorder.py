@@ -1,0 +1,167 @@
+"""A plugin implementing every hook, for tests/functional/test_plugins.py.
+
+Loaded with ``plugins = tests.plugins.recorder``.  Each call is appended as one JSON line to
+the file named by ``$BOUNCER_TEST_RECORDER`` (nothing is written when it is unset), so a test
+reads what bouncer called, with which arguments, in which order.  Its decisions are keyed by
+names no real client uses:
+
+* user ``rec_not_admitted``: refused by :func:`bouncer_client_admit`;
+* user ``rec_tls_only`` over plaintext: refused by :func:`bouncer_check_client_tls`;
+* user ``rec_raises``: :func:`bouncer_auth_method` raises (bouncer must fail closed);
+* ``application_name`` ``token:...``: method ``token``, which :func:`bouncer_verify_client`
+  accepts only for ``token:open-sesame``;
+* user ``trustuser``: :func:`bouncer_get_credentials` answers with password ``robot-pw``;
+* database ``rec_limited``: :func:`bouncer_server_connect_limit` never allows a server;
+* a file ``$BOUNCER_TEST_RECORDER.refuse``: :func:`bouncer_validate_config` reports its text.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Dict, List, Optional
+
+from bouncer.admin.commands import Result, columns, show, stats_allowed
+from bouncer.auth.store import Credentials
+from bouncer.errors import ClientError
+from bouncer.plugin import hookimpl
+
+RECORD_ENV = "BOUNCER_TEST_RECORDER"
+TOKEN_METHOD = "token"
+TOKEN_PREFIX = "token:"
+GOOD_TOKEN = "token:open-sesame"
+ROBOT_USER, ROBOT_PASSWORD = "trustuser", "robot-pw"
+LIMITED_DATABASE = "rec_limited"
+LIMIT_NAME = "recorder limit"
+
+
+def _record(hook: str, **facts: Any) -> None:
+    path = os.environ.get(RECORD_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(json.dumps({"hook": hook, **facts}) + "\n")
+
+
+def _client_facts(client: Any) -> Dict[str, Any]:
+    return {"user": client.user, "database": client.database, "tls": bool(client.tls)}
+
+
+def recorded(path: str) -> List[Dict[str, Any]]:
+    """Every record written so far (for the tests)."""
+    try:
+        with open(path, encoding="utf-8") as records:
+            return [json.loads(line) for line in records]
+    except FileNotFoundError:
+        return []
+
+
+# -- process and configuration -----------------------------------------------------------------
+
+@hookimpl
+def bouncer_validate_config(config: Any) -> List[str]:
+    _record("validate_config", path=config.path)
+    refuse_flag = os.environ.get(RECORD_ENV, "") + ".refuse"
+    if os.path.exists(refuse_flag):
+        with open(refuse_flag, encoding="utf-8") as reason:
+            return [reason.read().strip()]
+    return []
+
+
+@hookimpl
+def bouncer_startup(app: Any) -> None:
+    _record("startup", listen_port=app.config.listen_port)
+
+
+@hookimpl
+def bouncer_reload(app: Any, old_config: Any, new_config: Any) -> None:
+    _record("reload", in_force=app.config is new_config,
+            old_pool_size=old_config.default_pool_size,
+            new_pool_size=new_config.default_pool_size)
+
+
+@hookimpl
+def bouncer_shutdown(app: Any) -> None:
+    _record("shutdown")
+
+
+# -- TLS ------------------------------------------------------------------------------------
+
+@hookimpl
+def bouncer_client_tls_context(app: Any, config: Any) -> None:
+    _record("client_tls_context", sslmode=config.client_tls_sslmode)
+    return None  # the built-in TLS policy builds it
+
+
+@hookimpl
+def bouncer_server_tls_context(app: Any, config: Any) -> None:
+    _record("server_tls_context", sslmode=config.server_tls_sslmode)
+    return None
+
+
+@hookimpl
+def bouncer_check_client_tls(app: Any, client: Any) -> Optional[ClientError]:
+    _record("check_client_tls", **_client_facts(client))
+    if client.user == "rec_tls_only" and not client.tls:
+        return ClientError("recorder: this user must use TLS", "28000")
+    return None
+
+
+# -- login ------------------------------------------------------------------------------------
+
+@hookimpl
+def bouncer_client_admit(app: Any, client: Any) -> Optional[ClientError]:
+    _record("client_admit", **_client_facts(client))
+    if client.user == "rec_not_admitted":
+        return ClientError("recorder: not admitted", "53300")
+    return None
+
+
+@hookimpl
+def bouncer_auth_method(app: Any, client: Any) -> Optional[str]:
+    _record("auth_method", **_client_facts(client))
+    if client.user == "rec_raises":
+        raise RuntimeError("recorder bug in bouncer_auth_method")
+    if client.application_name.startswith(TOKEN_PREFIX):
+        return TOKEN_METHOD
+    return None
+
+
+@hookimpl
+def bouncer_get_credentials(app: Any, user: str, database: str) -> Optional[Credentials]:
+    _record("get_credentials", user=user, database=database)
+    if user == ROBOT_USER:
+        return Credentials(user, ROBOT_PASSWORD, "recorder")
+    return None
+
+
+@hookimpl
+def bouncer_verify_client(app: Any, client: Any, method: str) -> Optional[bool]:
+    _record("verify_client", method=method, **_client_facts(client))
+    if method != TOKEN_METHOD:
+        return None
+    return client.application_name == GOOD_TOKEN
+
+
+@hookimpl
+def bouncer_client_login(app: Any, client: Any, ok: bool, reason: str) -> None:
+    _record("client_login", ok=ok, reason=reason, **_client_facts(client))
+
+
+# -- limits and admin ---------------------------------------------------------------------------
+
+@hookimpl
+def bouncer_server_connect_limit(app: Any, pool: Any) -> Optional[str]:
+    _record("server_connect_limit", database=pool.database.name, user=pool.user.name)
+    return LIMIT_NAME if pool.database.name == LIMITED_DATABASE else None
+
+
+@stats_allowed
+def _show_recorder(console: Any, args: str) -> Result:
+    path = os.environ.get(RECORD_ENV, "")
+    hooks = sorted({record["hook"] for record in recorded(path)})
+    return show(columns("s", "hook"), [(hook,) for hook in hooks])
+
+
+@hookimpl
+def bouncer_admin_commands(app: Any) -> Dict[str, Callable[..., Any]]:
+    _record("admin_commands")
+    return {"SHOW RECORDER": _show_recorder}
