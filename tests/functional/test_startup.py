@@ -28,11 +28,8 @@ def bouncer(pg, bouncer_factory):
 def open_session(bouncer, params: Dict[str, str],
                  protocol: int = pgwire.PROTOCOL_3_0) -> tuple:
     """Log in over a raw socket; returns (socket, messages up to ReadyForQuery)."""
-    sock = pgwire.connect(bouncer.host, bouncer.port)
-    sock.sendall(pgwire.startup({"user": USER, "database": "testdb", **params}, protocol))
-    messages = pgwire.login(sock, USER, PASSWORD)
-    assert messages[-1][0] == b"Z", pgwire.first_error(messages)
-    return sock, messages
+    return pgwire.open_session(bouncer.host, bouncer.port, USER, PASSWORD, params=params,
+                               protocol=protocol)
 
 
 def show(sock: socket.socket, name: str) -> str:
@@ -219,7 +216,10 @@ def test_client_vanishing_mid_login_leaves_the_pooler_serving(bouncer) -> None:
 def test_random_first_bytes_never_hang_or_kill_the_pooler(bouncer, raw: bytes) -> None:
     with pgwire.connect(bouncer.host, bouncer.port) as sock:
         sock.sendall(raw)
-        sock.shutdown(socket.SHUT_WR)  # so a length asking for more bytes cannot wait forever
+        try:
+            sock.shutdown(socket.SHUT_WR)  # a length asking for more bytes must not wait forever
+        except OSError:
+            pass  # the pooler refused the bytes and closed first: what we hope for anyway
         assert pgwire.closed_by_peer(sock, 3)
     assert bouncer.alive
     assert_still_serving(bouncer)

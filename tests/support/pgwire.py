@@ -158,6 +158,32 @@ def login(sock: socket.socket, user: str, plain: Optional[str]) -> List[Message]
             raise AssertionError(f"login() cannot answer auth request {auth_code(payload)}")
 
 
+def open_session(host: str, port: int, user: str, plain: Optional[str],
+                 database: str = "testdb", params: Optional[Dict[str, str]] = None,
+                 protocol: int = PROTOCOL_3_0) -> Tuple[socket.socket, List[Message]]:
+    """A logged-in raw connection and the messages up to its first ReadyForQuery."""
+    sock = connect(host, port)
+    sock.sendall(startup({"user": user, "database": database, **(params or {})}, protocol))
+    messages = login(sock, user, plain)
+    if messages[-1][0] != b"Z":
+        sock.close()
+        raise AssertionError(f"login failed: {first_error(messages)}")
+    return sock, messages
+
+
+def messages_until_closed(sock: socket.socket, timeout: float) -> List[Message]:
+    """Everything the peer sends until it closes; fails if it is still open after ``timeout``."""
+    sock.settimeout(timeout)
+    messages: List[Message] = []
+    try:
+        while True:
+            messages.append(read_message(sock))
+    except (EOFError, ConnectionResetError):
+        return messages
+    except socket.timeout:
+        raise AssertionError(f"still open after {timeout}s; got {messages}") from None
+
+
 def closed_by_peer(sock: socket.socket, timeout: float) -> bool:
     """True when the peer closes ``sock`` within ``timeout`` (any bytes before EOF are read)."""
     deadline = time.monotonic() + timeout
