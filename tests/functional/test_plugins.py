@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional
@@ -200,10 +201,16 @@ def test_hook_admin_commands_adds_a_console_command(recording) -> None:
 # -- the example plugin, installed from plugins/ ------------------------------------------------
 @pytest.fixture(scope="module")
 def example_plugin(tmp_path_factory) -> str:
-    """``pip install`` the example distribution into a directory of its own; returns it."""
+    """``pip install`` the example distribution into a directory of its own; returns it.
+
+    Built from a copy: setuptools writes build/ and *.egg-info next to the sources.
+    """
+    source = str(tmp_path_factory.mktemp("example-plugin-src") / "src")
+    shutil.copytree(EXAMPLE_PLUGIN_DIR, source,
+                    ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info"))
     target = str(tmp_path_factory.mktemp("example-plugin-site"))
     command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-               "--disable-pip-version-check", "--target", target, EXAMPLE_PLUGIN_DIR]
+               "--disable-pip-version-check", "--target", target, source]
     if _can_build_wheels_offline():
         command.insert(4, "--no-build-isolation")
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
