@@ -255,6 +255,7 @@ class App:
         for pool in self.registry.pools():
             for server in pool.all_servers():
                 server.close("shutting down")
+        self._remove_pidfile()
         log.info("exiting")
         logging.shutdown()
         sys.stdout.flush()
@@ -265,6 +266,16 @@ class App:
 
     def resume(self, database: Optional[str]) -> None:
         operations.resume(self, database)
+
+    def _remove_pidfile(self) -> None:
+        """Remove the pidfile if it is still ours (an online restart's new process rewrote it)."""
+        path = self.config.pidfile
+        try:
+            with open(path) as handle:
+                if handle.read().strip() == str(os.getpid()):
+                    os.unlink(path)
+        except OSError:
+            pass  # no pidfile configured, or already gone
 
     def notify_status(self, line: str) -> None:
         systemd.notify(f"STATUS={line}")

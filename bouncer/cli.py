@@ -99,10 +99,7 @@ def run(args: argparse.Namespace) -> int:
     _write_pidfile(app.config.pidfile)
     signals.install(app)
     import gevent
-    try:
-        gevent.wait()
-    finally:
-        _remove_pidfile(app.config.pidfile)
+    gevent.wait()  # returns only if every greenlet ended; shutdown() normally exits first
     return 0
 
 
@@ -132,11 +129,3 @@ def _write_pidfile(path: str) -> None:
     if path:
         with open(path, "w") as handle:
             handle.write(f"{os.getpid()}\n")
-
-
-def _remove_pidfile(path: str) -> None:
-    if path:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
