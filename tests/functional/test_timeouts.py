@@ -1,0 +1,182 @@
+"""Timeouts as a client sees them: the error it gets, when, and that the pooler stays usable.
+
+Client-facing timeouts are observed over a raw socket (the ErrorResponse before the close);
+server-side ones (server_lifetime, server_idle_timeout) in pg_stat_activity.
+"""
+from __future__ import annotations
+
+import time
+from typing import Dict, List
+
+import pytest
+
+from tests.support import pgwire
+from tests.support.inifile import common_ini
+from tests.support.observe import backend_pid, scalar, server_pids, wait_for_server_pids
+
+USER, PASSWORD = "md5user", "md5pass"
+
+
+@pytest.fixture
+def start(pg, bouncer_factory):
+    """``start(**settings)``: a transaction-mode bouncer with the given [pgbouncer] settings."""
+    def start_bouncer(**settings):
+        return bouncer_factory(common_ini(pg, **{"pool_mode": "transaction", **settings}))
+    return start_bouncer
+
+
+def session(bouncer):
+    return pgwire.open_session(bouncer.host, bouncer.port, USER, PASSWORD)[0]
+
+
+def error_before_close(sock, timeout: float) -> Dict[str, str]:
+    """The ErrorResponse the pooler sends before closing ``sock`` (fails if it stays open)."""
+    error = pgwire.first_error(pgwire.messages_until_closed(sock, timeout))
+    assert error is not None, "closed without telling the client why"
+    return error
+
+
+def elapsed_since(started: float) -> float:
+    return time.monotonic() - started
+
+
+# -- waiting for a server --------------------------------------------------------------------------
+def test_query_wait_timeout_refuses_the_waiting_client(start) -> None:
+    bouncer = start(default_pool_size=1, query_wait_timeout=1)
+    holder = bouncer.connect()
+    backend_pid(holder)  # holds the only server inside a transaction
+    waiter = session(bouncer)
+    with waiter:
+        started = time.monotonic()
+        waiter.sendall(pgwire.query("SELECT 1"))
+        error = error_before_close(waiter, 5)
+        assert 0.8 < elapsed_since(started) < 3
+    assert "query_wait_timeout" in error["M"]
+    holder.commit()
+    assert scalar(holder, "SELECT 1") == 1  # the holder was not disturbed
+    holder.close()
+
+
+# -- login ---------------------------------------------------------------------------------------
+def test_client_login_timeout_closes_a_silent_connection(start) -> None:
+    bouncer = start(client_login_timeout=1)
+    with pgwire.connect(bouncer.host, bouncer.port) as silent:
+        started = time.monotonic()
+        assert pgwire.closed_by_peer(silent, 4)
+        assert elapsed_since(started) > 0.8
+
+
+def test_client_login_timeout_closes_a_client_that_never_answers_the_password(start) -> None:
+    bouncer = start(client_login_timeout=1)
+    with pgwire.connect(bouncer.host, bouncer.port) as stuck:
+        stuck.sendall(pgwire.startup({"user": USER, "database": "testdb"}))
+        assert pgwire.read_message(stuck)[0] == b"R"
+        assert pgwire.closed_by_peer(stuck, 4)
+
+
+def test_client_login_timeout_spares_logged_in_clients(start) -> None:
+    bouncer = start(client_login_timeout=1)
+    with session(bouncer) as sock:
+        time.sleep(1.5)
+        assert pgwire.data_rows(pgwire.run_query(sock, "SELECT 1")) == [["1"]]
+
+
+# -- idle clients --------------------------------------------------------------------------------
+def test_idle_transaction_timeout(pg, start) -> None:
+    bouncer = start(idle_transaction_timeout=1)
+    with session(bouncer) as sock:
+        pid = int(pgwire.data_rows(pgwire.run_query(sock, "BEGIN; SELECT pg_backend_pid()"))[0][0])
+        started = time.monotonic()
+        error = error_before_close(sock, 5)
+        assert 0.8 < elapsed_since(started) < 3
+    assert error["M"] == "idle transaction timeout"
+    wait_for_server_pids(pg, USER, lambda pids: pid not in pids)  # its transaction is gone
+
+
+def test_idle_transaction_timeout_spares_clients_outside_a_transaction(start) -> None:
+    bouncer = start(idle_transaction_timeout=1)
+    with session(bouncer) as sock:
+        pgwire.run_query(sock, "SELECT 1")
+        time.sleep(1.5)
+        assert pgwire.data_rows(pgwire.run_query(sock, "SELECT 2")) == [["2"]]
+
+
+def test_client_idle_timeout(start) -> None:
+    bouncer = start(client_idle_timeout=1)
+    with session(bouncer) as sock:
+        pgwire.run_query(sock, "SELECT 1")
+        started = time.monotonic()
+        error = error_before_close(sock, 5)
+        assert 0.8 < elapsed_since(started) < 3
+    assert error["M"] == "client_idle_timeout"
+
+
+def test_busy_client_is_not_idle(start) -> None:
+    bouncer = start(client_idle_timeout=1)
+    with session(bouncer) as sock:
+        for _ in range(4):
+            time.sleep(0.5)
+            pgwire.run_query(sock, "SELECT 1")
+
+
+# -- slow queries --------------------------------------------------------------------------------
+def test_query_timeout(start) -> None:
+    bouncer = start(query_timeout=1)
+    with session(bouncer) as sock:
+        started = time.monotonic()
+        sock.sendall(pgwire.query("SELECT pg_sleep(10)"))
+        error = error_before_close(sock, 5)
+        assert 0.8 < elapsed_since(started) < 3
+    assert error["M"] == "query timeout"
+    conn = bouncer.connect()
+    try:
+        assert scalar(conn, "SELECT 1 FROM pg_sleep(0.2)") == 1  # quick queries still pass
+    finally:
+        conn.close()
+
+
+# -- server connections ------------------------------------------------------------------------------
+def pids_over_time(bouncer, samples: int, pause: float) -> List[int]:
+    conn = bouncer.connect()
+    conn.autocommit = True
+    try:
+        pids = []
+        for _ in range(samples):
+            pids.append(backend_pid(conn))
+            time.sleep(pause)
+        return pids
+    finally:
+        conn.close()
+
+
+def test_server_lifetime_replaces_servers(pg, start) -> None:
+    bouncer = start(default_pool_size=1, server_lifetime=1)
+    first = pids_over_time(bouncer, 1, 0)[0]
+    wait_for_server_pids(pg, USER, lambda pids: first not in pids, timeout=5)
+    assert pids_over_time(bouncer, 1, 0)[0] != first
+
+
+def test_server_lifetime_does_not_cut_a_transaction(pg, start) -> None:
+    bouncer = start(default_pool_size=1, server_lifetime=1)
+    conn = bouncer.connect()
+    try:
+        pid = backend_pid(conn)
+        time.sleep(1.6)
+        assert backend_pid(conn) == pid  # still the same server, inside the transaction
+        conn.commit()
+    finally:
+        conn.close()
+    wait_for_server_pids(pg, USER, lambda pids: pid not in pids, timeout=5)
+
+
+def test_server_idle_timeout_closes_unused_servers(pg, start) -> None:
+    bouncer = start(server_idle_timeout=1)
+    pid = pids_over_time(bouncer, 1, 0)[0]
+    assert pid in server_pids(pg, USER)
+    wait_for_server_pids(pg, USER, lambda pids: not pids, timeout=5)
+    assert pids_over_time(bouncer, 1, 0)[0] != pid  # a fresh server when needed again
+
+
+def test_server_in_use_outlives_server_idle_timeout(pg, start) -> None:
+    bouncer = start(default_pool_size=1, server_idle_timeout=1)
+    assert len(set(pids_over_time(bouncer, 5, 0.4))) == 1
