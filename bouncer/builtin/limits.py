@@ -2,8 +2,9 @@
 server connection is about to be opened (max_db_connections, max_user_connections), and
 applying changed limits to live pools after RELOAD, SET, SET USER and SET POOL.
 
-Refusals use PgBouncer's wording; the pool's own size is enforced by the pool itself.  The
-SET USER / SET POOL commands are in :mod:`bouncer.builtin.limits_admin`, shrinking in
+Refusals use PgBouncer's wording; the pool's own size is enforced by the pool itself.  A pool
+held back by a cross-pool limit may close an idle server of a sibling pool, as PgBouncer does.
+The SET USER / SET POOL commands are in :mod:`bouncer.builtin.limits_admin`, shrinking in
 :mod:`bouncer.builtin.limits_shrink`; this module is the plugin that registers them.
 """
 from __future__ import annotations
@@ -48,14 +49,30 @@ def bouncer_client_admit(app: "App", client: "ClientSession") -> Optional[Client
 @hookimpl
 def bouncer_server_connect_limit(app: "App", pool: "Pool") -> Optional[str]:
     config = app.config
-    db_limit = database_cap(config, pool.database.definition, "max_db_connections")
-    if db_limit and pool.database.server_count() >= db_limit:
-        return "max_db_connections"
-    user_limit = user_cap(config, app.registry.overrides, pool.user.name,
-                          "max_user_connections")
-    if user_limit and pool.user.server_count() >= user_limit:
-        return "max_user_connections"
+    caps = (("max_db_connections", pool.database,
+             database_cap(config, pool.database.definition, "max_db_connections")),
+            ("max_user_connections", pool.user,
+             user_cap(config, app.registry.overrides, pool.user.name, "max_user_connections")))
+    for limit, owner, cap in caps:
+        if cap and owner.server_count() >= cap and not _made_room(owner, pool, cap, limit):
+            return limit
     return None
+
+
+def _made_room(owner: Any, pool: "Pool", cap: int, limit: str) -> bool:
+    """Close the oldest idle server of a sibling pool (same database or user) for *pool*.
+
+    As PgBouncer's evict_connection(): an idle server elsewhere must not keep clients that
+    are waiting here from ever getting one.  Only for waiting clients, so filling up to
+    min_pool_size never takes servers from a sibling.
+    """
+    if not pool.waiters:
+        return False
+    for sibling in list(owner.pools.values()):
+        if sibling is not pool and sibling.idle:
+            sibling.close_server(sibling.idle[0], f"evicted: {limit} reached")
+            return owner.server_count() < cap
+    return False
 
 
 @hookimpl
