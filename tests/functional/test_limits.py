@@ -283,16 +283,7 @@ def test_reload_restores_ini_values_and_shrinks_to_them(
 
 
 def user_row(bouncer: BouncerProcess, user: str) -> Dict[str, Any]:
-    conn = bouncer.connect(dbname="pgbouncer", user=ADMIN)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cursor:
-            cursor.execute("SHOW USERS")
-            names = [column.name for column in cursor.description]
-            rows = [dict(zip(names, row)) for row in cursor.fetchall()]
-    finally:
-        conn.close()
-    return next(row for row in rows if row["name"] == user)
+    return admin_rows(bouncer, "SHOW USERS", name=user)
 
 
 def limits_of(bouncer: BouncerProcess, user: str) -> List[Any]:
@@ -344,6 +335,56 @@ def test_set_user_keeps_unnamed_keys_and_minus_one_restores_the_ini_value(
     assert (row["max_user_connections"], row["pool_mode"]) == (4, "transaction")
     bouncer.admin(f"SET USER {newcomer} = 'max_user_connections=7'")  # not seen before
     assert user_row(bouncer, newcomer)["max_user_connections"] == 7
+
+
+def test_show_commands_report_effective_limits_and_counts(
+        pg: PgCluster, start: Callable[..., BouncerProcess], tenants: List[str]) -> None:
+    user = tenants[0]
+    bouncer = start(databases=_databases(pg, {"testdb": "pool_size=6 max_db_connections=9"}),
+                    pools={f"{user}.testdb": "pool_size=4"})
+    holders = [holding(bouncer, user) for _ in range(2)]
+    try:
+        bouncer.admin(f"SET POOL {user}.testdb = 'pool_size=3'")
+        bouncer.admin(f"SET USER {user} = 'max_user_connections=5'")
+        pool = admin_rows(bouncer, "SHOW POOLS", database="testdb", user=user)
+        assert (pool["pool_size"], pool["sv_active"]) == (3, 2)
+        row = user_row(bouncer, user)
+        assert (row["max_user_connections"], row["current_connections"],
+                row["current_client_connections"]) == (5, 2, 2)
+        database = admin_rows(bouncer, "SHOW DATABASES", name="testdb")
+        assert (database["pool_size"], database["max_connections"],
+                database["current_connections"]) == (6, 9, 2)
+        help_text = admin_notices(bouncer, "SHOW HELP")
+        assert "SET USER" in help_text and "SET POOL" in help_text
+    finally:
+        close_all(holders)
+
+
+def admin_rows(bouncer: BouncerProcess, sql: str, **match: Any) -> Dict[str, Any]:
+    """The one row of an admin SHOW whose columns have the values in *match*."""
+    conn = bouncer.connect(dbname="pgbouncer", user=ADMIN)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            cursor.execute(sql)
+            names = [column.name for column in cursor.description]
+            rows = [dict(zip(names, row)) for row in cursor.fetchall()]
+    finally:
+        conn.close()
+    found = [row for row in rows if all(row[key] == value for key, value in match.items())]
+    assert len(found) == 1, rows
+    return found[0]
+
+
+def admin_notices(bouncer: BouncerProcess, sql: str) -> str:
+    conn = bouncer.connect(dbname="pgbouncer", user=ADMIN)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            cursor.execute(sql)
+        return "".join(conn.notices)
+    finally:
+        conn.close()
 
 
 # -- reserve pool and min_pool_size ----------------------------------------------------------
