@@ -107,6 +107,8 @@ def test_hook_reload_sees_the_old_and_the_new_configuration(start_recording) -> 
 
 def test_hook_shutdown_is_called_before_exit(start_recording) -> None:
     recording = start_recording()
+    # Served clients prove the signal handlers are in place (they come after the listeners).
+    assert login_outcome(recording.bouncer.connect) == "md5user"
     assert recording.bouncer.stop() == 0
     assert recording.records("shutdown") == [{"hook": "shutdown"}]
 
