@@ -168,6 +168,7 @@ def test_peer_lines_take_the_user_from_the_socket_peer_or_its_map(start) -> None
 
 def test_reload_with_a_broken_hba_file_keeps_the_rules_in_force(start) -> None:
     bouncer = start("host all md5user 127.0.0.1/32 md5\n")
+    assert login_outcome(bouncer.connect) == "md5user"  # serving: signal handlers are set
     bouncer.write_file(HBA_FILE, "host all md5user 127.0.0.1/32 md5\n"
                                  "host all all 127.0.0.1/32 no-such-method\n")
     since = len(bouncer.log_text())

@@ -65,6 +65,13 @@ def start_recording(pg, bouncer_factory, tmp_path, monkeypatch):
     return start
 
 
+def serving(bouncer: BouncerProcess) -> BouncerProcess:
+    """Wait until *bouncer* serves a client: its signal handlers are installed after the
+    listeners, so a signal sent any earlier could end the process."""
+    assert login_outcome(bouncer.connect) == "md5user"
+    return bouncer
+
+
 def replaced_ini(bouncer: BouncerProcess, old: str, new: str) -> str:
     assert old in bouncer.ini_text
     return bouncer.ini_text.replace(old, new)
@@ -80,7 +87,7 @@ def test_hook_validate_config_problem_refuses_start(start_recording, tmp_path) -
 
 def test_hook_validate_config_problem_refuses_reload(start_recording, tmp_path) -> None:
     recording = start_recording(default_pool_size=20)
-    bouncer = recording.bouncer
+    bouncer = serving(recording.bouncer)
     bouncer.write_ini(replaced_ini(bouncer, "default_pool_size = 20", "default_pool_size = 7"))
     (tmp_path / "hooks.jsonl.refuse").write_text("recorder says no", encoding="utf-8")
     bouncer.reload()
@@ -97,7 +104,7 @@ def test_hook_startup_is_called_once_after_validation(recording) -> None:
 
 def test_hook_reload_sees_the_old_and_the_new_configuration(start_recording) -> None:
     recording = start_recording(default_pool_size=20)
-    bouncer = recording.bouncer
+    bouncer = serving(recording.bouncer)
     bouncer.write_ini(replaced_ini(bouncer, "default_pool_size = 20", "default_pool_size = 7"))
     bouncer.reload()
     assert wait_until(lambda: recording.records("reload"), 10)
@@ -107,9 +114,7 @@ def test_hook_reload_sees_the_old_and_the_new_configuration(start_recording) -> 
 
 def test_hook_shutdown_is_called_before_exit(start_recording) -> None:
     recording = start_recording()
-    # Served clients prove the signal handlers are in place (they come after the listeners).
-    assert login_outcome(recording.bouncer.connect) == "md5user"
-    assert recording.bouncer.stop() == 0
+    assert serving(recording.bouncer).stop() == 0
     assert recording.records("shutdown") == [{"hook": "shutdown"}]
 
 
@@ -118,7 +123,7 @@ def test_hook_client_tls_context_is_asked_at_start_and_reload(start_recording) -
     recording = start_recording()
     assert recording.records("client_tls_context") == [
         {"hook": "client_tls_context", "sslmode": "disable"}]
-    recording.bouncer.reload()
+    serving(recording.bouncer).reload()
     assert wait_until(lambda: len(recording.records("client_tls_context")) == 2, 10)
 
 
