@@ -1,61 +1,120 @@
-"""Built-in TLS policy: contexts from the ``client_tls_*`` and ``server_tls_*`` settings, and
-``client_tls_sslmode`` enforced at login."""
+"""Built-in TLS policy: checks the TLS settings, builds the client and server contexts, and
+decides after the handshake whether a client's transport and certificate are acceptable.
+
+``client_tls_sslmode``: ``disable`` offers no TLS; ``allow``/``prefer`` offer it; ``require``
+refuses plaintext; ``verify-ca`` also demands a certificate that chains to
+``client_tls_ca_file``; ``verify-full`` also demands that its CN is the user name (PostgreSQL's
+``clientcert=verify-full``; PgBouncer checks nothing more than verify-ca).  A certificate that
+is presented is always judged when a CA file is set, whatever the mode, so nothing downstream
+(``cert`` authentication) ever sees an unverified one.  Every refusal is a FATAL with SQLSTATE
+28000 naming the setting and what to do, and the log gets the same reason.
+"""
 from __future__ import annotations
 
-import ssl
-from typing import TYPE_CHECKING, Optional
+import datetime
+import logging
+from typing import TYPE_CHECKING, List, Optional
 
 from bouncer.errors import ClientError
+from bouncer.net.certs import Rejection, common_name
+from bouncer.net.tls import (VERIFYING_MODES, ClientTlsContext, TlsSettings,
+                             build_client_context, build_server_context,
+                             peer_certificate_problem)
+from bouncer.net.tls_check import check_settings
 from bouncer.plugin import hookimpl
 from bouncer.proto import sqlstate
 
 if TYPE_CHECKING:  # pragma: no cover
+    import ssl
+
     from bouncer.app import App
     from bouncer.config import Config
     from bouncer.session.client import ClientSession
 
+log = logging.getLogger(__name__)
+
+_PLAINTEXT_ALLOWED = ("disable", "allow", "prefer")
+
+
+@hookimpl
+def bouncer_validate_config(config: "Config") -> List[str]:
+    """Both sides' TLS files and options; warnings (certificates expiring soon) are logged."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    errors: List[str] = []
+    for side in ("client", "server"):
+        side_errors, warnings = check_settings(TlsSettings.from_config(config, side), now)
+        errors += side_errors
+        for warning in warnings:
+            log.warning("%s", warning)
+    return errors
+
 
 @hookimpl(trylast=True)
-def bouncer_client_tls_context(app: "App", config: "Config") -> Optional[ssl.SSLContext]:
-    if config.client_tls_sslmode == "disable":
-        return None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(config.client_tls_cert_file, config.client_tls_key_file)
-    if config.client_tls_ca_file:
-        context.load_verify_locations(config.client_tls_ca_file)
-        # Requested, not demanded: a client without a certificate still completes the
-        # handshake and is then told in plain words what is missing.
-        context.verify_mode = ssl.CERT_OPTIONAL
-    return context
+def bouncer_client_tls_context(app: "App", config: "Config") -> Optional[ClientTlsContext]:
+    settings = TlsSettings.from_config(config, "client")
+    return None if settings.sslmode == "disable" else build_client_context(settings)
 
 
 @hookimpl(trylast=True)
-def bouncer_server_tls_context(app: "App", config: "Config") -> Optional[ssl.SSLContext]:
-    mode = config.server_tls_sslmode
-    if mode == "disable":
-        return None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    if mode in ("verify-ca", "verify-full"):
-        context.load_verify_locations(config.server_tls_ca_file)
-        context.check_hostname = mode == "verify-full"
-    else:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    if config.server_tls_cert_file:
-        context.load_cert_chain(config.server_tls_cert_file, config.server_tls_key_file)
-    return context
+def bouncer_server_tls_context(app: "App", config: "Config") -> Optional["ssl.SSLContext"]:
+    settings = TlsSettings.from_config(config, "server")
+    return None if settings.sslmode == "disable" else build_server_context(settings)
 
 
 @hookimpl(trylast=True)
 def bouncer_check_client_tls(app: "App", client: "ClientSession") -> Optional[ClientError]:
     mode = app.config.client_tls_sslmode
-    if client.unix or mode in ("disable", "allow", "prefer"):
+    if client.unix:
         return None
     if not client.tls:
-        return ClientError(f"SSL required: this server has client_tls_sslmode={mode}; "
-                           "connect with sslmode=require", sqlstate.INVALID_AUTHORIZATION)
-    if mode in ("verify-ca", "verify-full") and not client.peer_cert:
-        return ClientError(
-            f"client certificate required: this server has client_tls_sslmode={mode}; "
-            "connect with sslcert=... and sslkey=...", sqlstate.INVALID_AUTHORIZATION)
+        return None if mode in _PLAINTEXT_ALLOWED else _refuse(
+            f"SSL required: this server has client_tls_sslmode={mode}; connect with "
+            "sslmode=require")
+    rejection = peer_certificate_problem(client.sock)
+    if rejection is not None:
+        return _refuse(_rejection_message(rejection, mode))
+    if mode not in VERIFYING_MODES:
+        return None
+    if not client.peer_cert:
+        return _refuse(f"client certificate required: this server has client_tls_sslmode={mode}; "
+                       "connect with sslcert=... and sslkey=... (a certificate issued by the CA "
+                       "in client_tls_ca_file)")
+    if mode == "verify-full":
+        return _common_name_mismatch(client)
     return None
+
+
+def _common_name_mismatch(client: "ClientSession") -> Optional[ClientError]:
+    # CN == user name.  A pg_ident-style map (HBA "cert map=...") is the cert auth method's
+    # business; this is the transport policy.
+    name = common_name(client.peer_cert)
+    if name == client.user:
+        return None
+    shown = f'CN "{name}"' if name is not None else "no CN"
+    return _refuse(f'client certificate {shown} does not match user "{client.user}": '
+                   "client_tls_sslmode=verify-full requires the certificate's common name to be "
+                   "the user name; connect as that user or with that user's certificate")
+
+
+def _rejection_message(rejection: Rejection, mode: str) -> str:
+    who = rejection.subject
+    if rejection.reason == "expired":
+        return (f"client certificate expired: {who} expired on {_date(rejection)}; connect with "
+                "a renewed certificate")
+    if rejection.reason == "not-yet-valid":
+        return (f"client certificate not yet valid: {who} is valid from {_date(rejection)}; "
+                "check the client's certificate or the clocks")
+    if rejection.reason == "untrusted":
+        return (f"client certificate not trusted: {who} is not issued by the CA in "
+                f"client_tls_ca_file ({rejection.detail}); this server has "
+                f"client_tls_sslmode={mode}: connect with a certificate issued by that CA")
+    return f"client certificate rejected: {who}: {rejection.detail}"
+
+
+def _date(rejection: Rejection) -> str:
+    when = rejection.when
+    return when.strftime("%Y-%m-%d %H:%M UTC") if when is not None else "an unknown date"
+
+
+def _refuse(message: str) -> ClientError:
+    return ClientError(message, sqlstate.INVALID_AUTHORIZATION)
