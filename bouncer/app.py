@@ -23,6 +23,7 @@ from bouncer.log import LogSetup
 from bouncer.net.dns import Resolver
 from bouncer.net.listener import Listeners
 from bouncer.net.stream import ConnectionLost, send_all
+from bouncer.net.tls import describe_connection
 from bouncer.plugin.hooks import PluginHooks
 from bouncer.plugin.manager import make_plugin_manager
 from bouncer.pool.janitor import Janitor
@@ -166,8 +167,7 @@ class App:
         except (ssl.SSLError, OSError) as exc:
             log.warning("%s TLS handshake error: %s", client.prefix, exc)
             raise ConnectionLost(f"TLS handshake error: {exc}") from exc
-        version, cipher = client.sock.version(), client.sock.cipher()
-        client.tls = f"{version}/{cipher[0]}/{cipher[2]}"
+        client.tls = describe_connection(client.sock)
         client.peer_cert = client.sock.getpeercert(binary_form=True)
 
     def server_tls_context(self) -> Optional[ssl.SSLContext]:

@@ -7,12 +7,14 @@ are used instead (passthrough), exactly as PgBouncer does.
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import TYPE_CHECKING, Optional
 
 from bouncer.auth.md5 import is_md5_secret, md5_response
 from bouncer.auth.scram import ScramClient, ScramError, parse_scram_secret
 from bouncer.errors import ClientError
 from bouncer.net.stream import read_exactly, read_message, send_all
+from bouncer.net.tls import describe_connection
 from bouncer.proto import backend, frontend, sqlstate
 from bouncer.proto.constants import AuthCode, Backend
 from bouncer.proto.framing import MessageReader
@@ -151,8 +153,15 @@ def _maybe_start_tls(app: "App", server: "ServerConnection") -> None:
     answer = read_exactly(server.sock, 1)
     if answer == b"S":
         hostname = server.host if mode == "verify-full" else None
-        server.sock = context.wrap_socket(server.sock, server_hostname=hostname)
-        server.tls = f"{server.sock.version()}/{server.sock.cipher()[0]}"
+        try:
+            server.sock = context.wrap_socket(server.sock, server_hostname=hostname)
+        except ssl.SSLCertVerificationError as exc:
+            checked = "server_tls_ca_file" + (" and the host name" if hostname else "")
+            raise ServerLoginError(
+                f"server certificate rejected ({exc.verify_message}): server_tls_sslmode={mode} "
+                f"checks it against {checked}; fix the server's certificate or the setting",
+                sqlstate.CONNECTION_FAILURE) from exc
+        server.tls = describe_connection(server.sock)
     elif mode in ("require", "verify-ca", "verify-full"):
         raise ServerLoginError(
             f"server refused TLS but server_tls_sslmode={mode} requires it",
