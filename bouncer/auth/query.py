@@ -8,7 +8,7 @@ is :mod:`bouncer.builtin.auth_query`'s job.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 from bouncer.auth.store import SOURCE_AUTH_QUERY, Credentials
 from bouncer.config.model import Config
@@ -56,6 +56,30 @@ def resolve_spec(config: Config, database: str) -> Optional[AuthQuerySpec]:
     query = (definition and definition.auth_query) or config.auth_query
     dbname = (definition and definition.auth_dbname) or config.auth_dbname or database
     return AuthQuerySpec(auth_user, query, dbname)
+
+
+def config_problems(config: Config) -> List[str]:
+    """What would make every lookup fail, where an auth_user makes auth_query run: a query
+    without ``$1``, or an ``auth_dbname`` that names no ``[databases]`` entry (and no ``*``
+    entry could create it)."""
+    return list(_problems(config))
+
+
+def _problems(config: Config) -> Iterator[str]:
+    if config.auth_user:
+        yield from _spec_problems(config, "", config.auth_query, config.auth_dbname)
+    for name, definition in config.databases.items():
+        if definition.auth_user or config.auth_user:
+            yield from _spec_problems(config, f"database {name}: ", definition.auth_query,
+                                      definition.auth_dbname)
+
+
+def _spec_problems(config: Config, where: str, query: Optional[str],
+                   dbname: Optional[str]) -> Iterator[str]:
+    if query and "$1" not in query:
+        yield f"{where}auth_query must use $1 where the user name goes"
+    if dbname and dbname not in config.databases and AUTODB not in config.databases:
+        yield f"{where}auth_dbname = {dbname} names no database in [databases]"
 
 
 def lookup_request(query: str, user: str) -> bytes:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, List, Optional, Sequence
 
-from bouncer.auth.query import (AuthQueryFailed, AuthQuerySpec, credentials_from_rows,
-                                lookup_request, resolve_spec)
+from bouncer.auth.query import (AuthQueryFailed, AuthQuerySpec, config_problems,
+                                credentials_from_rows, lookup_request, resolve_spec)
 from bouncer.auth.store import Credentials
 from bouncer.errors import AuthFailed, ClientError
 from bouncer.net.stream import ConnectionLost, send_all
@@ -21,6 +21,7 @@ from bouncer.session.server import ServerError
 
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.app import App
+    from bouncer.config import Config
     from bouncer.pool.pool import Pool
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,11 @@ class AuthQueryLookup:
         self.wait_time_us = 0
 
 
+@hookimpl
+def bouncer_validate_config(config: "Config") -> List[str]:
+    return config_problems(config)
+
+
 @hookimpl(trylast=True)
 def bouncer_get_credentials(app: "App", user: str, database: str) -> Optional[Credentials]:
     """Run auth_query for *user*; ``None`` when no auth_user applies or no role matched."""
@@ -45,8 +51,8 @@ def bouncer_get_credentials(app: "App", user: str, database: str) -> Optional[Cr
     if spec is None:
         return None
     pool = _auth_pool(app, spec)
-    if pool is None:
-        log.warning("auth_query for user %r: database %r is not configured", user, spec.dbname)
+    if pool is None:  # the client asked for a database that does not exist
+        log.debug("auth_query for user %r: no database %r to run it in", user, spec.dbname)
         return None
     try:
         return credentials_from_rows(user, _run_lookup(pool, spec, user))

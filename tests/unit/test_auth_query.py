@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bouncer.auth.query import (AuthQueryFailed, AuthQuerySpec, credentials_from_rows,
-                                lookup_request, resolve_spec)
+from bouncer.auth.query import (AuthQueryFailed, AuthQuerySpec, config_problems,
+                                credentials_from_rows, lookup_request, resolve_spec)
 from bouncer.config.model import Config, DatabaseDef
 from bouncer.config.settings import DEFAULT_AUTH_QUERY
 
@@ -64,6 +64,23 @@ def test_unlisted_database_takes_the_fallback_entry_values() -> None:
 def test_default_query_is_schema_qualified_and_refuses_expired_and_nologin_roles() -> None:
     assert "pg_catalog.pg_authid" in DEFAULT_AUTH_QUERY
     assert "rolvaliduntil" in DEFAULT_AUTH_QUERY and "rolcanlogin" in DEFAULT_AUTH_QUERY
+
+
+def test_configurations_that_would_fail_every_lookup_are_refused() -> None:
+    assert config_problems(config(auth_user="lookup", auth_query="SELECT 'x', 'y'")) == [
+        "auth_query must use $1 where the user name goes"]
+    assert config_problems(config(auth_user="lookup", auth_dbname="authdb",
+                                  app=DatabaseDef("app"))) == [
+        "auth_dbname = authdb names no database in [databases]"]
+    app = DatabaseDef("app", auth_user="db_lookup", auth_dbname="gone")
+    assert config_problems(config(app=app)) == [
+        "database app: auth_dbname = gone names no database in [databases]"]
+
+
+def test_settings_that_never_run_or_can_be_created_are_accepted() -> None:
+    assert config_problems(config(auth_query="SELECT 'unused'")) == []
+    assert config_problems(config(auth_user="lookup", auth_dbname="any",
+                                  **{"*": DatabaseDef("*")})) == []
 
 
 # -- the bytes ----------------------------------------------------------------------------------
