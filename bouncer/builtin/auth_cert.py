@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, NamedTuple, Optional
 from weakref import WeakKeyDictionary
 
 import gevent
-from OpenSSL import crypto
 
 from bouncer.auth.ident import IdentMap
 from bouncer.errors import AuthFailed
+from bouncer.net import certs
 from bouncer.plugin import hookimpl
 from bouncer.proto import sqlstate
 
@@ -42,11 +42,6 @@ def remember_usermap(client: "ClientSession", usermap: UserMap) -> None:
     _usermaps[client] = usermap
 
 
-def certificate_cn(der: bytes) -> Optional[str]:
-    """The subject common name of a DER certificate, or ``None`` when it has none."""
-    return crypto.load_certificate(crypto.FILETYPE_ASN1, der).get_subject().CN
-
-
 @hookimpl
 def bouncer_verify_client(app: "App", client: "ClientSession", method: str) -> Optional[bool]:
     if method == "cert":
@@ -60,7 +55,7 @@ def _verify_cert(client: "ClientSession") -> bool:
     if not client.peer_cert:
         raise _refused("connection requires a valid client certificate",
                        "cert: the client presented no certificate")
-    common_name = certificate_cn(client.peer_cert)
+    common_name = certs.common_name(client.peer_cert)
     if common_name is None:
         raise _refused(f'certificate authentication failed for user "{client.user}"',
                        "cert: the certificate has no common name")

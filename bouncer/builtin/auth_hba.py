@@ -16,8 +16,9 @@ from weakref import WeakKeyDictionary
 
 from bouncer.auth.hba import HbaRule, HbaRules, load_hba, no_entry_message, reject_message
 from bouncer.auth.ident import IdentMap, load_ident
-from bouncer.builtin.auth_cert import UserMap, certificate_cn, remember_usermap
+from bouncer.builtin.auth_cert import UserMap, remember_usermap
 from bouncer.errors import AuthFailed, ConfigError
+from bouncer.net import certs
 from bouncer.plugin import hookimpl
 from bouncer.proto import sqlstate
 
@@ -141,7 +142,7 @@ def _check_clientcert(rule: HbaRule, client: "ClientSession") -> None:
                        f"auth_hba_file line {rule.lineno} has clientcert={rule.clientcert}")
     if rule.clientcert != "verify-full":
         return
-    common_name = certificate_cn(client.peer_cert)
+    common_name = certs.common_name(client.peer_cert)
     if common_name != client.user:
         raise _refused(f'certificate validation (clientcert=verify-full) failed for user '
                        f'"{client.user}": CN mismatch',
