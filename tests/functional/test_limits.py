@@ -2,7 +2,7 @@
 time with SET USER / SET POOL, shrinking, RELOAD, the reserve pool, min_pool_size and a noisy
 tenant throttled while another keeps working.
 
-Server connections are counted in ``pg_stat_activity`` by role (and database): each test logs
+Server connections are counted in ``pg_stat_activity`` by role: each test logs
 in as its own throwaway roles, so nothing else on the cluster is counted.  Clients "hold" a
 server by staying inside a transaction (psycopg2 opens one with the first query) in
 transaction pooling mode.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import psycopg2
 import pytest
@@ -46,39 +46,37 @@ def tenants(roles: Roles) -> List[str]:
 @pytest.fixture
 def start(pg: PgCluster, bouncer_factory: Callable[..., BouncerProcess],
           tenants: List[str]) -> Callable[..., BouncerProcess]:
-    """``start(users=, pools=, databases=, **settings)``: transaction pooling, both tenants."""
-    def start_bouncer(users: Optional[Dict[str, str]] = None,
-                      pools: Optional[Dict[str, str]] = None,
-                      databases: Optional[Dict[str, str]] = None, **settings: Any) -> BouncerProcess:
+    """``start(users=, pools=, databases=, **settings)``: transaction pooling, both tenants.
+
+    ``databases`` maps a standard database to keys added to its line (``pool_size=2``).
+    """
+    def start_bouncer(users: Optional[Mapping[str, str]] = None,
+                      pools: Optional[Mapping[str, str]] = None,
+                      databases: Optional[Mapping[str, str]] = None,
+                      **settings: Any) -> BouncerProcess:
         settings.setdefault("pool_mode", "transaction")
-        return bouncer_factory(ini_text(pg, users, pools, databases, **settings),
-                               {**STANDARD_PASSWORDS, **{t: PASSWORD for t in tenants}})
+        lines = {name: f"host=127.0.0.1 port={pg.port} dbname={name} {extra}"
+                 for name, extra in (databases or {}).items()}
+        text = common_ini(pg, databases=lines, users=users, **settings)
+        text += "\n[pools]\n" + "".join(f"{key} = {value}\n"
+                                        for key, value in (pools or {}).items())
+        return bouncer_factory(text, {**STANDARD_PASSWORDS, **{t: PASSWORD for t in tenants}})
     return start_bouncer
-
-
-def ini_text(pg: PgCluster, users: Optional[Dict[str, str]], pools: Optional[Dict[str, str]],
-             databases: Optional[Dict[str, str]], **settings: Any) -> str:
-    text = common_ini(pg, databases=databases, users=users, **settings)
-    if pools:
-        text += "\n[pools]\n" + "".join(f"{key} = {value}\n" for key, value in pools.items())
-    return text
 
 
 # -- observing -------------------------------------------------------------------------------
 
-def servers(pg: PgCluster, user: str, db: Optional[str] = None) -> int:
-    """Backends of *user* (on *db*) as PostgreSQL counts them."""
-    where = f"usename = {literal(user)}" + (f" AND datname = {literal(db)}" if db else "")
+def servers(pg: PgCluster, user: str) -> int:
+    """Backends of *user* as PostgreSQL counts them."""
     return int(pg.psql("SELECT count(*) FROM pg_stat_activity "
-                       f"WHERE backend_type = 'client backend' AND {where}"))
+                       f"WHERE backend_type = 'client backend' AND usename = {literal(user)}"))
 
 
-def wait_for_servers(pg: PgCluster, user: str, expected: int, timeout: float = 5,
-                     db: Optional[str] = None) -> None:
+def wait_for_servers(pg: PgCluster, user: str, expected: int, timeout: float = 5) -> None:
     seen: List[int] = []
 
     def reached() -> bool:
-        seen.append(servers(pg, user, db))
+        seen.append(servers(pg, user))
         return seen[-1] == expected
 
     assert wait_until(reached, timeout, interval=0.05), \
@@ -126,59 +124,44 @@ def close_all(conns: List[Any]) -> None:
 
 # -- each limit reached and enforced ---------------------------------------------------------
 
-#: (ini pieces, the clients to hold as (tenant index, db), the waiting one, what to count).
+#: The ini pieces, the two clients that reach the limit (tenant, database) and the one that
+#: waits, served once the second holder commits.
 LIMITS = {
-    "default_pool_size": (dict(default_pool_size=2), [(0, "testdb")] * 2, (0, "testdb"), (0, None)),
-    "database pool_size": (dict(databases={"testdb": "pool_size=2"}),
-                           [(0, "testdb")] * 2, (0, "testdb"), (0, None)),
-    "user pool_size": (dict(users={"T0": "pool_size=2"}), [(0, "testdb")] * 2, (0, "testdb"),
-                       (0, None)),
+    "default_pool_size": (dict(default_pool_size=2), [(0, "testdb")] * 2, (0, "testdb")),
+    "database pool_size": (dict(databases={"testdb": "pool_size=2"}), [(0, "testdb")] * 2,
+                           (0, "testdb")),
+    "user pool_size": (dict(users={"T0": "pool_size=2"}), [(0, "testdb")] * 2, (0, "testdb")),
     "[pools] pool_size": (dict(pools={"T0.testdb": "pool_size=2"}), [(0, "testdb")] * 2,
-                          (0, "testdb"), (0, None)),
+                          (0, "testdb")),
     "min of [pools] and database": (dict(databases={"testdb": "pool_size=2"},
                                          pools={"T0.testdb": "pool_size=5"}),
-                                    [(0, "testdb")] * 2, (0, "testdb"), (0, None)),
+                                    [(0, "testdb")] * 2, (0, "testdb")),
     "max_user_connections across databases": (dict(users={"T0": "max_user_connections=2"}),
-                                              [(0, "testdb"), (0, "bench")], (0, "testdb"),
-                                              (0, None)),
+                                              [(0, "testdb"), (0, "bench")], (0, "testdb")),
     "max_db_connections across users": (dict(databases={"testdb": "max_db_connections=2"}),
-                                        [(0, "testdb"), (1, "testdb")], (1, "testdb"),
-                                        (None, "testdb")),
+                                        [(0, "testdb"), (1, "testdb")], (1, "testdb")),
 }
 
 
-def _databases(pg: PgCluster, overrides: Dict[str, str]) -> Dict[str, str]:
-    """Database lines with extra keys appended to the standard ones."""
-    return {name: f"host=127.0.0.1 port={pg.port} dbname={name} {extra}"
-            for name, extra in overrides.items()}
-
-
 def _named(pieces: Dict[str, Any], tenants: List[str]) -> Dict[str, Any]:
-    """Replace the T0/T1 placeholders by the test's role names."""
-    def real(text: str) -> str:
-        return text.replace("T0", tenants[0]).replace("T1", tenants[1])
-    return {key: {real(k): real(v) for k, v in value.items()} if isinstance(value, dict)
-            else value for key, value in pieces.items()}
+    """Replace the T0 placeholder by the test's first role name."""
+    return {key: {k.replace("T0", tenants[0]): v for k, v in value.items()}
+            if isinstance(value, dict) else value for key, value in pieces.items()}
 
 
 @pytest.mark.parametrize("limit", LIMITS)
 def test_limit_reached_makes_clients_wait_until_a_server_is_released(
         pg: PgCluster, start: Callable[..., BouncerProcess], tenants: List[str],
         limit: str) -> None:
-    pieces, held, waiter, counted = LIMITS[limit]
-    pieces = _named(pieces, tenants)
-    if "databases" in pieces:
-        pieces["databases"] = _databases(pg, pieces["databases"])
-    bouncer = start(**pieces)
-    holders = [holding(bouncer, tenants[index], db) for index, db in held]
+    pieces, held, (waiter, db) = LIMITS[limit]
+    bouncer = start(**_named(pieces, tenants))
+    holders = [holding(bouncer, tenants[index], held_db) for index, held_db in held]
     try:
-        query = waiting_query(bouncer, tenants[waiter[0]], waiter[1])
+        query = waiting_query(bouncer, tenants[waiter], db)
         assert_still_waiting(query)
-        if counted[0] is not None:
-            assert servers(pg, tenants[counted[0]]) == 2
-        else:
-            assert sum(servers(pg, tenant, counted[1]) for tenant in tenants) == 2
-        holders[-1].commit()  # the last holder shares the waiter's pool or limit
+        assert sum(servers(pg, tenant) for tenant in tenants) == 2
+        # The second holder's server is the waiter's to take, or to make room for.
+        holders[-1].commit()
         assert query.result(timeout=5) == 1
     finally:
         close_all(holders)
@@ -340,7 +323,7 @@ def test_set_user_keeps_unnamed_keys_and_minus_one_restores_the_ini_value(
 def test_show_commands_report_effective_limits_and_counts(
         pg: PgCluster, start: Callable[..., BouncerProcess], tenants: List[str]) -> None:
     user = tenants[0]
-    bouncer = start(databases=_databases(pg, {"testdb": "pool_size=6 max_db_connections=9"}),
+    bouncer = start(databases={"testdb": "pool_size=6 max_db_connections=9"},
                     pools={f"{user}.testdb": "pool_size=4"})
     holders = [holding(bouncer, user) for _ in range(2)]
     try:
@@ -354,7 +337,7 @@ def test_show_commands_report_effective_limits_and_counts(
         database = admin_rows(bouncer, "SHOW DATABASES", name="testdb")
         assert (database["pool_size"], database["max_connections"],
                 database["current_connections"]) == (6, 9, 2)
-        help_text = admin_notices(bouncer, "SHOW HELP")
+        _, help_text = admin_query(bouncer, "SHOW HELP")
         assert "SET USER" in help_text and "SET POOL" in help_text
     finally:
         close_all(holders)
@@ -362,27 +345,22 @@ def test_show_commands_report_effective_limits_and_counts(
 
 def admin_rows(bouncer: BouncerProcess, sql: str, **match: Any) -> Dict[str, Any]:
     """The one row of an admin SHOW whose columns have the values in *match*."""
-    conn = bouncer.connect(dbname="pgbouncer", user=ADMIN)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cursor:
-            cursor.execute(sql)
-            names = [column.name for column in cursor.description]
-            rows = [dict(zip(names, row)) for row in cursor.fetchall()]
-    finally:
-        conn.close()
+    rows, _ = admin_query(bouncer, sql)
     found = [row for row in rows if all(row[key] == value for key, value in match.items())]
     assert len(found) == 1, rows
     return found[0]
 
 
-def admin_notices(bouncer: BouncerProcess, sql: str) -> str:
+def admin_query(bouncer: BouncerProcess, sql: str) -> Tuple[List[Dict[str, Any]], str]:
+    """The rows (by column name) of an admin command, and the notices it sent."""
     conn = bouncer.connect(dbname="pgbouncer", user=ADMIN)
     try:
         conn.autocommit = True
         with conn.cursor() as cursor:
             cursor.execute(sql)
-        return "".join(conn.notices)
+            names = [column.name for column in cursor.description or ()]
+            rows = [dict(zip(names, row)) for row in cursor.fetchall()] if names else []
+        return rows, "".join(conn.notices)
     finally:
         conn.close()
 
@@ -417,7 +395,7 @@ def test_reserve_pool_opens_after_reserve_pool_timeout(
 def test_min_pool_size_opens_servers_for_a_pool_with_clients(
         pg: PgCluster, start: Callable[..., BouncerProcess], tenants: List[str]) -> None:
     user = tenants[0]
-    bouncer = start(databases=_databases(pg, {"testdb": "min_pool_size=3"}))
+    bouncer = start(databases={"testdb": "min_pool_size=3"})
     client = connect(bouncer, user)
     try:
         wait_for_servers(pg, user, 3, timeout=4)
@@ -466,7 +444,7 @@ class Tenant:
 def test_noisy_tenant_throttled_by_set_user_while_another_keeps_working(
         pg: PgCluster, start: Callable[..., BouncerProcess], tenants: List[str]) -> None:
     noisy_user, quiet_user = tenants
-    bouncer = start(databases=_databases(pg, {"testdb": "max_db_connections=8"}),
+    bouncer = start(databases={"testdb": "max_db_connections=8"},
                     default_pool_size=8, max_client_conn=100, limit_shrink_timeout=2)
     noisy = Tenant(bouncer, noisy_user, 50, "SELECT pg_sleep(0.05)")
     quiet: Optional[Tenant] = None
