@@ -1,7 +1,7 @@
 """Built-in ``cert`` and ``peer`` verification (the :func:`bouncer_verify_client` hook).
 
-``cert``: the common name of the client's TLS certificate (already verified against
-``client_tls_ca_file`` during the handshake) is its system user name.  ``peer``: the account
+``cert``: the common name of the client's TLS certificate (verified against
+``client_tls_ca_file``) is its system user name.  ``peer``: the account
 name of the unix-socket peer's uid (SO_PEERCRED) is.  That system user must equal the database
 user, or be allowed by the pg_ident.conf map an HBA line names with ``map=`` (the HBA plugin
 records it with :func:`remember_usermap`).  Refusals use PostgreSQL's words, down to the
@@ -18,6 +18,7 @@ import gevent
 from bouncer.auth.ident import IdentMap
 from bouncer.errors import AuthFailed
 from bouncer.net import certs
+from bouncer.net.tls import peer_certificate_problem
 from bouncer.plugin import hookimpl
 from bouncer.proto import sqlstate
 
@@ -51,11 +52,26 @@ def bouncer_verify_client(app: "App", client: "ClientSession", method: str) -> O
     return None
 
 
-def _verify_cert(client: "ClientSession") -> bool:
+def certificate_user(client: "ClientSession") -> Optional[str]:
+    """The common name of the client's certificate (``None`` when it has none).
+
+    :raises AuthFailed: the client presented no certificate, or one that does not verify.
+    """
     if not client.peer_cert:
         raise _refused("connection requires a valid client certificate",
-                       "cert: the client presented no certificate")
-    common_name = certs.common_name(client.peer_cert)
+                       "the client presented no certificate")
+    # The TLS policy plugin judges the certificate before authentication; judging it again
+    # here keeps certificate checks closed even when that plugin is disabled or replaced.
+    rejection = peer_certificate_problem(client.sock)
+    if rejection is not None:
+        raise _refused("connection requires a valid client certificate",
+                       f"certificate {rejection.subject} is {rejection.reason}: "
+                       f"{rejection.detail}")
+    return certs.common_name(client.peer_cert)
+
+
+def _verify_cert(client: "ClientSession") -> bool:
+    common_name = certificate_user(client)
     if common_name is None:
         raise _refused(f'certificate authentication failed for user "{client.user}"',
                        "cert: the certificate has no common name")

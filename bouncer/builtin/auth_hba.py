@@ -16,9 +16,8 @@ from weakref import WeakKeyDictionary
 
 from bouncer.auth.hba import HbaRule, HbaRules, load_hba, no_entry_message, reject_message
 from bouncer.auth.ident import IdentMap, load_ident
-from bouncer.builtin.auth_cert import UserMap, remember_usermap
+from bouncer.builtin.auth_cert import UserMap, certificate_user, remember_usermap
 from bouncer.errors import AuthFailed, ConfigError
-from bouncer.net import certs
 from bouncer.plugin import hookimpl
 from bouncer.proto import sqlstate
 
@@ -137,13 +136,8 @@ def _check_clientcert(rule: HbaRule, client: "ClientSession") -> None:
     one whose common name is the user.  (``cert`` lines are checked by the cert method.)"""
     if rule.method == "cert" or rule.clientcert is None:
         return
-    if not client.peer_cert:
-        raise _refused("connection requires a valid client certificate",
-                       f"auth_hba_file line {rule.lineno} has clientcert={rule.clientcert}")
-    if rule.clientcert != "verify-full":
-        return
-    common_name = certs.common_name(client.peer_cert)
-    if common_name != client.user:
+    common_name = certificate_user(client)
+    if rule.clientcert == "verify-full" and common_name != client.user:
         raise _refused(f'certificate validation (clientcert=verify-full) failed for user '
                        f'"{client.user}": CN mismatch',
                        f'certificate CN "{common_name}" is not user "{client.user}"')

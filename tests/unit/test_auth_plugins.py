@@ -32,6 +32,7 @@ class FakeClient:
                  peer_uid: Optional[int] = None) -> None:
         self.user, self.database, self.addr, self.unix = user, database, addr, unix
         self.tls, self.peer_cert, self.peer_uid = tls, peer_cert, peer_uid
+        self.sock = None  # not a TLS socket: nothing for the cert plugin to judge again
 
 
 @pytest.fixture
