@@ -7,9 +7,11 @@ parameters replayed on a different server, and server_reset_query between sessio
 """
 from __future__ import annotations
 
+import io
 import time
 
 import psycopg2
+import psycopg2.errors
 import pytest
 
 from tests.support.inifile import common_ini
@@ -132,9 +134,11 @@ def test_statement_mode_does_not_report_the_refused_begin_as_done(start) -> None
     assert result.stdout == ""  # PgBouncer answers BEGIN with the FATAL, never "BEGIN"
 
 
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
 @pytest.mark.parametrize("mode", MODES)
-def test_pgbench_select_only_in_every_mode(start, mode: str) -> None:
-    result = run_pgbench(start(mode), ["-S", "-c", "4", "-t", "50"], user="md5user")
+def test_pgbench_select_only_in_every_mode(start, mode: str, protocol: str) -> None:
+    result = run_pgbench(start(mode), ["-S", "-c", "4", "-t", "50", "-M", protocol],
+                         user="md5user")
     assert result.returncode == 0, result.output
     assert result.processed == 200, result.output
 
@@ -153,6 +157,83 @@ def test_pgbench_hundred_clients_through_twenty_servers(pg, start) -> None:
     assert result.failed in (0, None), result.output
     assert result.processed and result.processed > 1000, result.output
     assert len(server_pids(pg, "md5user", db="bench")) <= 20
+
+
+# -- per-database and per-user modes and sizes -----------------------------------------------------
+def test_pool_mode_per_database_and_per_user(pg, bouncer_factory) -> None:
+    shared = f"host=127.0.0.1 port={pg.port} dbname=testdb pool_mode=transaction"
+    bouncer = bouncer_factory(common_ini(pg, pool_mode="session", default_pool_size=1,
+                                         databases={"shared": shared},
+                                         users={"md5user": "pool_mode=statement"}))
+    first = autocommit(bouncer.connect(dbname="shared", user="scramuser"))
+    second = autocommit(bouncer.connect(dbname="shared", user="scramuser"))
+    try:
+        assert backend_pid(first) == backend_pid(second)  # the database says transaction
+    finally:
+        first.close()
+        second.close()
+    result = bouncer.psql(["-At"], user="md5user", input="BEGIN;\nSELECT 7;\n")
+    assert STATEMENT_REFUSAL in result.stderr  # the user says statement
+    assert bouncer.psql(["-At"], user="scramuser", input="BEGIN;\nSELECT 7;\nCOMMIT;\n"
+                        ).returncode == 0  # everyone else: the global session mode
+
+
+def test_default_pool_size_zero_means_unlimited(pg, start) -> None:
+    bouncer = start("transaction", pool_size=0)
+    conns = [bouncer.connect() for _ in range(4)]
+    try:
+        assert len({backend_pid(conn) for conn in conns}) == 4
+        assert len(server_pids(pg, "md5user")) == 4
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+# -- what the relay carries ------------------------------------------------------------------------
+def test_copy_in_and_out_and_large_values_in_transaction_mode(start) -> None:
+    bouncer = start("transaction", pool_size=1)
+    conn = autocommit(bouncer.connect(user="scramuser"))
+    rows = "".join(f"{number}\tline {number}\n" for number in range(20000))
+    try:
+        execute(conn, "CREATE TEMP TABLE copied (x int, y text)")
+        with conn.cursor() as cur:
+            cur.copy_expert("COPY copied FROM STDIN", io.StringIO(rows))
+            out = io.StringIO()
+            cur.copy_expert("COPY copied TO STDOUT", out)
+        assert out.getvalue() == rows
+        assert scalar(conn, "SELECT repeat('ab', 3000000)") == "ab" * 3000000
+    finally:
+        conn.close()
+
+
+def test_failed_transaction_keeps_its_server_until_rollback(start) -> None:
+    bouncer = start("transaction", pool_size=1)
+    failed = bouncer.connect()
+    pid = backend_pid(failed)
+    with pytest.raises(psycopg2.errors.DivisionByZero):
+        scalar(failed, "SELECT 1/0")
+    waiting = Background(lambda: backend_pid(autocommit(bouncer.connect())))
+    time.sleep(0.4)
+    assert not waiting.done(), "the server was given away inside an aborted transaction"
+    failed.rollback()
+    assert waiting.result(timeout=5) == pid
+    failed.close()
+
+
+def test_client_leaving_mid_transaction_does_not_pass_it_on(pg, start) -> None:
+    bouncer = start("transaction", pool_size=1)
+    leaver = bouncer.connect()
+    execute(leaver, "CREATE TEMP TABLE half_done (x int)")
+    leaver.close()  # inside its transaction
+    after = autocommit(bouncer.connect())
+    try:
+        assert scalar(after, "SELECT to_regclass('pg_temp.half_done') IS NULL") is True
+        assert scalar(after, "SELECT now() = statement_timestamp()") is True
+    finally:
+        after.close()
+    idle_in_transaction = pg.psql("SELECT count(*) FROM pg_stat_activity "
+                                  "WHERE state LIKE 'idle in transaction%'")
+    assert idle_in_transaction == "0"
 
 
 # -- waiting for a full pool -------------------------------------------------------------------
