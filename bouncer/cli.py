@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     if args.daemon and not app.config.pidfile:
         log.critical("-d needs pidfile to be set in the config")
         return 1
+    signals.install(app)  # before listening: a signal right after start must not kill us
     try:
         if args.reboot:
             from bouncer.takeover import take_over
@@ -97,7 +98,6 @@ def run(args: argparse.Namespace) -> int:
     if args.daemon:
         _daemonize(logs)
     _write_pidfile(app.config.pidfile)
-    signals.install(app)
     import gevent
     gevent.wait()  # returns only if every greenlet ended; shutdown() normally exits first
     return 0

@@ -60,5 +60,7 @@ def _register_module(pm: pluggy.PluginManager, module_path: str) -> None:
         module = importlib.import_module(module_path)
     except ImportError as exc:
         raise ConfigError(f"cannot load plugin module {module_path}: {exc}", key="plugins") from exc
+    if pm.is_registered(module):
+        return  # installed through an entry point and also named in ``plugins =``
     pm.register(module, name=module_path)
     log.debug("plugin registered: %s", module_path)

@@ -161,6 +161,11 @@ class Pool:
         self.give(server)
 
     def give(self, server: Any) -> None:
+        """Hand a ready server to the first waiter, or keep it idle (or close it if a lowered
+        limit or RECONNECT marked it while it was busy)."""
+        if server.close_needed:
+            self.close_server(server, server.close_reason or "close needed")
+            return
         while self.waiters:
             waiter = self.waiters.popleft()
             if waiter.result.ready():

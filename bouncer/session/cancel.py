@@ -41,8 +41,11 @@ class CancelRegistry:
         if server is None:
             log.debug("%s cancel request while not linked: nothing to cancel", client.prefix)
             return
-        gevent.spawn(self._send_cancel, server.host, server.port, server.cancel_key,
-                     client.prefix)
+        self.cancel_server(server, client.prefix)
+
+    def cancel_server(self, server, prefix: str) -> None:
+        """Ask the server to cancel what it is running (from a new connection, as libpq does)."""
+        gevent.spawn(self._send_cancel, server.host, server.port, server.cancel_key, prefix)
 
     def _send_cancel(self, host: str, port: int, key: Tuple[int, int], prefix: str) -> None:
         timeout = self.app.config.cancel_wait_timeout or None

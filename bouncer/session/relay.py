@@ -295,6 +295,9 @@ def unlink_on_exit(client: "ClientSession") -> None:
     server = link.server
     link.server = client.server = None
     pool = link.pool
+    if link.pending:
+        # The backend would run the query to its end before reading our Terminate.
+        client.app.cancels.cancel_server(server, client.prefix)
     if link.pending or server.scanner.last_status != TXN_IDLE:
         pool.close_server(server, "client disconnect while server was not ready")
     elif link.mode == SESSION or client.app.config.server_reset_query_always:

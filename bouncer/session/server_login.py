@@ -60,7 +60,7 @@ def login(app: "App", server: "ServerConnection", pool: "Pool") -> None:
 def _server_identity(pool: "Pool"):
     """(user, secret) to log in with: the database's forced user, or the client's user."""
     definition = pool.database.definition
-    if definition.user:
+    if definition.user and pool.user.name == definition.user:
         return definition.user, definition.password
     credentials = pool.server_credentials
     return pool.user.name, (credentials.secret if credentials is not None else None)
