@@ -161,6 +161,25 @@ def test_any_admits_any_user_name_as_the_forced_user(client_auth) -> None:
     assert login_outcome(client_auth("any"), "nobody", "") == "trustuser"
 
 
+#: SASLprep (RFC 4013), which libpq, PostgreSQL and PgBouncer apply to SCRAM passwords, maps
+#: the no-break space to a plain space: PostgreSQL stores the secret of "pass word".
+NBSP_PASSWORD = "pass\u00a0word"
+
+
+@pytest.mark.xfail(reason="BUG: SCRAM without SASLprep refuses non-ASCII passwords that "
+                          "SASLprep maps", strict=True)
+@pytest.mark.parametrize("auth_type, stored", [
+    ("scram-sha-256", NBSP_PASSWORD),          # the proof libpq computes after SASLprep
+    ("plain", scram_secret("pass word")),      # a cleartext password checked against a secret
+], ids=["scram-vs-plain-entry", "plain-vs-scram-secret"])
+def test_scram_passwords_go_through_saslprep(pg, bouncer_factory, auth_type: str,
+                                             stored: str) -> None:
+    forced = f"host=127.0.0.1 port={pg.port} dbname=testdb user=trustuser"
+    bouncer = bouncer_factory(common_ini(pg, auth_type=auth_type, databases={FORCED_DB: forced}),
+                              {"nbspuser": stored})
+    assert login_outcome(bouncer, "nbspuser", NBSP_PASSWORD) == "trustuser"
+
+
 def test_unknown_database_is_refused(client_auth) -> None:
     outcome = login_outcome(client_auth("md5"), "plainuser", PASSWORD, dbname="nosuchdb")
     assert outcome == "no such database: nosuchdb"

@@ -13,6 +13,7 @@ import pytest
 
 from tests.support.bouncerproc import BOUNCER_PROGRAM, REPO_ROOT, userlist_text
 from tests.support.inifile import common_ini
+from tests.support.observe import read_text
 from tests.support.pgcluster import STANDARD_PASSWORDS
 from tests.support.ports import accepts_connections, free_port, wait_until
 
@@ -33,14 +34,6 @@ def write_config(directory, ini_text: str) -> Tuple[str, int]:
     with open(os.path.join(str(directory), "userlist.txt"), "w", encoding="utf-8") as users:
         users.write(userlist_text(STANDARD_PASSWORDS))
     return path, port
-
-
-def read_text(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        return ""
 
 
 def line_of(path: str, start: str) -> int:
@@ -173,3 +166,34 @@ def test_without_quiet_the_log_goes_to_stderr_too(pg, bouncer_factory) -> None:
     bouncer = bouncer_factory(common_ini(pg))
     bouncer.connect().close()
     bouncer.wait_for_log("login attempt: db=testdb user=md5user tls=no")
+
+
+# -- what the log says ----------------------------------------------------------------------------
+#: PgBouncer's prefix: time with milliseconds and zone, [pid], level.
+LINE_START = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} \S+ \[\d+\] "
+
+
+def test_login_and_disconnect_lines_in_pgbouncers_format(pg, bouncer_factory) -> None:
+    bouncer = bouncer_factory(common_ini(pg))
+    bouncer.connect().close()
+    client = r"C-0x[0-9a-f]+: testdb/md5user@127\.0\.0\.1:\d+"
+    bouncer.wait_for_log(LINE_START + "LOG " + client +
+                         " login attempt: db=testdb user=md5user tls=no replication=no$")
+    bouncer.wait_for_log(LINE_START + "LOG " + client + r" closing because: .* \(age=\d+s\)$")
+
+
+def test_log_connections_off_silences_login_lines(pg, bouncer_factory) -> None:
+    bouncer = bouncer_factory(common_ini(pg, log_connections=0, log_disconnections=0))
+    conn = bouncer.connect()
+    conn.close()
+    bouncer.reload()  # a line logged after the client's visit: its own lines would be there
+    bouncer.wait_for_log("got SIGHUP")
+    assert "login attempt" not in bouncer.log_text()
+    assert "closing because" not in bouncer.log_text()
+
+
+def test_periodic_stats_line(pg, bouncer_factory) -> None:
+    bouncer = bouncer_factory(common_ini(pg, stats_period=1))
+    bouncer.wait_for_log(LINE_START + r"LOG stats: \d+ xacts/s, \d+ queries/s, .*"
+                         r"in \d+ B/s, out \d+ B/s, xact \d+ us, query \d+ us, wait \d+ us$",
+                         timeout=5)

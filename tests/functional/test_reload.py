@@ -2,13 +2,15 @@
 one is refused with the reason in the log, and the old config keeps serving."""
 from __future__ import annotations
 
+import os
 import time
 
 import psycopg2
 import pytest
 
 from tests.support.inifile import common_ini
-from tests.support.observe import Background, backend_pid, scalar
+from tests.support.observe import Background, backend_pid, read_text, scalar
+from tests.support.ports import wait_until
 
 NEWDB = "newdb"
 
@@ -87,6 +89,21 @@ def test_new_database_entry_becomes_available(pg, bouncer_factory, ini) -> None:
         conn.close()
 
 
+@pytest.mark.xfail(reason="BUG: servers opened under a changed [databases] entry are kept "
+                          "after reload", strict=True)
+def test_changed_database_entry_applies_to_new_server_connections(pg, bouncer_factory,
+                                                                   ini) -> None:
+    bouncer = bouncer_factory(ini())
+    assert pid_of_new_client(bouncer)  # leaves an idle server connected to testdb
+    bouncer.write_ini(ini(databases={"testdb": f"host=127.0.0.1 port={pg.port} dbname=bench"}))
+    reload_and_wait(bouncer)
+    conn = bouncer.connect()
+    try:
+        assert scalar(conn, "SELECT current_database()") == "bench"
+    finally:
+        conn.close()
+
+
 def test_removed_database_keeps_its_clients_but_takes_no_new_ones(bouncer_factory,
                                                                  ini) -> None:
     bouncer = bouncer_factory(ini())
@@ -135,3 +152,12 @@ def test_bad_config_is_refused_and_the_old_one_kept(bouncer_factory, ini, change
         assert pid_of_new_client(bouncer) == backend_pid(client)  # pool_size 1 still rules
     finally:
         client.close()
+
+
+def test_logfile_is_reopened_after_it_was_moved(bouncer_factory, ini) -> None:
+    bouncer = bouncer_factory(ini())
+    logfile = os.path.join(bouncer.workdir, "bouncer.log")
+    os.rename(logfile, logfile + ".1")  # what logrotate does
+    reload_and_wait(bouncer)
+    bouncer.connect().close()
+    assert wait_until(lambda: "login attempt" in read_text(logfile), 5)

@@ -111,6 +111,15 @@ def test_client_idle_timeout(start) -> None:
     assert error["M"] == "client_idle_timeout"
 
 
+@pytest.mark.xfail(reason="BUG: client_idle_timeout never fires in session mode (the server "
+                          "stays linked)", strict=True)
+def test_client_idle_timeout_in_session_mode(start) -> None:
+    bouncer = start(pool_mode="session", client_idle_timeout=1)
+    with session(bouncer) as sock:
+        pgwire.run_query(sock, "SELECT 1")
+        assert error_before_close(sock, 4)["M"] == "client_idle_timeout"
+
+
 def test_busy_client_is_not_idle(start) -> None:
     bouncer = start(client_idle_timeout=1)
     with session(bouncer) as sock:

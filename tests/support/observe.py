@@ -58,6 +58,15 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def read_text(path: str) -> str:
+    """A log file's text ("" while it does not exist yet)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return ""
+
+
 class Background:
     """Runs ``action`` in a thread; ``result()`` gives its return value or re-raises."""
 
