@@ -170,7 +170,11 @@ def build_client_context(settings: TlsSettings) -> ClientTlsContext:
     if not settings.ca_file:
         return ClientTlsContext(context, None)
     store = build_store(load_setting_file(settings, "ca_file", load_certificates))
-    context.load_client_ca(os.fsencode(settings.ca_file))  # names the CAs in the request
+    try:
+        context.load_client_ca(os.fsencode(settings.ca_file))  # names the CAs in the request
+    except SSL.Error as exc:
+        raise ConfigError(f"{settings.ca_file} cannot be used ({openssl_reason(exc)})",
+                          key=settings.name("ca_file")) from None
     context.set_session_id(b"bouncer")  # OpenSSL demands one when it asks for certificates
     # Requested, not demanded, and not judged here: a client without a certificate, or with
     # a bad one, completes the handshake and is told in a FATAL (bouncer_check_client_tls).

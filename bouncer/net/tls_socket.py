@@ -1,5 +1,5 @@
 """A pyOpenSSL connection driven cooperatively under gevent, offering the socket methods bouncer
-uses on a client socket (recv, sendall, settimeout, shutdown, close, fileno, getsockname...).
+uses on a client socket (recv, send, sendall, pending, settimeout, shutdown, close, fileno...).
 
 Why not ``gevent.ssl``: stdlib ssl cannot ask a client for a certificate without letting OpenSSL
 reject a bad one with a bare TLS alert ("unknown ca").  Here the handshake accepts any
@@ -73,16 +73,23 @@ class TlsSocket:
         except SSL.Error as exc:
             raise TlsError(openssl_reason(exc)) from None
 
-    def sendall(self, data: bytes) -> None:
-        view = memoryview(data)
+    def send(self, data: bytes) -> int:
+        """Write what OpenSSL takes at once (it may be less than *data*); the count written."""
         try:
-            while view:
-                sent = self._drive(self._conn.send, view, reading=False)
-                view = view[sent:]
+            return self._drive(self._conn.send, data, reading=False)
         except SSL.SysCallError as exc:
             raise _os_error(exc) from None
         except SSL.Error as exc:
             raise TlsError(openssl_reason(exc)) from None
+
+    def sendall(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[self.send(view):]
+
+    def pending(self) -> int:
+        """Decrypted bytes already read from the socket: its readiness does not show them."""
+        return self._conn.pending()
 
     def _drive(self, operation: Callable[..., Any], *args: Any, reading: bool) -> Any:
         """Call *operation* until OpenSSL stops asking for I/O, waiting cooperatively.
@@ -161,7 +168,7 @@ class TlsSocket:
         return name, self._conn.get_cipher_version() or "", self._conn.get_cipher_bits() or 0
 
     def group(self) -> Optional[str]:
-        """The key-exchange group (``x25519``...), where this pyOpenSSL can tell (>= 24.3)."""
+        """The key-exchange group (``x25519``...), where pyOpenSSL can tell (not 23.0)."""
         get_group_name = getattr(self._conn, "get_group_name", None)
         return get_group_name() if get_group_name is not None else None
 

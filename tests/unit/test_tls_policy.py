@@ -346,6 +346,25 @@ def test_large_transfers_both_ways(verifying_context: ClientTlsContext) -> None:
     writer.get(timeout=10)
 
 
+def test_partial_reads_leave_the_rest_pending(verifying_context: ClientTlsContext) -> None:
+    server, client = handshake(verifying_context)
+    client.sendall(b"hello world")
+    assert server.recv(5) == b"hello"
+    assert server.pending() == 6  # decrypted already: the fd will not show it as readable
+    assert server.recv(100) == b" world"
+    assert server.pending() == 0
+
+
+def test_send_reports_what_it_wrote(verifying_context: ClientTlsContext) -> None:
+    server, client = handshake(verifying_context)
+    written = server.send(b"x" * 100000)
+    assert 0 < written <= 100000
+    received = b""
+    while len(received) < written:
+        received += client.recv(65536)
+    assert received == b"x" * written
+
+
 def test_recv_times_out_as_a_socket_does(verifying_context: ClientTlsContext) -> None:
     server, _client = handshake(verifying_context)
     server.settimeout(0.05)
