@@ -1,5 +1,6 @@
-"""Server connections: where they are opened (host lists, unix sockets, connect_query) and what
-a client sees when one dies (pg_terminate_backend) or cannot be opened.
+"""Server connections: where they are opened (host lists, unix sockets, connect_query,
+min_pool_size, the ``*`` fallback entry) and what a client sees when one dies
+(pg_terminate_backend) or cannot be opened.
 
 Leaks are judged by PostgreSQL's own pg_stat_activity, not by the pooler's SHOW output.
 """
@@ -165,3 +166,25 @@ def test_connect_query_runs_on_every_new_server(pg, bouncer_factory) -> None:
     finally:
         for conn in conns:
             conn.close()
+
+
+def test_min_pool_size_opens_servers_ahead_of_demand(pg, bouncer_factory) -> None:
+    bouncer = bouncer_factory(common_ini(pg, pool_mode="transaction", min_pool_size=3))
+    conn = bouncer.connect()  # a pool with a client (PgBouncer's condition without forced user)
+    try:
+        conn.autocommit = True
+        assert scalar(conn, "SELECT 1") == 1  # used and released: one idle server so far
+        wait_for_server_pids(pg, "md5user", lambda pids: len(pids) == 3, timeout=5)
+    finally:
+        conn.close()
+
+
+def test_fallback_database_entry_serves_unlisted_databases(pg, bouncer_factory) -> None:
+    bouncer = bouncer_factory(common_ini(pg, databases={"*": f"host=127.0.0.1 port={pg.port}"}))
+    conn = bouncer.connect(dbname="bench")
+    try:
+        assert scalar(conn, "SELECT current_database()") == "bench"
+    finally:
+        conn.close()
+    with pytest.raises(psycopg2.OperationalError, match='database "nosuchdb" does not exist'):
+        bouncer.connect(dbname="nosuchdb")  # PostgreSQL's own refusal, passed on
