@@ -33,7 +33,7 @@ from cryptography.x509.oid import NameOID
 
 from tests.fixtures.bouncer import STARTED
 from tests.support.bouncerproc import REPO_ROOT, BouncerProcess, BouncerStartError
-from tests.support.certgen import CertPaths, Issued, issue, make_ca, write_pem
+from tests.support.certgen import CertPaths, Issued, issue, write_pem
 from tests.support.inifile import common_ini
 from tests.support.pgcluster import PgCluster, make_shared_tempdir
 from tests.support.ports import wait_until
