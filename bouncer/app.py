@@ -55,9 +55,12 @@ def load_and_check(path: str, hooks: Optional[PluginHooks] = None) -> Config:
 
 
 class TlsContexts(NamedTuple):
-    """The contexts in force; a reload swaps the pair, so existing connections are untouched."""
+    """The contexts in force; a reload swaps the pair, so existing connections are untouched.
 
-    client: Optional[ssl.SSLContext]
+    ``client`` is anything with ``wrap_socket(sock, server_side=True)``: the built-in policy
+    wraps clients with pyOpenSSL so it can explain a rejected certificate in words."""
+
+    client: Optional[Any]
     server: Optional[ssl.SSLContext]
 
 

@@ -55,6 +55,8 @@ def check(path: str) -> int:
     from bouncer.plugin.hooks import PluginHooks
     from bouncer.plugin.manager import make_plugin_manager
     from bouncer.config import load_config
+    from bouncer.log import LogSetup
+    LogSetup().apply()  # plugins' warnings (e.g. a certificate about to expire) print as lines
     try:
         config = load_config(path)
         hooks = PluginHooks(make_plugin_manager(config.plugins, config.disable_plugins))

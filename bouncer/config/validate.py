@@ -54,8 +54,8 @@ def _client_tls_files(config: Config) -> Iterator[str]:
         yield f"client_tls_sslmode = {sslmode} needs {' and '.join(missing)}"
     if sslmode in _VERIFYING_SSLMODES and not config.settings["client_tls_ca_file"]:
         yield (f"client_tls_sslmode = {sslmode} needs client_tls_ca_file: in this mode every "
-               "*client* must present a certificate signed by that CA (on the client side "
-               "verify-full checks nothing more than verify-ca)")
+               "*client* must present a certificate signed by that CA (verify-full also "
+               "requires the certificate's CN to be the user name)")
 
 
 def _cert_auth(config: Config) -> Iterator[str]:

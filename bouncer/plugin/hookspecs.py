@@ -90,13 +90,14 @@ def bouncer_shutdown(app: "App") -> None:
 # --------------------------------------------------------------------------------------------
 
 @hookspec(firstresult=True)
-def bouncer_client_tls_context(app: "App", config: "Config") -> Optional["ssl.SSLContext"]:
+def bouncer_client_tls_context(app: "App", config: "Config") -> Optional[Any]:
     """Build the TLS context offered to clients (``client_tls_*`` settings).
 
     :param app: the application (during start, before it listens).
     :param config: the configuration being applied (at start or RELOAD).
-    :return: a server-side :class:`ssl.SSLContext`, or ``None`` when this implementation does not
-        build it.  If no implementation returns a context, clients' SSLRequests are answered
+    :return: an object with ``wrap_socket(sock, server_side=True)`` returning a socket-like
+        object (a server-side :class:`ssl.SSLContext` will do; the built-in returns a
+        pyOpenSSL-based context), or ``None`` when this implementation does not build it.  If no implementation returns a context, clients' SSLRequests are answered
         ``N``.  Raise :class:`~bouncer.errors.ConfigError` to refuse the configuration; on
         RELOAD the running contexts stay.
 
@@ -127,7 +128,9 @@ def bouncer_check_client_tls(app: "App", client: "ClientSession") -> Optional["C
 
     :param app: the running application.
     :param client: the client; ``client.tls`` is ``""`` for plaintext, and ``client.peer_cert``
-        holds the DER certificate it presented (``None`` when it presented none).
+        holds the DER certificate it presented (``None`` when it presented none).  The
+        built-in policy (``trylast``) verifies that certificate; an implementation running
+        before it sees it unverified (``bouncer.net.tls.peer_certificate_problem`` checks it).
     :return: a :class:`~bouncer.errors.ClientError` (a FATAL that says what to do) to refuse,
         or ``None`` to accept.
 
