@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.bouncerproc import BOUNCER_PROGRAM, REPO_ROOT, userlist_text
 from tests.support.inifile import common_ini
-from tests.support.observe import read_text
+from tests.support.observe import read_pid, read_text
 from tests.support.pgcluster import STANDARD_PASSWORDS
 from tests.support.ports import accepts_connections, free_port, wait_until
 
@@ -114,11 +114,6 @@ def test_missing_config_file_is_named(tmp_path) -> None:
 
 
 # -- -d ---------------------------------------------------------------------------------------------
-def read_pid(pidfile: str) -> int:
-    with open(pidfile, encoding="ascii") as handle:
-        return int(handle.read().strip())
-
-
 def process_exists(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -131,7 +126,7 @@ def test_daemon_mode_detaches_and_writes_its_pidfile(pg, tmp_path) -> None:
     path, port = write_config(tmp_path, common_ini(pg))
     pidfile = str(tmp_path / "bouncer.pid")
     result = run_cli(["-d", path])  # returns once the parent has exited
-    assert wait_until(lambda: os.path.exists(pidfile), 5), f"no pidfile: {result}"
+    assert wait_until(lambda: read_pid(pidfile) is not None, 5), f"no pidfile: {result}"
     daemon = read_pid(pidfile)
     try:
         assert result.returncode == 0

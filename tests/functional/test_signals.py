@@ -10,7 +10,8 @@ import psycopg2
 import pytest
 
 from tests.support.inifile import common_ini
-from tests.support.observe import backend_pid, scalar
+from tests.support.observe import backend_pid, read_pid, scalar
+from tests.support.ports import wait_until
 
 SHUTDOWN_LOG = "shutting down"
 
@@ -121,8 +122,7 @@ def test_shutdown_removes_the_unix_socket(bouncer, signum: int) -> None:
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGQUIT], ids=["SIGTERM", "SIGQUIT"])
 def test_shutdown_removes_the_pidfile(bouncer, signum: int) -> None:
     pidfile = os.path.join(bouncer.workdir, "bouncer.pid")
-    with open(pidfile, encoding="ascii") as handle:
-        assert int(handle.read()) == bouncer.pid
+    assert wait_until(lambda: read_pid(pidfile) == bouncer.pid, 5)
     bouncer.signal(signum)
     assert bouncer.wait(3) == 0
     assert not os.path.exists(pidfile)

@@ -67,6 +67,12 @@ def read_text(path: str) -> str:
         return ""
 
 
+def read_pid(pidfile: str) -> Optional[int]:
+    """The pid in ``pidfile``, or None while it is missing or not written yet."""
+    text = read_text(pidfile).strip()
+    return int(text) if text.isdigit() else None
+
+
 class Background:
     """Runs ``action`` in a thread; ``result()`` gives its return value or re-raises."""
 
