@@ -6,6 +6,7 @@ Leaks are judged by PostgreSQL's own pg_stat_activity, not by the pooler's SHOW 
 """
 from __future__ import annotations
 
+import os
 import re
 import time
 from typing import List
@@ -13,9 +14,10 @@ from typing import List
 import psycopg2
 import pytest
 
+from tests.support import pgwire
 from tests.support.inifile import common_ini
 from tests.support.observe import Background, backend_pid, scalar, wait_for_server_pids
-from tests.support.ports import free_port
+from tests.support.ports import free_port, wait_until
 
 POOL_SIZE = 2
 #: What psql may print when its server dies: PostgreSQL's own FATAL, passed on, or
@@ -106,6 +108,40 @@ def test_repeated_kills_leak_no_server_connection(pg, bouncer) -> None:
     remaining = wait_for_server_pids(pg, "md5user", lambda pids: len(pids) <= POOL_SIZE)
     assert not remaining & set(killed)
     assert bouncer.alive
+
+
+def test_server_killed_while_idle_in_the_pool_is_replaced_unnoticed(pg, bouncer) -> None:
+    conn = bouncer.connect()
+    conn.autocommit = True
+    try:
+        pid = backend_pid(conn)  # released at once: the server now idles in the pool
+        terminate(pg, pid)
+        wait_for_server_pids(pg, "md5user", lambda pids: pid not in pids)
+        assert backend_pid(conn) != pid  # no error for the client: a fresh server
+    finally:
+        conn.close()
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_failures_leak_no_sockets(pg, bouncer) -> None:
+    assert_works(bouncer)
+    baseline = open_fds(bouncer.pid)  # listeners, log file and the pool's idle server
+    for _ in range(10):
+        with pytest.raises(psycopg2.OperationalError):
+            bouncer.connect(password="wrong")
+        with pgwire.connect(bouncer.host, bouncer.port) as sock:
+            sock.sendall(b"\0\0\0\4")  # a malformed startup packet
+        conn = bouncer.connect()
+        terminate(pg, backend_pid(conn))
+        with pytest.raises(psycopg2.OperationalError):
+            scalar(conn, "SELECT 1")
+        conn.close()
+    assert_works(bouncer)
+    assert wait_until(lambda: open_fds(bouncer.pid) <= baseline, 5), \
+        f"{open_fds(bouncer.pid)} descriptors open, {baseline} before"
 
 
 # -- a server cannot be reached -----------------------------------------------------------------
