@@ -8,12 +8,13 @@ from typing import Dict, List
 
 import psycopg2
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.support import pgwire
 from tests.support.inifile import common_ini
 from tests.support.observe import scalar
+from tests.support.passwords import md5_secret, scram_secret
 
 USER, PASSWORD = "md5user", "md5pass"
 PROTOCOL_3_2 = (3 << 16) | 2
@@ -177,9 +178,11 @@ def test_client_over_the_unix_socket(bouncer) -> None:
 
 
 # -- hostile startup bytes ----------------------------------------------------------------------
-def assert_still_serving(bouncer) -> None:
+def assert_unharmed(bouncer) -> None:
+    """Still serving logins, and nothing crashed on the way (no traceback in its output)."""
     sock, _ = open_session(bouncer, {})
     sock.close()
+    assert "Traceback" not in bouncer.log_text()
 
 
 @pytest.mark.parametrize("raw", [
@@ -198,7 +201,7 @@ def test_malformed_startup_packet_is_closed_promptly(bouncer, raw: bytes) -> Non
     with pgwire.connect(bouncer.host, bouncer.port) as sock:
         sock.sendall(raw)
         assert pgwire.closed_by_peer(sock, 2), "the pooler kept a malformed startup open"
-    assert_still_serving(bouncer)
+    assert_unharmed(bouncer)
 
 
 def test_client_vanishing_mid_login_leaves_the_pooler_serving(bouncer) -> None:
@@ -207,7 +210,7 @@ def test_client_vanishing_mid_login_leaves_the_pooler_serving(bouncer) -> None:
         assert pgwire.read_message(sock)[0] == b"R"  # asked for a password: leave now
     with pgwire.connect(bouncer.host, bouncer.port) as sock:
         sock.sendall(pgwire.startup({"user": USER, "database": "testdb"})[:7])
-    assert_still_serving(bouncer)
+    assert_unharmed(bouncer)
 
 
 @settings(max_examples=40, deadline=None,
@@ -221,5 +224,37 @@ def test_random_first_bytes_never_hang_or_kill_the_pooler(bouncer, raw: bytes) -
         except OSError:
             pass  # the pooler refused the bytes and closed first: what we hope for anyway
         assert pgwire.closed_by_peer(sock, 3)
-    assert bouncer.alive
-    assert_still_serving(bouncer)
+    assert_unharmed(bouncer)
+
+
+#: (auth_type, what the auth_file holds for USER): each path that checks a password.
+PASSWORD_CHECKS = [
+    pytest.param(("plain", PASSWORD), id="plain-vs-plain"),
+    pytest.param(("plain", md5_secret(USER, PASSWORD)), id="plain-vs-md5"),
+    pytest.param(("plain", scram_secret(PASSWORD)), id="plain-vs-scram"),
+    pytest.param(("md5", PASSWORD), id="md5-vs-plain"),
+    pytest.param(("scram-sha-256", PASSWORD), id="scram-vs-plain"),
+    pytest.param(("scram-sha-256", scram_secret(PASSWORD)), id="scram-vs-scram"),
+]
+
+
+@pytest.fixture(params=PASSWORD_CHECKS)
+def password_checker(request, pg, bouncer_factory):
+    auth_type, stored = request.param
+    return bouncer_factory(common_ini(pg, auth_type=auth_type), {USER: stored})
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(st.binary(max_size=80),
+                      st.binary(max_size=60).map(lambda raw: b"SCRAM-SHA-256\0" + raw)))
+@example(body=b"\xff\xfe\0")  # not UTF-8
+def test_garbage_password_message_gets_a_clean_fatal(password_checker, body: bytes) -> None:
+    bouncer = password_checker
+    with pgwire.connect(bouncer.host, bouncer.port) as sock:
+        sock.sendall(pgwire.startup({"user": USER, "database": "testdb"}))
+        assert pgwire.read_message(sock)[0] == b"R"
+        sock.sendall(pgwire.typed(b"p", body))
+        error = pgwire.first_error(pgwire.messages_until_closed(sock, 3))
+    assert error is not None and error["S"] == "FATAL", "closed without an ErrorResponse"
+    assert "Traceback" not in bouncer.log_text()
