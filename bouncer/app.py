@@ -150,7 +150,7 @@ class App:
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), int(value))
         if config.tcp_user_timeout and hasattr(socket, "TCP_USER_TIMEOUT"):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
-                            int(config.tcp_user_timeout * 1000))
+                            int(config.tcp_user_timeout))  # milliseconds, as the kernel wants
 
     # -- TLS: contexts come from the TLS policy plugins ------------------------------------
 

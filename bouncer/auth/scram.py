@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
+from bouncer.auth.saslprep import saslprep
 from bouncer.proto.codec import encode_text
 
 MECHANISM = "SCRAM-SHA-256"
@@ -90,12 +91,10 @@ def _secret_from_password(password: str, salt: bytes, iterations: int) -> ScramS
 def _keys_from_password(password: str, salt: bytes, iterations: int) -> Tuple[bytes, bytes]:
     """Return ``(ClientKey, ServerKey)``.
 
-    RFC 5802 runs the password through SASLprep first; PostgreSQL does too but falls back
-    to the raw bytes when SASLprep fails.  We always use the raw UTF-8 bytes: identical for
-    every ASCII password, different only for non-ASCII ones that SASLprep would change
-    (e.g. compatibility characters under NFKC).
+    The password goes through SASLprep first, as RFC 5802 and PostgreSQL do (falling back to
+    the raw bytes when SASLprep refuses it).
     """
-    salted = hashlib.pbkdf2_hmac("sha256", encode_text(password), salt, iterations)
+    salted = hashlib.pbkdf2_hmac("sha256", encode_text(saslprep(password)), salt, iterations)
     return _hmac(salted, b"Client Key"), _hmac(salted, b"Server Key")
 
 

@@ -151,6 +151,9 @@ class Registry:
             if state is None:
                 self.databases[name] = DatabaseState(self, definition, autodb=False)
             else:
+                if _connection_changed(state.definition, definition):
+                    for pool in state.pools.values():
+                        pool.mark_close_needed("database configuration changed")
                 state.definition = definition
                 state.autodb = False
         fallback = config.databases.get(AUTODB)
@@ -167,3 +170,13 @@ class Registry:
             self.user(name)
         for pool in self.pools():
             pool.refresh_limits()
+
+
+#: The DatabaseDef fields that decide what a server connection is connected to.
+_CONNECTION_FIELDS = ("host", "port", "dbname", "user", "password", "startup_params")
+
+
+def _connection_changed(old: "DatabaseDef", new: "DatabaseDef") -> bool:
+    """True when servers opened under *old* would differ from new ones (PgBouncer then
+    reconnects them; a changed pool_size alone does not)."""
+    return any(getattr(old, field) != getattr(new, field) for field in _CONNECTION_FIELDS)

@@ -84,7 +84,7 @@ def _run_method(client: "ClientSession", method: Optional[str],
     """Run one method; returns SCRAM (client_key, server_key) when passthrough became possible."""
     user = client.user
     if method in ("trust", "any"):
-        if credentials is None and method == "trust" and not _forced_user(client):
+        if credentials is None and method == "trust":
             raise LoginRefused(f'password authentication failed for user "{user}"',
                                sqlstate.INVALID_PASSWORD,
                                log_reason=f"no such user: {user} (trust needs a known user)")
@@ -110,11 +110,6 @@ def _run_method(client: "ClientSession", method: Optional[str],
     return None
 
 
-def _forced_user(client: "ClientSession") -> bool:
-    db = client.app.registry.find_database(client.database)
-    return db is not None and bool(db.definition.user)
-
-
 def _read_password_message(client: "ClientSession") -> bytes:
     reader = MessageReader(max_length=MAX_PASSWORD_PACKET)
     kind, payload = read_message(client.sock, reader)
@@ -138,7 +133,8 @@ def _check_plain(client: "ClientSession", credentials: Optional[Credentials]) ->
     elif is_md5_secret(secret):
         ok = hmac.compare_digest(md5_secret(client.user, password), secret)
     else:
-        ok = hmac.compare_digest(password.encode(), secret.encode())
+        ok = hmac.compare_digest(password.encode("utf-8", "surrogateescape"),
+                                 secret.encode("utf-8", "surrogateescape"))
     if not ok:
         raise password_failed(client.user, "wrong password (cleartext)")
 

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
 SESSION, TRANSACTION, STATEMENT = "session", "transaction", "statement"
+STATEMENT_REFUSAL = "transaction blocks not allowed in statement pooling mode"
 
 # What woke the client's greenlet up.
 _CLIENT, _SERVER, _TIMER = 1, 2, 3
@@ -134,11 +135,12 @@ class Link:
             return self.query_timeout
         if server.scanner.last_status != TXN_IDLE:
             return self.idle_xact_timeout
-        return None
+        return self.idle_timeout  # session mode: linked, but the client is idle
 
     def _timeout_error(self) -> ClientError:
         server = self.server
-        if server is None:
+        if server is None or (not self.pending and server.scanner.last_status == TXN_IDLE):
+            # An idle server stays linked; the session's end gives it back (after the reset).
             return ClientError("client_idle_timeout", sqlstate.ADMIN_SHUTDOWN)
         if self.pending:
             self._drop_server(server, "query timeout")
@@ -213,6 +215,11 @@ class Link:
         replies = scanner.feed(data)
         if scanner.param_updates:
             self._apply_param_updates(server)
+        if (replies and self.mode == STATEMENT and self.pending <= replies
+                and scanner.last_status != TXN_IDLE):
+            # PgBouncer drops what the server said (BEGIN's "BEGIN") and sends only the error.
+            self._drop_server(server, STATEMENT_REFUSAL)
+            raise ClientError(STATEMENT_REFUSAL, sqlstate.FEATURE_NOT_SUPPORTED)
         try:
             send_chunk(self.client.sock, data)
         except OSError as exc:
@@ -221,14 +228,8 @@ class Link:
         self.stats.bytes_sent += len(data)
         if replies:
             self._count(replies, scanner.last_status)
-            if self.releasing and not self.pending:
-                if scanner.last_status == TXN_IDLE:
-                    self._release(server)
-                elif self.mode == STATEMENT:
-                    self._drop_server(server, "transaction blocks not allowed in statement "
-                                              "pooling mode")
-                    raise ClientError("transaction blocks not allowed in statement pooling mode",
-                                      sqlstate.FEATURE_NOT_SUPPORTED)
+            if self.releasing and not self.pending and scanner.last_status == TXN_IDLE:
+                self._release(server)
 
     def _count(self, replies: int, status: int) -> None:
         now = time.monotonic()

@@ -150,8 +150,6 @@ def test_trust_refuses_a_user_missing_from_auth_file(client_auth) -> None:
         client_auth("trust").connect(user="nobody", password="", dbname="testdb")
 
 
-@pytest.mark.xfail(reason="BUG: auth_type=trust admits users missing from auth_file on a "
-                          "database with a forced user", strict=True)
 def test_trust_refuses_a_user_missing_from_auth_file_even_with_forced_user(client_auth) -> None:
     with pytest.raises(psycopg2.OperationalError):
         client_auth("trust").connect(user="nobody", password="", dbname=FORCED_DB)
@@ -166,8 +164,6 @@ def test_any_admits_any_user_name_as_the_forced_user(client_auth) -> None:
 NBSP_PASSWORD = "pass\u00a0word"
 
 
-@pytest.mark.xfail(reason="BUG: SCRAM without SASLprep refuses non-ASCII passwords that "
-                          "SASLprep maps", strict=True)
 @pytest.mark.parametrize("auth_type, stored", [
     ("scram-sha-256", NBSP_PASSWORD),          # the proof libpq computes after SASLprep
     ("plain", scram_secret("pass word")),      # a cleartext password checked against a secret

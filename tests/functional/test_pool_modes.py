@@ -127,8 +127,6 @@ def test_psql_transaction_block_in_statement_mode_gets_pgbouncers_message(start)
     assert "7" not in result.stdout
 
 
-@pytest.mark.xfail(reason="BUG: statement mode forwards BEGIN's reply before refusing it",
-                   strict=True)
 def test_statement_mode_does_not_report_the_refused_begin_as_done(start) -> None:
     result = start("statement").psql(["-At"], input="BEGIN;\nSELECT 7;\n")
     assert result.stdout == ""  # PgBouncer answers BEGIN with the FATAL, never "BEGIN"

@@ -89,8 +89,6 @@ def test_new_database_entry_becomes_available(pg, bouncer_factory, ini) -> None:
         conn.close()
 
 
-@pytest.mark.xfail(reason="BUG: servers opened under a changed [databases] entry are kept "
-                          "after reload", strict=True)
 def test_changed_database_entry_applies_to_new_server_connections(pg, bouncer_factory,
                                                                    ini) -> None:
     bouncer = bouncer_factory(ini())

@@ -111,8 +111,6 @@ def test_client_idle_timeout(start) -> None:
     assert error["M"] == "client_idle_timeout"
 
 
-@pytest.mark.xfail(reason="BUG: client_idle_timeout never fires in session mode (the server "
-                          "stays linked)", strict=True)
 def test_client_idle_timeout_in_session_mode(start) -> None:
     bouncer = start(pool_mode="session", client_idle_timeout=1)
     with session(bouncer) as sock:
