@@ -177,10 +177,12 @@ class ServerScanner(_HeaderScanner):
 class ClientScanner(_HeaderScanner):
     """Scan client-to-server chunks for sync points, Parse/Bind counts and Terminate."""
 
-    __slots__ = ("terminate_at", "parse_count", "bind_count")
+    __slots__ = ("terminate_at", "parse_count", "bind_count", "last_type")
 
     def __init__(self) -> None:
         super().__init__()
+        #: Type of the last message that started; a sync point means nothing is outstanding.
+        self.last_type = _SYNC
         #: Offset of a Terminate message in the chunk last fed; forward only what precedes it.
         self.terminate_at: Optional[int] = None
         self.parse_count = 0
@@ -198,7 +200,7 @@ class ClientScanner(_HeaderScanner):
         syncs = 0
         unpack_length = _unpack_length
         while pos < size:
-            msg_type = chunk[pos]
+            msg_type = self.last_type = chunk[pos]
             if msg_type == _QUERY or msg_type == _SYNC or msg_type == _FUNCTION_CALL:
                 syncs += 1
             elif msg_type == _PARSE:
@@ -217,6 +219,13 @@ class ClientScanner(_HeaderScanner):
             pos += 1 + length
         self._skip = pos - size
         return syncs
+
+    @property
+    def at_sync_point(self) -> bool:
+        """True at a message boundary with no message sent since the last sync point: a
+        server this client leaves now holds nothing of it and can serve someone else."""
+        return (not self._skip and not self._head
+                and self.last_type in (_QUERY, _SYNC, _FUNCTION_CALL))
 
     def _resume(self, chunk: bytes, size: int) -> int:
         """Finish a skip or split header left by the previous chunk; return the scan position."""

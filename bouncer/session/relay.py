@@ -228,7 +228,8 @@ class Link:
         self.stats.bytes_sent += len(data)
         if replies:
             self._count(replies, scanner.last_status)
-            if self.releasing and not self.pending and scanner.last_status == TXN_IDLE:
+            if (self.releasing and not self.pending and scanner.last_status == TXN_IDLE
+                    and self.scanner.at_sync_point):
                 self._release(server)
 
     def _count(self, replies: int, status: int) -> None:
@@ -299,7 +300,8 @@ def unlink_on_exit(client: "ClientSession") -> None:
     if link.pending:
         # The backend would run the query to its end before reading our Terminate.
         client.app.cancels.cancel_server(server, client.prefix)
-    if link.pending or server.scanner.last_status != TXN_IDLE:
+    if (link.pending or server.scanner.last_status != TXN_IDLE
+            or not link.scanner.at_sync_point):
         pool.close_server(server, "client disconnect while server was not ready")
     elif link.mode == SESSION or client.app.config.server_reset_query_always:
         _reset_and_release(client, server)

@@ -163,3 +163,18 @@ def test_client_scanner_refuses_bad_length_in_split_header(cut):
     scanner.feed(stream[:len(stream) - 5 + cut])
     with pytest.raises(ProtocolError):
         scanner.feed(stream[len(stream) - 5 + cut:])
+
+
+def test_client_scanner_knows_when_nothing_is_outstanding() -> None:
+    scanner = ClientScanner()
+    assert scanner.at_sync_point
+    parse = frontend.parse("", "SELECT 1")
+    scanner.feed(parse)
+    assert not scanner.at_sync_point  # a Parse without its Sync
+    scanner.feed(frontend.sync())
+    assert scanner.at_sync_point
+    query = frontend.query("SELECT 1")
+    scanner.feed(query[:7])
+    assert not scanner.at_sync_point  # half a Query
+    scanner.feed(query[7:])
+    assert scanner.at_sync_point
