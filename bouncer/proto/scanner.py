@@ -200,16 +200,17 @@ class ClientScanner(_HeaderScanner):
         syncs = 0
         unpack_length = _unpack_length
         while pos < size:
-            msg_type = self.last_type = chunk[pos]
+            msg_type = chunk[pos]
+            if msg_type == _TERMINATE:  # not forwarded: it leaves last_type as it was
+                self.terminate_at = pos
+                return syncs
+            self.last_type = msg_type
             if msg_type == _QUERY or msg_type == _SYNC or msg_type == _FUNCTION_CALL:
                 syncs += 1
             elif msg_type == _PARSE:
                 self.parse_count += 1
             elif msg_type == _BIND:
                 self.bind_count += 1
-            elif msg_type == _TERMINATE:
-                self.terminate_at = pos
-                return syncs
             if size - pos < _HEADER_LEN:
                 self._head = chunk[pos:]
                 return syncs
