@@ -106,7 +106,7 @@ class App:
         if not inherited_sockets:
             self.listeners.open(config.listen_addr, config.listen_port, config.unix_socket_dir,
                                 config.unix_socket_mode, config.listen_backlog,
-                                config.so_reuseport)
+                                config.so_reuseport, config.unix_socket_group)
         self.janitor.start()
         systemd.notify("READY=1", f"STATUS=accepting connections on port {config.listen_port}")
 
@@ -140,6 +140,9 @@ class App:
     def tune_socket(self, sock: socket.socket) -> None:
         """TCP keepalive settings, as PgBouncer applies them to both sides."""
         config = self.config
+        if config.tcp_socket_buffer:
+            for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+                sock.setsockopt(socket.SOL_SOCKET, option, config.tcp_socket_buffer)
         if not config.tcp_keepalive:
             return
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)

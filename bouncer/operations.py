@@ -6,6 +6,7 @@ Each takes an optional database name; ``None`` means every database, as in PgBou
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, List, Optional
 
 import gevent
@@ -38,8 +39,12 @@ def _targets(app: "App", database: Optional[str]) -> List["DatabaseState"]:
     return [state]
 
 
-def pause(app: "App", database: Optional[str]) -> None:
-    """Hold new transactions, wait until every server is released, then close the servers."""
+def pause(app: "App", database: Optional[str], timeout: Optional[float] = None) -> None:
+    """Hold new transactions, wait until every server is released, then close the servers.
+
+    :param timeout: give up waiting after this long and drop the clients still holding a
+        server (SUSPEND's ``suspend_timeout``); ``None`` waits as long as it takes.
+    """
     targets = _targets(app, database)
     if all(db.paused for db in targets):
         raise OperationError("already paused" if database is None else
@@ -48,7 +53,10 @@ def pause(app: "App", database: Optional[str]) -> None:
         db.resumed.clear()
     if database is None:
         app.paused = True
+    deadline = None if timeout is None else time.monotonic() + timeout
     while any(db.active_count() for db in targets):
+        if deadline is not None and time.monotonic() > deadline:
+            _drop_linked_clients(app, targets, "suspend_timeout")
         gevent.sleep(POLL)
     for db in targets:
         for pool in db.pools.values():
@@ -70,12 +78,20 @@ def resume(app: "App", database: Optional[str]) -> None:
 
 
 def suspend(app: "App") -> None:
-    """Stop accepting and hold all traffic (used before an online restart)."""
+    """Stop accepting and hold all traffic (used before an online restart); clients still in
+    a transaction after ``suspend_timeout`` are dropped."""
     if app.suspended:
         raise OperationError("already suspended")
     app.suspended = True
     app.listeners.stop_accepting()
-    pause(app, None)
+    pause(app, None, app.config.suspend_timeout or None)
+
+
+def _drop_linked_clients(app: "App", targets: List["DatabaseState"], reason: str) -> None:
+    names = {db.name for db in targets}
+    for client in list(app.clients):
+        if client.server is not None and client.db is not None and client.db.name in names:
+            kill_client_session(client, reason)
 
 
 def disable(app: "App", database: str) -> None:

@@ -5,6 +5,7 @@ PostgreSQL error after accepting it, never by stalling the accept queue.
 """
 from __future__ import annotations
 
+import grp
 import logging
 import os
 import socket
@@ -47,12 +48,12 @@ class Listeners:
         self._unix_inode = 0
 
     def open(self, listen_addr: Sequence[str], port: int, unix_dir: str, unix_mode: int,
-             backlog: int, reuseport: bool) -> None:
+             backlog: int, reuseport: bool, unix_group: str = "") -> None:
         """Bind everything first, then start accepting: a bind error leaves nothing half-open."""
         sockets = [self._tcp_socket(addr, port, backlog, reuseport)
                    for addr in expand_addresses(listen_addr)]
         if unix_dir:
-            sockets.append(self._unix_socket(unix_dir, port, unix_mode, backlog))
+            sockets.append(self._unix_socket(unix_dir, port, unix_mode, backlog, unix_group))
         for sock in sockets:
             self._serve(sock)
             log.info("listening on %s", _describe(sock))
@@ -87,16 +88,20 @@ class Listeners:
         sock.listen(backlog)
         return sock
 
-    def _unix_socket(self, directory: str, port: int, mode: int, backlog: int) -> socket.socket:
+    def _unix_socket(self, directory: str, port: int, mode: int, backlog: int,
+                     group: str) -> socket.socket:
         path = unix_socket_path(directory, port)
         _remove_stale_socket(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(path)
             os.chmod(path, mode)
-        except OSError as exc:
+            if group:
+                os.chown(path, -1, _group_id(group))
+        except (OSError, KeyError) as exc:
             sock.close()
-            raise ConfigError(f"cannot listen on unix socket {path}: {exc.strerror}",
+            raise ConfigError(f"cannot listen on unix socket {path}: "
+                              f"{getattr(exc, 'strerror', None) or exc}",
                               key="unix_socket_dir") from exc
         sock.listen(backlog)
         self.unix_path = path
@@ -158,6 +163,11 @@ class Listeners:
 
     def sockets(self) -> List[socket.socket]:
         return list(self._sockets)
+
+
+def _group_id(group: str) -> int:
+    """A group name or number (KeyError for an unknown name)."""
+    return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
 
 
 def _remove_stale_socket(path: str) -> None:

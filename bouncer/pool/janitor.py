@@ -55,6 +55,7 @@ class Janitor:
             self._fill_min(pool)
             while pool.over_size() and pool.idle:
                 pool.close_server(pool.idle[0], "too many servers in pool")
+        self._free_idle_autodbs()
         self._maybe_roll_stats()
 
     def _expiry_reason(self, server: "ServerConnection") -> Optional[str]:
@@ -101,6 +102,18 @@ class Janitor:
             return
         while pool.server_count() < minimum and pool.may_open_another():
             pool.launch()
+
+    def _free_idle_autodbs(self) -> None:
+        """Forget databases made from ``*`` that nobody used for autodb_idle_timeout."""
+        timeout = self.app.config.autodb_idle_timeout
+        now = time.monotonic()
+        for db in list(self.app.registry.databases.values()):
+            if not db.autodb or db.client_count() or db.active_count():
+                db.idle_since = None
+            elif db.idle_since is None:
+                db.idle_since = now
+            elif timeout and now - db.idle_since > timeout:
+                self.app.registry.forget_database(db, "autodb idle timeout")
 
     def _maybe_roll_stats(self) -> None:
         config = self.app.config

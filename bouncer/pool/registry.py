@@ -39,6 +39,8 @@ class DatabaseState:
         self.disabled = False
         self.pools: Dict[str, Pool] = {}
         self._host_cycle = itertools.count()
+        #: Since when an auto-database has had no clients (the janitor frees it later).
+        self.idle_since: Optional[float] = None
 
     def next_host(self) -> Optional[str]:
         """Round-robin over a comma list of hosts (``None``: the default unix socket)."""
@@ -127,6 +129,15 @@ class Registry:
     def pools(self) -> Iterator[Pool]:
         for database in list(self.databases.values()):
             yield from list(database.pools.values())
+
+    def forget_database(self, database: DatabaseState, reason: str) -> None:
+        """Close a database's servers and drop it with its pools (a free auto-database)."""
+        for user_name, pool in list(database.pools.items()):
+            for server in pool.all_servers():
+                pool.close_server(server, reason)
+            self.users[user_name].pools.pop(database.name, None)
+        self.databases.pop(database.name, None)
+        log.info("auto-database %s freed: %s", database.name, reason)
 
     # -- events --------------------------------------------------------------------------------
 

@@ -39,15 +39,20 @@ _TERMINATE = Frontend.TERMINATE
 
 
 def _bad_length(msg_type: int, length: int) -> ProtocolError:
+    if length >= 4:
+        return ProtocolError(f"message of type {chr(msg_type)!r} is {length} bytes long, more "
+                             "than max_packet_size allows")
     return ProtocolError(f"invalid length {length} of message type {chr(msg_type)!r}")
 
 
 class _HeaderScanner:
     """State shared by both directions: bytes left to skip and a split header."""
 
-    __slots__ = ("_skip", "_head")
+    __slots__ = ("_skip", "_head", "max_length")
 
-    def __init__(self) -> None:
+    def __init__(self, max_length: int = 2**31 - 1) -> None:
+        #: Longest message let through (``max_packet_size``), header length field included.
+        self.max_length = max_length
         #: Body bytes of the current message still to come in later chunks.
         self._skip = 0
         #: First 1-4 bytes of a header cut by the previous chunk's end.
@@ -72,7 +77,7 @@ class _HeaderScanner:
         header = self._head + chunk[:missing]
         self._head = b""
         length = _unpack_length(header, 1)[0]
-        if length < 4:
+        if not 4 <= length <= self.max_length:
             raise _bad_length(header[0], length)
         return header[0], length, missing
 
@@ -82,8 +87,8 @@ class ServerScanner(_HeaderScanner):
 
     __slots__ = ("last_status", "param_updates", "_body_type", "_body", "_body_missing")
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, max_length: int = 2**31 - 1) -> None:
+        super().__init__(max_length)
         #: Status byte of the last ReadyForQuery seen.  Starts at ``TXN_IDLE``: scanning
         #: begins after login, which always ends with ReadyForQuery 'I'.
         self.last_status = TXN_IDLE
@@ -99,13 +104,14 @@ class ServerScanner(_HeaderScanner):
         size = len(chunk)
         pos, ready = self._resume(chunk, size)
         unpack_length = _unpack_length
+        max_length = self.max_length
         while pos < size:
             if size - pos < _HEADER_LEN:
                 self._head = chunk[pos:]
                 return ready
             msg_type = chunk[pos]
             length = unpack_length(chunk, pos + 1)[0]
-            if length < 4:
+            if not 4 <= length <= max_length:
                 raise _bad_length(msg_type, length)
             if msg_type == _READY_FOR_QUERY or msg_type == _PARAMETER_STATUS:
                 pos, found = self._small_message(msg_type, length, chunk, pos + _HEADER_LEN)
@@ -179,8 +185,8 @@ class ClientScanner(_HeaderScanner):
 
     __slots__ = ("terminate_at", "parse_count", "bind_count", "last_type")
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, max_length: int = 2**31 - 1) -> None:
+        super().__init__(max_length)
         #: Type of the last message that started; a sync point means nothing is outstanding.
         self.last_type = _SYNC
         #: Offset of a Terminate message in the chunk last fed; forward only what precedes it.
@@ -199,6 +205,7 @@ class ClientScanner(_HeaderScanner):
         pos = self._resume(chunk, size)
         syncs = 0
         unpack_length = _unpack_length
+        max_length = self.max_length
         while pos < size:
             msg_type = chunk[pos]
             if msg_type == _TERMINATE:  # not forwarded: it leaves last_type as it was
@@ -215,7 +222,7 @@ class ClientScanner(_HeaderScanner):
                 self._head = chunk[pos:]
                 return syncs
             length = unpack_length(chunk, pos + 1)[0]
-            if length < 4:
+            if not 4 <= length <= max_length:
                 raise _bad_length(msg_type, length)
             pos += 1 + length
         self._skip = pos - size

@@ -80,7 +80,7 @@ class Link:
         self.query_timeout = limits.query_timeout() or None
         self.hub = get_hub()
         self.client_watch = self.hub.loop.io(client.sock.fileno(), _READ)
-        self.scanner = ClientScanner()
+        self.scanner = ClientScanner(client.app.config.max_packet_size)
         self.server: Optional["ServerConnection"] = None
         self.pending = 0
         self.query_start = 0.0

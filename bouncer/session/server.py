@@ -61,7 +61,7 @@ class ServerConnection:
         self.close_needed = False
         self.close_reason = ""
         self.closed = False
-        self.scanner = ServerScanner()
+        self.scanner = ServerScanner(pool.limits.config().max_packet_size)
         self.tls = ""
         self._read_watch: Any = None
         local = sock.getsockname()
