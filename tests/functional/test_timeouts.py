@@ -82,8 +82,9 @@ def test_client_login_timeout_spares_logged_in_clients(start) -> None:
 
 
 # -- idle clients --------------------------------------------------------------------------------
-def test_idle_transaction_timeout(pg, start) -> None:
-    bouncer = start(idle_transaction_timeout=1)
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_idle_transaction_timeout(pg, start, mode: str) -> None:
+    bouncer = start(pool_mode=mode, idle_transaction_timeout=1)
     with session(bouncer) as sock:
         pid = int(pgwire.data_rows(pgwire.run_query(sock, "BEGIN; SELECT pg_backend_pid()"))[0][0])
         started = time.monotonic()
@@ -127,8 +128,9 @@ def test_busy_client_is_not_idle(start) -> None:
 
 
 # -- slow queries --------------------------------------------------------------------------------
-def test_query_timeout(start) -> None:
-    bouncer = start(query_timeout=1)
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_query_timeout(start, mode: str) -> None:
+    bouncer = start(pool_mode=mode, query_timeout=1)
     with session(bouncer) as sock:
         started = time.monotonic()
         sock.sendall(pgwire.query("SELECT pg_sleep(10)"))
