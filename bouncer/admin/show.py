@@ -14,6 +14,8 @@ from bouncer.admin import grammar
 from bouncer.admin.commands import InvalidCommand, Result, columns, show, stats_allowed
 from bouncer.config import SETTINGS, format_value
 from bouncer.config.sections import ADMIN_DATABASE
+from bouncer.net.tls import TlsSettings
+from bouncer.net.tls_check import describe_policy
 from bouncer.pool.limits import database_cap, first_set, user_cap, user_value
 from bouncer.pool.stats import FIELDS
 
@@ -351,7 +353,11 @@ def show_config(console: "Console", args: str) -> Result:
     values = console.app.config.settings
     rows = [[setting.name, format_value(setting, values[setting.name]), setting.shown_default,
              "yes" if setting.reloadable else "no"] for setting in SETTINGS]
-    return show(CONFIG_COLUMNS, rows)
+    # bouncer's own rows, after PgBouncer's: what the TLS settings add up to, in words.
+    rows += [[f"{side}_tls_policy",
+              describe_policy(TlsSettings.from_config(console.app.config, side)), "", "no"]
+             for side in ("client", "server")]
+    return show(CONFIG_COLUMNS, sorted(rows))
 
 
 @stats_allowed

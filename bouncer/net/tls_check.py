@@ -11,8 +11,14 @@ from typing import Any, Callable, List, Sequence, Tuple
 from OpenSSL import SSL, crypto
 
 from bouncer.errors import ConfigError
-from bouncer.net.certs import (CertificateFileError, Finding, key_matches, load_certificates,
-                               load_private_key, validity_findings)
+from bouncer.net.certs import (
+    CertificateFileError,
+    Finding,
+    key_matches,
+    load_certificates,
+    load_private_key,
+    validity_findings,
+)
 from bouncer.net.tls import CLIENT_OPTION_STEPS, SERVER_OPTION_STEPS, TlsSettings
 
 
@@ -86,3 +92,30 @@ def _option_problems(settings: TlsSettings) -> List[str]:
         except ConfigError as err:
             problems.append(str(err))
     return problems
+
+
+#: What each sslmode means on each side, in words (SHOW CONFIG's *_tls_policy rows).
+_CLIENT_POLICY = {
+    "disable": "TLS refused: clients connect in plaintext",
+    "allow": "TLS offered; plaintext allowed",
+    "prefer": "TLS offered; plaintext allowed",
+    "require": "TLS required; no client certificate needed",
+    "verify-ca": "TLS required; a client certificate signed by {ca} required",
+    "verify-full": "TLS required; a client certificate signed by {ca} whose CN is the user "
+                   "name required",
+}
+_SERVER_POLICY = {
+    "disable": "plaintext to servers",
+    "allow": "TLS when the server offers it; server certificate not checked",
+    "prefer": "TLS when the server offers it; server certificate not checked",
+    "require": "TLS required; server certificate not checked",
+    "verify-ca": "TLS required; server certificate checked against {ca}",
+    "verify-full": "TLS required; server certificate checked against {ca} and the host name",
+}
+
+
+def describe_policy(settings: TlsSettings) -> str:
+    """The effective policy of one side in one line, e.g. for SHOW CONFIG."""
+    table = _CLIENT_POLICY if settings.side == "client" else _SERVER_POLICY
+    text = table.get(settings.sslmode, settings.sslmode)
+    return f"{settings.sslmode}: " + text.format(ca=settings.ca_file or "(no CA file)")

@@ -270,6 +270,10 @@ def test_show_config_lists_every_setting_with_its_default(bouncer: BouncerProces
     assert config["listen_port"]["changeable"] == "no"
     assert config["default_pool_size"]["changeable"] == "yes"
     assert list(config) == sorted(config)
+    # bouncer's own rows: the effective TLS policy, in words
+    assert config["client_tls_policy"]["value"] == "disable: TLS refused: clients connect in " \
+        "plaintext"
+    assert config["server_tls_policy"]["value"].startswith("prefer: TLS when the server offers")
 
 
 def test_show_state_and_lists(bouncer: BouncerProcess) -> None:
