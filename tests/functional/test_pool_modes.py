@@ -8,6 +8,7 @@ parameters replayed on a different server, and server_reset_query between sessio
 from __future__ import annotations
 
 import io
+import select
 import time
 
 import psycopg2
@@ -202,6 +203,22 @@ def test_copy_in_and_out_and_large_values_in_transaction_mode(start) -> None:
         assert scalar(conn, "SELECT repeat('ab', 3000000)") == "ab" * 3000000
     finally:
         conn.close()
+
+
+def test_session_mode_delivers_notifications_to_an_idle_client(start) -> None:
+    bouncer = start("session")
+    listener, sender = autocommit(bouncer.connect()), autocommit(bouncer.connect())
+    try:
+        execute(listener, "LISTEN pooled_channel")
+        execute(sender, "NOTIFY pooled_channel, 'hello'")
+        # The listener sends nothing: the notification must come to it on its own.
+        assert select.select([listener], [], [], 3)[0], "no notification arrived"
+        listener.poll()
+        assert [(n.channel, n.payload) for n in listener.notifies] == [("pooled_channel",
+                                                                        "hello")]
+    finally:
+        listener.close()
+        sender.close()
 
 
 def test_failed_transaction_keeps_its_server_until_rollback(start) -> None:
