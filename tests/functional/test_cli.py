@@ -1,8 +1,10 @@
-"""The command line, as an operator uses it: -V, -h, --check, -d with a pidfile, -q, and what a
-broken config does (names file, line and key; exits non-zero; never listens)."""
+"""The command line, as an operator uses it: -V, -h, --check, -d with a pidfile, -q, -v, what a
+broken config does (names file, line and key; exits non-zero; never listens), and the log lines
+in PgBouncer's format."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -11,11 +13,15 @@ from typing import List, Tuple
 import psycopg2
 import pytest
 
+from tests.support import pgwire
 from tests.support.bouncerproc import BOUNCER_PROGRAM, REPO_ROOT, userlist_text
 from tests.support.inifile import common_ini
 from tests.support.observe import read_pid, read_text
 from tests.support.pgcluster import STANDARD_PASSWORDS
 from tests.support.ports import accepts_connections, free_port, wait_until
+
+#: PgBouncer's prefix: time with milliseconds and zone, [pid], level.
+LINE_START = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} \S+ \[\d+\] "
 
 
 def run_cli(args: List[str], timeout: float = 20) -> subprocess.CompletedProcess:
@@ -157,6 +163,17 @@ def test_quiet_keeps_stderr_empty_but_still_writes_the_logfile(pg, bouncer_facto
     assert bouncer.log_text() == ""
 
 
+@pytest.mark.parametrize("flags, shown", [([], False), (["-v"], True)], ids=["default", "-v"])
+def test_verbose_adds_debug_lines(pg, bouncer_factory, flags: List[str], shown: bool) -> None:
+    bouncer = bouncer_factory(common_ini(pg), flags=flags)
+    with pgwire.connect(bouncer.host, bouncer.port) as sock:
+        sock.sendall(pgwire.cancel_request(1, 2))  # an unknown key: logged at DEBUG
+        assert pgwire.closed_by_peer(sock, 3)
+    bouncer.reload()  # a later LOG line, so the DEBUG one would be there by now
+    bouncer.wait_for_log("got SIGHUP")
+    assert bool(re.search(LINE_START + "DEBUG ", bouncer.log_text(), re.M)) is shown
+
+
 def test_without_quiet_the_log_goes_to_stderr_too(pg, bouncer_factory) -> None:
     bouncer = bouncer_factory(common_ini(pg))
     bouncer.connect().close()
@@ -164,10 +181,6 @@ def test_without_quiet_the_log_goes_to_stderr_too(pg, bouncer_factory) -> None:
 
 
 # -- what the log says ----------------------------------------------------------------------------
-#: PgBouncer's prefix: time with milliseconds and zone, [pid], level.
-LINE_START = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} \S+ \[\d+\] "
-
-
 def test_login_and_disconnect_lines_in_pgbouncers_format(pg, bouncer_factory) -> None:
     bouncer = bouncer_factory(common_ini(pg))
     bouncer.connect().close()
