@@ -243,7 +243,7 @@ def test_forced_user_with_password_in_database_entry(pg, bouncer_factory) -> Non
     assert login_outcome(bouncer, "md5user", "md5pass", dbname="asscram") == "scramuser"
 
 
-# -- with psql --------------------------------------------------------------------------------------
+# -- with psql ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("auth_type", ["md5", "scram-sha-256"])
 def test_psql_logs_in_through_md5_and_scram(pg, bouncer_factory, auth_type: str) -> None:
     bouncer = bouncer_factory(common_ini(pg, auth_type=auth_type))

@@ -119,7 +119,7 @@ def test_missing_config_file_is_named(tmp_path) -> None:
     assert missing in result.stderr
 
 
-# -- -d ---------------------------------------------------------------------------------------------
+# -- -d -------------------------------------------------------------------------------------------
 def process_exists(pid: int) -> bool:
     try:
         os.kill(pid, 0)

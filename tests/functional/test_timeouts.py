@@ -40,7 +40,7 @@ def elapsed_since(started: float) -> float:
     return time.monotonic() - started
 
 
-# -- waiting for a server --------------------------------------------------------------------------
+# -- waiting for a server -------------------------------------------------------------------------
 def test_query_wait_timeout_refuses_the_waiting_client(start) -> None:
     bouncer = start(default_pool_size=1, query_wait_timeout=1)
     holder = bouncer.connect()
@@ -144,7 +144,7 @@ def test_query_timeout(start, mode: str) -> None:
         conn.close()
 
 
-# -- server connections ------------------------------------------------------------------------------
+# -- server connections ---------------------------------------------------------------------------
 def pids_over_time(bouncer, samples: int, pause: float) -> List[int]:
     conn = bouncer.connect()
     conn.autocommit = True

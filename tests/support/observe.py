@@ -79,14 +79,14 @@ class Background:
     def __init__(self, action: Callable[[], Any]) -> None:
         self._action = action
         self._value: Any = None
-        self._error: Optional[BaseException] = None
+        self._error: Optional[Exception] = None
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         try:
             self._value = self._action()
-        except BaseException as exc:  # handed to the test thread by result()
+        except Exception as exc:  # handed to the test thread by result()
             self._error = exc
 
     def done(self) -> bool:
