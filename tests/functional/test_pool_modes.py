@@ -272,21 +272,32 @@ def test_second_client_waits_for_the_only_server_then_proceeds(start) -> None:
 
 
 # -- parameters follow the client to another server ----------------------------------------------
+#: Tracked parameters a client SETs (client_encoding goes through psycopg2's own call).
+REPLAYED = {"application_name": "alpha", "TimeZone": "Asia/Tokyo", "DateStyle": "SQL, DMY",
+            "IntervalStyle": "iso_8601"}
+
+
+def shown(conn, names) -> dict:
+    return {name: scalar(conn, f"SHOW {name}") for name in names}
+
+
 def test_set_parameters_are_replayed_on_a_different_server(start) -> None:
     bouncer = start("transaction", pool_size=2)
     client = autocommit(bouncer.connect(application_name="first"))
     blocker = bouncer.connect(application_name="blocker")
     try:
+        blocker_values = shown(blocker, [*REPLAYED, "client_encoding"])
+        blocker.commit()
         client.set_client_encoding("LATIN1")
-        execute(client, "SET application_name = 'alpha'")
+        for name, value in REPLAYED.items():
+            execute(client, f"SET {name} = %s", (value,))
         used = backend_pid(client)
         assert backend_pid(blocker) == used  # the blocker now holds that server in a transaction
         assert backend_pid(client) != used
-        assert scalar(client, "SHOW application_name") == "alpha"
-        assert scalar(client, "SHOW client_encoding") == "LATIN1"
+        assert shown(client, [*REPLAYED, "client_encoding"]) == {**REPLAYED,
+                                                                 "client_encoding": "LATIN1"}
         # ...and the blocker, on the server the client changed, still has its own values.
-        assert scalar(blocker, "SHOW application_name") == "blocker"
-        assert scalar(blocker, "SHOW client_encoding") == "UTF8"
+        assert shown(blocker, [*REPLAYED, "client_encoding"]) == blocker_values
     finally:
         client.close()
         blocker.close()
