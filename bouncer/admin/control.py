@@ -167,32 +167,22 @@ def suspend(console: "Console", args: str) -> Result:
 
 # -- DISABLE, ENABLE, RECONNECT, WAIT_CLOSE, KILL, KILL_CLIENT -------------------------------
 
-def disable(console: "Console", args: str) -> Result:
-    database = _required_database(args, "cannot disable admin db")
-    _log_issued("DISABLE", database)
-    operations.disable(console.app, database)
-    return Result("DISABLE")
+def _database_command(tag: str, operation, verb: str, required: bool):
+    """A command that names a database (optional unless *required*) and runs *operation*."""
+    def run(console: "Console", args: str) -> Result:
+        refusal = f"cannot {verb} admin db"
+        database = (_required_database if required else _database_argument)(args, refusal)
+        _log_issued(tag, database)
+        operation(console.app, database)
+        return Result(tag)
+    run.__name__ = tag.lower()
+    return run
 
 
-def enable(console: "Console", args: str) -> Result:
-    database = _required_database(args, "cannot enable admin db")
-    _log_issued("ENABLE", database)
-    operations.enable(console.app, database)
-    return Result("ENABLE")
-
-
-def reconnect(console: "Console", args: str) -> Result:
-    database = _database_argument(args, "cannot reconnect admin db")
-    _log_issued("RECONNECT", database)
-    operations.reconnect(console.app, database)
-    return Result("RECONNECT")
-
-
-def wait_close(console: "Console", args: str) -> Result:
-    database = _database_argument(args, "cannot wait in admin db")
-    _log_issued("WAIT_CLOSE", database)
-    operations.wait_close(console.app, database)
-    return Result("WAIT_CLOSE")
+disable = _database_command("DISABLE", operations.disable, "disable", required=True)
+enable = _database_command("ENABLE", operations.enable, "enable", required=True)
+reconnect = _database_command("RECONNECT", operations.reconnect, "reconnect", required=False)
+wait_close = _database_command("WAIT_CLOSE", operations.wait_close, "wait in", required=False)
 
 
 def kill(console: "Console", args: str) -> Result:

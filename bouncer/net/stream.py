@@ -17,15 +17,20 @@ class ConnectionLost(BouncerError):
     """The peer closed the connection (or it broke) before a whole message arrived."""
 
 
-def recv_some(sock: socket.socket) -> bytes:
-    """One ``recv``; a reset connection reads as end-of-stream."""
+def _recv(sock: socket.socket, size: int) -> bytes:
+    """One ``recv``; a reset or closed connection is :class:`ConnectionLost`."""
     try:
-        data = sock.recv(RECV_SIZE)
+        data = sock.recv(size)
     except (ConnectionError, OSError) as exc:
         raise ConnectionLost(str(exc)) from exc
     if not data:
         raise ConnectionLost("connection closed by peer")
     return data
+
+
+def recv_some(sock: socket.socket) -> bytes:
+    """Whatever the peer sent, up to RECV_SIZE bytes."""
+    return _recv(sock, RECV_SIZE)
 
 
 def read_message(sock: socket.socket, reader: MessageReader) -> Tuple[int, bytes]:
@@ -41,12 +46,7 @@ def read_exactly(sock: socket.socket, count: int) -> bytes:
     """*count* bytes (the untyped startup packets have only a length prefix)."""
     chunks = []
     while count > 0:
-        try:
-            data = sock.recv(count)
-        except (ConnectionError, OSError) as exc:
-            raise ConnectionLost(str(exc)) from exc
-        if not data:
-            raise ConnectionLost("connection closed by peer")
+        data = _recv(sock, count)
         chunks.append(data)
         count -= len(data)
     return b"".join(chunks)
