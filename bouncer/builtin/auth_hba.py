@@ -116,8 +116,7 @@ def bouncer_auth_method(app: "App", client: "ClientSession") -> Optional[str]:
     policy = _policy(app)
     address = None if client.unix else ipaddress.ip_address(client.addr)
     tls = bool(client.tls)
-    rule = policy.rules.match(conn_type="local" if client.unix else "host", tls=tls,
-                              address=address, database=client.database, user=client.user)
+    rule = _matching_rule(policy, client)
     if rule is None:
         raise _refused(no_entry_message(address, client.user, client.database, tls),
                        "no matching line in auth_hba_file")
@@ -129,6 +128,27 @@ def bouncer_auth_method(app: "App", client: "ClientSession") -> Optional[str]:
     if mapname is not None and policy.ident is not None:
         remember_usermap(client, UserMap(policy.ident, mapname))
     return _CORE_METHOD.get(rule.method, rule.method)
+
+
+def _matching_rule(policy: HbaPolicy, client: "ClientSession") -> Optional[HbaRule]:
+    address = None if client.unix else ipaddress.ip_address(client.addr)
+    return policy.rules.match(conn_type="local" if client.unix else "host", tls=bool(client.tls),
+                              address=address, database=client.database, user=client.user)
+
+
+def usermap_for(app: "App", client: "ClientSession") -> Optional[UserMap]:
+    """The ``map=`` of the HBA line that applies to *client*, when ``auth_type = hba``.
+
+    The TLS policy asks this for ``client_tls_sslmode = verify-full``: a certificate whose CN
+    the map allows for the user passes, as PostgreSQL's ``clientcert=verify-full`` does."""
+    if app.config.auth_type != "hba":
+        return None
+    policy = _policy(app)
+    rule = _matching_rule(policy, client)
+    mapname = rule.options.get("map") if rule is not None else None
+    if mapname is None or policy.ident is None:
+        return None
+    return UserMap(policy.ident, mapname)
 
 
 def _check_clientcert(rule: HbaRule, client: "ClientSession") -> None:

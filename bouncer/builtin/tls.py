@@ -3,7 +3,8 @@ decides after the handshake whether a client's transport and certificate are acc
 
 ``client_tls_sslmode``: ``disable`` offers no TLS; ``allow``/``prefer`` offer it; ``require``
 refuses plaintext; ``verify-ca`` also demands a certificate that chains to
-``client_tls_ca_file``; ``verify-full`` also demands that its CN is the user name (PostgreSQL's
+``client_tls_ca_file``; ``verify-full`` also demands that its CN is the user name, or that the
+``map=`` of the client's ``cert`` HBA line maps it to the user (PostgreSQL's
 ``clientcert=verify-full``; PgBouncer checks nothing more than verify-ca).  A certificate that
 is presented is always judged when a CA file is set, whatever the mode, so nothing downstream
 (``cert`` authentication) ever sees an unverified one.  Every refusal is a FATAL with SQLSTATE
@@ -15,6 +16,7 @@ import datetime
 import logging
 from typing import TYPE_CHECKING, List, Optional
 
+from bouncer.builtin.auth_hba import usermap_for
 from bouncer.errors import ClientError
 from bouncer.net.certs import Rejection, common_name
 from bouncer.net.tls import (VERIFYING_MODES, ClientTlsContext, TlsSettings,
@@ -80,15 +82,19 @@ def bouncer_check_client_tls(app: "App", client: "ClientSession") -> Optional[Cl
                        "connect with sslcert=... and sslkey=... (a certificate issued by the CA "
                        "in client_tls_ca_file)")
     if mode == "verify-full":
-        return _common_name_mismatch(client)
+        return _common_name_mismatch(app, client)
     return None
 
 
-def _common_name_mismatch(client: "ClientSession") -> Optional[ClientError]:
-    # CN == user name.  A pg_ident-style map (HBA "cert map=...") is the cert auth method's
-    # business; this is the transport policy.
+def _common_name_mismatch(app: "App", client: "ClientSession") -> Optional[ClientError]:
+    """CN == user name, or, with ``auth_type = hba``, a ``map=`` on the client's HBA line that
+    maps the CN to the user (PostgreSQL's ``clientcert=verify-full`` with a user map)."""
     name = common_name(client.peer_cert)
     if name == client.user:
+        return None
+    usermap = usermap_for(app, client)
+    if name is not None and usermap is not None and usermap.ident.allows(usermap.name, name,
+                                                                         client.user):
         return None
     shown = f'CN "{name}"' if name is not None else "no CN"
     return _refuse(f'client certificate {shown} does not match user "{client.user}": '

@@ -497,3 +497,21 @@ def _still_works(conn: Any) -> bool:
     with conn.cursor() as cursor:
         cursor.execute("SELECT 42")
         return cursor.fetchone() == (42,) and bool(conn.info.ssl_in_use)
+
+
+# -- verify-full with a user map -------------------------------------------------------------------
+
+def test_verify_full_accepts_a_cn_that_the_hba_user_map_maps_to_the_user(
+        pg: PgCluster, certs: CertPaths, bouncer_factory: Any) -> None:
+    """With a ``cert map=`` HBA line, the map, not CN equality, decides (as in PostgreSQL)."""
+    hba = "hostssl all all 127.0.0.1/32 cert map=certmap\n"
+    ident = "certmap someoneelse md5user\n"
+    bouncer = bouncer_factory(
+        common_ini(pg, auth_type="hba", auth_hba_file="@DIR@/hba.conf",
+                   auth_ident_file="@DIR@/ident.conf", **tls_settings(certs, "verify-full")),
+        extra_files={"hba.conf": hba, "ident.conf": ident})
+    params = dict(sslmode="require", sslcert=certs.someoneelse_cert,
+                  sslkey=certs.someoneelse_key)
+    assert outcome(bouncer, **params) == TLS
+    assert 'does not match user "scramuser"' in outcome(bouncer, user="scramuser",
+                                                        password="scrampass", **params)
