@@ -68,15 +68,17 @@ def authenticate_admin(client: "ClientSession") -> None:
     if (client.unix and client.user == ADMIN_LOCAL_USER and client.peer_uid == os.geteuid()):
         return
     allowed = set(config.admin_users) | set(config.stats_users)
+    not_allowed = LoginRefused("not allowed", sqlstate.INVALID_AUTHORIZATION,
+                               log_reason=f"user {client.user} is in neither admin_users nor "
+                                          "stats_users")
     if client.user not in allowed and config.auth_type not in ("trust", "any"):
-        raise LoginRefused("not allowed", sqlstate.INVALID_AUTHORIZATION,
-                           log_reason=f"user {client.user} is in neither admin_users nor stats_users")
-    credentials = app.user_store.from_userlist(client.user)
-    method = config.auth_type if config.auth_type != "hba" else "md5"
-    _run_method(client, method, credentials)
+        raise not_allowed
+    # The method as for any database (auth_type, or the HBA line for database "pgbouncer");
+    # console users' secrets come from auth_file only, as in PgBouncer.
+    method = app.hooks.auth_method(app, client)
+    _run_method(client, method, app.user_store.from_userlist(client.user))
     if client.user not in allowed:
-        raise LoginRefused("not allowed", sqlstate.INVALID_AUTHORIZATION,
-                           log_reason=f"user {client.user} is in neither admin_users nor stats_users")
+        raise not_allowed
 
 
 def _run_method(client: "ClientSession", method: Optional[str],

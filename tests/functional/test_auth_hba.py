@@ -10,6 +10,7 @@ import pwd
 import time
 from typing import Any, Dict, Optional, Union
 
+import psycopg2
 import pytest
 
 from tests.functional.pgroles import login_outcome
@@ -198,3 +199,15 @@ def test_broken_hba_file_at_start_names_file_and_line(start) -> None:
     assert "hba.conf:2" in failed.value.log
     assert 'map "nowhere"' in failed.value.log
 
+
+
+def test_hook_auth_method_applies_hba_to_the_admin_console(pg, bouncer_factory) -> None:
+    """PgBouncer applies auth_hba_file to the console too: a reject line keeps an admin out."""
+    hba = ("host pgbouncer scramuser 127.0.0.1/32 reject\n"
+           "host all all 127.0.0.1/32 md5\n")
+    bouncer = bouncer_factory(common_ini(pg, auth_type="hba", auth_hba_file="@DIR@/hba.conf"),
+                              extra_files={"hba.conf": hba})
+    with pytest.raises(psycopg2.OperationalError, match="rejects connection"):
+        bouncer.admin("SHOW VERSION")
+    conn = bouncer.connect()  # other databases still follow their own line
+    conn.close()
