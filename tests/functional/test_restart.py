@@ -13,6 +13,8 @@ import psycopg2
 import pytest
 
 from tests.support.inifile import common_ini
+from tests.support.observe import Background
+from tests.support.pgbench import run_pgbench
 from tests.support.ports import free_port, wait_until
 
 MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req"
@@ -73,17 +75,22 @@ class Hammer:
 
 
 def test_rolling_restart_under_load_loses_nothing(pg, bouncer_factory) -> None:
+    """pgbench keeps its connections on the old process, which serves them to the end; a
+    client reconnecting in a loop lands on whichever process listens: nothing fails."""
     port = free_port()
     ini = common_ini(pg, listen_port=port, so_reuseport=1, pool_mode="transaction")
     old = bouncer_factory(ini)
+    bench = Background(lambda: run_pgbench(old, ["-S", "-c", "8", "-j", "2", "-T", "6"]))
     with kernel_migrates_queued_connections(), Hammer(port) as hammer:
         wait_until(lambda: hammer.done > 20, 10)
         new = bouncer_factory(ini)
         new.wait_for_log(r"listening on 127\.0\.0\.1:%d" % port)
         before = hammer.done
         old.signal(signal.SIGTERM)
-        assert old.wait(15) == 0
         wait_until(lambda: hammer.done > before + 50, 15)
+        assert old.wait(20) == 0  # after pgbench's clients left
+    result = bench.result(30)
+    assert result.returncode == 0 and result.failed == 0 and result.processed, result.output
     assert hammer.failures == []
     assert hammer.done > before + 50, "the new process served the clients after the switch"
     assert new.alive
