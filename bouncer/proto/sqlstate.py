@@ -40,3 +40,6 @@ CANNOT_CONNECT_NOW = "57P03"
 
 # Class F0: configuration file error (RELOAD failures)
 CONFIG_FILE_ERROR = "F0000"
+
+# Class XX: internal error (a bug in bouncer; the client is told, the daemon lives on)
+INTERNAL_ERROR = "XX000"

@@ -111,6 +111,9 @@ class ClientSession:
             self.close_reason = self.close_reason or f"client unexpected eof ({err})"
         except gevent.GreenletExit:
             self.close_reason = self.close_reason or "client killed"
+        except Exception:  # a bug: this client ends with an error, the daemon lives on
+            log.exception("%s internal error", self.prefix)
+            self.fail(ClientError("bouncer internal error (see its log)", sqlstate.INTERNAL_ERROR))
         finally:
             self._cleanup()
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional
 
+import psycopg2
 import pytest
 
 from tests.functional.pgroles import Roles, login_outcome
@@ -277,3 +278,14 @@ def test_example_plugin_chained_between_auth_file_and_auth_query(start_with_exam
     assert login_outcome(bouncer.connect, user="trustuser", password="example-pw") \
         == "trustuser"
     assert login_outcome(bouncer.connect, user=looked_up, password="chained-pw") == looked_up
+
+
+def test_a_bug_in_a_client_session_fails_that_client_only(pg, bouncer_factory) -> None:
+    """An unexpected exception ends the client's session with an error it can read, is logged
+    with its traceback, and leaves the daemon serving everyone else."""
+    bouncer = bouncer_factory(common_ini(pg, plugins="tests.plugins.broken_admit"))
+    with pytest.raises(psycopg2.OperationalError, match="bouncer internal error"):
+        bouncer.connect(user="md5user")
+    bouncer.wait_for_log(r"ERROR C-0x[0-9a-f]+: testdb/md5user@127\.0\.0\.1:\d+ internal error")
+    conn = bouncer.connect(user="scramuser", password="scrampass")
+    conn.close()
