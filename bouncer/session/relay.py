@@ -6,6 +6,11 @@ ReadyForQuery coming back.  When every sync point has been answered and the serv
 server is released (transaction and statement modes).  No plugin calls and no per-message
 objects here.
 
+With ``max_prepared_statements`` in transaction and statement modes, client chunks also go
+through the :mod:`~bouncer.session.prepared` tracker, which rewrites only messages naming a
+prepared statement (a chunk without any is sent as it came), and server chunks go through it
+only while it has injected or synthetic replies outstanding.
+
 One greenlet serves a client: it waits on the client's and the linked server's sockets at once
 (libev watchers), and handles whichever is readable.  Compared with a second "pump" greenlet per
 link this saves a greenlet spawn and two switches per transaction, and replies can never
@@ -20,14 +25,18 @@ from typing import TYPE_CHECKING, Optional
 from gevent import get_hub
 from gevent.hub import Waiter
 
-from bouncer.errors import ClientError
+from bouncer.errors import ClientError, ProtocolError
 from bouncer.net.stream import ConnectionLost
 from bouncer.proto import sqlstate
 from bouncer.proto.constants import TXN_IDLE
-from bouncer.proto.scanner import ClientScanner
+from bouncer.proto.extended import ReplyPosition
+from bouncer.proto.scanner import ClientScanner, ServerScanner
+from bouncer.session.prepared import (PreparedTracker, is_statement_reset, server_statements,
+                                      statements_unknown)
 from bouncer.session.varcache import sync_query
 
 if TYPE_CHECKING:  # pragma: no cover
+    from bouncer.pool.pool import Pool
     from bouncer.session.client import ClientSession
     from bouncer.session.server import ServerConnection
 
@@ -80,7 +89,12 @@ class Link:
         self.query_timeout = limits.query_timeout() or None
         self.hub = get_hub()
         self.client_watch = self.hub.loop.io(client.sock.fileno(), _READ)
-        self.scanner = ClientScanner(client.app.config.max_packet_size)
+        config = client.app.config
+        self.scanner = ClientScanner(config.max_packet_size)
+        #: Named prepared statements are tracked only where servers change hands.
+        self.prepared = (PreparedTracker(config.max_prepared_statements, self.stats,
+                                         config.max_packet_size)
+                         if config.max_prepared_statements and self.mode != SESSION else None)
         self.server: Optional["ServerConnection"] = None
         self.pending = 0
         self.query_start = 0.0
@@ -188,16 +202,43 @@ class Link:
             if not self.xact_start:
                 self.xact_start = now
         self.pending += syncs
+        if self.prepared is not None:
+            data = self._track_request(server, data)
+            if not data:
+                return
         try:
             send_chunk(server.sock, data)
         except OSError:
             self._server_lost(server)
+
+    def _track_request(self, server: "ServerConnection", data: bytes) -> bytes:
+        """Rewrite statement names; answer what needs no server.  Returns what to send."""
+        tracker = self.prepared
+        try:
+            data, replies = tracker.from_client(data)
+        except (ProtocolError, ClientError):
+            # Earlier chunks of this pipeline may be on the server: it cannot be reused.
+            self._drop_server(server, "client sent a bad prepared statement request")
+            raise
+        if replies:
+            self._send_to_client(server, replies)
+        self._forget_lost_syncs()
+        return data
+
+    def _forget_lost_syncs(self) -> None:
+        """Sync points the server skipped after an error will never be answered."""
+        tracker = self.prepared
+        if tracker.lost_syncs:
+            self.pending = max(0, self.pending - tracker.lost_syncs)
+            tracker.lost_syncs = 0
 
     def _link_server(self) -> "ServerConnection":
         client = self.client
         client.request_time = time.time()
         server = self.pool.acquire(client)
         client.server = self.server = server
+        if self.prepared is not None:
+            self.prepared.link(server_statements(server), lambda: reply_position(server.scanner))
         _sync_parameters(client, server)
         return server
 
@@ -220,17 +261,28 @@ class Link:
             # PgBouncer drops what the server said (BEGIN's "BEGIN") and sends only the error.
             self._drop_server(server, STATEMENT_REFUSAL)
             raise ClientError(STATEMENT_REFUSAL, sqlstate.FEATURE_NOT_SUPPORTED)
+        tracker = self.prepared
+        if tracker is not None:
+            if tracker.tracked:
+                data = tracker.from_server(data)
+                self._forget_lost_syncs()
+            else:
+                tracker.answered(replies)
+        if data:
+            self._send_to_client(server, data)
+        if replies:
+            self._count(replies, scanner.last_status)
+            if (self.releasing and not self.pending and scanner.last_status == TXN_IDLE
+                    and self.scanner.at_sync_point):
+                self._release(server)
+
+    def _send_to_client(self, server: "ServerConnection", data: bytes) -> None:
         try:
             send_chunk(self.client.sock, data)
         except OSError as exc:
             self._drop_server(server, "client disconnect while server was not ready")
             raise ConnectionLost(f"client unexpected eof ({exc})") from exc
         self.stats.bytes_sent += len(data)
-        if replies:
-            self._count(replies, scanner.last_status)
-            if (self.releasing and not self.pending and scanner.last_status == TXN_IDLE
-                    and self.scanner.at_sync_point):
-                self._release(server)
 
     def _count(self, replies: int, status: int) -> None:
         now = time.monotonic()
@@ -253,13 +305,19 @@ class Link:
         server.scanner.param_updates.clear()
 
     def _release(self, server: "ServerConnection") -> None:
+        self.unlink_server()
+        _release_or_close(self.pool, server)
+
+    def unlink_server(self) -> None:
+        """Forget the linked server (the caller gives it back or closes it)."""
         self.client.server = self.server = None
-        self.pool.release(server)
+        if self.prepared is not None:
+            self.prepared.unlink()
 
     # -- failures ------------------------------------------------------------------------------
 
     def _drop_server(self, server: "ServerConnection", reason: str) -> None:
-        self.client.server = self.server = None
+        self.unlink_server()
         self.pool.close_server(server, reason)
 
     def _server_lost(self, server: "ServerConnection") -> None:
@@ -267,6 +325,20 @@ class Link:
         log.warning("%s server conn crashed?", self.client.prefix)
         self._drop_server(server, "server conn crashed?")
         raise ClientError("server conn crashed?", sqlstate.CONNECTION_FAILURE)
+
+
+def reply_position(scanner: ServerScanner) -> ReplyPosition:
+    """Where the server stream stands after the chunks ``scanner`` has seen.
+
+    ServerScanner keeps this to itself (it only needs it to resume); the prepared-statement
+    tracker needs it to start walking replies between two chunks.
+    """
+    if scanner._skip:  # pylint: disable=protected-access
+        return ReplyPosition(skip=scanner._skip)  # pylint: disable=protected-access
+    if scanner._body is not None:  # pylint: disable=protected-access
+        return ReplyPosition(skip=scanner._body_missing,  # pylint: disable=protected-access
+                             msg_type=scanner._body_type)  # pylint: disable=protected-access
+    return ReplyPosition(head=scanner._head)  # pylint: disable=protected-access
 
 
 def _sync_parameters(client: "ClientSession", server: "ServerConnection") -> None:
@@ -295,7 +367,7 @@ def unlink_on_exit(client: "ClientSession") -> None:
     if link is None or link.server is None:
         return
     server = link.server
-    link.server = client.server = None
+    link.unlink_server()
     pool = link.pool
     if link.pending:
         # The backend would run the query to its end before reading our Terminate.
@@ -306,7 +378,7 @@ def unlink_on_exit(client: "ClientSession") -> None:
     elif link.mode == SESSION or client.app.config.server_reset_query_always:
         _reset_and_release(client, server)
     else:
-        pool.release(server)
+        _release_or_close(pool, server)
 
 
 def _reset_and_release(client: "ClientSession", server: "ServerConnection") -> None:
@@ -317,4 +389,14 @@ def _reset_and_release(client: "ClientSession", server: "ServerConnection") -> N
     except (ClientError, ConnectionLost) as err:
         client.pool.close_server(server, f"server_reset_query failed: {err}")
         return
-    client.pool.release(server)
+    if reset and is_statement_reset(reset):
+        server_statements(server).clear()
+    _release_or_close(client.pool, server)
+
+
+def _release_or_close(pool: "Pool", server: "ServerConnection") -> None:
+    """Give a server back, unless a failed DISCARD ALL left its prepared statements unknown."""
+    if statements_unknown(server):
+        pool.close_server(server, "prepared statements unknown after a failed reset")
+    else:
+        pool.release(server)
