@@ -116,8 +116,7 @@ _TABLE = (
        aliases=("job_name",), supported=False),
     _s("stats_period", "int", 60, "seconds between statistics averages and log lines", min=1),
     _s("max_prepared_statements", "int", 200,
-       "protocol-level prepared statements tracked per server connection (0 = off)",
-       supported=False, **_COUNT),
+       "protocol-level prepared statements tracked per server connection (0 = off)", **_COUNT),
     _s("scram_iterations", "int", 4096, "iterations when computing SCRAM secrets", min=1),
     # Authentication
     _s("auth_type", "enum", "md5", "how clients authenticate", choices=AUTH_TYPES),
