@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Tuple
 from bouncer.admin import grammar
 from bouncer.admin.commands import Result, columns, show, stats_allowed
 from bouncer.admin.show import split_seconds
+from bouncer.session.prepared import prepared_count
 
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.admin.console import Console
@@ -80,7 +81,8 @@ def _client_row(client: Any, state: str, waited: float, debug: bool) -> List[Any
     row = ["C", client.user, client.database, "none", state, client.addr, client.port,
            client.local_addr, client.local_port, timestamp(client.connect_time),
            timestamp(client.request_time), wait, wait_us, 0, pointer(client),
-           pointer(client.server), 0, client.tls, client.application_name, 0, client.id]
+           pointer(client.server), 0, client.tls, client.application_name,
+           _client_statements(client), client.id]
     return row + [0] * len(_BUFFER_NAMES) if debug else row
 
 
@@ -100,8 +102,15 @@ def _server_row(server: Any, state: str, debug: bool) -> List[Any]:
            server.local_addr, server.local_port, timestamp(server.connect_time),
            timestamp(last_request), 0, 0, int(server.close_needed), pointer(server),
            pointer(server.link), server.cancel_key[0], server.tls,
-           server.params.get("application_name", ""), 0, server.id]
+           server.params.get("application_name", ""), prepared_count(server), server.id]
     return row + [0] * len(_BUFFER_NAMES) if debug else row
+
+
+def _client_statements(client: Any) -> int:
+    """The client's named prepared statements, when bouncer tracks them (not in session
+    mode, nor with ``max_prepared_statements = 0``)."""
+    tracker = getattr(client.link, "prepared", None)
+    return len(tracker.statements) if tracker is not None else 0
 
 
 # -- commands --------------------------------------------------------------------------------

@@ -181,6 +181,12 @@ def server_statements(server: Any) -> ServerStatements:
     return statements
 
 
+def prepared_count(server: Any) -> int:
+    """How many statements bouncer has prepared on ``server`` (SHOW SERVERS)."""
+    statements = getattr(server, "prepared", None)
+    return len(statements) if statements is not None else 0
+
+
 def statements_unknown(server: Any) -> bool:
     """True when a failed reset left ``server``'s prepared statements unknown."""
     statements = getattr(server, "prepared", None)
