@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Tuple
 from bouncer.admin import grammar
 from bouncer.admin.commands import Result, columns, show, stats_allowed
 from bouncer.admin.show import split_seconds
-from bouncer.session.prepared import prepared_count
+from bouncer.session.statements import prepared_count
 
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.admin.console import Console

@@ -25,8 +25,13 @@ CLOSE_COMPLETE = build_message(Backend.CLOSE_COMPLETE)
 
 _HEADER_LEN = 5
 _unpack_length = struct.Struct("!I").unpack_from
-_PARSE, _BIND = Frontend.PARSE, Frontend.BIND
-_DESCRIBE, _CLOSE, _QUERY = Frontend.DESCRIBE, Frontend.CLOSE, Frontend.QUERY
+_PARSE, _BIND, _DESCRIBE = Frontend.PARSE, Frontend.BIND, Frontend.DESCRIBE
+_EXECUTE, _CLOSE, _SYNC = Frontend.EXECUTE, Frontend.CLOSE, Frontend.SYNC
+_QUERY, _FUNCTION_CALL = Frontend.QUERY, Frontend.FUNCTION_CALL
+#: Extended-protocol requests: the server answers each, or skips it after an error.
+_EXTENDED = frozenset((_PARSE, _BIND, _DESCRIBE, _EXECUTE, _CLOSE))
+#: Messages that may name a prepared statement.
+_NAMING = frozenset((_PARSE, _BIND, _DESCRIBE, _CLOSE))
 #: Queries up to this length (length field) are shown whole to the callback: long enough
 #: for ``DISCARD ALL`` with some whitespace, short enough to cost nothing on big queries.
 SHORT_QUERY_LEN = 40
@@ -96,9 +101,8 @@ def empty_parameter_types(count: int = 0) -> bytes:
 
 # --- client stream -------------------------------------------------------------------
 
-def _check_length(msg_type: int, length: int, max_length: int) -> None:
-    if not 4 <= length <= max_length:
-        raise ProtocolError(f"invalid length {length} of message type {chr(msg_type)!r}")
+def _bad_length(msg_type: int, length: int) -> ProtocolError:
+    return ProtocolError(f"invalid length {length} of message type {chr(msg_type)!r}")
 
 
 def names_a_statement(msg_type: int, data: bytes, body: int, end: int) -> Optional[bool]:
@@ -123,23 +127,35 @@ def names_a_statement(msg_type: int, data: bytes, body: int, end: int) -> Option
     return data[body] == STATEMENT and data[body + 1] != 0
 
 
-#: Called for every client message: ``(type, whole message or None)``; returns the bytes to
-#: send instead, or None to send the message unchanged.  The message is given only for
-#: Parse/Bind/Describe/Close naming a statement and for short Query messages.
+#: Called with ``(type, whole message or None)`` for the client messages a
+#: :class:`RequestRewriter` does not account for itself; returns the bytes to send instead,
+#: or None to send the message unchanged.
 OnRequest = Callable[[int, Optional[bytes]], Optional[bytes]]
 
 
 class RequestRewriter:
     """Walk client-to-server chunks, replacing the messages a callback asks to replace.
 
-    Messages the callback must see whole are held back when a chunk cuts them (bounded by
-    ``max_length``); the rest is forwarded as it arrives, bodies skipped by arithmetic.
+    The callback sees whole the messages that name a prepared statement and short Query
+    messages (when a chunk cuts one, it is held back, bounded by ``max_length``); the rest
+    is forwarded as it arrives, bodies skipped by arithmetic.
+
+    For those it forwards unchanged, the rewriter itself counts what the server will owe:
+    ``sync_points`` (Sync, Query, FunctionCall: one ReadyForQuery each) and ``unsynced``
+    (the extended-protocol requests after the last Sync).  A Query or FunctionCall after
+    unsynced requests goes to the callback instead (the server skips it if one of them
+    fails), and while ``report_all`` is set every message does: the caller keeps the
+    account.  This keeps the common message at one comparison chain, no call.
     """
 
-    __slots__ = ("max_length", "_skip", "_head", "_held", "_held_missing")
+    __slots__ = ("max_length", "report_all", "sync_points", "unsynced", "_skip", "_head",
+                 "_held", "_held_missing")
 
     def __init__(self, max_length: int = 2**31 - 1) -> None:
         self.max_length = max_length
+        self.report_all = False
+        self.sync_points = 0
+        self.unsynced: List[int] = []
         self._skip = 0  # body bytes of a forwarded message still to come
         self._head = b""  # a header cut by the chunk end
         self._held: Optional[bytearray] = None  # a message the callback must see whole
@@ -150,22 +166,55 @@ class RequestRewriter:
         """True between messages: nothing is held back or half forwarded."""
         return not self._skip and not self._head and self._held is None
 
+    def count(self, msg_type: int) -> bool:
+        """Account for a request forwarded unchanged; False when the caller must instead."""
+        if msg_type == _SYNC:
+            self.sync_points += 1
+            self.unsynced.clear()
+        elif msg_type in _EXTENDED:
+            self.unsynced.append(msg_type)
+        elif msg_type == _QUERY or msg_type == _FUNCTION_CALL:
+            if self.unsynced:
+                return False
+            self.sync_points += 1
+        return True
+
     def feed(self, chunk: bytes, on_request: OnRequest) -> bytes:
         """Return what to send for ``chunk`` (``chunk`` itself when nothing changed)."""
         out: List[bytes] = []
         size = len(chunk)
-        pos, raw_from = self._resume(chunk, size, out, on_request)
+        if self._skip or self._head or self._held is not None:
+            pos, raw_from = self._resume(chunk, size, out, on_request)
+        else:
+            pos = raw_from = 0
         max_length = self.max_length
+        unsynced = self.unsynced
         while pos < size:
             if size - pos < _HEADER_LEN:
                 self._head = chunk[pos:]
                 break
             msg_type = chunk[pos]
             length = _unpack_length(chunk, pos + 1)[0]
-            _check_length(msg_type, length, max_length)
+            if not 4 <= length <= max_length:
+                raise _bad_length(msg_type, length)
             end = pos + 1 + length
-            if not self._whole_needed(msg_type, length, chunk, pos + _HEADER_LEN, min(end, size)):
-                on_request(msg_type, None)  # forwarded as it is, possibly across chunks
+            if msg_type in _NAMING:
+                whole = self._names_statement(msg_type, chunk, pos + _HEADER_LEN,
+                                              end if end < size else size)
+            else:
+                whole = msg_type == _QUERY and length <= SHORT_QUERY_LEN
+            if not whole:
+                # Forwarded as it is, possibly across chunks.  count() inlined for the
+                # two commonest cases: this loop runs for every message of the client.
+                if self.report_all:
+                    on_request(msg_type, None)
+                elif msg_type == _SYNC:
+                    self.sync_points += 1
+                    unsynced.clear()
+                elif msg_type in _EXTENDED:
+                    unsynced.append(msg_type)
+                elif not self.count(msg_type):
+                    on_request(msg_type, None)
                 pos = end
                 continue
             if end > size:
@@ -187,12 +236,10 @@ class RequestRewriter:
         return b"".join(out)
 
     @staticmethod
-    def _whole_needed(msg_type: int, length: int, data: bytes, body: int, end: int) -> bool:
-        """True when the callback must see the message whole (it may rename it)."""
-        if msg_type == _QUERY:
-            return length <= SHORT_QUERY_LEN
-        if msg_type not in (_PARSE, _BIND, _DESCRIBE, _CLOSE):
-            return False
+    def _names_statement(msg_type: int, data: bytes, body: int, end: int) -> bool:
+        """True unless the message surely names no statement (it must then be seen whole)."""
+        if msg_type == _PARSE and body < end:  # the unnamed statement: the common case
+            return data[body] != 0
         return names_a_statement(msg_type, data, body, end) is not False
 
     def _resume(self, chunk: bytes, size: int, out: List[bytes],
@@ -224,12 +271,15 @@ class RequestRewriter:
         self._head = b""
         msg_type = header[0]
         length = _unpack_length(header, 1)[0]
-        _check_length(msg_type, length, self.max_length)
-        if self._whole_needed(msg_type, length, header, _HEADER_LEN, _HEADER_LEN):
+        if not 4 <= length <= self.max_length:
+            raise _bad_length(msg_type, length)
+        if (msg_type == _QUERY and length <= SHORT_QUERY_LEN) or msg_type in _NAMING:
+            # the header alone cannot tell whether it names a statement
             self._held = bytearray(header)
             self._held_missing = length - 4
         else:
-            on_request(msg_type, None)
+            if self.report_all or not self.count(msg_type):
+                on_request(msg_type, None)
             out.append(header)
             self._skip = length - 4
         return missing
@@ -328,7 +378,7 @@ class ReplyFilter:
 
     def _start(self, msg_type: int, length: int, on_reply: OnReply) -> None:
         if length < 4:
-            raise ProtocolError(f"invalid length {length} of message type {chr(msg_type)!r}")
+            raise _bad_length(msg_type, length)
         self._keep, after = on_reply(msg_type)
         self._after += after  # after what an adopted, half-forwarded header was promised
         self._skip = 1 + length

@@ -1,32 +1,26 @@
-"""Named prepared statements in transaction and statement pooling (``max_prepared_statements``).
+"""A client's named prepared statements in transaction and statement pooling.
 
-A client's named statements must follow it from server to server.  As PgBouncer 1.21 does,
-each distinct statement (query text plus parameter types) gets one server-side name,
-``BOUNCER_<id>``, shared by every client; each server connection remembers which of those it
-has prepared (an LRU list capped at ``max_prepared_statements``), and each client which of
-its names stands for which statement.  Client messages naming a statement are rewritten:
+A client's statements must follow it from server to server.  Its names map to statements
+shared by all clients (:mod:`bouncer.session.statements`), and the messages naming them are
+rewritten, as PgBouncer 1.21+ does:
 
 * Parse of a statement the server has is not sent: the client gets a synthetic
   ParseComplete where the server's would have been;
 * Bind or Describe of a statement the server lacks is preceded by an injected Parse (and,
-  past the cap, a Close of the least recently used one) whose replies are swallowed;
+  past ``max_prepared_statements``, a Close of the least recently used one) whose replies
+  are swallowed;
 * Close of a statement forgets the client's name only and is answered synthetically.
 
 Replies must stay in order, so while injected or synthetic replies are outstanding the
 tracker keeps a queue of the requests sent to the server and walks the server's replies
 (:class:`~bouncer.proto.extended.ReplyFilter`); an ErrorResponse makes the server skip to
-the next Sync, which the queue mirrors, undoing what skipped requests would have done.
-The rest of the time only the client stream is walked and the count of unanswered sync
-points kept, so the server's replies are forwarded raw.
-
-Sans-IO: bytes in, bytes out; the relay does the reading and writing.
+the next Sync, which the queue mirrors, undoing what skipped requests would have done.  The
+rest of the time only the count of unanswered sync points is kept, and the server's replies
+are forwarded raw.  Sans-IO: bytes in, bytes out; the relay reads and writes.
 """
 from __future__ import annotations
 
-import itertools
-import re
-import weakref
-from collections import OrderedDict, deque
+from collections import deque
 from functools import partial
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
@@ -42,10 +36,21 @@ from bouncer.proto.extended import (
     close_statement,
     describe_statement,
     parse_bind_names,
-    parse_message,
     parse_parse,
     parse_target,
     renamed_bind,
+)
+from bouncer.session.statements import (
+    ADD,
+    CLEAR,
+    REGISTRY,
+    REMOVE,
+    Effect,
+    ServerStatements,
+    Statement,
+    StatementRegistry,
+    resets_statements,
+    server_statements,
 )
 
 _PARSE, _BIND, _DESCRIBE = Frontend.PARSE, Frontend.BIND, Frontend.DESCRIBE
@@ -69,128 +74,6 @@ _ENDS = {
                Backend.PORTAL_SUSPENDED),
 }
 _FORWARD, _SKIP, _FAKE = 0, 1, 2  # what happens to a request's reply
-SERVER_NAME_PREFIX = b"BOUNCER_"
-
-#: The commands that drop every prepared statement of a session, sent alone.
-_RESET = re.compile(rb"\s*(?:discard\s+all|deallocate\s+(?:prepare\s+)?all)\s*;?\s*\x00",
-                    re.IGNORECASE)
-
-
-def is_statement_reset(sql: str) -> bool:
-    """True when ``sql`` (say ``server_reset_query``) drops all prepared statements."""
-    return _RESET.fullmatch(sql.encode() + b"\0") is not None
-
-
-# -- statements ------------------------------------------------------------------------------
-
-class Statement:
-    """One distinct statement definition and its Parse message for servers."""
-
-    __slots__ = ("id", "name", "parse", "__weakref__")
-
-    def __init__(self, statement_id: int, definition: bytes) -> None:
-        self.id = statement_id
-        #: The name every server knows it by.
-        self.name = SERVER_NAME_PREFIX + str(statement_id).encode()
-        self.parse = parse_message(self.name, definition)
-
-
-class StatementRegistry:
-    """Statements by definition, shared by all clients so that servers prepare each once.
-
-    Entries live as long as a client or a server holds them (weak values), like PgBouncer's
-    reference-counted global cache.
-    """
-
-    def __init__(self) -> None:
-        self._by_definition: "weakref.WeakValueDictionary[bytes, Statement]" = \
-            weakref.WeakValueDictionary()
-        self._ids = itertools.count(1)
-
-    def __len__(self) -> int:
-        return len(self._by_definition)
-
-    def get(self, definition: bytes) -> Statement:
-        """The statement for ``definition`` (query text and parameter types, as in Parse)."""
-        statement = self._by_definition.get(definition)
-        if statement is None:
-            statement = Statement(next(self._ids), definition)
-            self._by_definition[definition] = statement
-        return statement
-
-
-#: The process-wide registry: ids only need to be unique per server connection, and sharing
-#: one registry lets clients of every pool reuse what a server already prepared.
-REGISTRY = StatementRegistry()
-
-
-class ServerStatements:
-    """The statements one server connection has prepared, least recently used first."""
-
-    __slots__ = ("_lru", "unknown")
-
-    def __init__(self) -> None:
-        self._lru: "OrderedDict[Statement, None]" = OrderedDict()
-        #: Set when a DISCARD ALL / DEALLOCATE ALL failed: what the server holds is unknown,
-        #: so the connection must not be reused.
-        self.unknown = False
-
-    def __len__(self) -> int:
-        return len(self._lru)
-
-    def __contains__(self, statement: Statement) -> bool:
-        return statement in self._lru
-
-    def touch(self, statement: Statement) -> bool:
-        """Mark ``statement`` used; False when the server does not have it."""
-        try:
-            self._lru.move_to_end(statement)
-        except KeyError:
-            return False
-        return True
-
-    def add(self, statement: Statement) -> None:
-        self._lru[statement] = None
-
-    def restore(self, statement: Statement) -> None:
-        """Take back an eviction the server skipped: the statement is still the oldest."""
-        self._lru[statement] = None
-        self._lru.move_to_end(statement, last=False)
-
-    def discard(self, statement: Statement) -> None:
-        self._lru.pop(statement, None)
-
-    def clear(self) -> None:
-        """The server dropped every prepared statement (DISCARD ALL, DEALLOCATE ALL)."""
-        self._lru.clear()
-        self.unknown = False
-
-    def evict(self, capacity: int) -> List[Statement]:
-        """Forget the least recently used statements beyond ``capacity``; return them."""
-        victims = []
-        while len(self._lru) > capacity:
-            victims.append(self._lru.popitem(last=False)[0])
-        return victims
-
-
-def server_statements(server: Any) -> ServerStatements:
-    """The statements ``server`` has prepared (kept on the connection object)."""
-    statements = getattr(server, "prepared", None)
-    if statements is None:
-        statements = server.prepared = ServerStatements()
-    return statements
-
-
-def prepared_count(server: Any) -> int:
-    """How many statements bouncer has prepared on ``server`` (SHOW SERVERS)."""
-    statements = getattr(server, "prepared", None)
-    return len(statements) if statements is not None else 0
-
-
-def statements_unknown(server: Any) -> bool:
-    """True when a failed reset left ``server``'s prepared statements unknown."""
-    statements = getattr(server, "prepared", None)
-    return statements is not None and statements.unknown
 
 
 # -- the request queue -----------------------------------------------------------------------
@@ -198,17 +81,21 @@ def statements_unknown(server: Any) -> bool:
 class _Request:
     """A request sent to the server (or answered for it), in the order of its replies."""
 
-    __slots__ = ("kind", "mode", "reply", "undo", "special", "waiting")
+    __slots__ = ("kind", "mode", "reply", "undo", "effect", "special", "failed", "waiting")
 
     def __init__(self, kind: int, mode: int = _FORWARD, reply: bytes = b"",
-                 undo: Optional[Callable[[], None]] = None, waiting: int = 0) -> None:
+                 undo: Optional[Callable[[], None]] = None, effect: Optional[Effect] = None,
+                 waiting: int = 0) -> None:
         self.kind = kind
         self.mode = mode
         self.reply = reply  # the synthetic reply of a _FAKE request
-        #: Reverts what the tracker assumed when the request fails or the server skips it.
+        #: Gives the client back the names it had, should the request fail or be skipped.
         self.undo = undo
-        #: Needs the replies walked: swallowed, synthetic, or with something to undo.
-        self.special = mode != _FORWARD or undo is not None
+        #: What it does to the server's statements once it succeeds.
+        self.effect = effect
+        #: Needs the replies walked: swallowed, synthetic, or with a result to watch.
+        self.special = mode != _FORWARD or undo is not None or effect is not None
+        self.failed = False  # an error came among its replies (a Query's do not end it)
         self.waiting = waiting  # ReadyForQuery messages a barrier still waits for
 
 
@@ -218,24 +105,29 @@ class PreparedTracker:
     :param capacity: ``max_prepared_statements``, the cap per server connection.
     :param stats: counters with a ``server_parse_count`` attribute.
     :param max_length: ``max_packet_size``.
+    :param position_of: where a linked server's reply stream stands (between chunks).
     """
 
     def __init__(self, capacity: int, stats: Any, max_length: int = 2**31 - 1,
-                 registry: StatementRegistry = REGISTRY) -> None:
+                 registry: StatementRegistry = REGISTRY,
+                 position_of: Callable[[Any], ReplyPosition] = lambda server: ReplyPosition()
+                 ) -> None:
         self.capacity = capacity
         self.stats = stats
         self.registry = registry
+        self.position_of = position_of
         #: The client's statement names.
         self.statements: Dict[bytes, Statement] = {}
         #: Sync points sent that the server skipped (an error before them): the relay
         #: must stop waiting for their ReadyForQuery.
         self.lost_syncs = 0
+        #: True while the server's replies must go through :meth:`from_server`.
+        self.tracked = False
+        # Untracked, the rewriter counts the unanswered sync points and the requests after
+        # the last one; tracked, the queue holds every request whose reply is awaited.
         self._requests = RequestRewriter(max_length)
-        self._server: Optional[ServerStatements] = None
-        self._position_of: Callable[[], ReplyPosition] = ReplyPosition
-        # Untracked: unanswered sync points, and extended requests after the last one.
-        self._outstanding = 0
-        self._tail: List[int] = []
+        self._connection: Any = None  # the linked server connection
+        self._on_server: Optional[ServerStatements] = None  # its statements, once needed
         # Tracked: the queue, the reply walker, requests in it that need it, and whether
         # the server is skipping messages until the client's next Sync.
         self._queue: Optional[Deque[_Request]] = None
@@ -246,26 +138,31 @@ class PreparedTracker:
         self._handlers = {_PARSE: self._parse, _BIND: self._bind, _DESCRIBE: self._describe,
                           _CLOSE: self._close, _QUERY: self._query}
 
-    @property
-    def tracked(self) -> bool:
-        """True while the server's replies must go through :meth:`from_server`."""
-        return self._queue is not None
-
     # -- linking -------------------------------------------------------------------------------
 
-    def link(self, server: ServerStatements, position_of: Callable[[], ReplyPosition]) -> None:
-        """A server was linked; ``position_of()`` tells where its reply stream stands."""
-        self._server = server
-        self._position_of = position_of
+    def link(self, server: Any) -> None:
+        """A server connection was linked (per transaction: kept cheap)."""
+        self._connection = server
+        self._on_server = None
 
     def unlink(self) -> None:
         """The server was released or dropped: nothing of it is outstanding any more."""
-        self._server = None
-        self._outstanding = 0
-        self._tail.clear()
-        self._queue = self._replies = None
-        self._specials = 0
-        self._skipping = False
+        self._connection = self._on_server = None
+        if self.tracked or self._skipping:
+            self._stop_tracking(0)
+            self._specials = 0
+            self._skipping = False
+        else:
+            self._requests.sync_points = 0
+            if self._requests.unsynced:
+                self._requests.unsynced.clear()
+
+    @property
+    def _server(self) -> ServerStatements:
+        """The statements of the linked server."""
+        if self._on_server is None:
+            self._on_server = server_statements(self._connection)
+        return self._on_server
 
     # -- client -> server ----------------------------------------------------------------------
 
@@ -276,9 +173,13 @@ class PreparedTracker:
         :raises ClientError: a Parse reuses a name the client has not closed.
         """
         to_server = self._requests.feed(chunk, self._on_request)
-        if self._queue is None and self._tail:
-            self._start_queue()  # the replies to unsynced requests must be walked
-        self._settle()
+        if not self.tracked:
+            if self._requests.unsynced:
+                self._start_queue()  # the replies to unsynced requests must be walked
+        else:
+            self._settle()
+        if not self._to_client:
+            return to_server, b""
         to_client = b"".join(self._to_client)
         self._to_client.clear()
         return to_server, to_client
@@ -301,23 +202,14 @@ class PreparedTracker:
 
     def _expect(self, msg_type: int) -> None:
         """Note a request forwarded as it is."""
-        queue = self._queue
-        if queue is None:
-            if msg_type in _EXTENDED:
-                self._tail.append(msg_type)
-                return
-            if msg_type not in _SYNC_KINDS:
-                return
-            if msg_type == _SYNC or not self._tail:
-                self._outstanding += 1
-                self._tail.clear()
+        if not self.tracked:
+            if self._requests.count(msg_type):
                 return
             # A Query after unsynced requests is skipped if one of them fails: whether its
             # ReadyForQuery comes depends on the replies, which must be walked.
             self._start_queue()
-            queue = self._queue
         if msg_type in _SYNC_KINDS or msg_type in _EXTENDED:
-            queue.append(_Request(msg_type))
+            self._queue.append(_Request(msg_type))
 
     def _parse(self, message: bytes) -> Optional[bytes]:
         name, definition = parse_parse(message[5:])
@@ -330,14 +222,10 @@ class PreparedTracker:
         statement = self.registry.get(definition)
         self.statements[name] = statement
         forget = partial(self._forget, name, statement)
-        server = self._server
-        if server.touch(statement):
+        if self._on_server_for_sure(statement):
             self._fake(PARSE_COMPLETE, forget)
             return b""
-        self.stats.server_parse_count += 1
-        server.add(statement)
-        self._add(_Request(_PARSE, undo=_both(forget, partial(server.discard, statement))))
-        return statement.parse + self._evict()
+        return self._prepare(statement, _FORWARD, forget)
 
     def _bind(self, message: bytes) -> Optional[bytes]:
         payload = message[5:]
@@ -372,42 +260,72 @@ class PreparedTracker:
         return b""
 
     def _query(self, message: bytes) -> None:
-        if _RESET.fullmatch(message, 5) is None:
+        if not resets_statements(message[5:]):
             self._expect(_QUERY)
             return None
         # DISCARD ALL / DEALLOCATE ALL empties the server and the client's names, as
-        # PgBouncer 1.22 does; should it fail, the server's state is unknown.
-        server, statements = self._server, dict(self.statements)
+        # PgBouncer 1.22 does.
+        statements = dict(self.statements)
         self.statements.clear()
-        server.clear()
-        self._add(_Request(_QUERY, undo=partial(self._reset_failed, server, statements)))
+        self._send(_Request(_QUERY, undo=partial(self._restore_all, statements),
+                            effect=(CLEAR, None)))
         return None
 
     # -- decisions shared by the handlers ------------------------------------------------------
 
     def _ensure_prepared(self, statement: Statement) -> bytes:
         """What to send before a message using ``statement`` on the server: b"" or a Parse."""
-        server = self._server
-        if server.touch(statement):
+        if self._on_server_for_sure(statement):
             return b""
+        return self._prepare(statement, _SKIP, None)
+
+    def _on_server_for_sure(self, statement: Statement) -> bool:
+        """Whether the server has ``statement``, or will unless this sync region fails.
+
+        A Parse unanswered from an earlier region may yet be skipped (an error before it):
+        requests after a Sync must not count on it.
+        """
+        server = self._server
+        if not server.touch(statement):
+            return False
+        if server.confirmed(statement):
+            return True
+        for request in reversed(self._queue or ()):
+            if request.kind == _SYNC:
+                return False
+            if request.effect == (ADD, statement):
+                return True
+        return False
+
+    def _prepare(self, statement: Statement, mode: int,
+                 forget: Optional[Callable[[], None]]) -> bytes:
+        """Parse ``statement`` on the server: the client's own Parse, or injected (_SKIP).
+
+        A Close goes first: after a skipped eviction or an unanswered Parse the server may
+        have the statement already, and closing a name it lacks is no error.
+        """
         self.stats.server_parse_count += 1
-        server.add(statement)
-        self._add(_Request(_PARSE, _SKIP, undo=partial(server.discard, statement)))
-        return statement.parse + self._evict()
+        self._send(_Request(_CLOSE, _SKIP, effect=(REMOVE, statement)))
+        self._send(_Request(_PARSE, mode, undo=forget, effect=(ADD, statement)))
+        return close_statement(statement.name) + statement.parse + self._evict()
 
     def _evict(self) -> bytes:
         """Close what the server holds beyond the cap (the newest statement is never evicted)."""
-        server = self._server
         closes = []
-        for victim in server.evict(self.capacity):
-            self._add(_Request(_CLOSE, _SKIP, undo=partial(server.restore, victim)))
+        for victim in self._server.evictions(self.capacity):
+            self._send(_Request(_CLOSE, _SKIP, effect=(REMOVE, victim)))
             closes.append(close_statement(victim.name))
         return b"".join(closes)
 
+    def _send(self, request: _Request) -> None:
+        """Queue a request that changes the server's statements (expected at once)."""
+        self._add(request)
+        self._server.expect(request.effect)
+
     def _fake(self, reply: bytes, undo: Optional[Callable[[], None]]) -> None:
         """Answer the client ourselves: now if nothing is on its way to it, else in turn."""
-        if self._queue is None:
-            if not self._outstanding and not self._tail:
+        if not self.tracked:
+            if not self._requests.sync_points and not self._requests.unsynced:
                 self._to_client.append(reply)
                 return
             self._start_queue()  # (which may find the last awaited reply half received)
@@ -417,22 +335,24 @@ class PreparedTracker:
             self._to_client.append(reply)
 
     def _add(self, request: _Request) -> None:
-        if self._queue is None:
+        if not self.tracked:
             self._start_queue()
         self._queue.append(request)
         self._specials += request.special
 
     def _start_queue(self) -> None:
         """Track from here: what was sent before is answered by so many ReadyForQuery."""
+        requests = self._requests
         queue: Deque[_Request] = deque()
-        if self._outstanding:
-            queue.append(_Request(_BARRIER, waiting=self._outstanding))
-        queue.extend(_Request(kind) for kind in self._tail)
-        self._outstanding = 0
-        self._tail.clear()
+        if requests.sync_points:
+            queue.append(_Request(_BARRIER, waiting=requests.sync_points))
+        queue.extend(_Request(kind) for kind in requests.unsynced)
+        requests.sync_points = 0
+        requests.unsynced.clear()
+        requests.report_all = self.tracked = True
         self._queue = queue
         self._replies = ReplyFilter()
-        self._replies.adopt(self._position_of(), self._on_reply)
+        self._replies.adopt(self.position_of(self._connection), self._on_reply)
 
     def _settle(self) -> None:
         """Stop tracking once nothing in the queue needs the replies walked."""
@@ -449,11 +369,18 @@ class PreparedTracker:
                 return
         if unsynced:
             return  # their replies could not be found again
-        self._outstanding = sum(request.waiting or 1 for request in queue
-                                if request.kind in _SYNC_KINDS)
+        self._stop_tracking(sum(request.waiting or 1 for request in queue
+                                if request.kind in _SYNC_KINDS))
+
+    def _stop_tracking(self, sync_points: int) -> None:
+        """Back to counting: ``sync_points`` ReadyForQuery messages are still to come."""
+        requests = self._requests
+        requests.sync_points = sync_points
+        requests.unsynced.clear()
+        requests.report_all = self.tracked = False
         self._queue = self._replies = None
 
-    # -- undo ------------------------------------------------------------------------------------
+    # -- the client's names, when a request fails ----------------------------------------------
 
     def _forget(self, name: bytes, statement: Statement) -> None:
         if self.statements.get(name) is statement:
@@ -462,8 +389,7 @@ class PreparedTracker:
     def _restore(self, name: bytes, statement: Statement) -> None:
         self.statements.setdefault(name, statement)
 
-    def _reset_failed(self, server: ServerStatements, statements: Dict[bytes, Statement]) -> None:
-        server.unknown = True
+    def _restore_all(self, statements: Dict[bytes, Statement]) -> None:
         for name, statement in statements.items():
             self.statements.setdefault(name, statement)
 
@@ -471,7 +397,8 @@ class PreparedTracker:
 
     def answered(self, replies: int) -> None:
         """ReadyForQuery messages relayed untracked."""
-        self._outstanding = max(0, self._outstanding - replies)
+        requests = self._requests
+        requests.sync_points = max(0, requests.sync_points - replies)
 
     def from_server(self, chunk: bytes) -> bytes:
         """Filter a server chunk while tracked; return the bytes for the client."""
@@ -487,14 +414,14 @@ class PreparedTracker:
         if msg_type == _READY:
             self._ready()
         elif head.kind in _SYNC_KINDS:
-            if msg_type == _ERROR and head.undo is not None:
-                head.undo()
-                head.undo = None
+            head.failed = head.failed or msg_type == _ERROR  # a Query goes on to ReadyForQuery
             return True, b""
         elif msg_type == _ERROR:
             self._failed()
         elif msg_type in _ENDS[head.kind]:
             self._pop()
+            if head.effect is not None:
+                self._server.confirm(head.effect)
             return head.mode != _SKIP, self._due_fakes()
         else:
             return True, b""
@@ -503,19 +430,20 @@ class PreparedTracker:
     def _ready(self) -> None:
         """ReadyForQuery: anything still expected before the sync point was skipped."""
         queue = self._queue
-        skipped = []
+        dropped = []
         while queue and queue[0].kind not in _SYNC_KINDS:
-            skipped.append(self._pop())
-        self._undo(skipped)
+            dropped.append(self._pop())
         self._skipping = False
-        if not queue:
-            return
-        head = queue[0]
-        if head.kind == _BARRIER:
+        if queue:
+            head = queue[0]
             head.waiting -= 1
-            if head.waiting:
-                return
-        self._pop()
+            if head.waiting <= 0:  # (a barrier stands for several)
+                self._pop()
+                if head.failed:
+                    dropped.append(head)
+                elif head.effect is not None:
+                    self._server.confirm(head.effect)
+        self._dropped(dropped)
 
     def _failed(self) -> None:
         """An extended request failed: the server skips the rest up to the next Sync."""
@@ -525,19 +453,23 @@ class PreparedTracker:
             request = self._pop()
             self.lost_syncs += request.kind in _SYNC_KINDS
             dropped.append(request)
-        self._undo(dropped)
         self._skipping = not queue
+        self._dropped(dropped)
+
+    def _dropped(self, requests: List[_Request]) -> None:
+        """Requests that failed or were skipped: give the client its names back (latest
+        first: they may touch the same names), expect of the server only what still may be."""
+        for request in reversed(requests):
+            if request.undo is not None:
+                request.undo()
+        if any(request.effect is not None for request in requests):
+            self._server.rebuild(request.effect for request in self._queue
+                                 if request.effect is not None)
 
     def _pop(self) -> _Request:
         request = self._queue.popleft()
         self._specials -= request.special
         return request
-
-    @staticmethod
-    def _undo(requests: List[_Request]) -> None:
-        for request in reversed(requests):  # latest first: they may touch the same names
-            if request.undo is not None:
-                request.undo()
 
     def _due_fakes(self) -> bytes:
         """The synthetic replies that are next in line."""
@@ -546,10 +478,3 @@ class PreparedTracker:
         while queue and queue[0].mode == _FAKE:
             replies.append(self._pop().reply)
         return b"".join(replies)
-
-
-def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
-    def undo() -> None:
-        first()
-        second()
-    return undo

@@ -31,12 +31,11 @@ from bouncer.proto import sqlstate
 from bouncer.proto.constants import TXN_IDLE
 from bouncer.proto.extended import ReplyPosition
 from bouncer.proto.scanner import ClientScanner, ServerScanner
-from bouncer.session.prepared import (PreparedTracker, is_statement_reset, server_statements,
-                                      statements_unknown)
+from bouncer.session.prepared import PreparedTracker
+from bouncer.session.statements import is_statement_reset, server_statements
 from bouncer.session.varcache import sync_query
 
 if TYPE_CHECKING:  # pragma: no cover
-    from bouncer.pool.pool import Pool
     from bouncer.session.client import ClientSession
     from bouncer.session.server import ServerConnection
 
@@ -93,7 +92,7 @@ class Link:
         self.scanner = ClientScanner(config.max_packet_size)
         #: Named prepared statements are tracked only where servers change hands.
         self.prepared = (PreparedTracker(config.max_prepared_statements, self.stats,
-                                         config.max_packet_size)
+                                         config.max_packet_size, position_of=_reply_position)
                          if config.max_prepared_statements and self.mode != SESSION else None)
         self.server: Optional["ServerConnection"] = None
         self.pending = 0
@@ -222,15 +221,15 @@ class Link:
             raise
         if replies:
             self._send_to_client(server, replies)
-        self._forget_lost_syncs()
+        if tracker.lost_syncs:
+            self._forget_lost_syncs()
         return data
 
     def _forget_lost_syncs(self) -> None:
         """Sync points the server skipped after an error will never be answered."""
         tracker = self.prepared
-        if tracker.lost_syncs:
-            self.pending = max(0, self.pending - tracker.lost_syncs)
-            tracker.lost_syncs = 0
+        self.pending = max(0, self.pending - tracker.lost_syncs)
+        tracker.lost_syncs = 0
 
     def _link_server(self) -> "ServerConnection":
         client = self.client
@@ -238,7 +237,7 @@ class Link:
         server = self.pool.acquire(client)
         client.server = self.server = server
         if self.prepared is not None:
-            self.prepared.link(server_statements(server), lambda: reply_position(server.scanner))
+            self.prepared.link(server)
         _sync_parameters(client, server)
         return server
 
@@ -265,8 +264,9 @@ class Link:
         if tracker is not None:
             if tracker.tracked:
                 data = tracker.from_server(data)
-                self._forget_lost_syncs()
-            else:
+                if tracker.lost_syncs:
+                    self._forget_lost_syncs()
+            elif replies:
                 tracker.answered(replies)
         if data:
             self._send_to_client(server, data)
@@ -306,7 +306,7 @@ class Link:
 
     def _release(self, server: "ServerConnection") -> None:
         self.unlink_server()
-        _release_or_close(self.pool, server)
+        self.pool.release(server)
 
     def unlink_server(self) -> None:
         """Forget the linked server (the caller gives it back or closes it)."""
@@ -325,6 +325,10 @@ class Link:
         log.warning("%s server conn crashed?", self.client.prefix)
         self._drop_server(server, "server conn crashed?")
         raise ClientError("server conn crashed?", sqlstate.CONNECTION_FAILURE)
+
+
+def _reply_position(server: "ServerConnection") -> ReplyPosition:
+    return reply_position(server.scanner)
 
 
 def reply_position(scanner: ServerScanner) -> ReplyPosition:
@@ -378,7 +382,7 @@ def unlink_on_exit(client: "ClientSession") -> None:
     elif link.mode == SESSION or client.app.config.server_reset_query_always:
         _reset_and_release(client, server)
     else:
-        _release_or_close(pool, server)
+        pool.release(server)
 
 
 def _reset_and_release(client: "ClientSession", server: "ServerConnection") -> None:
@@ -391,12 +395,4 @@ def _reset_and_release(client: "ClientSession", server: "ServerConnection") -> N
         return
     if reset and is_statement_reset(reset):
         server_statements(server).clear()
-    _release_or_close(client.pool, server)
-
-
-def _release_or_close(pool: "Pool", server: "ServerConnection") -> None:
-    """Give a server back, unless a failed DISCARD ALL left its prepared statements unknown."""
-    if statements_unknown(server):
-        pool.close_server(server, "prepared statements unknown after a failed reset")
-    else:
-        pool.release(server)
+    client.pool.release(server)

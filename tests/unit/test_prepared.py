@@ -19,13 +19,14 @@ from hypothesis import strategies as st
 from bouncer.errors import ClientError, ProtocolError
 from bouncer.proto import extended
 from bouncer.proto.scanner import ServerScanner
-from bouncer.session.prepared import (
-    PreparedTracker,
+from bouncer.session.prepared import PreparedTracker
+from bouncer.session.statements import (
+    ADD,
+    REMOVE,
     ServerStatements,
     StatementRegistry,
     is_statement_reset,
     server_statements,
-    statements_unknown,
 )
 from bouncer.session.relay import reply_position
 
@@ -220,13 +221,14 @@ class Link:
 
     def __init__(self, capacity: int, registry: StatementRegistry) -> None:
         self.stats = SimpleNamespace(server_parse_count=0)
-        self.tracker = PreparedTracker(capacity, self.stats, registry=registry)
+        self.tracker = PreparedTracker(capacity, self.stats, registry=registry,
+                                       position_of=lambda server: reply_position(server.scanner))
         self.received = bytearray()  # everything the client got
         self.server: Optional[Backend] = None
 
     def attach(self, server: Backend) -> None:
         self.server = server
-        self.tracker.link(server_statements(server), lambda: reply_position(server.scanner))
+        self.tracker.link(server)
 
     def send(self, chunk: bytes) -> None:
         to_server, to_client = self.tracker.from_client(chunk)
@@ -369,15 +371,14 @@ def test_deallocate_all_empties_the_client_and_the_server(registry) -> None:
     run_batch(link, server, query("DEALLOCATE ALL"), [], [])
     assert link.tracker.statements == {} and len(server_statements(server)) == 0
     assert server.prepared_by_bouncer() == set()
-    assert not statements_unknown(server)
 
 
-def test_a_failed_discard_all_leaves_the_server_unknown(registry) -> None:
+def test_a_failed_discard_all_changes_nothing(registry) -> None:
     link, server = Link(10, registry), Backend()
     run_batch(link, server, parse("s", "SELECT 1") + SYNC, [], [])
     server.on_Q = lambda body: (server.error("25001", False), server.out.extend(msg(b"Z", b"T")))
     run_batch(link, server, query("discard all;"), [], [])
-    assert statements_unknown(server)
+    assert [statement.name for statement in server_statements(server)] == [b"BOUNCER_1"]
     assert set(link.tracker.statements) == {b"s"}
 
 
@@ -429,15 +430,17 @@ def test_statement_resets_are_recognised(sql: str, reset: bool) -> None:
     assert is_statement_reset(sql) is reset
 
 
-def test_server_statements_keep_lru_order() -> None:
+def test_server_statements_keep_lru_order_and_rebuild_from_what_was_confirmed() -> None:
     registry, server = StatementRegistry(), ServerStatements()
     a, b, c = (registry.get(cs(f"SELECT {n}") + b"\0\0") for n in range(3))
     for statement in (a, b, c):
-        server.add(statement)
+        server.expect((ADD, statement))
     assert server.touch(a) and not server.touch(registry.get(b"other\0\0\0"))
-    assert server.evict(2) == [b]
-    server.restore(b)
-    assert server.evict(2) == [b]
+    assert server.evictions(2) == [b]
+    server.confirm((ADD, a))
+    server.confirm((ADD, b))
+    server.rebuild([(REMOVE, a), (ADD, c)])  # b and c failed; a close and c again pending
+    assert list(server) == [b, c] and server.confirmed(b) and not server.confirmed(c)
 
 
 def test_registry_entries_die_with_their_last_user() -> None:
@@ -582,10 +585,8 @@ def test_clients_see_what_their_own_backend_would_say(data) -> None:
         run_batch(link, shared[where], batch, client_cuts, server_cuts)
         assert summary(bytes(link.received)) == summary(direct(batch, own[who]))
         assert set(link.tracker.statements) == {n for n in own[who].statements if n}
-        if statements_unknown(shared[where]):  # a reset the server skipped: the relay closes it
-            shared[where] = Backend()
         for server in shared:
-            assert {s.name for s in list(server_statements(server)._lru)} \
+            assert {statement.name for statement in server_statements(server)} \
                 == server.prepared_by_bouncer()
             assert len(server_statements(server)) <= capacity
 
