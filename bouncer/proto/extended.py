@@ -198,9 +198,18 @@ class RequestRewriter:
             if not 4 <= length <= max_length:
                 raise _bad_length(msg_type, length)
             end = pos + 1 + length
-            if msg_type in _NAMING:
-                whole = self._names_statement(msg_type, chunk, pos + _HEADER_LEN,
-                                              end if end < size else size)
+            if msg_type == _PARSE or msg_type == _BIND:
+                # Inlined for the unnamed statement (and portal), the common case.
+                body = pos + _HEADER_LEN
+                whole = not (body + 1 < end and body + 1 < size and chunk[body] == 0
+                             and (msg_type == _PARSE or chunk[body + 1] == 0))
+                if whole and msg_type == _BIND:
+                    whole = names_a_statement(msg_type, chunk, body,
+                                              end if end < size else size) is not False
+            elif msg_type == _DESCRIBE or msg_type == _CLOSE:  # (target type, then name)
+                body = pos + _HEADER_LEN
+                whole = (body + 1 >= (end if end < size else size)
+                         or (chunk[body] == STATEMENT and chunk[body + 1] != 0))
             else:
                 whole = msg_type == _QUERY and length <= SHORT_QUERY_LEN
             if not whole:
@@ -234,13 +243,6 @@ class RequestRewriter:
             return chunk
         out.append(chunk[raw_from:pos])
         return b"".join(out)
-
-    @staticmethod
-    def _names_statement(msg_type: int, data: bytes, body: int, end: int) -> bool:
-        """True unless the message surely names no statement (it must then be seen whole)."""
-        if msg_type == _PARSE and body < end:  # the unnamed statement: the common case
-            return data[body] != 0
-        return names_a_statement(msg_type, data, body, end) is not False
 
     def _resume(self, chunk: bytes, size: int, out: List[bytes],
                 on_request: OnRequest) -> Tuple[int, int]:
