@@ -15,7 +15,7 @@ import struct
 from typing import Callable, List, NamedTuple, Optional, Tuple
 
 from bouncer.errors import ProtocolError
-from bouncer.proto.codec import INT16, PayloadReader, build_message
+from bouncer.proto.codec import PayloadReader, build_message
 from bouncer.proto.constants import Backend, Frontend
 
 STATEMENT = ord("S")
@@ -94,37 +94,17 @@ def close_statement(name: bytes) -> bytes:
     return build_message(_CLOSE, b"S" + name + b"\0")
 
 
-def empty_parameter_types(count: int = 0) -> bytes:
-    """The parameter-type tail of a Parse definition declaring ``count`` unspecified types."""
-    return INT16.pack(count) + b"\0\0\0\0" * count
-
-
 # --- client stream -------------------------------------------------------------------
 
 def _bad_length(msg_type: int, length: int) -> ProtocolError:
     return ProtocolError(f"invalid length {length} of message type {chr(msg_type)!r}")
 
 
-def names_a_statement(msg_type: int, data: bytes, body: int, end: int) -> Optional[bool]:
-    """Whether the message whose body starts at ``data[body]`` names a prepared statement.
-
-    :param end: where the message's bytes available in ``data`` end.
-    :return: True or False, or None when too few bytes are there to tell.  Portals and the
-        unnamed statement answer False: they need no tracking.
-    """
-    if msg_type == _PARSE:
-        return data[body] != 0 if body < end else None
-    if msg_type == _BIND:  # unnamed portal and statement: the common case, decided cheaply
-        if body + 1 < end and data[body] == 0:
-            return data[body + 1] != 0
-        portal_end = data.find(b"\0", body, end)
-        if portal_end < 0 or portal_end + 1 >= end:
-            return None
-        return data[portal_end + 1] != 0
-    # Describe and Close: a target type, then the name
-    if body + 1 >= end:
-        return None
-    return data[body] == STATEMENT and data[body + 1] != 0
+def _bind_names_statement(data: bytes, body: int, end: int) -> bool:
+    """A Bind with a named portal: whether a statement name follows the portal's (True
+    too when the bytes available end before that can be told)."""
+    portal_end = data.find(b"\0", body, end)
+    return portal_end < 0 or portal_end + 1 >= end or data[portal_end + 1] != 0
 
 
 #: Called with ``(type, whole message or None)`` for the client messages a
@@ -198,18 +178,18 @@ class RequestRewriter:
             if not 4 <= length <= max_length:
                 raise _bad_length(msg_type, length)
             end = pos + 1 + length
-            if msg_type == _PARSE or msg_type == _BIND:
-                # Inlined for the unnamed statement (and portal), the common case.
+            if msg_type in _NAMING:  # whole when it may name a statement (not unnamed)
                 body = pos + _HEADER_LEN
-                whole = not (body + 1 < end and body + 1 < size and chunk[body] == 0
-                             and (msg_type == _PARSE or chunk[body + 1] == 0))
-                if whole and msg_type == _BIND:
-                    whole = names_a_statement(msg_type, chunk, body,
-                                              end if end < size else size) is not False
-            elif msg_type == _DESCRIBE or msg_type == _CLOSE:  # (target type, then name)
-                body = pos + _HEADER_LEN
-                whole = (body + 1 >= (end if end < size else size)
-                         or (chunk[body] == STATEMENT and chunk[body + 1] != 0))
+                available = end if end < size else size
+                if body + 1 >= available:
+                    whole = True  # too little of it here to tell
+                elif msg_type == _PARSE:
+                    whole = chunk[body] != 0
+                elif msg_type == _BIND:  # portal name, then statement name
+                    whole = (chunk[body + 1] != 0 if chunk[body] == 0
+                             else _bind_names_statement(chunk, body, available))
+                else:  # Describe, Close: target type, then name
+                    whole = chunk[body] == STATEMENT and chunk[body + 1] != 0
             else:
                 whole = msg_type == _QUERY and length <= SHORT_QUERY_LEN
             if not whole:

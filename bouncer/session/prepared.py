@@ -20,17 +20,15 @@ are forwarded raw.  Sans-IO: bytes in, bytes out; the relay reads and writes.
 """
 from __future__ import annotations
 
-from collections import deque
 from functools import partial
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from bouncer.errors import ClientError
-from bouncer.proto.constants import Backend, Frontend
+from bouncer.proto.constants import Frontend
 from bouncer.proto.extended import (
     CLOSE_COMPLETE,
     PARSE_COMPLETE,
     PORTAL,
-    ReplyFilter,
     ReplyPosition,
     RequestRewriter,
     close_statement,
@@ -45,58 +43,25 @@ from bouncer.session.statements import (
     CLEAR,
     REGISTRY,
     REMOVE,
-    Effect,
     ServerStatements,
     Statement,
     StatementRegistry,
     resets_statements,
     server_statements,
 )
+from bouncer.session.request_queue import (
+    EXTENDED,
+    FAKE,
+    FORWARD,
+    SKIP,
+    SYNC,
+    SYNC_KINDS,
+    Request,
+    RequestQueue,
+)
 
 _PARSE, _BIND, _DESCRIBE = Frontend.PARSE, Frontend.BIND, Frontend.DESCRIBE
-_EXECUTE, _CLOSE, _SYNC = Frontend.EXECUTE, Frontend.CLOSE, Frontend.SYNC
-_QUERY, _FUNCTION_CALL = Frontend.QUERY, Frontend.FUNCTION_CALL
-_ERROR, _READY = Backend.ERROR_RESPONSE, Backend.READY_FOR_QUERY
-#: Stands for the replies to everything sent before the queue started: so many
-#: ReadyForQuery messages (not a type byte, so no client message can pass for it).
-_BARRIER = -1
-#: Requests answered up to a ReadyForQuery, errors included.
-_SYNC_KINDS = frozenset((_SYNC, _QUERY, _FUNCTION_CALL, _BARRIER))
-#: Extended-protocol requests: an error ends them and makes the server skip to Sync.
-_EXTENDED = frozenset((_PARSE, _BIND, _DESCRIBE, _EXECUTE, _CLOSE))
-#: The reply that completes each extended request (besides ErrorResponse).
-_ENDS = {
-    _PARSE: (Backend.PARSE_COMPLETE,),
-    _BIND: (Backend.BIND_COMPLETE,),
-    _CLOSE: (Backend.CLOSE_COMPLETE,),
-    _DESCRIBE: (Backend.ROW_DESCRIPTION, Backend.NO_DATA),
-    _EXECUTE: (Backend.COMMAND_COMPLETE, Backend.EMPTY_QUERY_RESPONSE,
-               Backend.PORTAL_SUSPENDED),
-}
-_FORWARD, _SKIP, _FAKE = 0, 1, 2  # what happens to a request's reply
-
-
-# -- the request queue -----------------------------------------------------------------------
-
-class _Request:
-    """A request sent to the server (or answered for it), in the order of its replies."""
-
-    __slots__ = ("kind", "mode", "reply", "undo", "effect", "special", "failed", "waiting")
-
-    def __init__(self, kind: int, mode: int = _FORWARD, reply: bytes = b"",
-                 undo: Optional[Callable[[], None]] = None, effect: Optional[Effect] = None,
-                 waiting: int = 0) -> None:
-        self.kind = kind
-        self.mode = mode
-        self.reply = reply  # the synthetic reply of a _FAKE request
-        #: Gives the client back the names it had, should the request fail or be skipped.
-        self.undo = undo
-        #: What it does to the server's statements once it succeeds.
-        self.effect = effect
-        #: Needs the replies walked: swallowed, synthetic, or with a result to watch.
-        self.special = mode != _FORWARD or undo is not None or effect is not None
-        self.failed = False  # an error came among its replies (a Query's do not end it)
-        self.waiting = waiting  # ReadyForQuery messages a barrier still waits for
+_CLOSE, _QUERY, _FUNCTION_CALL = Frontend.CLOSE, Frontend.QUERY, Frontend.FUNCTION_CALL
 
 
 class PreparedTracker:
@@ -126,14 +91,9 @@ class PreparedTracker:
         # Untracked, the rewriter counts the unanswered sync points and the requests after
         # the last one; tracked, the queue holds every request whose reply is awaited.
         self._requests = RequestRewriter(max_length)
+        self._queue: Optional[RequestQueue] = None
         self._connection: Any = None  # the linked server connection
         self._on_server: Optional[ServerStatements] = None  # its statements, once needed
-        # Tracked: the queue, the reply walker, requests in it that need it, and whether
-        # the server is skipping messages until the client's next Sync.
-        self._queue: Optional[Deque[_Request]] = None
-        self._replies: Optional[ReplyFilter] = None
-        self._specials = 0
-        self._skipping = False
         self._to_client: List[bytes] = []
         self._handlers = {_PARSE: self._parse, _BIND: self._bind, _DESCRIBE: self._describe,
                           _CLOSE: self._close, _QUERY: self._query}
@@ -148,10 +108,8 @@ class PreparedTracker:
     def unlink(self) -> None:
         """The server was released or dropped: nothing of it is outstanding any more."""
         self._connection = self._on_server = None
-        if self.tracked or self._skipping:
+        if self.tracked:
             self._stop_tracking(0)
-            self._specials = 0
-            self._skipping = False
         else:
             self._requests.sync_points = 0
             if self._requests.unsynced:
@@ -185,7 +143,7 @@ class PreparedTracker:
         return to_server, to_client
 
     def _on_request(self, msg_type: int, message: Optional[bytes]) -> Optional[bytes]:
-        if self._skipping:
+        if self.tracked and self._queue.skipping:
             return self._while_skipping(msg_type)
         if message is None:
             self._expect(msg_type)
@@ -194,8 +152,8 @@ class PreparedTracker:
 
     def _while_skipping(self, msg_type: int) -> None:
         """The server ignores everything up to Sync: forward it unchanged, expect nothing."""
-        if msg_type == _SYNC:
-            self._skipping = False
+        if msg_type == SYNC:
+            self._queue.skipping = False
             self._expect(msg_type)
         elif msg_type in (_QUERY, _FUNCTION_CALL):
             self.lost_syncs += 1
@@ -208,8 +166,8 @@ class PreparedTracker:
             # A Query after unsynced requests is skipped if one of them fails: whether its
             # ReadyForQuery comes depends on the replies, which must be walked.
             self._start_queue()
-        if msg_type in _SYNC_KINDS or msg_type in _EXTENDED:
-            self._queue.append(_Request(msg_type))
+        if msg_type in SYNC_KINDS or msg_type in EXTENDED:
+            self._queue.append(Request(msg_type))
 
     def _parse(self, message: bytes) -> Optional[bytes]:
         name, definition = parse_parse(message[5:])
@@ -225,7 +183,7 @@ class PreparedTracker:
         if self._on_server_for_sure(statement):
             self._fake(PARSE_COMPLETE, forget)
             return b""
-        return self._prepare(statement, _FORWARD, forget)
+        return self._prepare(statement, FORWARD, forget)
 
     def _bind(self, message: bytes) -> Optional[bytes]:
         payload = message[5:]
@@ -267,8 +225,8 @@ class PreparedTracker:
         # PgBouncer 1.22 does.
         statements = dict(self.statements)
         self.statements.clear()
-        self._send(_Request(_QUERY, undo=partial(self._restore_all, statements),
-                            effect=(CLEAR, None)))
+        self._send(Request(_QUERY, undo=partial(self._restore_all, statements),
+                           effect=(CLEAR, None)))
         return None
 
     # -- decisions shared by the handlers ------------------------------------------------------
@@ -277,7 +235,7 @@ class PreparedTracker:
         """What to send before a message using ``statement`` on the server: b"" or a Parse."""
         if self._on_server_for_sure(statement):
             return b""
-        return self._prepare(statement, _SKIP, None)
+        return self._prepare(statement, SKIP, None)
 
     def _on_server_for_sure(self, statement: Statement) -> bool:
         """Whether the server has ``statement``, or will unless this sync region fails.
@@ -288,36 +246,30 @@ class PreparedTracker:
         server = self._server
         if not server.touch(statement):
             return False
-        if server.confirmed(statement):
-            return True
-        for request in reversed(self._queue or ()):
-            if request.kind == _SYNC:
-                return False
-            if request.effect == (ADD, statement):
-                return True
-        return False
+        return server.confirmed(statement) or (
+            self.tracked and self._queue.expects_in_this_region(statement))
 
     def _prepare(self, statement: Statement, mode: int,
                  forget: Optional[Callable[[], None]]) -> bytes:
-        """Parse ``statement`` on the server: the client's own Parse, or injected (_SKIP).
+        """Parse ``statement`` on the server: the client's own Parse, or injected (SKIP).
 
         A Close goes first: after a skipped eviction or an unanswered Parse the server may
         have the statement already, and closing a name it lacks is no error.
         """
         self.stats.server_parse_count += 1
-        self._send(_Request(_CLOSE, _SKIP, effect=(REMOVE, statement)))
-        self._send(_Request(_PARSE, mode, undo=forget, effect=(ADD, statement)))
+        self._send(Request(_CLOSE, SKIP, effect=(REMOVE, statement)))
+        self._send(Request(_PARSE, mode, undo=forget, effect=(ADD, statement)))
         return close_statement(statement.name) + statement.parse + self._evict()
 
     def _evict(self) -> bytes:
         """Close what the server holds beyond the cap (the newest statement is never evicted)."""
         closes = []
         for victim in self._server.evictions(self.capacity):
-            self._send(_Request(_CLOSE, _SKIP, effect=(REMOVE, victim)))
+            self._send(Request(_CLOSE, SKIP, effect=(REMOVE, victim)))
             closes.append(close_statement(victim.name))
         return b"".join(closes)
 
-    def _send(self, request: _Request) -> None:
+    def _send(self, request: Request) -> None:
         """Queue a request that changes the server's statements (expected at once)."""
         self._add(request)
         self._server.expect(request.effect)
@@ -330,47 +282,29 @@ class PreparedTracker:
                 return
             self._start_queue()  # (which may find the last awaited reply half received)
         if self._queue:
-            self._add(_Request(_PARSE, _FAKE, reply, undo))
-        elif not self._replies.send_after_current(reply):
+            self._add(Request(_PARSE, FAKE, reply, undo))
+        elif not self._queue.send_after_current(reply):
             self._to_client.append(reply)
 
-    def _add(self, request: _Request) -> None:
+    def _add(self, request: Request) -> None:
         if not self.tracked:
             self._start_queue()
         self._queue.append(request)
-        self._specials += request.special
 
     def _start_queue(self) -> None:
         """Track from here: what was sent before is answered by so many ReadyForQuery."""
         requests = self._requests
-        queue: Deque[_Request] = deque()
-        if requests.sync_points:
-            queue.append(_Request(_BARRIER, waiting=requests.sync_points))
-        queue.extend(_Request(kind) for kind in requests.unsynced)
+        self._queue = RequestQueue(requests.sync_points, requests.unsynced,
+                                   self.position_of(self._connection), self._server)
         requests.sync_points = 0
         requests.unsynced.clear()
         requests.report_all = self.tracked = True
-        self._queue = queue
-        self._replies = ReplyFilter()
-        self._replies.adopt(self.position_of(self._connection), self._on_reply)
 
     def _settle(self) -> None:
         """Stop tracking once nothing in the queue needs the replies walked."""
-        queue = self._queue
-        if queue is None or self._specials or self._skipping or not self._replies.at_boundary:
-            return
-        unsynced = False
-        for request in queue:
-            if request.kind == _SYNC:
-                unsynced = False
-            elif request.kind in _EXTENDED:
-                unsynced = True
-            elif unsynced:  # a Query the server skips if a request before it fails
-                return
-        if unsynced:
-            return  # their replies could not be found again
-        self._stop_tracking(sum(request.waiting or 1 for request in queue
-                                if request.kind in _SYNC_KINDS))
+        sync_points = self._queue.settled()
+        if sync_points is not None:
+            self._stop_tracking(sync_points)
 
     def _stop_tracking(self, sync_points: int) -> None:
         """Back to counting: ``sync_points`` ReadyForQuery messages are still to come."""
@@ -378,7 +312,7 @@ class PreparedTracker:
         requests.sync_points = sync_points
         requests.unsynced.clear()
         requests.report_all = self.tracked = False
-        self._queue = self._replies = None
+        self._queue = None
 
     # -- the client's names, when a request fails ----------------------------------------------
 
@@ -402,79 +336,10 @@ class PreparedTracker:
 
     def from_server(self, chunk: bytes) -> bytes:
         """Filter a server chunk while tracked; return the bytes for the client."""
-        out = self._replies.feed(chunk, self._on_reply)
+        queue = self._queue
+        out = queue.feed(chunk)
+        if queue.lost_syncs:
+            self.lost_syncs += queue.lost_syncs
+            queue.lost_syncs = 0
         self._settle()
         return out
-
-    def _on_reply(self, msg_type: int) -> Tuple[bool, bytes]:
-        queue = self._queue
-        if not queue:
-            return True, b""  # asynchronous (NOTICE, ParameterStatus) or unexpected
-        head = queue[0]
-        if msg_type == _READY:
-            self._ready()
-        elif head.kind in _SYNC_KINDS:
-            head.failed = head.failed or msg_type == _ERROR  # a Query goes on to ReadyForQuery
-            return True, b""
-        elif msg_type == _ERROR:
-            self._failed()
-        elif msg_type in _ENDS[head.kind]:
-            self._pop()
-            if head.effect is not None:
-                self._server.confirm(head.effect)
-            return head.mode != _SKIP, self._due_fakes()
-        else:
-            return True, b""
-        return True, self._due_fakes()
-
-    def _ready(self) -> None:
-        """ReadyForQuery: anything still expected before the sync point was skipped."""
-        queue = self._queue
-        dropped = []
-        while queue and queue[0].kind not in _SYNC_KINDS:
-            dropped.append(self._pop())
-        self._skipping = False
-        if queue:
-            head = queue[0]
-            head.waiting -= 1
-            if head.waiting <= 0:  # (a barrier stands for several)
-                self._pop()
-                if head.failed:
-                    dropped.append(head)
-                elif head.effect is not None:
-                    self._server.confirm(head.effect)
-        self._dropped(dropped)
-
-    def _failed(self) -> None:
-        """An extended request failed: the server skips the rest up to the next Sync."""
-        queue = self._queue
-        dropped = [self._pop()]
-        while queue and queue[0].kind != _SYNC:
-            request = self._pop()
-            self.lost_syncs += request.kind in _SYNC_KINDS
-            dropped.append(request)
-        self._skipping = not queue
-        self._dropped(dropped)
-
-    def _dropped(self, requests: List[_Request]) -> None:
-        """Requests that failed or were skipped: give the client its names back (latest
-        first: they may touch the same names), expect of the server only what still may be."""
-        for request in reversed(requests):
-            if request.undo is not None:
-                request.undo()
-        if any(request.effect is not None for request in requests):
-            self._server.rebuild(request.effect for request in self._queue
-                                 if request.effect is not None)
-
-    def _pop(self) -> _Request:
-        request = self._queue.popleft()
-        self._specials -= request.special
-        return request
-
-    def _due_fakes(self) -> bytes:
-        """The synthetic replies that are next in line."""
-        queue = self._queue
-        replies = []
-        while queue and queue[0].mode == _FAKE:
-            replies.append(self._pop().reply)
-        return b"".join(replies)
