@@ -334,15 +334,16 @@ def _reply_position(server: "ServerConnection") -> ReplyPosition:
 def reply_position(scanner: ServerScanner) -> ReplyPosition:
     """Where the server stream stands after the chunks ``scanner`` has seen.
 
-    ServerScanner keeps this to itself (it only needs it to resume); the prepared-statement
-    tracker needs it to start walking replies between two chunks.
+    ServerScanner keeps this to itself (it only needs it to resume the next chunk), hence
+    the private attributes read here; the prepared-statement tracker needs it to start
+    walking replies between two chunks.
     """
-    if scanner._skip:  # pylint: disable=protected-access
-        return ReplyPosition(skip=scanner._skip)  # pylint: disable=protected-access
-    if scanner._body is not None:  # pylint: disable=protected-access
-        return ReplyPosition(skip=scanner._body_missing,  # pylint: disable=protected-access
-                             msg_type=scanner._body_type)  # pylint: disable=protected-access
-    return ReplyPosition(head=scanner._head)  # pylint: disable=protected-access
+    # pylint: disable=protected-access
+    if scanner._skip:
+        return ReplyPosition(skip=scanner._skip)
+    if scanner._body is not None:
+        return ReplyPosition(skip=scanner._body_missing, msg_type=scanner._body_type)
+    return ReplyPosition(head=scanner._head)
 
 
 def _sync_parameters(client: "ClientSession", server: "ServerConnection") -> None:
