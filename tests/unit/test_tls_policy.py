@@ -438,7 +438,7 @@ def test_tls_column_names_the_key_exchange_as_pgbouncer(group: Optional[str],
 
 def decide(mode: str, tls: str = "", peer_cert: Optional[bytes] = None, sock: Any = None,
            user: str = "md5user", unix: bool = False) -> Optional[str]:
-    app = SimpleNamespace(config=SimpleNamespace(client_tls_sslmode=mode))
+    app = SimpleNamespace(config=SimpleNamespace(client_tls_sslmode=mode, auth_type="md5"))
     client = SimpleNamespace(unix=unix, tls=tls, peer_cert=peer_cert, sock=sock, user=user)
     refusal = policy.bouncer_check_client_tls(app=app, client=client)
     if refusal is not None:
