@@ -19,6 +19,7 @@ from typing import List, Optional, Tuple
 from bouncer.errors import ProtocolError
 from bouncer.proto.backend import parse_parameter_status
 from bouncer.proto.constants import TXN_IDLE, Backend, Frontend
+from bouncer.proto.extended import ReplyPosition
 
 _HEADER_LEN = 5
 _unpack_length = struct.Struct("!I").unpack_from
@@ -178,6 +179,16 @@ class ServerScanner(_HeaderScanner):
             return 1
         self.param_updates.append(parse_parameter_status(body))
         return 0
+
+    def reply_position(self) -> ReplyPosition:
+        """Where the stream stands between two chunks: inside a body still to skip, inside a
+        small body being collected, or at (part of) a header.  The prepared-statement tracker
+        starts walking replies from here."""
+        if self._skip:
+            return ReplyPosition(skip=self._skip)
+        if self._body is not None:
+            return ReplyPosition(skip=self._body_missing, msg_type=self._body_type)
+        return ReplyPosition(head=self._head)
 
 
 class ClientScanner(_HeaderScanner):

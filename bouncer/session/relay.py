@@ -30,7 +30,7 @@ from bouncer.net.stream import ConnectionLost
 from bouncer.proto import sqlstate
 from bouncer.proto.constants import TXN_IDLE
 from bouncer.proto.extended import ReplyPosition
-from bouncer.proto.scanner import ClientScanner, ServerScanner
+from bouncer.proto.scanner import ClientScanner
 from bouncer.session.prepared import PreparedTracker
 from bouncer.session.statements import is_statement_reset, server_statements
 from bouncer.session.varcache import sync_query
@@ -64,6 +64,14 @@ def send_chunk(sock, data: bytes) -> None:
     sent = sock.send(data)
     if sent != len(data):
         sock.sendall(memoryview(data)[sent:])
+
+
+def _read(sock) -> bytes:
+    """One read of what is there; a broken connection reads as end-of-stream."""
+    try:
+        return sock.recv(CHUNK)
+    except OSError:
+        return b""
 
 
 def _buffered(sock) -> bool:
@@ -166,10 +174,7 @@ class Link:
     def _from_client(self) -> bool:
         """Forward what the client sent; False when the client is done."""
         client = self.client
-        try:
-            data = client.sock.recv(CHUNK)
-        except OSError:
-            data = b""
+        data = _read(client.sock)
         if not data:
             client.close_reason = client.close_reason or "client unexpected eof"
             return False
@@ -245,10 +250,7 @@ class Link:
 
     def _from_server(self) -> None:
         server = self.server
-        try:
-            data = server.sock.recv(CHUNK)
-        except OSError:
-            data = b""
+        data = _read(server.sock)
         if not data:
             self._server_lost(server)
         scanner = server.scanner
@@ -328,22 +330,7 @@ class Link:
 
 
 def _reply_position(server: "ServerConnection") -> ReplyPosition:
-    return reply_position(server.scanner)
-
-
-def reply_position(scanner: ServerScanner) -> ReplyPosition:
-    """Where the server stream stands after the chunks ``scanner`` has seen.
-
-    ServerScanner keeps this to itself (it only needs it to resume the next chunk), hence
-    the private attributes read here; the prepared-statement tracker needs it to start
-    walking replies between two chunks.
-    """
-    # pylint: disable=protected-access
-    if scanner._skip:
-        return ReplyPosition(skip=scanner._skip)
-    if scanner._body is not None:
-        return ReplyPosition(skip=scanner._body_missing, msg_type=scanner._body_type)
-    return ReplyPosition(head=scanner._head)
+    return server.scanner.reply_position()
 
 
 def _sync_parameters(client: "ClientSession", server: "ServerConnection") -> None:

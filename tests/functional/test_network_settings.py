@@ -6,7 +6,6 @@ from __future__ import annotations
 import grp
 import os
 import shutil
-import struct
 import subprocess
 import threading
 import time

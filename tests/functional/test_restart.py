@@ -10,7 +10,6 @@ import time
 from typing import Iterator, List
 
 import psycopg2
-import pytest
 
 from tests.support.inifile import common_ini
 from tests.support.observe import Background

@@ -28,7 +28,6 @@ from bouncer.session.statements import (
     is_statement_reset,
     server_statements,
 )
-from bouncer.session.relay import reply_position
 
 Message = Tuple[bytes, bytes]
 
@@ -222,7 +221,7 @@ class Link:
     def __init__(self, capacity: int, registry: StatementRegistry) -> None:
         self.stats = SimpleNamespace(server_parse_count=0)
         self.tracker = PreparedTracker(capacity, self.stats, registry=registry,
-                                       position_of=lambda server: reply_position(server.scanner))
+                                       position_of=lambda server: server.scanner.reply_position())
         self.received = bytearray()  # everything the client got
         self.server: Optional[Backend] = None
 
@@ -517,7 +516,7 @@ def test_reply_filter_takes_over_mid_stream_from_the_scanner(start, cuts) -> Non
     scanner = ServerScanner()
     scanner.feed(REPLIES[:start])
     replies, seen = extended.ReplyFilter(), []
-    replies.adopt(reply_position(scanner), lambda kind: (seen.append(kind), (True, b""))[1])
+    replies.adopt(scanner.reply_position(), lambda kind: (seen.append(kind), (True, b""))[1])
     out = b"".join(replies.feed(chunk, lambda kind: (seen.append(kind), (True, b""))[1])
                    for chunk in pieces(REPLIES[start:], cuts))
     assert out == REPLIES[start:]
