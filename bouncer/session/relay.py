@@ -18,9 +18,10 @@ interleave because only this greenlet writes to the client.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 from gevent import get_hub
 from gevent.hub import Waiter
@@ -36,6 +37,7 @@ from bouncer.session.statements import is_statement_reset, server_statements
 from bouncer.session.varcache import sync_query
 
 if TYPE_CHECKING:  # pragma: no cover
+    from bouncer.pool.pool import Pool
     from bouncer.session.client import ClientSession
     from bouncer.session.server import ServerConnection
 
@@ -240,10 +242,11 @@ class Link:
         client = self.client
         client.request_time = time.time()
         server = self.pool.acquire(client)
+        with _closed_if_interrupted(self.pool, server, "interrupted while setting parameters"):
+            _sync_parameters(client, server)
         client.server = self.server = server
         if self.prepared is not None:
             self.prepared.link(server)
-        _sync_parameters(client, server)
         return server
 
     # -- server -> client ----------------------------------------------------------------------
@@ -333,6 +336,20 @@ def _reply_position(server: "ServerConnection") -> ReplyPosition:
     return server.scanner.reply_position()
 
 
+@contextlib.contextmanager
+def _closed_if_interrupted(pool: "Pool", server: "ServerConnection",
+                           reason: str) -> Iterator[None]:
+    """A pooler query that does not finish (the greenlet is killed: KILL_CLIENT, an eviction,
+    shutdown) leaves its replies unread: close the server instead of letting anyone reuse it."""
+    finished = False
+    try:
+        yield
+        finished = True
+    finally:
+        if not finished and not server.closed:
+            pool.close_server(server, reason)
+
+
 def _sync_parameters(client: "ClientSession", server: "ServerConnection") -> None:
     """SET the tracked parameters that differ between this client and its new server."""
     query = sync_query(client.vars, server.params)
@@ -377,7 +394,8 @@ def _reset_and_release(client: "ClientSession", server: "ServerConnection") -> N
     reset = client.app.config.server_reset_query
     try:
         if reset:
-            server.run_query(reset)
+            with _closed_if_interrupted(client.pool, server, "interrupted in server_reset_query"):
+                server.run_query(reset)
     except (ClientError, ConnectionLost) as err:
         client.pool.close_server(server, f"server_reset_query failed: {err}")
         return

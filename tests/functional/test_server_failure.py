@@ -224,3 +224,23 @@ def test_fallback_database_entry_serves_unlisted_databases(pg, bouncer_factory) 
         conn.close()
     with pytest.raises(psycopg2.OperationalError, match='database "nosuchdb" does not exist'):
         bouncer.connect(dbname="nosuchdb")  # PostgreSQL's own refusal, passed on
+
+
+def test_client_killed_during_the_reset_query_leaves_no_server_behind(pg, bouncer_factory) -> None:
+    """KILL_CLIENT while bouncer runs server_reset_query for a leaving session-mode client:
+    the half-read server is closed, not kept (leaked as active) nor given to someone else."""
+    bouncer = bouncer_factory(common_ini(pg, pool_mode="session",
+                                         server_reset_query="SELECT pg_sleep(2)"))
+    conn = bouncer.connect()
+    conn.autocommit = True  # leave with the server idle, so that it is reset, not dropped
+    scalar(conn, "SELECT 1")
+    conn.close()  # the reset query now runs for two seconds
+
+    def leaving_client() -> List[tuple]:
+        return [row for row in bouncer.admin("SHOW CLIENTS") if row[1] == "md5user"]
+
+    assert wait_until(lambda: leaving_client(), 5)
+    bouncer.admin(f"KILL_CLIENT {leaving_client()[0][-1]}")
+    assert wait_until(lambda: not [row for row in bouncer.admin("SHOW SERVERS")
+                                   if row[1] == "md5user"], 5), "a server was left behind"
+    assert_works(bouncer)
