@@ -37,7 +37,6 @@ from bouncer.session.statements import is_statement_reset, server_statements
 from bouncer.session.varcache import sync_query
 
 if TYPE_CHECKING:  # pragma: no cover
-    from bouncer.pool.pool import Pool
     from bouncer.session.client import ClientSession
     from bouncer.session.server import ServerConnection
 
@@ -242,7 +241,7 @@ class Link:
         client = self.client
         client.request_time = time.time()
         server = self.pool.acquire(client)
-        with _closed_if_interrupted(self.pool, server, "interrupted while setting parameters"):
+        with _closed_if_interrupted(client, server, "interrupted while setting parameters"):
             _sync_parameters(client, server)
         client.server = self.server = server
         if self.prepared is not None:
@@ -337,17 +336,18 @@ def _reply_position(server: "ServerConnection") -> ReplyPosition:
 
 
 @contextlib.contextmanager
-def _closed_if_interrupted(pool: "Pool", server: "ServerConnection",
+def _closed_if_interrupted(client: "ClientSession", server: "ServerConnection",
                            reason: str) -> Iterator[None]:
     """A pooler query that does not finish (the greenlet is killed: KILL_CLIENT, an eviction,
-    shutdown) leaves its replies unread: close the server instead of letting anyone reuse it."""
+    shutdown) leaves its replies unread: cancel it and close the server, so nobody reuses it."""
     finished = False
     try:
         yield
         finished = True
     finally:
         if not finished and not server.closed:
-            pool.close_server(server, reason)
+            client.app.cancels.cancel_server(server, client.prefix)
+            client.pool.close_server(server, reason)
 
 
 def _sync_parameters(client: "ClientSession", server: "ServerConnection") -> None:
@@ -394,7 +394,7 @@ def _reset_and_release(client: "ClientSession", server: "ServerConnection") -> N
     reset = client.app.config.server_reset_query
     try:
         if reset:
-            with _closed_if_interrupted(client.pool, server, "interrupted in server_reset_query"):
+            with _closed_if_interrupted(client, server, "interrupted in server_reset_query"):
                 server.run_query(reset)
     except (ClientError, ConnectionLost) as err:
         client.pool.close_server(server, f"server_reset_query failed: {err}")

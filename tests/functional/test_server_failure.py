@@ -243,4 +243,11 @@ def test_client_killed_during_the_reset_query_leaves_no_server_behind(pg, bounce
     bouncer.admin(f"KILL_CLIENT {leaving_client()[0][-1]}")
     assert wait_until(lambda: not [row for row in bouncer.admin("SHOW SERVERS")
                                    if row[1] == "md5user"], 5), "a server was left behind"
+    # ... and its query was cancelled, not left sleeping on the server
+    assert wait_until(lambda: not pg.psql("SELECT pid FROM pg_stat_activity WHERE query = "
+                                          "'SELECT pg_sleep(2)' AND state = 'active'"), 1.5)
     assert_works(bouncer)
+    bouncer.stop()
+    assert wait_until(lambda: not pg.psql("SELECT pid, state, query FROM pg_stat_activity "
+                                          "WHERE usename = 'md5user'"), 5), \
+        pg.psql("SELECT pid, state, query FROM pg_stat_activity WHERE usename = 'md5user'")
