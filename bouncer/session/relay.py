@@ -241,8 +241,7 @@ class Link:
         client = self.client
         client.request_time = time.time()
         server = self.pool.acquire(client)
-        with _closed_if_interrupted(client, server, "interrupted while setting parameters"):
-            _sync_parameters(client, server)
+        _sync_parameters(client, server)
         client.server = self.server = server
         if self.prepared is not None:
             self.prepared.link(server)
@@ -356,7 +355,8 @@ def _sync_parameters(client: "ClientSession", server: "ServerConnection") -> Non
     if query is None:
         return
     try:
-        server.run_query(query)
+        with _closed_if_interrupted(client, server, "interrupted while setting parameters"):
+            server.run_query(query)
     except ClientError as err:
         log.warning("%s could not set parameters on server: %s", client.prefix, err.message)
 
