@@ -12,11 +12,11 @@ server-to-client stream and lets a callback drop replies and add synthetic ones 
 from __future__ import annotations
 
 import struct
-from typing import Callable, List, NamedTuple, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
-from bouncer.errors import ProtocolError
 from bouncer.proto.codec import PayloadReader, build_message
 from bouncer.proto.constants import Backend, Frontend
+from bouncer.proto.scanner import HeaderScanner, ReplyPosition, bad_length
 
 STATEMENT = ord("S")
 PORTAL = ord("P")
@@ -25,6 +25,7 @@ CLOSE_COMPLETE = build_message(Backend.CLOSE_COMPLETE)
 
 _HEADER_LEN = 5
 _unpack_length = struct.Struct("!I").unpack_from
+_pack_header = struct.Struct("!BI").pack
 _PARSE, _BIND, _DESCRIBE = Frontend.PARSE, Frontend.BIND, Frontend.DESCRIBE
 _EXECUTE, _CLOSE, _SYNC = Frontend.EXECUTE, Frontend.CLOSE, Frontend.SYNC
 _QUERY, _FUNCTION_CALL = Frontend.QUERY, Frontend.FUNCTION_CALL
@@ -96,10 +97,6 @@ def close_statement(name: bytes) -> bytes:
 
 # --- client stream -------------------------------------------------------------------
 
-def _bad_length(msg_type: int, length: int) -> ProtocolError:
-    return ProtocolError(f"invalid length {length} of message type {chr(msg_type)!r}")
-
-
 def _bind_names_statement(data: bytes, body: int, end: int) -> bool:
     """A Bind with a named portal: whether a statement name follows the portal's (True
     too when the bytes available end before that can be told)."""
@@ -113,7 +110,7 @@ def _bind_names_statement(data: bytes, body: int, end: int) -> bool:
 OnRequest = Callable[[int, Optional[bytes]], Optional[bytes]]
 
 
-class RequestRewriter:
+class RequestRewriter(HeaderScanner):
     """Walk client-to-server chunks, replacing the messages a callback asks to replace.
 
     The callback sees whole the messages that name a prepared statement and short Query
@@ -128,16 +125,13 @@ class RequestRewriter:
     account.  This keeps the common message at one comparison chain, no call.
     """
 
-    __slots__ = ("max_length", "report_all", "sync_points", "unsynced", "_skip", "_head",
-                 "_held", "_held_missing")
+    __slots__ = ("report_all", "sync_points", "unsynced", "_held", "_held_missing")
 
     def __init__(self, max_length: int = 2**31 - 1) -> None:
-        self.max_length = max_length
+        super().__init__(max_length)
         self.report_all = False
         self.sync_points = 0
         self.unsynced: List[int] = []
-        self._skip = 0  # body bytes of a forwarded message still to come
-        self._head = b""  # a header cut by the chunk end
         self._held: Optional[bytearray] = None  # a message the callback must see whole
         self._held_missing = 0
 
@@ -176,7 +170,7 @@ class RequestRewriter:
             msg_type = chunk[pos]
             length = _unpack_length(chunk, pos + 1)[0]
             if not 4 <= length <= max_length:
-                raise _bad_length(msg_type, length)
+                raise bad_length(msg_type, length)
             end = pos + 1 + length
             if msg_type in _NAMING:  # whole when it may name a statement (not unnamed)
                 body = pos + _HEADER_LEN
@@ -245,16 +239,11 @@ class RequestRewriter:
     def _join_head(self, chunk: bytes, size: int, out: List[bytes],
                    on_request: OnRequest) -> int:
         """Complete a cut header with the start of ``chunk``; return the bytes it took."""
-        missing = _HEADER_LEN - len(self._head)
-        if size < missing:
-            self._head += chunk
+        joined = self._complete_header(chunk, size)
+        if joined is None:
             return size
-        header = self._head + chunk[:missing]
-        self._head = b""
-        msg_type = header[0]
-        length = _unpack_length(header, 1)[0]
-        if not 4 <= length <= self.max_length:
-            raise _bad_length(msg_type, length)
+        msg_type, length, missing = joined
+        header = _pack_header(msg_type, length)
         if (msg_type == _QUERY and length <= SHORT_QUERY_LEN) or msg_type in _NAMING:
             # the header alone cannot tell whether it names a statement
             self._held = bytearray(header)
@@ -286,18 +275,6 @@ class RequestRewriter:
 #: Called at the start of every server message with its type; returns ``(keep, after)``:
 #: whether to forward the message, and bytes to send to the client once it has passed.
 OnReply = Callable[[int], Tuple[bool, bytes]]
-
-
-class ReplyPosition(NamedTuple):
-    """Where a server stream stands between two chunks, for a :class:`ReplyFilter` that
-    takes over from plain header scanning.  At most one field is set."""
-
-    #: Bytes still to come of a message whose header has passed.
-    skip: int = 0
-    #: Type of that message when it matters to the caller (ReadyForQuery), else 0.
-    msg_type: int = 0
-    #: The first 1-4 bytes of a header, already forwarded.
-    head: bytes = b""
 
 
 class ReplyFilter:
@@ -360,7 +337,7 @@ class ReplyFilter:
 
     def _start(self, msg_type: int, length: int, on_reply: OnReply) -> None:
         if length < 4:
-            raise _bad_length(msg_type, length)
+            raise bad_length(msg_type, length)
         self._keep, after = on_reply(msg_type)
         self._after += after  # after what an adopted, half-forwarded header was promised
         self._skip = 1 + length

@@ -14,12 +14,11 @@ the tiny bodies of ReadyForQuery and ParameterStatus, the only bodies ever copie
 from __future__ import annotations
 
 import struct
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 from bouncer.errors import ProtocolError
 from bouncer.proto.backend import parse_parameter_status
 from bouncer.proto.constants import TXN_IDLE, Backend, Frontend
-from bouncer.proto.extended import ReplyPosition
 
 _HEADER_LEN = 5
 _unpack_length = struct.Struct("!I").unpack_from
@@ -39,15 +38,28 @@ _BIND = Frontend.BIND
 _TERMINATE = Frontend.TERMINATE
 
 
-def _bad_length(msg_type: int, length: int) -> ProtocolError:
+def bad_length(msg_type: int, length: int) -> ProtocolError:
     if length >= 4:
         return ProtocolError(f"message of type {chr(msg_type)!r} is {length} bytes long, more "
                              "than max_packet_size allows")
     return ProtocolError(f"invalid length {length} of message type {chr(msg_type)!r}")
 
 
-class _HeaderScanner:
-    """State shared by both directions: bytes left to skip and a split header."""
+class ReplyPosition(NamedTuple):
+    """Where a server stream stands between two chunks, for a :class:`ReplyFilter` that
+    takes over from plain header scanning.  At most one field is set."""
+
+    #: Bytes still to come of a message whose header has passed.
+    skip: int = 0
+    #: Type of that message when it matters to the caller (ReadyForQuery), else 0.
+    msg_type: int = 0
+    #: The first 1-4 bytes of a header, already forwarded.
+    head: bytes = b""
+
+
+class HeaderScanner:
+    """State shared by every stream walker (both scanners here, and the prepared-statement
+    rewriter in :mod:`bouncer.proto.extended`): bytes left to skip and a split header."""
 
     __slots__ = ("_skip", "_head", "max_length")
 
@@ -79,11 +91,11 @@ class _HeaderScanner:
         self._head = b""
         length = _unpack_length(header, 1)[0]
         if not 4 <= length <= self.max_length:
-            raise _bad_length(header[0], length)
+            raise bad_length(header[0], length)
         return header[0], length, missing
 
 
-class ServerScanner(_HeaderScanner):
+class ServerScanner(HeaderScanner):
     """Scan server-to-client chunks for ReadyForQuery and ParameterStatus."""
 
     __slots__ = ("last_status", "param_updates", "_body_type", "_body", "_body_missing")
@@ -113,7 +125,7 @@ class ServerScanner(_HeaderScanner):
             msg_type = chunk[pos]
             length = unpack_length(chunk, pos + 1)[0]
             if not 4 <= length <= max_length:
-                raise _bad_length(msg_type, length)
+                raise bad_length(msg_type, length)
             if msg_type == _READY_FOR_QUERY or msg_type == _PARAMETER_STATUS:
                 pos, found = self._small_message(msg_type, length, chunk, pos + _HEADER_LEN)
                 ready += found
@@ -150,9 +162,9 @@ class ServerScanner(_HeaderScanner):
         """
         if msg_type == _READY_FOR_QUERY:
             if length != _READY_FOR_QUERY_LEN:
-                raise _bad_length(msg_type, length)
+                raise bad_length(msg_type, length)
         elif length > _MAX_PARAMETER_STATUS_LEN:
-            raise _bad_length(msg_type, length)
+            raise bad_length(msg_type, length)
         end = start + length - 4
         size = len(chunk)
         if end > size:
@@ -191,7 +203,7 @@ class ServerScanner(_HeaderScanner):
         return ReplyPosition(head=self._head)
 
 
-class ClientScanner(_HeaderScanner):
+class ClientScanner(HeaderScanner):
     """Scan client-to-server chunks for sync points, Parse/Bind counts and Terminate."""
 
     __slots__ = ("terminate_at", "parse_count", "bind_count", "last_type")
@@ -234,7 +246,7 @@ class ClientScanner(_HeaderScanner):
                 return syncs
             length = unpack_length(chunk, pos + 1)[0]
             if not 4 <= length <= max_length:
-                raise _bad_length(msg_type, length)
+                raise bad_length(msg_type, length)
             pos += 1 + length
         self._skip = pos - size
         return syncs

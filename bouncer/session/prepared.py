@@ -29,7 +29,6 @@ from bouncer.proto.extended import (
     CLOSE_COMPLETE,
     PARSE_COMPLETE,
     PORTAL,
-    ReplyPosition,
     RequestRewriter,
     close_statement,
     describe_statement,
@@ -38,6 +37,7 @@ from bouncer.proto.extended import (
     parse_target,
     renamed_bind,
 )
+from bouncer.proto.scanner import ReplyPosition
 from bouncer.session.statements import (
     ADD,
     CLEAR,

@@ -30,7 +30,7 @@ from bouncer.errors import ClientError, ProtocolError
 from bouncer.net.stream import ConnectionLost
 from bouncer.proto import sqlstate
 from bouncer.proto.constants import TXN_IDLE
-from bouncer.proto.extended import ReplyPosition
+from bouncer.proto.scanner import ReplyPosition
 from bouncer.proto.scanner import ClientScanner
 from bouncer.session.prepared import PreparedTracker
 from bouncer.session.statements import is_statement_reset, server_statements

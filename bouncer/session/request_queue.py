@@ -16,7 +16,8 @@ from collections import deque
 from typing import Callable, Deque, Iterable, List, Optional, Tuple
 
 from bouncer.proto.constants import Backend, Frontend
-from bouncer.proto.extended import ReplyFilter, ReplyPosition
+from bouncer.proto.extended import ReplyFilter
+from bouncer.proto.scanner import ReplyPosition
 from bouncer.session.statements import ADD, Effect, ServerStatements, Statement
 
 _PARSE, _BIND, _DESCRIBE = Frontend.PARSE, Frontend.BIND, Frontend.DESCRIBE
