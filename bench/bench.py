@@ -8,63 +8,63 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import re
-import shutil
 import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-# A script run as `python bench/bench.py`: make the repository root importable.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bouncer import __version__ as bouncer_version  # noqa: E402
-from tests.support.bouncerproc import (BouncerProcess, find_pgbouncer,  # noqa: E402
-                                       pgbouncer_user)
-from tests.support.inifile import common_ini  # noqa: E402
-from tests.support.pgcluster import (STANDARD_PASSWORDS, PgCluster,  # noqa: E402
-                                     make_shared_tempdir)
+# harness comes first: it makes the repository root (bouncer, tests.support) importable.
+from harness import (DIRECT, POOL_SIZE, POOLER_NAMES, Target, environment_line, pooler_ini,
+                     progress, start_postgres, start_targets)
+from procstat import cpu_seconds
+from syscalls import SyscallCount, counting_syscalls, strace_available, top_calls
+from tests.support.pgcluster import STANDARD_PASSWORDS, PgCluster
 
 BENCH_DB = "bench"
 BENCH_USER = "md5user"  # md5 from the client to the pooler and from the pooler to PostgreSQL
 MAX_PGBENCH_THREADS = 2  # the reference machine has 2 cores
-TARGET_NAMES = ("bouncer", "pgbouncer", "direct")
+TARGET_NAMES = (*POOLER_NAMES, DIRECT)
+STRACE_WORKLOAD = "S10"
+STRACE_TOP_CALLS = 10
 
 
 @dataclass(frozen=True)
 class Workload:
+    name: str  # what --workloads takes
     label: str
     pgbench_args: Tuple[str, ...]
 
 
 WORKLOADS = (
-    Workload("select-only, 10 clients (`-S -c 10`)", ("-S", "-c", "10")),
-    Workload("select-only, 100 clients, pool 20 (`-S -c 100`)", ("-S", "-c", "100")),
-    Workload("simple update, 10 clients (`-N -c 10`)", ("-N", "-c", "10")),
-    Workload("reconnect per transaction, md5 (`-C -S -c 10`)", ("-C", "-S", "-c", "10")),
+    Workload("S10", "select-only, 10 clients (`-S -c 10`)", ("-S", "-c", "10")),
+    Workload("S100", f"select-only, 100 clients, pool {POOL_SIZE} (`-S -c 100`)",
+             ("-S", "-c", "100")),
+    Workload("ext", "select-only, extended protocol (`-S -M extended -c 10`)",
+             ("-S", "-M", "extended", "-c", "10")),
+    Workload("prep", "select-only, prepared statements (`-S -M prepared -c 10`)",
+             ("-S", "-M", "prepared", "-c", "10")),
+    Workload("N10", "simple update, 10 clients (`-N -c 10`)", ("-N", "-c", "10")),
+    Workload("C", "reconnect per transaction, md5 (`-C -S -c 10`)", ("-C", "-S", "-c", "10")),
 )
 
 
 @dataclass(frozen=True)
-class Target:
-    name: str
-    host: str
-    port: int
+class Run:
+    """One pgbench run against one target."""
+    tps: float
+    transactions: int
+    pooler_cpu_seconds: Optional[float]  # None for PostgreSQL directly
+
+    @property
+    def cpu_us_per_transaction(self) -> Optional[float]:
+        if self.pooler_cpu_seconds is None or not self.transactions:
+            return None
+        return self.pooler_cpu_seconds / self.transactions * 1e6
 
 
-Results = Dict[Tuple[str, str], List[Optional[float]]]  # (workload, target) -> TPS per round
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def pooler_ini(pg: PgCluster) -> str:
-    """The same settings for bouncer and PgBouncer: transaction pooling, pool 20, md5."""
-    return common_ini(pg, pool_mode="transaction", default_pool_size=20, max_client_conn=500,
-                      auth_type="md5")
+Results = Dict[Tuple[str, str], List[Optional[Run]]]  # (workload, target) -> run per round
 
 
 def prepare_database(pg: PgCluster, scale: int) -> None:
@@ -75,29 +75,9 @@ def prepare_database(pg: PgCluster, scale: int) -> None:
             db=BENCH_DB)
 
 
-def start_targets(pg: PgCluster, root: str, wanted: Sequence[str],
-                  cleanup: contextlib.ExitStack) -> List[Target]:
-    targets = []
-    if "bouncer" in wanted:
-        bouncer = cleanup.enter_context(
-            BouncerProcess(os.path.join(root, "bouncer"), pooler_ini(pg)))
-        targets.append(Target("bouncer", bouncer.host, bouncer.port))
-    pgbouncer_program = find_pgbouncer()
-    if "pgbouncer" in wanted and pgbouncer_program is None:
-        progress("pgbouncer is not installed (apt-get install pgbouncer): skipping it")
-    elif "pgbouncer" in wanted:
-        pgbouncer = cleanup.enter_context(
-            BouncerProcess(os.path.join(root, "pgbouncer"), pooler_ini(pg),
-                           program=[pgbouncer_program], run_as=pgbouncer_user()))
-        targets.append(Target("pgbouncer", pgbouncer.host, pgbouncer.port))
-    if "direct" in wanted:
-        targets.append(Target("direct", "127.0.0.1", pg.port))
-    return targets
-
-
 def run_pgbench(pg: PgCluster, target: Target, workload: Workload,
-                duration: int) -> Optional[float]:
-    """TPS of one pgbench run, or None (with its output on stderr) if it failed."""
+                duration: int) -> Optional[Tuple[float, int]]:
+    """TPS and transactions processed, or None (with pgbench's output on stderr) on failure."""
     command = [os.path.join(pg.bindir, "pgbench"), "-n", "-T", str(duration),
                "-j", str(MAX_PGBENCH_THREADS), "-h", target.host, "-p", str(target.port),
                "-U", BENCH_USER, *workload.pgbench_args, BENCH_DB]
@@ -105,29 +85,43 @@ def run_pgbench(pg: PgCluster, target: Target, workload: Workload,
     result = subprocess.run(command, capture_output=True, text=True, env=env,
                             timeout=duration + 120)
     tps = re.search(r"^tps = ([0-9.]+)", result.stdout, re.M)
-    if result.returncode != 0 or tps is None:
+    processed = re.search(r"^number of transactions actually processed: (\d+)",
+                          result.stdout, re.M)
+    if result.returncode != 0 or tps is None or processed is None:
         progress(f"  pgbench failed (exit {result.returncode}):\n{result.stderr[-2000:]}")
         return None
-    return float(tps.group(1))
+    return float(tps.group(1)), int(processed.group(1))
 
 
-def run_rounds(pg: PgCluster, targets: Sequence[Target], rounds: int, duration: int) -> Results:
+def measured_run(pg: PgCluster, target: Target, workload: Workload,
+                 duration: int) -> Optional[Run]:
+    """A pgbench run with the pooler's CPU time (utime + stime) read around it."""
+    cpu_before = cpu_seconds(target.pid) if target.pid else None
+    outcome = run_pgbench(pg, target, workload, duration)
+    if outcome is None:
+        return None
+    cpu_used = cpu_seconds(target.pid) - cpu_before if cpu_before is not None else None
+    return Run(tps=outcome[0], transactions=outcome[1], pooler_cpu_seconds=cpu_used)
+
+
+def run_rounds(pg: PgCluster, targets: Sequence[Target], workloads: Sequence[Workload],
+               rounds: int, duration: int) -> Results:
     """Every round runs every workload against every target in turn, so drift hits all."""
     results: Results = {}
     for round_number in range(1, rounds + 1):
-        for workload in WORKLOADS:
+        for workload in workloads:
             for target in targets:
                 progress(f"round {round_number}/{rounds}: {workload.label} -> {target.name}")
-                tps = run_pgbench(pg, target, workload, duration)
-                results.setdefault((workload.label, target.name), []).append(tps)
+                run = measured_run(pg, target, workload, duration)
+                results.setdefault((workload.name, target.name), []).append(run)
     return results
 
 
-def median_tps(runs: Sequence[Optional[float]]) -> Optional[float]:
-    """Median of the successful runs; None when any run failed (a partial median misleads)."""
-    if not runs or any(tps is None for tps in runs):
+def median_of(values: Sequence[Optional[float]]) -> Optional[float]:
+    """Median of the values; None when any is missing (a partial median misleads)."""
+    if not values or any(value is None for value in values):
         return None
-    return statistics.median(runs)  # type: ignore[type-var]
+    return statistics.median(values)  # type: ignore[type-var]
 
 
 def ratio(numerator: Optional[float], denominator: Optional[float]) -> str:
@@ -136,32 +130,69 @@ def ratio(numerator: Optional[float], denominator: Optional[float]) -> str:
     return f"{numerator / denominator:.2f}"
 
 
-def markdown_table(results: Results, targets: Sequence[Target]) -> str:
-    names = [target.name for target in targets]
-    header = ["workload", *(f"{name} TPS" for name in names),
-              "bouncer/pgbouncer", "bouncer/direct"]
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |",
              "|---" + "|---:" * (len(header) - 1) + "|"]
-    for workload in WORKLOADS:
-        medians = {name: median_tps(results.get((workload.label, name), [])) for name in names}
-        cells = [f"{medians[name]:,.0f}" if medians[name] is not None else "failed"
-                 for name in names]
-        cells += [ratio(medians.get("bouncer"), medians.get("pgbouncer")),
-                  ratio(medians.get("bouncer"), medians.get("direct"))]
-        lines.append("| " + " | ".join([workload.label, *cells]) + " |")
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def environment_line(pg: PgCluster) -> str:
-    parts = [f"bouncer {bouncer_version}", f"PostgreSQL {pg.psql('SHOW server_version')}"]
-    pgbouncer_program = find_pgbouncer()
-    if pgbouncer_program:
-        version = subprocess.run([pgbouncer_program, "--version"], capture_output=True,
-                                 text=True).stdout.splitlines()
-        parts.append(version[0] if version else "PgBouncer (version unknown)")
-    parts += [f"Python {platform.python_version()}", f"{os.cpu_count()} CPUs",
-              platform.platform(terse=True)]
-    return ", ".join(parts) + "."
+def results_table(results: Results, targets: Sequence[Target],
+                  workloads: Sequence[Workload]) -> str:
+    names = [target.name for target in targets]
+    poolers = [target.name for target in targets if target.pid]
+    header = ["workload", *(f"{name} TPS" for name in names),
+              "bouncer/pgbouncer", "bouncer/direct",
+              *(f"{name} µs CPU/txn" for name in poolers)]
+    rows = []
+    for workload in workloads:
+        runs = {name: results.get((workload.name, name), []) for name in names}
+        tps = {name: median_of([run and run.tps for run in runs[name]]) for name in names}
+        cpu = {name: median_of([run and run.cpu_us_per_transaction for run in runs[name]])
+               for name in poolers}
+        rows.append([workload.label,
+                     *(f"{tps[name]:,.0f}" if tps[name] is not None else "failed"
+                       for name in names),
+                     ratio(tps.get("bouncer"), tps.get("pgbouncer")),
+                     ratio(tps.get("bouncer"), tps.get(DIRECT)),
+                     *(f"{cpu[name]:.0f}" if cpu[name] is not None else "n/a"
+                       for name in poolers)])
+    return markdown_table(header, rows)
+
+
+def count_syscalls(pg: PgCluster, targets: Sequence[Target], duration: int
+                   ) -> Dict[str, Tuple[Run, List[SyscallCount]]]:
+    """One traced `-S -c 10` run per pooler: its run and strace's counts."""
+    workload = next(w for w in WORKLOADS if w.name == STRACE_WORKLOAD)
+    traced = {}
+    for target in targets:
+        if not target.pid:
+            continue
+        progress(f"strace: {workload.label} -> {target.name}")
+        with counting_syscalls(target.pid) as counts:
+            run = measured_run(pg, target, workload, duration)
+        if run is not None:
+            traced[target.name] = (run, counts)
+    return traced
+
+
+def syscall_table(traced: Dict[str, Tuple[Run, List[SyscallCount]]]) -> str:
+    """Calls per transaction of each pooler's most frequent calls (failed calls in brackets)."""
+    names: List[str] = []
+    for _run, counts in traced.values():
+        names += [c.name for c in top_calls(counts, STRACE_TOP_CALLS) if c.name not in names]
+    names.sort(key=lambda name: name == "total")  # stable: the total row goes last
+
+    def cell(pooler: str, syscall: str) -> str:
+        run, counts = traced[pooler]
+        found = next((c for c in counts if c.name == syscall), None)
+        if found is None:
+            return "0"
+        errors = f" ({found.errors / run.transactions:.2f})" if found.errors else ""
+        return f"{found.calls / run.transactions:.2f}{errors}"
+
+    header = ["system call", *(f"{pooler} calls/txn (errors)" for pooler in traced)]
+    return markdown_table(header, [[name, *(cell(p, name) for p in traced)] for name in names])
 
 
 def report(pg: PgCluster, results: Results, targets: Sequence[Target],
@@ -170,16 +201,37 @@ def report(pg: PgCluster, results: Results, targets: Sequence[Target],
         "## Benchmark results",
         "",
         f"pgbench over TCP to 127.0.0.1, scale {options.scale}, `-j {MAX_PGBENCH_THREADS}`, "
-        f"user {BENCH_USER} (md5); median TPS over rounds: {options.rounds} x "
-        f"{options.duration} s. Poolers: transaction pooling, default_pool_size 20.",
+        f"user {BENCH_USER} (md5); medians over rounds: {options.rounds} x "
+        f"{options.duration} s. Poolers: transaction pooling, default_pool_size {POOL_SIZE}. "
+        "µs CPU/txn: the pooler's user + system CPU time per transaction "
+        "(per connection for `-C`).",
         environment_line(pg),
         "",
-        markdown_table(results, targets),
+        results_table(results, targets, options.workloads),
         "",
     ])
 
 
+def strace_report(traced: Dict[str, Tuple[Run, List[SyscallCount]]],
+                  options: argparse.Namespace) -> str:
+    transactions = ", ".join(f"{name} {run.transactions:,}" for name, (run, _) in traced.items())
+    return "\n".join([
+        "## System calls per transaction",
+        "",
+        f"`strace -c -f` on each pooler during one `-S -c 10` run of {options.duration} s "
+        f"(transactions: {transactions}; strace slows the pooler, so compare counts only).",
+        "",
+        syscall_table(traced),
+        "",
+    ])
+
+
+def comma_list(text: str) -> List[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    workload_names = [workload.name for workload in WORKLOADS]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="rounds per target (default 3)")
     parser.add_argument("--duration", type=int, default=10,
@@ -187,27 +239,39 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--scale", type=int, default=10, help="pgbench scale (default 10)")
     parser.add_argument("--targets", default=",".join(TARGET_NAMES),
                         help="comma-separated subset of: " + ", ".join(TARGET_NAMES))
+    parser.add_argument("--workloads", default=",".join(workload_names),
+                        help="comma-separated subset of: " + ", ".join(workload_names))
+    parser.add_argument("--strace", action="store_true",
+                        help="then count each pooler's system calls during one -S -c 10 run")
     options = parser.parse_args(argv)
-    options.targets = [name.strip() for name in options.targets.split(",") if name.strip()]
+    options.targets = comma_list(options.targets)
     unknown = set(options.targets) - set(TARGET_NAMES)
     if unknown:
         parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
+    wanted = comma_list(options.workloads)
+    unknown = set(wanted) - set(workload_names)
+    if unknown:
+        parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")
+    options.workloads = [workload for workload in WORKLOADS if workload.name in wanted]
     return options
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     options = parse_args(argv)
-    root = make_shared_tempdir("bouncer-bench-")
     with contextlib.ExitStack() as cleanup:
-        cleanup.callback(shutil.rmtree, root, ignore_errors=True)
-        pg = PgCluster(os.path.join(root, "pg"))
-        progress(f"starting PostgreSQL in {root} ...")
-        pg.start()
-        cleanup.callback(pg.stop)
+        pg = start_postgres("bouncer-bench-", cleanup)
         prepare_database(pg, options.scale)
-        targets = start_targets(pg, root, options.targets, cleanup)
-        results = run_rounds(pg, targets, options.rounds, options.duration)
-        print(report(pg, results, targets, options))
+        targets = start_targets(pg, options.targets, pooler_ini(pg), cleanup)
+        results = run_rounds(pg, targets, options.workloads, options.rounds, options.duration)
+        print(report(pg, results, targets, options), flush=True)
+        if options.strace and not strace_available():
+            progress("--strace: strace is not installed (apt-get install strace): skipping it")
+        elif options.strace:
+            traced = count_syscalls(pg, targets, options.duration)
+            if traced:
+                print(strace_report(traced, options))
+            else:
+                progress("--strace: no pooler target was traced")
     return 0
 
 

@@ -1,0 +1,115 @@
+"""What the benchmark scripts share: a throwaway PostgreSQL, the poolers under test, progress.
+
+bouncer and the real PgBouncer get the same ini; each target knows the pid of the pooler
+process itself, for /proc measurements.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+# A script run as `python bench/NAME.py`: make the repository root importable.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bouncer import __version__ as bouncer_version  # noqa: E402
+from tests.support.bouncerproc import (BouncerProcess, find_pgbouncer,  # noqa: E402
+                                       pgbouncer_user)
+from tests.support.inifile import BASE_SETTINGS, common_ini  # noqa: E402
+from tests.support.pgcluster import PgCluster, make_shared_tempdir  # noqa: E402
+from tests.support.ports import wait_until  # noqa: E402
+
+from procstat import process_tree  # noqa: E402
+
+POOLER_NAMES = ("bouncer", "pgbouncer")
+DIRECT = "direct"
+POOL_SIZE = 20
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    host: str
+    port: int
+    pid: Optional[int] = None  # the pooler process; None for PostgreSQL itself
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def pooler_ini(pg: PgCluster, max_client_conn: int = 500) -> str:
+    """The same settings for bouncer and PgBouncer: transaction pooling, pool 20, md5."""
+    return common_ini(pg, pool_mode="transaction", default_pool_size=POOL_SIZE,
+                      max_client_conn=max_client_conn, auth_type="md5")
+
+
+def start_postgres(prefix: str, cleanup: contextlib.ExitStack) -> PgCluster:
+    """A fresh cluster in a new temp dir; ``cleanup`` stops it and removes the dir."""
+    root = make_shared_tempdir(prefix)
+    cleanup.callback(shutil.rmtree, root, ignore_errors=True)
+    pg = PgCluster(os.path.join(root, "pg"))
+    progress(f"starting PostgreSQL in {root} ...")
+    pg.start()
+    cleanup.callback(pg.stop)
+    return pg
+
+
+def start_targets(pg: PgCluster, wanted: Sequence[str], ini_text: str,
+                  cleanup: contextlib.ExitStack) -> List[Target]:
+    """Targets in the order of POOLER_NAMES then direct; a missing pgbouncer is skipped."""
+    root = os.path.dirname(pg.basedir)
+    targets = []
+    if "bouncer" in wanted:
+        bouncer = cleanup.enter_context(BouncerProcess(os.path.join(root, "bouncer"), ini_text))
+        targets.append(pooler_target("bouncer", bouncer))
+    pgbouncer_program = find_pgbouncer()
+    if "pgbouncer" in wanted and pgbouncer_program is None:
+        progress("pgbouncer is not installed (apt-get install pgbouncer): skipping it")
+    elif "pgbouncer" in wanted:
+        pgbouncer = cleanup.enter_context(
+            BouncerProcess(os.path.join(root, "pgbouncer"), ini_text,
+                           program=[pgbouncer_program], run_as=pgbouncer_user()))
+        targets.append(pooler_target("pgbouncer", pgbouncer))
+    if DIRECT in wanted:
+        targets.append(Target(DIRECT, "127.0.0.1", pg.port))
+    return targets
+
+
+def pooler_target(name: str, process: BouncerProcess) -> Target:
+    return Target(name, process.host, process.port, pooler_pid(process))
+
+
+def pooler_pid(process: BouncerProcess) -> int:
+    """The pid of the pooler itself.
+
+    That is the pid in its pidfile when the pidfile names the started process or one of its
+    descendants (a wrapper such as ``runuser`` forks the real pooler); otherwise, with no
+    pidfile or a stale one, the started process.
+    """
+    path = process.render(BASE_SETTINGS["pidfile"])
+    # bouncer writes its pidfile just after it starts listening, which is what start() saw.
+    wait_until(lambda: os.path.exists(path), 5)
+    try:
+        with open(path, encoding="ascii") as pidfile:
+            pid = int(pidfile.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return process.pid
+    return pid if pid in process_tree(process.pid) else process.pid
+
+
+def environment_line(pg: PgCluster) -> str:
+    parts = [f"bouncer {bouncer_version}", f"PostgreSQL {pg.psql('SHOW server_version')}"]
+    pgbouncer_program = find_pgbouncer()
+    if pgbouncer_program:
+        version = subprocess.run([pgbouncer_program, "--version"], capture_output=True,
+                                 text=True).stdout.splitlines()
+        parts.append(version[0] if version else "PgBouncer (version unknown)")
+    parts += [f"Python {platform.python_version()}", f"{os.cpu_count()} CPUs",
+              platform.platform(terse=True)]
+    return ", ".join(parts) + "."
