@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 # harness comes first: it makes the repository root (bouncer, tests.support) importable.
-from harness import (DIRECT, POOL_SIZE, POOLER_NAMES, Target, environment_line, pooler_ini,
-                     progress, start_postgres, start_targets)
+from harness import (DIRECT, POOL_SIZE, POOLER_NAMES, Target, environment_line,
+                     markdown_table, pooler_ini, progress, start_postgres, start_targets)
 from procstat import cpu_seconds
 from syscalls import SyscallCount, counting_syscalls, strace_available, top_calls
 from tests.support.pgcluster import STANDARD_PASSWORDS, PgCluster
@@ -128,13 +128,6 @@ def ratio(numerator: Optional[float], denominator: Optional[float]) -> str:
     if numerator is None or not denominator:
         return "n/a"
     return f"{numerator / denominator:.2f}"
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |",
-             "|---" + "|---:" * (len(header) - 1) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def results_table(results: Results, targets: Sequence[Target],

@@ -43,10 +43,11 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def pooler_ini(pg: PgCluster, max_client_conn: int = 500) -> str:
-    """The same settings for bouncer and PgBouncer: transaction pooling, pool 20, md5."""
-    return common_ini(pg, pool_mode="transaction", default_pool_size=POOL_SIZE,
-                      max_client_conn=max_client_conn, auth_type="md5")
+def pooler_ini(pg: PgCluster, **settings: object) -> str:
+    """The same settings for bouncer and PgBouncer: transaction pooling, pool 20, md5;
+    ``settings`` override or add ``[pgbouncer]`` keys."""
+    return common_ini(pg, **{"pool_mode": "transaction", "default_pool_size": POOL_SIZE,
+                             "max_client_conn": 500, "auth_type": "md5", **settings})
 
 
 def start_postgres(prefix: str, cleanup: contextlib.ExitStack) -> PgCluster:
@@ -101,6 +102,14 @@ def pooler_pid(process: BouncerProcess) -> int:
     except (OSError, ValueError, IndexError):
         return process.pid
     return pid if pid in process_tree(process.pid) else process.pid
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table whose first column is left-aligned and the others (numbers) right."""
+    lines = ["| " + " | ".join(header) + " |",
+             "|---" + "|---:" * (len(header) - 1) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def environment_line(pg: PgCluster) -> str:
