@@ -162,8 +162,12 @@ def count_syscalls(pg: PgCluster, targets: Sequence[Target], duration: int
         if not target.pid:
             continue
         progress(f"strace: {workload.label} -> {target.name}")
-        with counting_syscalls(target.pid) as counts:
-            run = measured_run(pg, target, workload, duration)
+        try:
+            with counting_syscalls(target.pid) as counts:
+                run = measured_run(pg, target, workload, duration)
+        except RuntimeError as err:  # strace could not attach (ptrace not allowed here?)
+            progress(f"  skipping {target.name}: {err}")
+            continue
         if run is not None:
             traced[target.name] = (run, counts)
     return traced

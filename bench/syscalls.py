@@ -33,7 +33,8 @@ def strace_available() -> bool:
 def counting_syscalls(pid: int) -> Iterator[List[SyscallCount]]:
     """Trace ``pid`` (and its threads and children) for the duration of the block.
 
-    The list it yields is filled once the block ends, most frequent call first, total last.
+    The list it yields is filled once the block ends, in strace's order (most time first),
+    with the total row last.
     """
     counts: List[SyscallCount] = []
     with tempfile.TemporaryDirectory(prefix="bouncer-strace-") as tmp:
