@@ -26,8 +26,9 @@ from tests.support.pgcluster import STANDARD_PASSWORDS, PgCluster
 DEFAULT_CLIENTS = 5000
 MAX_CLIENT_CONN = 20000
 # Clients open in batches, each once the pooler holds the one before: a connect returns as
-# soon as the kernel queues the connection, and an overflowing listen backlog drops handshake
-# packets, which leaves some sockets half-open for a long time.
+# soon as the kernel queues the connection, so without batches all of them would wait in the
+# listen backlog (128 by default) at once; opened so, some connections to PgBouncer were
+# still half-open more than 30 s after the client had closed them.
 CONNECT_BATCH = 100
 SETTLE_SECONDS = 1.0  # lets the pooler finish the work the last client caused
 ACCEPT_TIMEOUT = 30.0
