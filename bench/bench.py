@@ -1,7 +1,8 @@
 """Benchmark: pgbench through bouncer, through the real PgBouncer, and straight to PostgreSQL.
 
-Usage (from the repository root): ``python bench/bench.py [--rounds 3] [--duration 10]``.
-Progress goes to stderr; the result table goes to stdout as Markdown.  See bench/README.md.
+Usage (from the repository root): ``python bench/bench.py [--rounds 3] [--duration 10]
+[--workloads S10,S100,ext,prep,N10,C] [--strace]``.  Progress goes to stderr; the result
+tables go to stdout as Markdown.  See bench/README.md.
 """
 from __future__ import annotations
 
