@@ -44,16 +44,19 @@ class ClientError(BouncerError):
     :param sqlstate: the SQLSTATE code (``C`` field).
     :param severity: ``FATAL`` closes the connection after sending; ``ERROR`` does not.
     :param hint: optional ``H`` field telling the user what to do.
+    :param log_reason: what the log says instead of ``message`` (never sent to the client).
     """
 
     def __init__(self, message: str, sqlstate: str = "08P01", severity: str = "FATAL",
-                 detail: Optional[str] = None, hint: Optional[str] = None) -> None:
+                 detail: Optional[str] = None, hint: Optional[str] = None, *,
+                 log_reason: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.sqlstate = sqlstate
         self.severity = severity
         self.detail = detail
         self.hint = hint
+        self.log_reason = log_reason or message
 
 
 class AuthFailed(ClientError):
@@ -61,6 +64,4 @@ class AuthFailed(ClientError):
 
     def __init__(self, message: str, sqlstate: str = "28P01", *, log_reason: str = "",
                  hint: Optional[str] = None) -> None:
-        super().__init__(message, sqlstate, "FATAL", hint=hint)
-        #: Why it failed, for the log only: never sent to the client.
-        self.log_reason = log_reason or message
+        super().__init__(message, sqlstate, "FATAL", hint=hint, log_reason=log_reason)

@@ -141,9 +141,5 @@ def kill_client(app: "App", client_id: int) -> None:
 
 
 def kill_client_session(client, reason: str) -> None:
-    """Tell the client why, then end its greenlet (which returns its server)."""
-    client.fail(ClientError(reason, sqlstate.ADMIN_SHUTDOWN))
-    client.close_reason = reason
-    greenlet = client.greenlet
-    if greenlet is not None and greenlet is not gevent.getcurrent():
-        greenlet.kill(block=False)
+    """End the client's session: its own greenlet tells it why and returns its server."""
+    client.end(ClientError(reason, sqlstate.ADMIN_SHUTDOWN))

@@ -21,7 +21,6 @@ from bouncer.errors import ClientError
 from bouncer.net.stream import ConnectionLost, read_message, send_all
 from bouncer.proto import backend, frontend, sqlstate
 from bouncer.proto.constants import TXN_IDLE, Frontend
-from bouncer.proto.framing import MessageReader
 
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.session.client import ClientSession
@@ -76,9 +75,9 @@ class Console:
     # -- the session -----------------------------------------------------------------------
 
     def serve(self) -> None:
-        reader = MessageReader()
+        engine = self.client.engine  # it holds what came with the login, too
         while True:
-            kind, payload = read_message(self.client.sock, reader)
+            kind, payload = read_message(self.client.sock, engine)
             if kind == Frontend.TERMINATE:
                 return
             self._answer(kind, payload)

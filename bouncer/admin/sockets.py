@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Tuple
 from bouncer.admin import grammar
 from bouncer.admin.commands import Result, columns, show, stats_allowed
 from bouncer.admin.show import split_seconds
-from bouncer.session.statements import prepared_count
 
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.admin.console import Console
@@ -102,15 +101,15 @@ def _server_row(server: Any, state: str, debug: bool) -> List[Any]:
            server.local_addr, server.local_port, timestamp(server.connect_time),
            timestamp(last_request), 0, 0, int(server.close_needed), pointer(server),
            pointer(server.link), server.cancel_key[0], server.tls,
-           server.params.get("application_name", ""), prepared_count(server), server.id]
+           server.params.get("application_name", ""), len(server.engine.pipeline.statements), server.id]
     return row + [0] * len(_BUFFER_NAMES) if debug else row
 
 
 def _client_statements(client: Any) -> int:
     """The client's named prepared statements, when bouncer tracks them (not in session
     mode, nor with ``max_prepared_statements = 0``)."""
-    tracker = getattr(client.link, "prepared", None)
-    return len(tracker.statements) if tracker is not None else 0
+    prepared = client.engine.prepared
+    return len(prepared.names) if prepared is not None else 0
 
 
 # -- commands --------------------------------------------------------------------------------

@@ -1,14 +1,16 @@
-"""Reading whole protocol messages from a socket, for the login phase and the admin console.
+"""Reading whole protocol messages from a socket, for the login phase, pooler queries and the
+admin console.
 
 The relay does not use this: it forwards raw chunks (see :mod:`bouncer.session.relay`).
 """
 from __future__ import annotations
 
 import socket
-from typing import Tuple
+from typing import Any, Optional, Tuple
+
+import gevent.socket
 
 from bouncer.errors import BouncerError
-from bouncer.proto.framing import MessageReader
 
 RECV_SIZE = 65536
 
@@ -33,13 +35,23 @@ def recv_some(sock: socket.socket) -> bytes:
     return _recv(sock, RECV_SIZE)
 
 
-def read_message(sock: socket.socket, reader: MessageReader) -> Tuple[int, bytes]:
-    """The next whole (type, payload) message, reading the socket as needed."""
+def read_message(sock: socket.socket, reader: Any, *limit: int) -> Tuple[int, bytes]:
+    """The next whole (type, payload) message, reading the socket as needed.
+
+    :param reader: what buffers the peer's bytes: a protocol engine or a MessageReader
+        (``feed`` and ``next_message``); ``limit`` is passed on to ``next_message``.
+    """
     while True:
-        message = reader.next_message()
+        message = reader.next_message(*limit)
         if message is not None:
             return message
         reader.feed(recv_some(sock))
+
+
+def raw_socket(sock: Any) -> Optional[socket.socket]:
+    """The non-blocking OS socket under a plain gevent socket (None for TLS wrappers), for
+    the relay to call directly once a watcher said it is ready."""
+    return sock._sock if type(sock) is gevent.socket.socket else None
 
 
 def read_exactly(sock: socket.socket, count: int) -> bytes:

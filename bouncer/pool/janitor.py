@@ -65,8 +65,6 @@ class Janitor:
             return "server lifetime over"
         if config.server_idle_timeout and server.idle_for() > config.server_idle_timeout:
             return "server idle timeout"
-        if not server.is_usable():
-            return "server conn crashed?"
         return None
 
     def _check_idle(self, pool: "Pool") -> None:

@@ -162,12 +162,10 @@ class Pool:
             raise WaitTimeout()
 
     def _take_idle(self) -> Optional[Any]:
-        while self.idle:
-            server = self.idle.popleft() if self.round_robin else self.idle.pop()
-            if server.is_usable():
-                return server
-            self.close_server(server, "server conn crashed?")
-        return None
+        # An idle server that went away was closed when its socket said so (server.readable).
+        if not self.idle:
+            return None
+        return self.idle.popleft() if self.round_robin else self.idle.pop()
 
     def _activate(self, server: Any, client: Any) -> Any:
         self.active.add(server)
@@ -309,9 +307,9 @@ class Pool:
         client = server.link
         if server.closed or server not in self.active or client is None:
             return
-        greenlet = getattr(client, "greenlet", None)
-        if greenlet is not None:
-            greenlet.kill(ClientError(reason, sqlstate.ADMIN_SHUTDOWN), block=False)
+        end = getattr(client, "end", None)
+        if end is not None:
+            end(ClientError(reason, sqlstate.ADMIN_SHUTDOWN))
 
     def mark_close_needed(self, reason: str) -> None:
         """RECONNECT: idle servers close now, active ones when released."""

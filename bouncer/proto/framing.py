@@ -137,7 +137,8 @@ def _decode_startup_string(raw: bytes) -> str:
 class MessageReader:
     """Split a byte stream into typed messages ``(type byte, payload)``.
 
-    Used for the login phase and the admin console; the relay uses the scanners instead.
+    Used where bouncer reads another pooler's admin console (online restart); a client's
+    and a server's own bytes are buffered by their protocol engines.
 
     Cost guarantee: bytes are appended to one ``bytearray`` and consumed by moving an
     offset; the consumed prefix is dropped only once it is at least half of the buffer,
@@ -178,10 +179,3 @@ class MessageReader:
             return None
         self._pos = end
         return msg_type, bytes(buf[pos + 5:end])
-
-    def take_buffered(self) -> bytes:
-        """Return and forget the bytes not consumed yet (to hand over to raw relaying)."""
-        data = bytes(self._buf[self._pos:])
-        self._buf.clear()
-        self._pos = 0
-        return data

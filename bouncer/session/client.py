@@ -18,11 +18,11 @@ import gevent
 
 from bouncer import VERSION_STRING
 from bouncer.errors import ClientError, ProtocolError
-from bouncer.net.stream import ConnectionLost, read_exactly, send_all
+from bouncer.net.stream import ConnectionLost, recv_some, send_all
 from bouncer.proto import backend, sqlstate
+from bouncer.proto.client_engine import ClientEngine
 from bouncer.proto.constants import PROTOCOL_3_0, TXN_IDLE
-from bouncer.proto.framing import (CancelRequest, GSSENCRequest, SSLRequest, StartupMessage,
-                                   parse_startup_packet, startup_packet_length)
+from bouncer.proto.framing import CancelRequest, GSSENCRequest, SSLRequest, StartupMessage
 from bouncer.admin.console import serve_admin
 from bouncer.session import client_auth, relay
 from bouncer.session.varcache import tracked_names
@@ -50,6 +50,9 @@ class ClientSession:
         self.app = app
         self.id = next(_ids)
         self.sock = sock
+        #: Everything the client sent and bouncer has not consumed yet, from the startup
+        #: packet to Terminate.
+        self.engine = ClientEngine(app.config.max_packet_size)
         self.unix = unix
         self.addr, self.port = ("unix", 0) if unix else (addr[0], addr[1])
         self.local_addr, self.local_port = self._local_address(sock, unix)
@@ -118,16 +121,30 @@ class ClientSession:
             self._cleanup()
 
     def fail(self, err: ClientError) -> None:
-        """Send *err* to the client (best effort) and remember it as the close reason."""
+        """Send *err* to the client (best effort) and remember it as the close reason.
+
+        Runs in the client's own greenlet; an error is never written into the middle of a
+        message the client is receiving (the connection just closes then).
+        """
         if isinstance(err, client_auth.LoginRefused) or not self.close_reason:
-            self.close_reason = getattr(err, "log_reason", "") or err.message
+            self.close_reason = err.log_reason
         log.log(logging.WARNING if not self.logged_in else logging.INFO,
                 "%s pooler error: %s", self.prefix, self.close_reason)
+        if self.link is not None and not self.link.client_at_boundary:
+            return
         try:
             send_all(self.sock, backend.error_response(err.severity, err.sqlstate, err.message,
                                                        err.detail, err.hint))
         except ConnectionLost:
             pass  # the client is gone; the reason is logged above
+
+    def end(self, err: ClientError) -> None:
+        """End this session from another greenlet (KILL, a timeout, shutdown): the client's
+        own greenlet stops where it waits and sends *err* itself."""
+        self.close_reason = err.log_reason
+        greenlet = self.greenlet
+        if greenlet is not None and greenlet is not gevent.getcurrent():
+            greenlet.kill(err, block=False)
 
     def _cleanup(self) -> None:
         relay.unlink_on_exit(self)
@@ -172,15 +189,22 @@ class ClientSession:
 
     def _read_startup(self) -> Optional[StartupMessage]:
         """Read startup packets until a StartupMessage; answer SSL/GSS requests on the way."""
+        engine = self.engine
         while True:
-            length = startup_packet_length(read_exactly(self.sock, 4))
-            packet = parse_startup_packet(_length_prefix(length) + read_exactly(self.sock, length - 4))
+            packet = engine.next_startup_packet()
+            if packet is None:
+                engine.feed(recv_some(self.sock))
+                continue
             if isinstance(packet, StartupMessage):
+                engine.start_authentication()
                 return packet
             if isinstance(packet, CancelRequest):
                 self.app.cancels.forward(packet.pid, packet.secret)
                 self.close_reason = "cancel request"
                 return None
+            if engine.buffered:
+                # What follows must come encrypted (or after our 'N'), as PostgreSQL says.
+                raise ProtocolError("received unencrypted data after SSL request")
             if isinstance(packet, SSLRequest):
                 self.app.start_client_tls(self)
             elif isinstance(packet, GSSENCRequest):
@@ -262,10 +286,6 @@ class ClientSession:
         parts += [backend.backend_key_data(*self.cancel_key), backend.ready_for_query(TXN_IDLE)]
         send_all(self.sock, b"".join(parts))
         self.logged_in = True
-
-
-def _length_prefix(length: int) -> bytes:
-    return length.to_bytes(4, "big")
 
 
 def _pq_options(params: Dict[str, str]) -> list:

@@ -19,7 +19,6 @@ from bouncer.errors import AuthFailed, ClientError
 from bouncer.net.stream import read_message, send_all
 from bouncer.proto import backend, frontend, sqlstate
 from bouncer.proto.constants import AuthCode, Frontend
-from bouncer.proto.framing import MessageReader
 
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.session.client import ClientSession
@@ -113,8 +112,7 @@ def _run_method(client: "ClientSession", method: Optional[str],
 
 
 def _read_password_message(client: "ClientSession") -> bytes:
-    reader = MessageReader(max_length=MAX_PASSWORD_PACKET)
-    kind, payload = read_message(client.sock, reader)
+    kind, payload = read_message(client.sock, client.engine, MAX_PASSWORD_PACKET)
     if kind != Frontend.PASSWORD:
         raise ClientError(f"expected password response, got message type {chr(kind)!r}",
                           sqlstate.PROTOCOL_VIOLATION)

@@ -1,39 +1,33 @@
 """Relaying traffic between a logged-in client and its servers: the hot path.
 
-Bytes are forwarded in the chunks they arrive in (one send per chunk, never per message); only
-the 5-byte headers are scanned, to count sync points (Query/Sync) going to the server and
-ReadyForQuery coming back.  When every sync point has been answered and the server is idle, the
-server is released (transaction and statement modes).  No plugin calls and no per-message
-objects here.
+The relay only moves bytes; the protocol engines decide (:mod:`bouncer.proto.client_engine`
+and :mod:`bouncer.proto.server_engine`): what to forward, what the server still owes, when the
+server can go back to the pool.  A server is released (transaction and statement modes) when
+nothing is owed, its last ReadyForQuery said idle, and neither side stands inside a message.
 
-With ``max_prepared_statements`` in transaction and statement modes, client chunks also go
-through the :mod:`~bouncer.session.prepared` tracker, which rewrites only messages naming a
-prepared statement (a chunk without any is sent as it came), and server chunks go through it
-only while it has injected or synthetic replies outstanding.
-
-One greenlet serves a client: it waits on the client's and the linked server's sockets at once
-(libev watchers), and handles whichever is readable.  Compared with a second "pump" greenlet per
-link this saves a greenlet spawn and two switches per transaction, and replies can never
-interleave because only this greenlet writes to the client.
+One greenlet serves a client.  It waits on the client's socket and on its server's at once:
+both have a libev watcher that stays started, whose callback switches to this greenlet when it
+waits (and stops the watcher when it does not, say while a send blocks), so a transaction
+costs no watcher setup, no waiter object and no syscall beyond one read and one write each
+way.  Reads go into one buffer shared by all clients, consumed before the greenlet can yield;
+a send that cannot finish at once copies what is left first.  Only this greenlet writes to
+its client, so replies never interleave.  No plugin calls and no per-message objects here.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional
 
-from gevent import get_hub
-from gevent.hub import Waiter
+from gevent import get_hub, getcurrent
 
-from bouncer.errors import ClientError, ProtocolError
-from bouncer.net.stream import ConnectionLost
+from bouncer.errors import ClientError
+from bouncer.net.stream import ConnectionLost, raw_socket
 from bouncer.proto import sqlstate
+from bouncer.proto.client_engine import NEED_SERVER
 from bouncer.proto.constants import TXN_IDLE
-from bouncer.proto.scanner import ReplyPosition
-from bouncer.proto.scanner import ClientScanner
-from bouncer.session.prepared import PreparedTracker
-from bouncer.session.statements import is_statement_reset, server_statements
+from bouncer.proto.prepared import PreparedStatements
 from bouncer.session.varcache import sync_query
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -45,6 +39,11 @@ log = logging.getLogger(__name__)
 CHUNK = 64 * 1024  # below glibc's mmap threshold: a bigger recv buffer costs 3 syscalls
 SESSION, TRANSACTION, STATEMENT = "session", "transaction", "statement"
 STATEMENT_REFUSAL = "transaction blocks not allowed in statement pooling mode"
+
+# One read buffer for every relay of this process: a chunk is consumed (walked and sent)
+# before its greenlet can yield, and what must outlive that is copied.
+_buffer = bytearray(CHUNK)
+_view = memoryview(_buffer)
 
 # What woke the client's greenlet up.
 _CLIENT, _SERVER, _TIMER = 1, 2, 3
@@ -60,56 +59,74 @@ def serve(client: "ClientSession") -> None:
     client.link.run()
 
 
-def send_chunk(sock, data: bytes) -> None:
-    """One ``send``; ``sendall`` only for the rest when the kernel took part of it."""
-    sent = sock.send(data)
-    if sent != len(data):
-        sock.sendall(memoryview(data)[sent:])
-
-
-def _read(sock) -> bytes:
-    """One read of what is there; a broken connection reads as end-of-stream."""
+def _read(sock: Any, raw: Any) -> Optional[Any]:
+    """What is there to read: a view of the shared buffer (empty at end of stream), or None
+    when the wakeup was spurious."""
+    if raw is None:
+        try:
+            return sock.recv(CHUNK)
+        except OSError:
+            return b""
     try:
-        return sock.recv(CHUNK)
+        return _view[:raw.recv_into(_buffer)]
+    except BlockingIOError:
+        return None
     except OSError:
         return b""
 
 
-def _buffered(sock) -> bool:
-    """TLS sockets may hold decrypted bytes the fd's readiness does not show."""
-    pending = getattr(sock, "pending", None)
-    return pending is not None and pending() > 0
+def _send(sock: Any, raw: Any, data: Any) -> None:
+    """One ``send``; what the kernel did not take is copied, then sent as gevent waits."""
+    if raw is not None:
+        try:
+            sent = raw.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    sock.sendall(bytes(data))
 
 
 class Link:
-    """The relay state of one client: its linked server, pending replies and timers."""
+    """The relay state of one client: its linked server, timers and what wakes it."""
 
     def __init__(self, client: "ClientSession") -> None:
         pool = client.pool
         limits = pool.limits
+        config = client.app.config
         self.client = client
         self.pool = pool
         self.stats = pool.database.stats
         self.mode = limits.pool_mode()
         self.releasing = self.mode != SESSION
-        self.idle_timeout = limits.client_idle_timeout() or None
-        self.idle_xact_timeout = limits.idle_transaction_timeout() or None
-        self.query_timeout = limits.query_timeout() or None
-        self.hub = get_hub()
-        self.client_watch = self.hub.loop.io(client.sock.fileno(), _READ)
-        config = client.app.config
-        self.scanner = ClientScanner(config.max_packet_size)
+        self.engine = client.engine
         #: Named prepared statements are tracked only where servers change hands.
-        self.prepared = (PreparedTracker(config.max_prepared_statements, self.stats,
-                                         config.max_packet_size, position_of=_reply_position)
-                         if config.max_prepared_statements and self.mode != SESSION else None)
+        if config.max_prepared_statements and self.mode != SESSION:
+            self.engine.prepared = PreparedStatements(config.max_prepared_statements,
+                                                      self.stats)
+        self.engine.disable_pqexec = config.disable_pqexec
+        self.engine.start_relay()
+        self.timeouts = {"idle": limits.client_idle_timeout(),
+                         "query": limits.query_timeout(),
+                         "idle_transaction": limits.idle_transaction_timeout()}
+        self._timers: Dict[float, Any] = {}
         self.server: Optional["ServerConnection"] = None
-        self.pending = 0
+        self.hub = get_hub()
+        self.greenlet = getcurrent()
+        self.client_raw = raw_socket(client.sock)
+        self.client_watch = self.hub.loop.io(client.sock.fileno(), _READ)
+        self._waiting = False
+        #: The client stands between two messages of ours (an error may be sent).
+        self.client_at_boundary = True
         self.query_start = 0.0
         self.xact_start = 0.0
 
     def run(self) -> None:
         try:
+            if self.engine.buffered:  # sent with the last login message
+                if not self._client_bytes(b""):
+                    return
             while True:
                 source = self._wait()
                 if source == _SERVER:
@@ -121,50 +138,77 @@ class Link:
                     raise self._timeout_error()
         finally:
             self.client_watch.close()
+            for timer in self._timers.values():
+                timer.close()
 
     # -- waiting -------------------------------------------------------------------------------
 
     def _wait(self) -> int:
         server = self.server
-        if _buffered(self.client.sock):
-            return _CLIENT
-        if server is not None and _buffered(server.sock):
-            return _SERVER
-        waiter = Waiter(self.hub)
-        self.client_watch.start(waiter.switch, _CLIENT)
-        server_watch = timer = None
+        if self.client_raw is None and self.client.sock.pending():
+            return _CLIENT  # TLS: decrypted bytes the fd's readiness does not show
         if server is not None:
-            server_watch = server.read_watcher()
-            server_watch.start(waiter.switch, _SERVER)
-        timeout = self._timeout()
-        if timeout:
-            timer = self.hub.loop.timer(timeout)
-            timer.start(waiter.switch, _TIMER)
+            if server.engine.buffered or (server.raw is None and _tls_pending(server.sock)):
+                return _SERVER
+            if not server.watch.active:
+                server.watch.start(server.readable)
+        if not self.client_watch.active:
+            self.client_watch.start(self._client_ready)
+        timer = self._timer()
+        if timer is not None:
+            timer.again(self._timer_fired)  # (a stopped timer's start() keeps its old deadline)
+        self._waiting = True
         try:
-            return waiter.get()
+            return self.hub.switch()
         finally:
-            self.client_watch.stop()
-            if server_watch is not None:
-                server_watch.stop()
+            self._waiting = False
             if timer is not None:
-                timer.close()
+                timer.stop()
 
-    def _timeout(self) -> Optional[float]:
+    def _client_ready(self) -> None:
+        if self._waiting:
+            self.greenlet.switch(_CLIENT)
+        else:  # busy (a send or a pooler query waits): look again when waiting
+            self.client_watch.stop()
+
+    def server_ready(self) -> None:
+        """The linked server's socket is readable (its watch calls this from the hub)."""
+        if self._waiting:
+            self.greenlet.switch(_SERVER)
+        else:
+            self.server.watch.stop()
+
+    def _timer_fired(self) -> None:
+        if self._waiting:
+            self.greenlet.switch(_TIMER)
+
+    def _timer(self) -> Optional[Any]:
+        """The timer of the timeout that applies now, if one is set."""
+        seconds = self.timeouts[self._timeout_kind()]
+        if not seconds:
+            return None
+        timer = self._timers.get(seconds)
+        if timer is None:
+            timer = self._timers[seconds] = self.hub.loop.timer(seconds, seconds)
+        return timer
+
+    def _timeout_kind(self) -> str:
         server = self.server
         if server is None:
-            return self.idle_timeout
-        if self.pending:
-            return self.query_timeout
-        if server.scanner.last_status != TXN_IDLE:
-            return self.idle_xact_timeout
-        return self.idle_timeout  # session mode: linked, but the client is idle
+            return "idle"
+        if len(server.engine.pipeline):
+            return "query"
+        if server.engine.status != TXN_IDLE:
+            return "idle_transaction"
+        return "idle"  # session mode: linked, but the client is idle
 
     def _timeout_error(self) -> ClientError:
+        kind = self._timeout_kind()
         server = self.server
-        if server is None or (not self.pending and server.scanner.last_status == TXN_IDLE):
+        if kind == "idle":
             # An idle server stays linked; the session's end gives it back (after the reset).
             return ClientError("client_idle_timeout", sqlstate.ADMIN_SHUTDOWN)
-        if self.pending:
+        if kind == "query":
             self._drop_server(server, "query timeout")
             return ClientError("query timeout", sqlstate.QUERY_CANCELED)
         self._drop_server(server, "idle transaction timeout")
@@ -174,123 +218,103 @@ class Link:
 
     def _from_client(self) -> bool:
         """Forward what the client sent; False when the client is done."""
-        client = self.client
-        data = _read(client.sock)
+        data = _read(self.client.sock, self.client_raw)
+        if data is None:
+            return True
         if not data:
-            client.close_reason = client.close_reason or "client unexpected eof"
+            self.client.close_reason = self.client.close_reason or "client unexpected eof"
             return False
-        scanner = self.scanner
-        syncs = scanner.feed(data)
-        stop = scanner.terminate_at
-        if stop is not None:
-            data = data[:stop]
-        stats = self.stats
-        stats.bytes_received += len(data)
-        if scanner.parse_count or scanner.bind_count:
-            stats.client_parse_count += scanner.parse_count
-            stats.bind_count += scanner.bind_count
-            scanner.parse_count = scanner.bind_count = 0
-        if data:
-            self._forward(data, syncs)
-        if stop is not None:
-            client.close_reason = "client close request"
+        self.stats.bytes_received += len(data)
+        return self._client_bytes(data)
+
+    def _client_bytes(self, data: Any) -> bool:
+        engine = self.engine
+        idle_before = self.server is None or not len(self.server.engine.pipeline)
+        out = engine.receive(data)
+        if out is NEED_SERVER:
+            self._link_server()
+            out = engine.receive_pending()
+        if out:
+            if idle_before:
+                self._start_clock()
+            self._to_server(out)
+        prepared = engine.prepared
+        if prepared is not None and prepared.replies:
+            replies = b"".join(prepared.replies)
+            prepared.replies.clear()
+            self._to_client(replies)
+        if engine.terminated:
+            self.client.close_reason = "client close request"
             return False
+        self._release_if_done()
         return True
 
-    def _forward(self, data: bytes, syncs: int) -> None:
+    def _start_clock(self) -> None:
+        now = time.monotonic()
+        self.query_start = now
+        if not self.xact_start:
+            self.xact_start = now
+
+    def _to_server(self, data: Any) -> None:
         server = self.server
-        if server is None:
-            server = self._link_server()
-        if not self.pending:
-            now = time.monotonic()
-            self.query_start = now
-            if not self.xact_start:
-                self.xact_start = now
-        self.pending += syncs
-        if self.prepared is not None:
-            data = self._track_request(server, data)
-            if not data:
-                return
         try:
-            send_chunk(server.sock, data)
+            _send(server.sock, server.raw, data)
         except OSError:
             self._server_lost(server)
 
-    def _track_request(self, server: "ServerConnection", data: bytes) -> bytes:
-        """Rewrite statement names; answer what needs no server.  Returns what to send."""
-        tracker = self.prepared
-        try:
-            data, replies = tracker.from_client(data)
-        except (ProtocolError, ClientError):
-            # Earlier chunks of this pipeline may be on the server: it cannot be reused.
-            self._drop_server(server, "client sent a bad prepared statement request")
-            raise
-        if replies:
-            self._send_to_client(server, replies)
-        if tracker.lost_syncs:
-            self._forget_lost_syncs()
-        return data
-
-    def _forget_lost_syncs(self) -> None:
-        """Sync points the server skipped after an error will never be answered."""
-        tracker = self.prepared
-        self.pending = max(0, self.pending - tracker.lost_syncs)
-        tracker.lost_syncs = 0
-
-    def _link_server(self) -> "ServerConnection":
+    def _link_server(self) -> None:
         client = self.client
         client.request_time = time.time()
         server = self.pool.acquire(client)
-        _sync_parameters(client, server)
+        server.wake = self.server_ready
         client.server = self.server = server
-        if self.prepared is not None:
-            self.prepared.link(server)
-        return server
+        _sync_parameters(client, server)
+        pipeline = server.engine.pipeline
+        self.engine.pipeline = pipeline
+        if self.engine.prepared is not None:
+            pipeline.names = self.engine.prepared.names
 
     # -- server -> client ----------------------------------------------------------------------
 
     def _from_server(self) -> None:
         server = self.server
-        data = _read(server.sock)
+        data = _read(server.sock, server.raw)
+        if data is None:
+            return
         if not data:
             self._server_lost(server)
-        scanner = server.scanner
-        replies = scanner.feed(data)
-        if scanner.param_updates:
+        engine = server.engine
+        out = engine.receive(data)
+        if engine.param_updates:
             self._apply_param_updates(server)
-        if (replies and self.mode == STATEMENT and self.pending <= replies
-                and scanner.last_status != TXN_IDLE):
+        ready = engine.ready_count
+        if ready and self.mode == STATEMENT and engine.status != TXN_IDLE:
             # PgBouncer drops what the server said (BEGIN's "BEGIN") and sends only the error.
             self._drop_server(server, STATEMENT_REFUSAL)
-            raise ClientError(STATEMENT_REFUSAL, sqlstate.FEATURE_NOT_SUPPORTED)
-        tracker = self.prepared
-        if tracker is not None:
-            if tracker.tracked:
-                data = tracker.from_server(data)
-                if tracker.lost_syncs:
-                    self._forget_lost_syncs()
-            elif replies:
-                tracker.answered(replies)
-        if data:
-            self._send_to_client(server, data)
-        if replies:
-            self._count(replies, scanner.last_status)
-            if (self.releasing and not self.pending and scanner.last_status == TXN_IDLE
-                    and self.scanner.at_sync_point):
-                self._release(server)
+            raise ClientError(STATEMENT_REFUSAL, sqlstate.PROTOCOL_VIOLATION)
+        if out:
+            self._to_client(out)
+        if ready:
+            self._count(ready, engine.status)
+            self._release_if_done()
 
-    def _send_to_client(self, server: "ServerConnection", data: bytes) -> None:
+    def _to_client(self, data: Any) -> None:
+        client = self.client
+        self.client_at_boundary = False
         try:
-            send_chunk(self.client.sock, data)
+            _send(client.sock, self.client_raw, data)
         except OSError as exc:
-            self._drop_server(server, "client disconnect while server was not ready")
+            server = self.server
+            if server is not None:
+                self._drop_server(server, "client disconnect while server was not ready")
             raise ConnectionLost(f"client unexpected eof ({exc})") from exc
+        server = self.server
+        self.client_at_boundary = server is None or not server.engine.client_mid_message
         self.stats.bytes_sent += len(data)
 
     def _count(self, replies: int, status: int) -> None:
         now = time.monotonic()
         stats = self.stats
-        self.pending = max(0, self.pending - replies)
         stats.query_count += replies
         stats.query_time += int((now - self.query_start) * 1e6)
         self.query_start = now
@@ -301,21 +325,34 @@ class Link:
 
     def _apply_param_updates(self, server: "ServerConnection") -> None:
         """A SET of a tracked parameter: the client now expects it on every server."""
-        for name, value in server.scanner.param_updates:
+        for name, value in server.engine.param_updates:
             server.params[name] = value
             if name in self.client.vars:
                 self.client.vars[name] = value
-        server.scanner.param_updates.clear()
+        server.engine.param_updates.clear()
 
-    def _release(self, server: "ServerConnection") -> None:
-        self.unlink_server()
-        self.pool.release(server)
+    # -- giving the server back ----------------------------------------------------------------
+
+    def _release_if_done(self) -> None:
+        """Transaction and statement modes: release the server once it owes nothing."""
+        server = self.server
+        if server is None or not self.releasing:
+            return
+        engine = server.engine
+        if (engine.status == TXN_IDLE and engine.pipeline.idle and engine.at_boundary
+                and self.engine.at_boundary):
+            self.unlink_server()
+            self.pool.release(server)
 
     def unlink_server(self) -> None:
         """Forget the linked server (the caller gives it back or closes it)."""
+        server = self.server
+        if server is None:
+            return
+        server.wake = None
+        server.engine.pipeline.names = None
+        self.engine.pipeline = None
         self.client.server = self.server = None
-        if self.prepared is not None:
-            self.prepared.unlink()
 
     # -- failures ------------------------------------------------------------------------------
 
@@ -330,8 +367,9 @@ class Link:
         raise ClientError("server conn crashed?", sqlstate.CONNECTION_FAILURE)
 
 
-def _reply_position(server: "ServerConnection") -> ReplyPosition:
-    return server.scanner.reply_position()
+def _tls_pending(sock: Any) -> bool:
+    pending = getattr(sock, "pending", None)
+    return pending is not None and pending() > 0
 
 
 @contextlib.contextmanager
@@ -371,19 +409,21 @@ def fetch_welcome_params(client: "ClientSession") -> None:
 
 
 def unlink_on_exit(client: "ClientSession") -> None:
-    """The client is leaving: give back (or close) its server."""
+    """The client is leaving: give back (or close) its server, with PgBouncer's reasons."""
     link = client.link
     if link is None or link.server is None:
         return
     server = link.server
+    engine = server.engine
     link.unlink_server()
     pool = link.pool
-    if link.pending:
+    if len(engine.pipeline):
         # The backend would run the query to its end before reading our Terminate.
         client.app.cancels.cancel_server(server, client.prefix)
-    if (link.pending or server.scanner.last_status != TXN_IDLE
-            or not link.scanner.at_sync_point):
+    if engine.status != TXN_IDLE or len(engine.pipeline):
         pool.close_server(server, "client disconnect while server was not ready")
+    elif not (engine.pipeline.idle and engine.at_boundary and link.engine.at_boundary):
+        pool.close_server(server, "client disconnect before everything was sent to the server")
     elif link.mode == SESSION or client.app.config.server_reset_query_always:
         _reset_and_release(client, server)
     else:
@@ -399,6 +439,4 @@ def _reset_and_release(client: "ClientSession", server: "ServerConnection") -> N
     except (ClientError, ConnectionLost) as err:
         client.pool.close_server(server, f"server_reset_query failed: {err}")
         return
-    if reset and is_statement_reset(reset):
-        server_statements(server).clear()
     client.pool.release(server)

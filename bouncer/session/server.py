@@ -6,21 +6,20 @@ proto.c).
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import gevent
-from gevent import monkey
 
 from bouncer.errors import ClientError
-from bouncer.net.stream import ConnectionLost, read_message, send_all
+from bouncer.net.stream import ConnectionLost, raw_socket, read_message, send_all
 from bouncer.proto import backend, frontend, sqlstate
 from bouncer.proto.constants import Backend
-from bouncer.proto.framing import MessageReader
-from bouncer.proto.scanner import ServerScanner
+from bouncer.proto.server_engine import ServerEngine
 from bouncer.session.server_login import login
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,8 +31,7 @@ log = logging.getLogger(__name__)
 #: Unique ids for SHOW SERVERS' ``id`` column (shared numbering with nothing else).
 _ids = itertools.count(1)
 
-# A zero-timeout poll must not go through gevent's hub: it would wait for an event.
-_select = monkey.get_original("select", "select")
+_READ = 1  # libev's EV_READ
 
 
 class ServerError(ClientError):
@@ -61,9 +59,17 @@ class ServerConnection:
         self.close_needed = False
         self.close_reason = ""
         self.closed = False
-        self.scanner = ServerScanner(pool.limits.config().max_packet_size)
+        config = pool.limits.config()
+        self.engine = ServerEngine(config.max_packet_size,
+                                   track_statements=config.max_prepared_statements > 0)
         self.tls = ""
-        self._read_watch: Any = None
+        #: Called (from the hub) when the linked client's relay must read this server.
+        self.wake: Optional[Callable[[], None]] = None
+        #: Watches the socket for as long as the connection is pooled: it wakes the linked
+        #: client's relay, and notices an idle server that closed or spoke out of turn.
+        self.watch: Any = None
+        #: The OS socket under a plain connection (None with TLS), for the relay.
+        self.raw: Any = None
         local = sock.getsockname()
         self.local_addr, self.local_port = (local[0], local[1]) if isinstance(local, tuple) \
             else ("unix", 0)
@@ -81,21 +87,38 @@ class ServerConnection:
     def idle_for(self) -> float:
         return time.monotonic() - self.last_used
 
-    def read_watcher(self) -> Any:
-        """A libev read watcher on this socket, made once (the relay waits on it)."""
-        if self._read_watch is None:
-            self._read_watch = gevent.get_hub().loop.io(self.sock.fileno(), 1)
-        return self._read_watch
+    def arm(self) -> None:
+        """Start watching the socket: the connection is logged in and goes into the pool."""
+        self.raw = raw_socket(self.sock)
+        self.watch = gevent.get_hub().loop.io(self.sock.fileno(), _READ)
+        self.watch.start(self.readable)
 
-    def is_usable(self) -> bool:
-        """False if the server closed the connection (or sent something) while idle."""
-        if self.closed:
-            return False
+    def readable(self) -> None:
+        """The socket is readable (called from the hub's loop)."""
+        wake = self.wake
+        if wake is not None:
+            wake()
+            return
+        # Idle: PostgreSQL says nothing unasked but a FATAL before it goes away.
+        self.watch.stop()
+        gevent.spawn(self._close_if_still_idle)
+
+    def _close_if_still_idle(self) -> None:
+        if not self.closed and self.wake is None and self.link is None:
+            log.warning("%s server conn crashed?", self.prefix)
+            self.pool.close_server(self, "server conn crashed?")
+
+    @contextlib.contextmanager
+    def reading_itself(self) -> Iterator[None]:
+        """While bouncer reads the server's replies itself, the pool's watch stays quiet."""
+        watch = self.watch
+        if watch is not None:
+            watch.stop()
         try:
-            readable, _, _ = _select([self.sock.fileno()], [], [], 0)
-        except (OSError, ValueError):
-            return False
-        return not readable
+            yield
+        finally:
+            if watch is not None and not self.closed:
+                watch.start(self.readable)
 
     # -- pooler queries --------------------------------------------------------------------------
 
@@ -109,11 +132,18 @@ class ServerConnection:
         return self.read_until_ready()
 
     def read_until_ready(self) -> List[List[Optional[bytes]]]:
-        reader = MessageReader()
+        """Read replies up to ReadyForQuery; returns the data rows.
+
+        :raises ServerError: the server answered with an error.
+        """
+        with self.reading_itself():
+            return self._read_rows()
+
+    def _read_rows(self) -> List[List[Optional[bytes]]]:
         rows: List[List[Optional[bytes]]] = []
         error: Optional[Dict[str, str]] = None
         while True:
-            kind, payload = read_message(self.sock, reader)
+            kind, payload = read_message(self.sock, self.engine)
             if kind == Backend.DATA_ROW:
                 rows.append(backend.parse_data_row(payload))
             elif kind == Backend.ERROR_RESPONSE:
@@ -141,8 +171,9 @@ class ServerConnection:
             self.sock.sendall(frontend.terminate())
         except OSError:
             pass  # the server may be gone already; closing is all that is left to do
-        if self._read_watch is not None:
-            self._read_watch.close()
+        if self.watch is not None:
+            self.watch.close()
+        self.engine.pipeline.clear()
         self.sock.close()
 
 
@@ -174,6 +205,7 @@ def connect_server(app: "App", pool: "Pool") -> ServerConnection:
         log.info("%s new connection to server (from %s:%s)", server.prefix,
                  server.local_addr, server.local_port)
     _run_connect_query(server, definition.connect_query)
+    server.arm()
     return server
 
 

@@ -17,7 +17,6 @@ from bouncer.net.stream import read_exactly, read_message, send_all
 from bouncer.net.tls import describe_connection
 from bouncer.proto import backend, frontend, sqlstate
 from bouncer.proto.constants import AuthCode, Backend
-from bouncer.proto.framing import MessageReader
 
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.app import App
@@ -38,10 +37,9 @@ def login(app: "App", server: "ServerConnection", pool: "Pool") -> None:
     params = {"user": user, "database": pool.database.definition.dbname or pool.database.name}
     params.update(pool.database.definition.startup_params)
     send_all(server.sock, frontend.startup_message(params))
-    reader = MessageReader()
     exchange = _AuthExchange(server, pool, user, secret)
     while True:
-        kind, payload = read_message(server.sock, reader)
+        kind, payload = read_message(server.sock, server.engine)
         if kind == Backend.AUTHENTICATION:
             exchange.answer(*backend.parse_authentication(payload))
         elif kind == Backend.PARAMETER_STATUS:

@@ -179,12 +179,28 @@ def test_past_the_cap_statements_are_closed_and_prepared_again(start) -> None:
             if client["database"] == "testdb"] == [3]
 
 
-def test_deallocate_all_frees_the_names(start) -> None:
+def test_deallocate_all_forgets_the_names_and_a_bind_to_one_ends_the_session(start) -> None:
+    """As PgBouncer: the names are gone, and bouncer refuses a Bind to one itself (it cannot
+    place PostgreSQL's error inside a pipeline it has rewritten)."""
     bouncer = start(1)
     sock = session(bouncer)
     assert kinds(exchange(sock, parse("d", "SELECT 1"), SYNC)) == b"1Z"
     assert pgwire.first_error(pgwire.run_query(sock, "DEALLOCATE ALL")) is None
-    assert pgwire.first_error(exchange(sock, bind("d"), EXECUTE, SYNC))["C"] == "26000"
+    sock.sendall(bind("d") + EXECUTE + SYNC)
+    error = pgwire.first_error(pgwire.messages_until_closed(sock, timeout=5))
+    assert (error["S"], error["C"], error["M"]) == ("FATAL", "08P01",
+                                                    "prepared statement did not exist")
+    assert "prepared statement 'd' not found" in bouncer.log_text()
+    again = session(bouncer)  # the name is free again on a new session
+    assert kinds(exchange(again, parse("d", "SELECT 2"), SYNC)) == b"1Z"
+    assert run(again, "d") == [["2"]]
+
+
+def test_discard_all_frees_the_names_for_reuse(start) -> None:
+    bouncer = start(1)
+    sock = session(bouncer)
+    assert kinds(exchange(sock, parse("d", "SELECT 1"), SYNC)) == b"1Z"
+    assert pgwire.first_error(pgwire.run_query(sock, "DISCARD ALL")) is None
     assert kinds(exchange(sock, parse("d", "SELECT 2"), SYNC)) == b"1Z"
     assert run(sock, "d") == [["2"]]
 
@@ -194,8 +210,9 @@ def test_reusing_an_open_name_ends_the_session(start) -> None:
     sock = session(bouncer)
     assert kinds(exchange(sock, parse("x", "SELECT 1"), SYNC)) == b"1Z"
     sock.sendall(parse("x", "SELECT 2") + SYNC)
-    replies = pgwire.messages_until_closed(sock, timeout=5)
-    assert pgwire.first_error(replies)["C"] == "42P05"
+    error = pgwire.first_error(pgwire.messages_until_closed(sock, timeout=5))
+    assert (error["C"], error["M"]) == ("08P01", "prepared statement name is already in use")
+    assert "prepared statement 'x' was already prepared" in bouncer.log_text()
     other = session(bouncer)  # the daemon serves on
     assert kinds(exchange(other, parse("x", "SELECT 1"), SYNC)) == b"1Z"
 

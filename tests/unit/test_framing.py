@@ -148,16 +148,6 @@ def test_reader_accepts_length_equal_to_max():
     assert reader.next_message() == (ord("p"), b"123456")
 
 
-def test_reader_take_buffered_hands_over_unconsumed_bytes():
-    reader = MessageReader()
-    tail = message(b"Q", b"select 2\0") + b"D\0\0"
-    reader.feed(message(b"p", b"pw\0") + tail)
-    assert reader.next_message() == (ord("p"), b"pw\0")
-    assert reader.take_buffered() == tail
-    assert reader.take_buffered() == b""
-    assert reader.next_message() is None
-
-
 def test_reader_survives_many_feed_consume_cycles():
     """Compaction must never lose or duplicate bytes across many small feeds."""
     reader = MessageReader()

@@ -27,7 +27,8 @@ def split(wire: bytes):
         if item is None:
             break
         messages.append(item)
-    assert reader.take_buffered() == b"", "builder produced a wrong length field"
+    consumed = sum(5 + len(payload) for _, payload in messages)
+    assert consumed == len(wire), "builder produced a wrong length field"
     return messages
 
 

@@ -1,8 +1,8 @@
-"""Named prepared statements in transaction pooling: the sans-IO tracker and its wire helpers.
+"""Named prepared statements in transaction pooling, through the protocol engines.
 
 The reference is a small model of a PostgreSQL backend (``Backend``), written apart from
 ``bouncer.proto``: a client talking to its own backend directly must see the same replies as
-the same client going through the tracker to servers shared with another client, whatever
+the same client going through the engines to servers shared with another client, whatever
 the chunking on either side.  Hypothesis drives random sessions through both paths.
 """
 from __future__ import annotations
@@ -18,16 +18,10 @@ from hypothesis import strategies as st
 
 from bouncer.errors import ClientError, ProtocolError
 from bouncer.proto import extended
-from bouncer.proto.scanner import ServerScanner
-from bouncer.session.prepared import PreparedTracker
-from bouncer.session.statements import (
-    ADD,
-    REMOVE,
-    ServerStatements,
-    StatementRegistry,
-    is_statement_reset,
-    server_statements,
-)
+from bouncer.proto.client_engine import NEED_SERVER, ClientEngine
+from bouncer.proto.prepared import PreparedStatements
+from bouncer.proto.server_engine import ServerEngine
+from bouncer.proto.statements import ADD, REMOVE, ServerStatements, StatementRegistry
 
 Message = Tuple[bytes, bytes]
 
@@ -112,7 +106,7 @@ class Backend:
         self.out = bytearray()
         self.received = bytearray()
         self.unread = bytearray()
-        self.scanner = ServerScanner()  # what the relay keeps per server connection
+        self.engine = ServerEngine(track_statements=True)  # the relay's, per server connection
 
     def receive(self, data: bytes) -> None:
         """Take bytes as a socket would: a message may arrive in several pieces."""
@@ -216,37 +210,47 @@ class Backend:
 # -- the relay's side, without sockets --------------------------------------------------------
 
 class Link:
-    """One client's tracker, fed the way the relay feeds it."""
+    """One client's engine, fed the way the relay feeds it."""
 
     def __init__(self, capacity: int, registry: StatementRegistry) -> None:
-        self.stats = SimpleNamespace(server_parse_count=0)
-        self.tracker = PreparedTracker(capacity, self.stats, registry=registry,
-                                       position_of=lambda server: server.scanner.reply_position())
+        self.stats = SimpleNamespace(server_parse_count=0, client_parse_count=0, bind_count=0)
+        self.engine = ClientEngine(prepared=PreparedStatements(capacity, self.stats, registry))
+        self.engine.start_relay()
         self.received = bytearray()  # everything the client got
         self.server: Optional[Backend] = None
 
+    @property
+    def names(self) -> Dict[bytes, object]:
+        return self.engine.prepared.names
+
     def attach(self, server: Backend) -> None:
         self.server = server
-        self.tracker.link(server)
+        self.engine.pipeline = server.engine.pipeline
+        server.engine.pipeline.names = self.names
 
     def send(self, chunk: bytes) -> None:
-        to_server, to_client = self.tracker.from_client(chunk)
-        self.received += to_client
+        to_server = self.engine.receive(chunk)
+        assert to_server is not NEED_SERVER
+        replies = self.engine.prepared.replies
+        self.received += b"".join(replies)
+        replies.clear()
         if to_server:
-            self.server.receive(to_server)
+            self.server.receive(bytes(to_server))
 
     def deliver(self, chunk: bytes) -> None:
-        replies = self.server.scanner.feed(chunk)
-        if self.tracker.tracked:
-            chunk = self.tracker.from_server(chunk)
-        else:
-            self.tracker.answered(replies)
-        self.received += chunk
+        self.received += self.server.engine.receive(chunk)
 
     def detach(self) -> None:
-        assert not self.tracker.tracked, "released with replies still tracked"
-        self.tracker.unlink()
+        engine = self.server.engine
+        assert engine.pipeline.idle and engine.at_boundary and self.engine.at_boundary, \
+            "released with replies still owed"
+        engine.pipeline.names = None
+        self.engine.pipeline = None
         self.server = None
+
+
+def server_statements(server: Backend) -> ServerStatements:
+    return server.engine.pipeline.statements
 
 
 def pieces(data: bytes, cuts: Sequence[int]) -> List[bytes]:
@@ -329,7 +333,7 @@ def test_close_forgets_the_name_only_and_answers_itself(registry) -> None:
     assert [kind for kind, _ in summary(bytes(link.received))] == [b"3", b"1", b"2", b"D", b"C",
                                                                    b"Z"]
     assert server.prepared_by_bouncer() == {b"BOUNCER_1", b"BOUNCER_2"}
-    assert set(link.tracker.statements) == {b"s"}
+    assert set(link.names) == {b"s"}
 
 
 def test_past_the_cap_the_least_recently_used_statement_is_closed(registry) -> None:
@@ -351,7 +355,7 @@ def test_an_error_before_a_synthetic_reply_drops_it_and_the_name(registry) -> No
     run_batch(link, server, parse("p", "SELECT $1") + bind("p", [b"bad"]) + execute()
               + parse("y", "SELECT 1") + SYNC, [], [])
     assert summary(bytes(link.received)) == [(b"1", b""), (b"E", b"22P02"), (b"Z", b"I")]
-    assert set(link.tracker.statements) == {b"p"}  # y was skipped by the server
+    assert set(link.names) == {b"p"}  # y was skipped by the server
 
 
 def test_a_failing_injected_parse_reports_its_error(registry) -> None:
@@ -368,7 +372,7 @@ def test_deallocate_all_empties_the_client_and_the_server(registry) -> None:
     link, server = Link(10, registry), Backend()
     run_batch(link, server, parse("s", "SELECT 1") + SYNC, [], [])
     run_batch(link, server, query("DEALLOCATE ALL"), [], [])
-    assert link.tracker.statements == {} and len(server_statements(server)) == 0
+    assert link.names == {} and len(server_statements(server)) == 0
     assert server.prepared_by_bouncer() == set()
 
 
@@ -378,7 +382,7 @@ def test_a_failed_discard_all_changes_nothing(registry) -> None:
     server.on_Q = lambda body: (server.error("25001", False), server.out.extend(msg(b"Z", b"T")))
     run_batch(link, server, query("discard all;"), [], [])
     assert [statement.name for statement in server_statements(server)] == [b"BOUNCER_1"]
-    assert set(link.tracker.statements) == {b"s"}
+    assert set(link.names) == {b"s"}
 
 
 def test_reusing_an_open_name_ends_the_session(registry) -> None:
@@ -387,7 +391,18 @@ def test_reusing_an_open_name_ends_the_session(registry) -> None:
     link.attach(server)
     with pytest.raises(ClientError) as caught:
         link.send(parse("s", "SELECT 2") + SYNC)
-    assert caught.value.sqlstate == "42P05"
+    assert (caught.value.sqlstate, caught.value.message) == (
+        "08P01", "prepared statement name is already in use")
+
+
+@pytest.mark.parametrize("message", [bind("nope") + execute(), describe(b"S", "nope")])
+def test_an_unknown_name_ends_the_session(registry, message) -> None:
+    link = Link(10, registry)
+    link.attach(Backend())
+    with pytest.raises(ClientError) as caught:
+        link.send(message + SYNC)
+    assert caught.value.message == "prepared statement did not exist"
+    assert caught.value.log_reason == "prepared statement 'nope' not found"
 
 
 @pytest.mark.parametrize("bad", [
@@ -409,24 +424,17 @@ def test_unnamed_traffic_is_forwarded_as_the_same_bytes(registry) -> None:
     link, server = Link(10, registry), Backend()
     link.attach(server)
     chunk = parse("", "SELECT $1") + bind("", [b"1"]) + describe(b"P", "") + execute() + SYNC
-    to_server, to_client = link.tracker.from_client(chunk)
-    assert to_server is chunk and to_client == b""
-    assert not link.tracker.tracked
+    assert link.engine.receive(chunk) is chunk
+    assert link.engine.prepared.replies == []
 
 
-def test_a_named_statement_the_server_has_costs_no_reply_walk(registry) -> None:
+def test_a_named_statement_the_server_has_is_renamed_in_place(registry) -> None:
     link, server = Link(10, registry), Backend()
     run_batch(link, server, parse("s", "SELECT 1") + SYNC, [], [])
     link.attach(server)
-    link.send(bind("s") + execute() + SYNC)
-    assert not link.tracker.tracked
-
-
-@pytest.mark.parametrize("sql, reset", [
-    ("DISCARD ALL", True), ("deallocate all;", True), ("  Deallocate Prepare ALL ; ", True),
-    ("DEALLOCATE s1", False), ("SELECT 1; DISCARD ALL", False), ("RESET ALL", False)])
-def test_statement_resets_are_recognised(sql: str, reset: bool) -> None:
-    assert is_statement_reset(sql) is reset
+    out = link.engine.receive(bind("s") + execute() + SYNC)
+    assert [kind for kind, _ in split(out)] == [b"B", b"E", b"S"]
+    assert server.engine.pipeline.kinds() == [ord("B"), ord("E"), ord("S")]
 
 
 def test_server_statements_keep_lru_order_and_rebuild_from_what_was_confirmed() -> None:
@@ -464,65 +472,6 @@ def test_extended_parsers_and_builders() -> None:
     assert extended.close_statement(b"x") == close(b"S", "x")
 
 
-STREAM = (parse("", "SELECT 1") + bind("named", [b"x" * 300]) + query("DISCARD ALL") + SYNC
-          + describe(b"S", "s") + close(b"P", "p") + execute() + parse("s", "SELECT 2") + FLUSH)
-
-
-def names_statement(message: bytes) -> bool:
-    kind, body = message[:1], message[5:]
-    if kind == b"P":
-        return body[:1] != b"\0"
-    if kind == b"B":
-        return body[body.index(b"\0") + 1:][:1] != b"\0"
-    return kind in b"DC" and body[:1] == b"S" and body[1:2] != b"\0"
-
-
-def renamer(kind: int, message: Optional[bytes]) -> Optional[bytes]:
-    """Marks the messages it is shown whole; those not naming a statement stay as they are."""
-    if message is None or not (kind == ord("Q") or names_statement(message)):
-        return None
-    return msg(bytes([kind]), b"<" + message[5:] + b">")
-
-
-@given(st.lists(st.integers(0, len(STREAM)), max_size=12))
-def test_request_rewriter_output_does_not_depend_on_chunking(cuts) -> None:
-    whole = extended.RequestRewriter().feed(STREAM, renamer)
-    rewriter, out = extended.RequestRewriter(), b""
-    for chunk in pieces(STREAM, cuts):
-        out += rewriter.feed(chunk, renamer)
-    assert out == whole and rewriter.at_boundary
-    assert [kind for kind, _ in split(whole)] == [kind for kind, _ in split(STREAM)]
-
-
-REPLIES = msg(b"1") + msg(b"2") + msg(b"D", b"row" * 100) + msg(b"C", b"OK\0") + msg(b"Z", b"I")
-
-
-def dropping_parse_complete(kind: int) -> Tuple[bool, bytes]:
-    return kind != ord("1"), msg(b"3") if kind == ord("C") else b""
-
-
-@given(st.lists(st.integers(0, len(REPLIES)), max_size=12))
-def test_reply_filter_output_does_not_depend_on_chunking(cuts) -> None:
-    expected = (msg(b"2") + msg(b"D", b"row" * 100) + msg(b"C", b"OK\0") + msg(b"3")
-                + msg(b"Z", b"I"))
-    replies, out = extended.ReplyFilter(), b""
-    for chunk in pieces(REPLIES, cuts):
-        out += replies.feed(chunk, dropping_parse_complete)
-    assert out == expected and replies.at_boundary
-
-
-@given(st.integers(1, len(REPLIES) - 1), st.lists(st.integers(0, len(REPLIES)), max_size=6))
-def test_reply_filter_takes_over_mid_stream_from_the_scanner(start, cuts) -> None:
-    scanner = ServerScanner()
-    scanner.feed(REPLIES[:start])
-    replies, seen = extended.ReplyFilter(), []
-    replies.adopt(scanner.reply_position(), lambda kind: (seen.append(kind), (True, b""))[1])
-    out = b"".join(replies.feed(chunk, lambda kind: (seen.append(kind), (True, b""))[1])
-                   for chunk in pieces(REPLIES[start:], cuts))
-    assert out == REPLIES[start:]
-    assert seen.count(ord("Z")) == 1
-
-
 # -- random sessions against the model --------------------------------------------------------
 
 NAMES = ["a", "b", "c"]
@@ -530,35 +479,40 @@ QUERIES = ["SELECT 1", "SELECT 2", "INSERT bad", "UPDATE t"]
 
 
 def steps(draw, known: set) -> bytes:
-    """A batch of requests ending in Sync; never re-parses a name the client may still hold.
+    """A batch of requests ending in Sync, using names as a sane client does.
 
-    A Sync inside the batch comes only before any Parse or Close of a name: the tracker
-    updates a client's names when it sees those, and the server's verdict (an error before
-    them makes the server skip them) arrives later; requests pipelined behind the Sync in
-    between see the names as updated.
+    Bind and Describe name only statements the client holds, and no Parse reuses a held name:
+    otherwise bouncer ends the session, as PgBouncer does.  A Sync inside the batch comes only
+    before any Parse or Close of a name: the engine updates a client's names when it sees
+    those, and the server's verdict (an error before them makes the server skip them) arrives
+    later; requests pipelined behind the Sync in between see the names as updated.  For the
+    same reason no named Parse follows a DEALLOCATE ALL in the same batch.
     """
-    parts, held, renamed = [], set(known), False
+    parts, held, renamed, reset = [], set(known), False, False
     for _ in range(draw(st.integers(1, 6))):
         choice = draw(st.integers(0, 9))
         name = draw(st.sampled_from(NAMES))
-        if choice <= 1 and name not in held:
+        if choice <= 1 and name not in held and not reset:
             parts.append(parse(name, draw(st.sampled_from(QUERIES))))
             held.add(name)
             renamed = True
-        elif choice <= 3:
+        elif choice <= 3 and held:
             value = draw(st.sampled_from([b"1", b"bad"]))
-            parts.append(bind(name, [value]) + execute())
-        elif choice == 4:
-            parts.append(describe(b"S", name))
+            parts.append(bind(draw(st.sampled_from(sorted(held))), [value]) + execute())
+        elif choice == 4 and held:
+            parts.append(describe(b"S", draw(st.sampled_from(sorted(held)))))
         elif choice == 5:
             parts.append(close(b"S", name))
+            held.discard(name)
             renamed = True
         elif choice == 6:
             parts.append(parse("", draw(st.sampled_from(QUERIES))) + bind("") + execute())
         elif choice == 7:
             sql = draw(st.sampled_from(["SELECT 3", "bad", "DEALLOCATE ALL"]))
             parts.append(query(sql))
-            renamed = renamed or sql.startswith("DEALLOCATE")
+            if sql.startswith("DEALLOCATE"):
+                held.clear()
+                renamed = reset = True
         elif choice == 8 and not renamed:
             parts.append(SYNC)
         else:
@@ -584,7 +538,7 @@ def test_clients_see_what_their_own_backend_would_say(data) -> None:
         link.received.clear()
         run_batch(link, shared[where], batch, client_cuts, server_cuts)
         assert summary(bytes(link.received)) == summary(direct(batch, own[who]))
-        assert set(link.tracker.statements) == {n for n in own[who].statements if n}
+        assert set(link.names) == {n for n in own[who].statements if n}
         for server in shared:
             assert {statement.name for statement in server_statements(server)} \
                 == server.prepared_by_bouncer()
@@ -615,10 +569,8 @@ def test_hostile_messages_give_protocol_errors_only(requests, replies, cuts) -> 
     link.attach(server)
     try:
         for chunk in pieces(parse("a", "SELECT 1") + bind("x") + requests, cuts):
-            link.tracker.from_client(chunk)
+            link.engine.receive(chunk)
         for chunk in pieces(replies, cuts):
-            server.scanner.feed(chunk)
-            if link.tracker.tracked:
-                link.tracker.from_server(chunk)
+            server.engine.receive(chunk)
     except (ProtocolError, ClientError):
         pass

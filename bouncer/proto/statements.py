@@ -4,33 +4,21 @@ Each distinct statement (query text plus parameter types) gets one name every se
 it by, ``BOUNCER_<id>``, as PgBouncer names its own ``PGBOUNCER_<id>``; a server connection
 remembers which of them it has prepared, least recently used first, so that the cap
 (``max_prepared_statements``) evicts the right one.  The client side is in
-:mod:`bouncer.session.prepared`.
+:mod:`bouncer.proto.prepared`.
 """
 from __future__ import annotations
 
 import itertools
-import re
 import weakref
 from collections import OrderedDict
-from typing import Any, Iterable, Iterator, List, Optional, Set, Tuple
+from typing import Iterable, Iterator, List, Optional, Set, Tuple
 
 from bouncer.proto.extended import parse_message
 
 SERVER_NAME_PREFIX = b"BOUNCER_"
 
-#: The commands that drop every prepared statement of a session, sent alone.
-_RESET = re.compile(rb"\s*(?:discard\s+all|deallocate\s+(?:prepare\s+)?all)\s*;?\s*\x00",
-                    re.IGNORECASE)
-
-
-def resets_statements(query: bytes) -> bool:
-    """True when a Query payload (NUL-terminated) is DISCARD ALL or DEALLOCATE ALL alone."""
-    return _RESET.fullmatch(query) is not None
-
-
-def is_statement_reset(sql: str) -> bool:
-    """True when ``sql`` (say ``server_reset_query``) drops all prepared statements."""
-    return resets_statements(sql.encode() + b"\0")
+#: CommandComplete tags after which a session has no prepared statements left.
+RESET_TAGS = frozenset((b"DISCARD ALL", b"DEALLOCATE ALL"))
 
 
 # -- statements ------------------------------------------------------------------------------
@@ -150,17 +138,3 @@ class ServerStatements:
     def evictions(self, capacity: int) -> List[Statement]:
         """The least recently used statements beyond ``capacity``."""
         return list(itertools.islice(self._expected, max(0, len(self._expected) - capacity)))
-
-
-def server_statements(server: Any) -> ServerStatements:
-    """The statements ``server`` has prepared (kept on the connection object)."""
-    statements = getattr(server, "prepared", None)
-    if statements is None:
-        statements = server.prepared = ServerStatements()
-    return statements
-
-
-def prepared_count(server: Any) -> int:
-    """How many statements bouncer has prepared on ``server`` (SHOW SERVERS)."""
-    statements = getattr(server, "prepared", None)
-    return len(statements) if statements is not None else 0
