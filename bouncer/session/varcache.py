@@ -32,7 +32,12 @@ def quote_literal(value: str) -> str:
 
 
 def sync_query(wanted: Mapping[str, str], current: Mapping[str, str]) -> Optional[str]:
-    """The SET statements that give a server the client's values, or ``None`` if they match."""
-    statements = [f"SET {name}={quote_literal(value)};" for name, value in wanted.items()
-                  if current.get(name) != value]
-    return "".join(statements) or None
+    """The query that gives a server the client's values, or ``None`` if they match.
+
+    ``set_config()`` reads a value as the startup packet's value is read: a list-valued
+    setting such as ``search_path=public,other`` stays a list of two schemas, where
+    ``SET search_path = 'public,other'`` would name one schema "public,other".
+    """
+    calls = [f"pg_catalog.set_config({quote_literal(name)}, {quote_literal(value)}, false)"
+             for name, value in wanted.items() if current.get(name) != value]
+    return "SELECT " + ", ".join(calls) if calls else None
