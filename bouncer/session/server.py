@@ -10,7 +10,7 @@ import itertools
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import gevent
 from gevent import monkey
@@ -63,6 +63,9 @@ class ServerConnection:
         self.closed = False
         self.scanner = ServerScanner(pool.limits.config().max_packet_size)
         self.tls = ""
+        #: The server's first authentication request at login (an AuthCode; OK means it asked
+        #: for nothing), or None before one came: ``bouncer --check --connect`` reports it.
+        self.auth_request: Optional[int] = None
         self._read_watch: Any = None
         local = sock.getsockname()
         self.local_addr, self.local_port = (local[0], local[1]) if isinstance(local, tuple) \
@@ -146,9 +149,14 @@ class ServerConnection:
         self.sock.close()
 
 
-def connect_server(app: "App", pool: "Pool") -> ServerConnection:
+def connect_server(app: "App", pool: "Pool",
+                   on_connected: Optional[Callable[[ServerConnection], None]] = None
+                   ) -> ServerConnection:
     """Open and log in a new server connection for *pool* (the pool's connector).
 
+    :param on_connected: called with the connection once its socket is open, before the login
+        (``bouncer --check --connect`` keeps it to report TLS and the auth request even when
+        the login then fails).
     :raises ClientError: connect or login failed; the message says why, for the client.
     """
     database = pool.database
@@ -162,6 +170,8 @@ def connect_server(app: "App", pool: "Pool") -> ServerConnection:
                                                  sqlstate.CONNECTION_FAILURE)):
             sock, addr = _open_socket(app, host, port)
             server = ServerConnection(pool, sock, host, addr, port)
+            if on_connected is not None:
+                on_connected(server)
             login(app, server, pool)
     except ConnectionLost as exc:
         raise ServerError(f"server connection lost during login: {exc}",

@@ -78,6 +78,8 @@ class _AuthExchange:
         self.scram: Optional[ScramClient] = None
 
     def answer(self, code: int, data: bytes) -> None:
+        if self.server.auth_request is None:
+            self.server.auth_request = code
         if code == AuthCode.OK:
             return
         if code == AuthCode.CLEARTEXT_PASSWORD:
