@@ -135,7 +135,7 @@ def _auth_query_sources(config: Config) -> List[str]:
 def _console(config: Config) -> str:
     admins = ", ".join(config.admin_users) or "none"
     stats = ", ".join(config.stats_users) or "none"
-    local = (" and user pgbouncer over the unix socket from bouncer's own account"
+    local = ("; and user pgbouncer over the unix socket from bouncer's own account"
              if config.unix_socket_dir else "")
     return f"console: database pgbouncer; admin_users = {admins}; stats_users = {stats}{local}"
 

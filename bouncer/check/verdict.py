@@ -27,7 +27,8 @@ _METHOD_NAMES = {AuthCode.CLEARTEXT_PASSWORD: "a cleartext password", AuthCode.M
 #: Which kinds of stored secret can answer each method.
 _ANSWERS = {AuthCode.CLEARTEXT_PASSWORD: ("plain",), AuthCode.MD5_PASSWORD: ("plain", "md5"),
             AuthCode.SASL: ("plain", "scram")}
-_SECRET_NAMES = {"plain": "a plain password", "md5": "an md5 secret", "scram": "a SCRAM secret"}
+_SECRET_NAMES = {"plain": "plain password", "md5": "md5 secret", "scram": "SCRAM secret"}
+_ARTICLES = {"plain": "a", "md5": "an", "scram": "a"}
 
 # OpenSSL's X509_V_ERR_* codes, by what they mean to an operator.
 _HOST_MISMATCH = (62, 64)          # HOSTNAME_MISMATCH, IP_ADDRESS_MISMATCH
@@ -184,9 +185,9 @@ def _login(target: Target, settings: Settings, attempt: Attempt):
         return _scram_passthrough(target, settings, asks)
     if error is not None:
         if error.sqlstate.startswith("28"):
-            return FAIL, f"{asks}; it refused {_SECRET_NAMES[kind]} bouncer sent: {error.message}"
+            return FAIL, f"{asks} and refused bouncer's {_SECRET_NAMES[kind]} ({error.message})"
         return FAIL, f"{asks}; the login then failed: {error.message}"
-    return OK, f"{asks}, bouncer has {_SECRET_NAMES[kind]}: logged in"
+    return OK, f"{asks}, bouncer has {_a(kind)}: logged in"
 
 
 def _missing(target: Target, kind: str) -> str:
@@ -194,7 +195,7 @@ def _missing(target: Target, kind: str) -> str:
         where = ("password= on its [databases] line" if target.forced
                  else "an auth_file entry for the user")
         return f"no secret is known (give it {where})"
-    return f"only {_SECRET_NAMES[kind]} is known"
+    return f"only {_a(kind)} is known"
 
 
 def _scram_passthrough(target: Target, settings: Settings, asks: str):
@@ -208,6 +209,10 @@ def _scram_passthrough(target: Target, settings: Settings, asks: str):
                       "login (passthrough), which this check cannot make")
     return FAIL, (f"{known}, and with auth_type = {settings.auth_type} no client login gives "
                   "bouncer SCRAM keys: put the plain password in auth_file")
+
+
+def _a(kind: str) -> str:
+    return f"{_ARTICLES[kind]} {_SECRET_NAMES[kind]}"
 
 
 def secret_kind(secret: Optional[str]) -> str:
