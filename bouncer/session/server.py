@@ -165,9 +165,12 @@ def connect_server(app: "App", pool: "Pool",
     host = database.next_host() or app.config.unix_socket_dir or "/tmp"
     port = definition.port
     timeout = app.config.server_connect_timeout or None
+    target = f"{host}:{port} (database {database.name})"
     try:
-        with gevent.Timeout(timeout, ServerError("server connect timeout",
-                                                 sqlstate.CONNECTION_FAILURE)):
+        with gevent.Timeout(timeout, ServerError(
+                "server connect timeout", sqlstate.CONNECTION_FAILURE,
+                detail=f"{target} did not complete the login within server_connect_timeout "
+                       f"({app.config.server_connect_timeout:g} s)", hint=_CONNECT_HINT)):
             sock, addr = _open_socket(app, host, port)
             server = ServerConnection(pool, sock, host, addr, port)
             if on_connected is not None:
@@ -179,12 +182,18 @@ def connect_server(app: "App", pool: "Pool",
     except OSError as exc:
         _log_connect_failure(app, pool, host, port, exc)
         raise ServerError(f"could not connect to server: {exc.strerror or exc}",
-                          sqlstate.CONNECTION_FAILURE) from exc
+                          sqlstate.CONNECTION_FAILURE, detail=f"bouncer tried {target}",
+                          hint=_CONNECT_HINT) from exc
     if app.config.log_connections:
         log.info("%s new connection to server (from %s:%s)", server.prefix,
                  server.local_addr, server.local_port)
     _run_connect_query(server, definition.connect_query)
     return server
+
+
+_CONNECT_HINT = ("check that the server runs and accepts connections there, and the host= and "
+                 "port= of the database's line; SHOW CHECKS on the admin console and "
+                 "bouncer --check --connect show every database's state")
 
 
 def _open_socket(app: "App", host: str, port: int) -> Tuple[socket.socket, str]:
@@ -206,7 +215,9 @@ def _open_socket(app: "App", host: str, port: int) -> Tuple[socket.socket, str]:
 
 
 def _log_connect_failure(app: "App", pool: "Pool", host: str, port: int, exc: OSError) -> None:
-    if app.config.log_pooler_errors:
+    # PgBouncer logs a failed connect as a closed server ("closing because: connect failed"):
+    # log_disconnections decides; log_pooler_errors is for the errors sent to clients.
+    if app.config.log_disconnections:
         log.warning("S-: %s/%s@%s:%s connect failed: %s", pool.database.name, pool.user.name,
                     host, port, exc)
 
