@@ -14,6 +14,7 @@ from cryptography import x509
 from bouncer.check.problems import ConfigCheck, check_config
 from bouncer.check.summary import Facts, describe
 from bouncer.check.verdict import FAIL
+from bouncer.errors import ConfigError
 from bouncer.net.certs import CertificateFileError, load_certificates
 
 #: Built-in plugins are described by the summary itself, not named as plugins.
@@ -42,7 +43,11 @@ def run_check(path: str, connect: bool = False, out: TextIO = sys.stdout,
 
 def _connect(path: str, out: TextIO, err: TextIO) -> int:
     from bouncer.check.connect import check_connections  # gevent and sockets only for this
-    verdicts = check_connections(path)
+    try:
+        verdicts = check_connections(path)
+    except (ConfigError, OSError) as exc:  # the file changed since it was checked
+        print(f"ERROR {exc}", file=err)
+        return 1
     for verdict in verdicts:
         print(verdict.line, file=out)
     failed = sum(1 for verdict in verdicts if verdict.status == FAIL)
