@@ -49,7 +49,7 @@ def check_connections(path: str) -> List[Verdict]:
                         app.config.auth_type)
     jobs: List[Tuple[Target, DatabaseState]] = []
     lines: List[Optional[Verdict]] = []
-    for name, definition in app.config.databases.items():
+    for name in app.config.databases:
         if name == AUTODB:
             lines.append(skipped(name, "it stands for any database name a client asks for"))
             continue

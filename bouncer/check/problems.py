@@ -6,7 +6,6 @@ read (a bad value keeps its default), so one run names everything to fix.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -15,8 +14,6 @@ from bouncer.config import Config, read_config_report, validate
 from bouncer.errors import ConfigError
 from bouncer.plugin.hooks import PluginHooks
 from bouncer.plugin.manager import make_plugin_manager
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -315,6 +315,17 @@ def test_log_connections_off_silences_login_lines(pg, bouncer_factory) -> None:
     assert "closing because" not in bouncer.log_text()
 
 
+@pytest.mark.parametrize("setting, logged", [(1, True), (0, False)])
+def test_log_pooler_errors_gates_the_line_for_errors_sent_to_clients(
+        pg, bouncer_factory, setting: int, logged: bool) -> None:
+    bouncer = bouncer_factory(common_ini(pg, log_pooler_errors=setting))
+    with pytest.raises(psycopg2.OperationalError, match="no such database: nosuchdb"):
+        bouncer.connect(dbname="nosuchdb")
+    bouncer.reload()  # a line logged after the refusal: the refusal's own would be there
+    bouncer.wait_for_log("got SIGHUP")
+    assert ("pooler error: no such database: nosuchdb" in bouncer.log_text()) is logged
+
+
 def test_periodic_stats_line(pg, bouncer_factory) -> None:
     bouncer = bouncer_factory(common_ini(pg, stats_period=1))
     bouncer.wait_for_log(LINE_START + r"LOG stats: \d+ xacts/s, \d+ queries/s, .*"
