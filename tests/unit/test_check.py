@@ -108,6 +108,8 @@ def test_summary_names_the_credentials_chain_in_the_order_it_is_asked(tmp_path: 
 # -- judging a login attempt ------------------------------------------------------------------
 
 PREFER = Settings("prefer", "", "md5")
+#: Fixed salt: parametrized test ids must be the same in every test process.
+SCRAM_SECRET = make_scram_secret("pw", salt=b"0123456789abcdef", iterations=16)
 
 
 def attempt(auth_request: Optional[int] = None, error: Optional[ClientError] = None,
@@ -126,7 +128,7 @@ def from_auth_file(secret: Optional[str]) -> Target:
 
 @pytest.mark.parametrize("secret, kind", [
     (None, "none"), ("", "none"), ("pw", "plain"), (md5_secret("bob", "pw"), "md5"),
-    (make_scram_secret("pw", iterations=16), "scram")])
+    (SCRAM_SECRET, "scram")])
 def test_secret_kinds(secret: Optional[str], kind: str) -> None:
     assert secret_kind(secret) == kind
 
@@ -146,7 +148,7 @@ def test_a_good_login_is_one_ok_line() -> None:
      "server asks SCRAM for user bob but only an md5 secret is known"),
     (AuthCode.SASL, None, "server asks SCRAM for user bob but no secret is known (give it "
                           "password= on its [databases] line)"),
-    (AuthCode.MD5_PASSWORD, make_scram_secret("pw", iterations=16),
+    (AuthCode.MD5_PASSWORD, SCRAM_SECRET,
      "server asks md5 for user bob but only a SCRAM secret is known"),
     (AuthCode.CLEARTEXT_PASSWORD, md5_secret("bob", "pw"),
      "server asks a cleartext password for user bob but only an md5 secret is known"),
@@ -174,7 +176,7 @@ def test_other_login_errors_are_passed_on() -> None:
 @pytest.mark.parametrize("auth_type, status", [("md5", WARN), ("scram-sha-256", WARN),
                                                 ("trust", FAIL)])
 def test_a_scram_secret_needs_the_clients_scram_login(auth_type: str, status: str) -> None:
-    secret = make_scram_secret("pw", iterations=16)
+    secret = SCRAM_SECRET
     error = ServerLoginError("only a SCRAM secret is known", "28P01")
     verdict = judge(from_auth_file(secret), Settings("prefer", "", auth_type),
                     attempt(AuthCode.SASL, error))
@@ -183,7 +185,7 @@ def test_a_scram_secret_needs_the_clients_scram_login(auth_type: str, status: st
 
 def test_a_forced_user_with_a_scram_secret_can_never_log_in() -> None:
     error = ServerLoginError("only a SCRAM secret is known", "28P01")
-    verdict = judge(forced(make_scram_secret("pw", iterations=16)), PREFER,
+    verdict = judge(forced(SCRAM_SECRET), PREFER,
                     attempt(AuthCode.SASL, error))
     assert verdict.status == FAIL and "put the plain password in password=" in verdict.line
 
