@@ -1,4 +1,5 @@
-"""Command line, as pgbouncer's: ``bouncer [-d] [-R] [-q] [-v...] [-u USER] [-V] [-h] CONFIG``.
+"""Command line, as pgbouncer's: ``bouncer [-d] [-R] [-q] [-v...] [-u USER] [-V] [-h] CONFIG``,
+plus ``bouncer --check [--connect] CONFIG``.
 
 Builds the App and runs it; daemonizing, pidfile and dropping privileges happen here.
 """
@@ -32,7 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-u", "--user", help="switch to this user after start")
     parser.add_argument("-V", "--version", action="store_true", help="print the version")
     parser.add_argument("--check", action="store_true",
-                        help="validate the configuration, print every problem, exit")
+                        help="validate the configuration, print every problem (or, when there "
+                             "is none, what it would do), exit")
+    parser.add_argument("--connect", action="store_true",
+                        help="with --check: also log in to every [databases] target as the "
+                             "pooler would, and print a line per database")
     return parser
 
 
@@ -44,31 +49,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.config:
         build_parser().print_usage(sys.stderr)
         return 1
+    if args.connect and not args.check:
+        print("bouncer: --connect works with --check only", file=sys.stderr)
+        return 1
     if args.check:
-        return check(args.config)
+        return check(args.config, args.connect)
     return run(args)
 
 
-def check(path: str) -> int:
-    """``--check``: validate without listening; exit 0 when the config is usable."""
-    from bouncer.app import load_and_check
-    from bouncer.plugin.hooks import PluginHooks
-    from bouncer.plugin.manager import make_plugin_manager
-    from bouncer.config import load_config
+def check(path: str, connect: bool = False) -> int:
+    """``--check`` (and ``--connect``): validate without listening; exit 0 when usable."""
+    from bouncer.check.report import run_check
     from bouncer.log import LogSetup
     LogSetup().apply()  # plugins' warnings (e.g. a certificate about to expire) print as lines
-    try:
-        config = load_config(path)
-        hooks = PluginHooks(make_plugin_manager(config.plugins, config.disable_plugins))
-        config = load_and_check(path, hooks)
-    except ConfigError as err:
-        for problem in str(err).split("; "):
-            print(f"ERROR {problem}", file=sys.stderr)
-        return 1
-    for warning in config.warnings:
-        print(f"WARNING {warning}", file=sys.stderr)
-    print(f"{path}: configuration OK")
-    return 0
+    return run_check(path, connect)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         app = App(args.config, logs)
     except ConfigError as err:
+        for problem in getattr(err, "problems", (err,)):
+            log.critical("%s", problem)
+        return 1
+    except OSError as err:  # an auth_file that cannot be read
         log.critical("%s", err)
         return 1
     if args.daemon and not app.config.pidfile:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Dict
 
-from bouncer.admin import control, grammar, show, sockets
+from bouncer.admin import checks, control, grammar, show, sockets
 from bouncer.admin.commands import Notice, Result, stats_allowed
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -36,13 +36,17 @@ HELP_DETAIL = ("\n\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSI
 
 @stats_allowed
 def show_help(console: "Console", args: str) -> Result:
-    """PgBouncer's usage notice, then one line per command a plugin added."""
+    """PgBouncer's usage notice, then one line per command of bouncer's own or a plugin's."""
     grammar.no_arguments(args)
-    added = sorted(set(console.app.admin_commands) - set(BUILTIN_COMMANDS))
+    added = sorted(set(console.app.admin_commands) - set(BUILTIN_COMMANDS) | set(OWN_COMMANDS))
     detail = HELP_DETAIL + "".join(f"\n\t{word}" for word in added)
     return Result("SHOW", notices=[Notice("Console usage", detail)])
 
 
+#: bouncer's own commands: SHOW HELP lists them after PgBouncer's text, as it lists plugins'.
+OWN_COMMANDS: Dict[str, Callable[..., Result]] = {**checks.COMMANDS}
+
 BUILTIN_COMMANDS: Dict[str, Callable[..., Result]] = {
     **show.COMMANDS, **sockets.COMMANDS, **control.COMMANDS, "SHOW HELP": show_help,
+    **OWN_COMMANDS,
 }

@@ -25,8 +25,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from bouncer.session.client import ClientSession
 
 
-def _too_many(limit: str) -> ClientError:
-    return ClientError(f"no more connections allowed ({limit})", sqlstate.PROTOCOL_VIOLATION)
+def _too_many(limit: str, whose: str, cap: int, where: str) -> ClientError:
+    """PgBouncer's refusal, with the count that was reached and where to raise it."""
+    return ClientError(f"no more connections allowed ({limit})", sqlstate.PROTOCOL_VIOLATION,
+                       detail=f"{whose} already has {limit} = {cap} clients",
+                       hint=f"raise {limit} ({where}), or have clients close the connections "
+                            "they do not use (SHOW CLIENTS on the admin console lists them)")
 
 
 @hookimpl
@@ -34,15 +38,18 @@ def bouncer_client_admit(app: "App", client: "ClientSession") -> Optional[Client
     # app.clients already holds this client, hence ">" rather than ">=".
     config = app.config
     if config.max_client_conn and len(app.clients) > config.max_client_conn:
-        return _too_many("max_client_conn")
+        return _too_many("max_client_conn", "bouncer", config.max_client_conn,
+                         "[pgbouncer], with the open files limit")
     db_limit = database_cap(config, _definition(app, client.database),
                             "max_db_client_connections")
     if db_limit and _clients_of(app, database=client.database) > db_limit:
-        return _too_many("max_db_client_connections")
+        return _too_many("max_db_client_connections", f"database {client.database}", db_limit,
+                         "[pgbouncer] or the database's line")
     user_limit = user_cap(config, app.registry.overrides, client.user,
                           "max_user_client_connections")
     if user_limit and _clients_of(app, user=client.user) > user_limit:
-        return _too_many("max_user_client_connections")
+        return _too_many("max_user_client_connections", f"user {client.user}", user_limit,
+                         "[pgbouncer], the user's [users] line or SET USER")
     return None
 
 

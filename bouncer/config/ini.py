@@ -21,6 +21,9 @@ MAX_INCLUDE_DEPTH = 10
 _SPACE = " \t\n\r\v\f"
 _BLANK = " \t"
 _BARE_KEY = re.compile(r"[A-Za-z0-9_.*-]*")
+#: The current section after a header without ']': its keys are skipped (no real section
+#: name can contain a newline).
+_BROKEN_SECTION = "\n"
 
 
 @dataclass(frozen=True)
@@ -49,9 +52,24 @@ def lex_ini(path: str) -> List[IniLine]:
     :raises ConfigError: naming file and line, for unreadable files, syntax errors, a key
         before any section, and includes nested deeper than :data:`MAX_INCLUDE_DEPTH`.
     """
+    lines, errors = lex_ini_all(path)
+    if errors:
+        raise errors[0]
+    return lines
+
+
+def lex_ini_all(path: str) -> Tuple[List[IniLine], List[ConfigError]]:
+    """Like :func:`lex_ini`, but a bad line is recorded and skipped, so that ``--check`` can
+    name every one: returns the good lines and the errors, each in file order.
+
+    The keys after a broken section header are dropped without a word (which section they
+    were meant for is unknown; the header's error says what to fix).
+
+    :raises ConfigError: only when ``path`` itself cannot be read.
+    """
     state = _State()
     _lex_file(path, state, depth=0)
-    return state.lines
+    return state.lines, state.errors
 
 
 def last_lines(lines: Iterable[IniLine]) -> Dict[Tuple[str, str], IniLine]:
@@ -86,6 +104,7 @@ class _State:
 
     def __init__(self) -> None:
         self.lines: List[IniLine] = []
+        self.errors: List[ConfigError] = []
         self.section: Optional[str] = None
 
 
@@ -144,14 +163,22 @@ def _lex_file(path: str, state: _State, depth: int) -> None:
         cursor.skip(_SPACE)
         if not cursor.peek():
             return
-        if cursor.text.startswith("%include", cursor.pos) and cursor.peek(8) in (" ", "\t"):
-            _include(cursor, state, depth)
-        elif cursor.peek() in ("#", ";"):
-            cursor.rest_of_line()
-        elif cursor.peek() == "[":
-            _section_header(cursor, state)
-        else:
-            _key_value(cursor, state)
+        try:
+            _lex_item(cursor, state, depth)
+        except ConfigError as exc:
+            state.errors.append(exc)
+            cursor.rest_of_line()  # the next line may be fine: carry on there
+
+
+def _lex_item(cursor: _Cursor, state: _State, depth: int) -> None:
+    if cursor.text.startswith("%include", cursor.pos) and cursor.peek(8) in (" ", "\t"):
+        _include(cursor, state, depth)
+    elif cursor.peek() in ("#", ";"):
+        cursor.rest_of_line()
+    elif cursor.peek() == "[":
+        _section_header(cursor, state)
+    else:
+        _key_value(cursor, state)
 
 
 def _include(cursor: _Cursor, state: _State, depth: int) -> None:
@@ -181,6 +208,7 @@ def _section_header(cursor: _Cursor, state: _State) -> None:
     while end < len(cursor.text) and cursor.text[end] not in "]\n":
         end += 1
     if end >= len(cursor.text) or cursor.text[end] != "]":
+        state.section = _BROKEN_SECTION
         raise cursor.error("syntax error: section header without ']'")
     state.section = cursor.text[cursor.pos:end].strip(_SPACE).lower()
     cursor.pos = end + 1
@@ -200,6 +228,8 @@ def _key_value(cursor: _Cursor, state: _State) -> None:
     if state.section is None:
         raise ConfigError("value without section", filename=cursor.filename, lineno=lineno,
                           key=key)
+    if state.section == _BROKEN_SECTION:
+        return
     if state.section == "pgbouncer":
         key = key.lower()
     state.lines.append(IniLine(state.section, key, value, cursor.filename, lineno))

@@ -1,18 +1,17 @@
 """Load a ``pgbouncer.ini`` into a :class:`~bouncer.config.model.Config`.
 
-Steps: lex the file by PgBouncer's rules, put the values in a ConfigObj, replace each raw
-value there by its typed form (any error names file, line and key), build the model,
-then run the cross-field checks.
+Steps: lex the file by PgBouncer's rules, put the values in a ConfigObj, type each raw value
+(an error names file, line and key), build the model, then run the cross-field checks.  A bad
+line is recorded and left out and reading goes on, so one pass finds every problem.
 """
 from __future__ import annotations
 
-from functools import partial
 from types import MappingProxyType
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Tuple, TypeVar
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence, Tuple, TypeVar
 
 from configobj import ConfigObj
 
-from bouncer.config.ini import IniLine, last_lines, lex_ini, rename_keys, to_configobj
+from bouncer.config.ini import IniLine, last_lines, lex_ini_all, rename_keys, to_configobj
 from bouncer.config.kinds import parse_value
 from bouncer.config.model import Config
 from bouncer.config.sections import parse_database, parse_peer, parse_pool, parse_user
@@ -28,42 +27,80 @@ SECTIONS = (MAIN_SECTION, "databases", "users", "pools", "peers")
 _ALIASES = {alias: setting.name for setting in SETTINGS for alias in setting.aliases}
 
 
+class ConfigProblems(ConfigError):
+    """Every problem found in a configuration, each its own :class:`ConfigError` in
+    ``problems`` (file order, then the cross-field checks).  ``filename``, ``lineno`` and
+    ``key`` are the first problem's; ``str()`` joins them all with ``"; "``."""
+
+    def __init__(self, problems: Sequence[ConfigError]) -> None:
+        first = problems[0]
+        super().__init__(first.message, filename=first.filename, lineno=first.lineno,
+                         key=first.key)
+        self.problems: Tuple[ConfigError, ...] = tuple(problems)
+
+    def __str__(self) -> str:
+        return "; ".join(str(problem) for problem in self.problems)
+
+
 def load_config(path: str) -> Config:
     """Read, type and check ``path``.
 
-    :raises ConfigError: for the first problem found, naming file, line and key.
+    :raises ConfigProblems: listing every problem found, each naming file, line and key.
     """
-    config = read_config(path)
-    problems = validate(config)
+    config, problems = read_config_report(path)
+    problems += [ConfigError(message, filename=path) for message in validate(config)]
     if problems:
-        raise ConfigError(problems[0], filename=path)
+        raise ConfigProblems(problems)
     return config
 
 
 def read_config(path: str) -> Config:
-    """Like :func:`load_config` without the cross-field checks, for ``--check`` to list
-    every :func:`~bouncer.config.validate.validate` problem instead of the first."""
-    lines = rename_keys(lex_ini(path), MAIN_SECTION, _ALIASES)
-    _check_sections(lines, path)
+    """Like :func:`load_config` without the cross-field checks.
+
+    :raises ConfigProblems: for bad lines and values.
+    """
+    config, problems = read_config_report(path)
+    if problems:
+        raise ConfigProblems(problems)
+    return config
+
+
+def read_config_report(path: str) -> Tuple[Config, List[ConfigError]]:
+    """The configuration as far as it can be read, and every problem met on the way.
+
+    A bad line or value is a problem naming its file and line, and is left out: the setting
+    keeps its default, the database or user is missing.  ``--check`` lists the problems and
+    runs the cross-field and plugin checks on what is left.
+
+    :raises ConfigError: only when ``path`` itself cannot be read.
+    """
+    lexed, problems = lex_ini_all(path)
+    lines = rename_keys(lexed, MAIN_SECTION, _ALIASES)
+    problems += _section_problems(lines, path)
+    lines = [line for line in lines if line.section in SECTIONS]
     document = to_configobj(lines)
     where = last_lines(lines)
-    settings = _settings(document, where)
-    explicit = frozenset(document[MAIN_SECTION])
+    main = _section(document, where, MAIN_SECTION, _setting_value, problems)
+    settings = {setting.name: setting.default for setting in SETTINGS}
+    settings.update(main)
+    explicit = frozenset(main)
     if "conffile" not in explicit:
         settings["conffile"] = path
-    databases = _section(document, where, "databases", parse_database)
-    pools = _section(document, where, "pools", parse_pool)
-    peers = _section(document, where, "peers", parse_peer)
-    return Config(
+    databases = _section(document, where, "databases", parse_database, problems)
+    users = _section(document, where, "users", parse_user, problems)
+    pools = _section(document, where, "pools", parse_pool, problems)
+    peers = _section(document, where, "peers", parse_peer, problems)
+    config = Config(
         path=path,
         settings=MappingProxyType(settings),
         databases=MappingProxyType(databases),
-        users=MappingProxyType(_section(document, where, "users", parse_user)),
+        users=MappingProxyType(users),
         pools=MappingProxyType({(pool.user, pool.database): pool for pool in pools.values()}),
         peers=MappingProxyType({peer.peer_id: peer for peer in peers.values()}),
         warnings=_unsupported_warnings(settings, explicit),
         explicit=explicit,
     )
+    return config, sorted(problems, key=_position_in(lexed, path))
 
 
 def parse_setting(name: str, raw: str) -> Any:
@@ -77,48 +114,46 @@ def parse_setting(name: str, raw: str) -> Any:
     return parse_value(setting, raw)
 
 
-def _check_sections(lines: Iterable[IniLine], path: str) -> None:
+def _section_problems(lines: Iterable[IniLine], path: str) -> List[ConfigError]:
     headers = [line for line in lines if line.is_section_header]
-    for line in headers:
-        if line.section not in SECTIONS:
-            raise ConfigError(f"invalid section [{line.section}]", filename=line.filename,
-                              lineno=line.lineno)
+    problems = [ConfigError(f"invalid section [{line.section}]", filename=line.filename,
+                            lineno=line.lineno)
+                for line in headers if line.section not in SECTIONS]
     if not any(line.section == MAIN_SECTION for line in headers):
-        raise ConfigError(f"main section [{MAIN_SECTION}] missing", filename=path)
+        problems.append(ConfigError(f"main section [{MAIN_SECTION}] missing", filename=path))
+    return problems
 
 
-def _typed(line: IniLine, convert: Callable[[str], T]) -> T:
-    """``convert(line.value)``, with a ValueError turned into a ConfigError naming the line."""
-    try:
-        return convert(line.value)
-    except ValueError as exc:
-        raise ConfigError(str(exc), filename=line.filename, lineno=line.lineno,
-                          key=line.key) from None
+def _position_in(lines: Sequence[IniLine], path: str) -> Callable[[ConfigError], Tuple[int, int]]:
+    """Sort key putting problems in file order: files as first met, then line numbers; a
+    problem of the whole file (no line) first."""
+    files = list(dict.fromkeys([path, *(line.filename for line in lines)]))
 
-
-def _settings(document: ConfigObj, where: Mapping[Tuple[str, str], IniLine]) -> Dict[str, Any]:
-    """Defaults overlaid with the file's [pgbouncer] values, typed in place in ``document``."""
-    section = document[MAIN_SECTION]
-    for key in section:
-        line = where[(MAIN_SECTION, key)]
-        setting = SETTINGS_BY_NAME.get(key)
-        if setting is None:
-            raise ConfigError("unknown parameter", filename=line.filename, lineno=line.lineno,
-                              key=key)
-        section[key] = _typed(line, partial(parse_value, setting))
-    settings = {setting.name: setting.default for setting in SETTINGS}
-    settings.update(section)
-    return settings
+    def position(problem: ConfigError) -> Tuple[int, int]:
+        rank = files.index(problem.filename) if problem.filename in files else len(files)
+        return rank, problem.lineno or 0
+    return position
 
 
 def _section(document: ConfigObj, where: Mapping[Tuple[str, str], IniLine], name: str,
-             parse: Callable[[str, str], T]) -> Dict[str, T]:
-    """Each ``key = value`` of section ``name`` parsed by ``parse(key, value)``, in place."""
-    section = document.get(name, {})
-    for key in section:
-        line = where[(name, key)]
-        section[key] = _typed(line, partial(parse, key))
-    return dict(section)
+             convert: Callable[[str, str], T], problems: List[ConfigError]) -> Dict[str, T]:
+    """``convert(key, value)`` for each line of section ``name``; a line whose value it
+    refuses (ValueError) becomes a problem naming the line, and is left out."""
+    typed: Dict[str, T] = {}
+    for key, raw in document.get(name, {}).items():
+        try:
+            typed[key] = convert(key, raw)
+        except ValueError as exc:
+            line = where[(name, key)]
+            problems.append(ConfigError(str(exc), filename=line.filename, lineno=line.lineno,
+                                        key=line.key))
+    return typed
+
+
+def _setting_value(key: str, raw: str) -> Any:
+    if key not in SETTINGS_BY_NAME:
+        raise ValueError("unknown parameter")  # PgBouncer's word for it in a file
+    return parse_setting(key, raw)
 
 
 def _unsupported_warnings(settings: Mapping[str, Any], explicit: frozenset) -> Tuple[str, ...]:

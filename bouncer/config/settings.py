@@ -144,7 +144,7 @@ _TABLE = (
        "query run when a session-mode server is released"),
     _s("server_reset_query_always", "bool", False, "run server_reset_query in every pool mode"),
     _s("server_check_delay", "time", 30.0,
-       "idle time after which a server is checked before reuse"),
+       "how long a released server may be reused without running server_check_query"),
     _s("server_check_query", "str", "<empty>",
        "health check query (<empty> sends an empty query, empty string disables)"),
     _s("server_fast_close", "bool", False, "close session-mode servers marked close_needed at once",

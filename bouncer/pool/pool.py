@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, List, Optional, Set
+from typing import TYPE_CHECKING, Any, Callable, Deque, List, Optional, Set, Tuple
 
 import gevent
 from gevent import get_hub
@@ -27,8 +27,24 @@ log = logging.getLogger(__name__)
 
 
 class WaitTimeout(ClientError):
-    def __init__(self) -> None:
-        super().__init__("query_wait_timeout", sqlstate.CONNECTION_FAILURE, "FATAL")
+    """PgBouncer's ``query_wait_timeout``, with why the client waited and what to change."""
+
+    def __init__(self, detail: str, hint: str) -> None:
+        super().__init__("query_wait_timeout", sqlstate.CONNECTION_FAILURE, "FATAL",
+                         detail=detail, hint=hint)
+
+
+class LoginFailing(ClientError):
+    """A client refused at once because server logins fail (PgBouncer's check_fast_fail)."""
+
+    def __init__(self, cause: ClientError, retry_in: float) -> None:
+        super().__init__(
+            f"server login has been failing, cached error: {cause.message} (server_login_retry)",
+            cause.sqlstate, "FATAL",
+            detail=f"bouncer's last login to the server failed; it tries again in "
+                   f"{retry_in:.0f} s (server_login_retry) or when a server connection exists",
+            hint="SHOW CHECKS on the admin console shows the failure and when it happened; fix "
+                 "the server, or its [databases] line and RELOAD")
 
 
 class Waiter:
@@ -82,6 +98,10 @@ class Pool:
         self.welcome_params: Optional[dict] = None
         #: (monotonic time, error) of the last failed server login, for server_login_retry.
         self.last_login_failure: Optional[tuple] = None
+        #: For SHOW CHECKS: (wall-clock time, error) of the latest failed server connect or
+        #: login, kept after a success, and the wall-clock time of the latest success.
+        self.last_failure: Optional[Tuple[float, ClientError]] = None
+        self.last_success: Optional[float] = None
         #: Credentials and SCRAM keys used to log in to servers (set by client logins).
         self.server_credentials: Any = None
         self.scram_keys: Optional[tuple] = None
@@ -154,12 +174,26 @@ class Pool:
         while self.waiters and now - self.waiters[0].since > timeout:
             waiter = self.waiters.popleft()
             if not waiter.done:
-                waiter.fail(WaitTimeout())
+                waiter.fail(self._no_server_in_time(timeout))
+
+    def _no_server_in_time(self, timeout: float) -> WaitTimeout:
+        blocked = f"; no new one may open: {self.blocked_by} reached" if self.blocked_by else ""
+        return WaitTimeout(
+            f"no server connection of pool {self.name} became free within query_wait_timeout "
+            f"({timeout:g} s): {len(self.active)} in use, {len(self.login)} being opened, "
+            f"pool_size {self.size}{blocked}",
+            "raise pool_size (or the limit named) or query_wait_timeout, or shorten the "
+            "transactions that hold servers; SHOW POOLS and SHOW CHECKS on the admin console "
+            "show the pool and its server logins")
 
     def _wait_for_resume(self) -> None:
         """PAUSE: hold the client until RESUME (or until query_wait_timeout)."""
         if not self.database.resumed.wait(self.limits.query_wait_timeout() or None):
-            raise WaitTimeout()
+            raise WaitTimeout(
+                f"database {self.database.name} is paused (PAUSE, KILL or SUSPEND on the admin "
+                "console, or a shutdown waiting for its servers)",
+                "RESUME on the admin console (with the database's name if only it was paused) "
+                "lets its clients through")
 
     def _take_idle(self) -> Optional[Any]:
         # An idle server that went away was closed when its socket said so (server.readable).
@@ -239,12 +273,14 @@ class Pool:
             return
         self.login.discard(placeholder)
         self.last_login_failure = None
+        self.last_success = time.time()
         if self.welcome_params is None:
             self.welcome_params = dict(server.params)
         self.give(server)
 
     def _login_failed(self, err: ClientError) -> None:
         self.last_login_failure = (time.monotonic(), err)
+        self.last_failure = (time.time(), err)
         # Every waiter gets the server's error now rather than a timeout later: the clients
         # waiting at this moment are those who need this server (PgBouncer does the same).
         while self.waiters:
@@ -253,11 +289,16 @@ class Pool:
                 waiter.fail(err)
 
     def _fail_fast_if_login_failing(self) -> None:
+        retry_in = self.refusing_logins_for()
+        if retry_in > 0:
+            raise LoginFailing(self.last_login_failure[1], retry_in)
+
+    def refusing_logins_for(self) -> float:
+        """Seconds during which new clients still get the cached login error (0: none)."""
         if self.last_login_failure is None or self.idle:
-            return
-        when, err = self.last_login_failure
-        if time.monotonic() - when < self.limits.login_retry():
-            raise err
+            return 0.0
+        when, _ = self.last_login_failure
+        return max(0.0, self.limits.login_retry() - (time.monotonic() - when))
 
     # -- closing -------------------------------------------------------------------------------
 

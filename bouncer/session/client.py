@@ -128,8 +128,9 @@ class ClientSession:
         """
         if isinstance(err, client_auth.LoginRefused) or not self.close_reason:
             self.close_reason = err.log_reason
-        log.log(logging.WARNING if not self.logged_in else logging.INFO,
-                "%s pooler error: %s", self.prefix, self.close_reason)
+        if self.app.config.log_pooler_errors:  # PgBouncer's switch for exactly this line
+            log.log(logging.WARNING if not self.logged_in else logging.INFO,
+                    "%s pooler error: %s", self.prefix, self.close_reason)
         if self.link is not None and not self.link.client_at_boundary:
             return
         try:
@@ -244,10 +245,19 @@ class ClientSession:
     def _attach_pool(self) -> None:
         db = self.app.registry.find_database(self.database)
         if db is None:
-            raise ClientError(f"no such database: {self.database}", sqlstate.INVALID_CATALOG_NAME)
+            raise ClientError(
+                f"no such database: {self.database}", sqlstate.INVALID_CATALOG_NAME,
+                detail="bouncer's [databases] section has no such entry and no * entry",
+                hint="connect to a database it lists (SHOW DATABASES on the admin console), or "
+                     "add the database to [databases] and RELOAD")
         if db.disabled:
-            raise ClientError("database does not allow connections: " + self.database,
-                              sqlstate.CONNECTION_FAILURE)
+            raise ClientError(
+                f'database "{self.database}" is disabled', sqlstate.CONNECTION_FAILURE,
+                hint=f"an admin ran DISABLE {self.database} (or its [databases] line was "
+                     f"removed); ENABLE {self.database} on the admin console lets clients in")
+        if self.app.shutdown_mode is not None:
+            raise ClientError("pooler is shutting down", sqlstate.CANNOT_CONNECT_NOW,
+                              hint="connect to the pooler that replaces this one")
         self.db = db
         user = db.definition.user or self.user
         self.pool = self.app.registry.pool(db, user)

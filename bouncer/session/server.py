@@ -70,6 +70,9 @@ class ServerConnection:
         self.watch: Any = None
         #: The OS socket under a plain connection (None with TLS), for the relay.
         self.raw: Any = None
+        #: The server's first authentication request at login (an AuthCode; OK means it asked
+        #: for nothing), or None before one came: ``bouncer --check --connect`` reports it.
+        self.auth_request: Optional[int] = None
         local = sock.getsockname()
         self.local_addr, self.local_port = (local[0], local[1]) if isinstance(local, tuple) \
             else ("unix", 0)
@@ -177,9 +180,14 @@ class ServerConnection:
         self.sock.close()
 
 
-def connect_server(app: "App", pool: "Pool") -> ServerConnection:
+def connect_server(app: "App", pool: "Pool",
+                   on_connected: Optional[Callable[[ServerConnection], None]] = None
+                   ) -> ServerConnection:
     """Open and log in a new server connection for *pool* (the pool's connector).
 
+    :param on_connected: called with the connection once its socket is open, before the login
+        (``bouncer --check --connect`` keeps it to report TLS and the auth request even when
+        the login then fails).
     :raises ClientError: connect or login failed; the message says why, for the client.
     """
     database = pool.database
@@ -188,25 +196,42 @@ def connect_server(app: "App", pool: "Pool") -> ServerConnection:
     host = database.next_host() or app.config.unix_socket_dir or "/tmp"
     port = definition.port
     timeout = app.config.server_connect_timeout or None
+    target = f"{host}:{port} (database {database.name})"
     try:
-        with gevent.Timeout(timeout, ServerError("server connect timeout",
-                                                 sqlstate.CONNECTION_FAILURE)):
+        with gevent.Timeout(timeout, ServerError(
+                "server connect timeout", sqlstate.CONNECTION_FAILURE,
+                detail=f"{target} did not complete the login within server_connect_timeout "
+                       f"({app.config.server_connect_timeout:g} s)", hint=_CONNECT_HINT)):
             sock, addr = _open_socket(app, host, port)
-            server = ServerConnection(pool, sock, host, addr, port)
-            login(app, server, pool)
+            logged_in = False
+            try:
+                server = ServerConnection(pool, sock, host, addr, port)
+                if on_connected is not None:
+                    on_connected(server)
+                login(app, server, pool)
+                logged_in = True
+            finally:
+                if not logged_in:  # a refused or broken login: nothing else will close it
+                    sock.close()
     except ConnectionLost as exc:
         raise ServerError(f"server connection lost during login: {exc}",
                           sqlstate.CONNECTION_FAILURE) from exc
     except OSError as exc:
         _log_connect_failure(app, pool, host, port, exc)
         raise ServerError(f"could not connect to server: {exc.strerror or exc}",
-                          sqlstate.CONNECTION_FAILURE) from exc
+                          sqlstate.CONNECTION_FAILURE, detail=f"bouncer tried {target}",
+                          hint=_CONNECT_HINT) from exc
     if app.config.log_connections:
         log.info("%s new connection to server (from %s:%s)", server.prefix,
                  server.local_addr, server.local_port)
     _run_connect_query(server, definition.connect_query)
     server.arm()
     return server
+
+
+_CONNECT_HINT = ("check that the server runs and accepts connections there, and the host= and "
+                 "port= of the database's line; SHOW CHECKS on the admin console and "
+                 "bouncer --check --connect show every database's state")
 
 
 def _open_socket(app: "App", host: str, port: int) -> Tuple[socket.socket, str]:
@@ -228,7 +253,9 @@ def _open_socket(app: "App", host: str, port: int) -> Tuple[socket.socket, str]:
 
 
 def _log_connect_failure(app: "App", pool: "Pool", host: str, port: int, exc: OSError) -> None:
-    if app.config.log_pooler_errors:
+    # PgBouncer logs a failed connect as a closed server ("closing because: connect failed"):
+    # log_disconnections decides; log_pooler_errors is for the errors sent to clients.
+    if app.config.log_disconnections:
         log.warning("S-: %s/%s@%s:%s connect failed: %s", pool.database.name, pool.user.name,
                     host, port, exc)
 

@@ -30,6 +30,17 @@ class ServerLoginError(ClientError):
     """The server refused our login; its message and SQLSTATE go to the client as they are."""
 
 
+#: PgBouncer's words when the stored secret cannot answer the server's method.
+WRONG_PASSWORD_TYPE = "server login failed: wrong password type"
+_PLAIN_PASSWORD_HINT = ("put the user's plain password in auth_file (for a forced user, in "
+                        "password= of its [databases] line)")
+
+
+def _wrong_password_type(detail: str, hint: str = _PLAIN_PASSWORD_HINT) -> ServerLoginError:
+    return ServerLoginError(WRONG_PASSWORD_TYPE, sqlstate.INVALID_PASSWORD, "FATAL",
+                            detail=detail, hint=hint)
+
+
 def login(app: "App", server: "ServerConnection", pool: "Pool") -> None:
     """Run the whole login on a connected socket; fills ``server.params`` and ``cancel_key``."""
     _maybe_start_tls(app, server)
@@ -76,6 +87,8 @@ class _AuthExchange:
         self.scram: Optional[ScramClient] = None
 
     def answer(self, code: int, data: bytes) -> None:
+        if self.server.auth_request is None:
+            self.server.auth_request = code
         if code == AuthCode.OK:
             return
         if code == AuthCode.CLEARTEXT_PASSWORD:
@@ -89,48 +102,59 @@ class _AuthExchange:
         elif code == AuthCode.SASL_FINAL and self.scram is not None:
             self._scram_step(self.scram.handle_server_final, data)
         else:
-            raise ServerLoginError(f"server requested unsupported authentication method {code}",
-                                   sqlstate.FEATURE_NOT_SUPPORTED)
+            raise ServerLoginError(
+                f"server requested unsupported authentication method {code}",
+                sqlstate.FEATURE_NOT_SUPPORTED, "FATAL",
+                hint="let the server's pg_hba.conf ask this user for scram-sha-256, md5, "
+                     "password or trust")
 
     def _send(self, message: bytes) -> None:
         send_all(self.server.sock, message)
 
+    def _asks(self, method: str) -> str:
+        """``the server asks for <method> for user "x" and bouncer knows <what it has>``."""
+        if self.secret is None:
+            known = "no password"
+        elif parse_scram_secret(self.secret):
+            known = "only a SCRAM secret"
+        else:
+            known = "only an md5 secret" if is_md5_secret(self.secret) else "the password"
+        return f'the server asks for {method} for user "{self.user}" and bouncer knows {known}'
+
     def _plain_password(self, method: str) -> bytes:
         if self.secret is None or is_md5_secret(self.secret) or parse_scram_secret(self.secret):
-            raise ServerLoginError(
-                f"server requests {method} password but no plain-text password is known for "
-                f"user \"{self.user}\"", sqlstate.INVALID_PASSWORD)
+            raise _wrong_password_type(self._asks(f"a {method} password"))
         return self.secret.encode()
 
     def _send_md5(self, salt: bytes) -> None:
         if self.secret is None or parse_scram_secret(self.secret):
-            raise ServerLoginError(
-                f"server requests md5 but no password or md5 secret is known for user "
-                f"\"{self.user}\"", sqlstate.INVALID_PASSWORD)
+            raise _wrong_password_type(self._asks("md5"))
         response = md5_response(self.secret, self.user, salt)
         self._send(frontend.password_message(response.encode() + b"\0"))
 
     def _start_scram(self, data: bytes) -> None:
         mechanisms = [m.decode() for m in data.split(b"\0") if m]
         if "SCRAM-SHA-256" not in mechanisms:
-            raise ServerLoginError(f"server offers no supported SASL mechanism: {mechanisms}",
-                                   sqlstate.FEATURE_NOT_SUPPORTED)
+            raise ServerLoginError(
+                "server login failed: none of the server's SASL authentication mechanisms are "
+                "supported", sqlstate.FEATURE_NOT_SUPPORTED, "FATAL",
+                detail=f"the server offers {', '.join(mechanisms) or 'none'}; bouncer speaks "
+                       "SCRAM-SHA-256")
         self.scram = self._scram_client()
         self._send(frontend.sasl_initial_response("SCRAM-SHA-256", self.scram.client_first()))
 
     def _scram_client(self) -> ScramClient:
         if self.secret is not None and parse_scram_secret(self.secret) is not None:
             if self.pool.scram_keys is None:
-                raise ServerLoginError(
-                    f"server requests SCRAM but only a SCRAM secret is known for user "
-                    f"\"{self.user}\": the client must log in with SCRAM first",
-                    sqlstate.INVALID_PASSWORD)
+                raise _wrong_password_type(
+                    self._asks("SCRAM") + ", which can log in only with the keys of a "
+                    "client's own SCRAM login, and none has logged in yet",
+                    hint="let a client log in with SCRAM first (auth_type scram-sha-256 or "
+                         "md5; never for a forced user), or " + _PLAIN_PASSWORD_HINT)
             client_key, server_key = self.pool.scram_keys
             return ScramClient(client_key=client_key, server_key=server_key)
         if self.secret is None or is_md5_secret(self.secret):
-            raise ServerLoginError(
-                f"server requests SCRAM but no plain-text password is known for user "
-                f"\"{self.user}\"", sqlstate.INVALID_PASSWORD)
+            raise _wrong_password_type(self._asks("SCRAM"))
         return ScramClient(self.secret)
 
     def _scram_step(self, step, data: bytes) -> bytes:

@@ -476,7 +476,7 @@ def test_disable_refuses_new_logins_until_enable(bouncer: BouncerProcess) -> Non
     try:
         run(admin, "DISABLE bench")
         assert row_for(bouncer, "SHOW DATABASES", name="bench")["disabled"] == 1
-        with pytest.raises(psycopg2.OperationalError, match="does not allow connections"):
+        with pytest.raises(psycopg2.OperationalError, match='database "bench" is disabled'):
             bouncer.connect(dbname="bench")
         run(admin, "ENABLE bench")
         xacts(bouncer, 1, dbname="bench")

@@ -77,11 +77,12 @@ def client_auth(request, client_auth_bouncers):
 
 
 def login_outcome(bouncer, user: str, password: str, dbname: str = FORCED_DB) -> str:
-    """``current_user`` after logging in, or the error the client got."""
+    """``current_user`` after logging in, or the error's message the client got (without its
+    DETAIL and HINT lines)."""
     try:
         conn = bouncer.connect(user=user, password=password, dbname=dbname)
     except psycopg2.OperationalError as err:
-        return str(err).split("FATAL:", 1)[-1].strip()
+        return str(err).split("FATAL:", 1)[-1].strip().splitlines()[0]
     try:
         return scalar(conn, "SELECT current_user")
     finally:

@@ -76,8 +76,61 @@ def test_missing_config_argument_is_an_error() -> None:
 def test_check_accepts_a_good_config_without_listening(pg, tmp_path) -> None:
     path, port = write_config(tmp_path, common_ini(pg))
     result = run_cli(["--check", path])
-    assert (result.returncode, result.stdout.strip()) == (0, f"{path}: configuration OK")
+    assert (result.returncode, result.stdout.splitlines()[-1]) == (0, f"{path}: configuration OK")
+    assert result.stderr == ""
     assert not listening(port)
+
+
+def test_check_says_what_a_good_config_would_do(pg, tmp_path) -> None:
+    path, port = write_config(tmp_path, common_ini(pg, databases={"*": f"port={pg.port}"},
+                                                   auth_user="scramuser"))
+    lines = run_cli(["--check", path]).stdout.splitlines()
+    assert lines[0] == f"listen: 127.0.0.1 port {port}, unix socket {tmp_path}/.s.PGSQL.{port}"
+    assert lines[1:4] == [
+        f"database bench: 127.0.0.1 port {pg.port}, dbname bench, session pooling, pool_size 20",
+        f"database testdb: 127.0.0.1 port {pg.port}, dbname testdb, session pooling, "
+        "pool_size 20",
+        f"database * (any other name a client asks for): unix socket in {tmp_path} port "
+        f"{pg.port}, dbname the name asked for, session pooling, pool_size 20"]
+    assert lines[4] == (
+        "auth: auth_type = md5: clients answer an md5 challenge (SCRAM instead when the stored "
+        f"secret is SCRAM); secrets from auth_file {tmp_path}/userlist.txt (2 users), then "
+        "auth_query as scramuser in the database the client asks for")
+    assert lines[6:8] == [
+        "clients: TLS is off (client_tls_sslmode = disable): they must connect with "
+        "sslmode=disable, allow or prefer",
+        "servers: TLS when a server offers it, plaintext otherwise; certificates are not "
+        "checked"]
+
+
+def test_check_names_every_problem_of_a_file_in_one_run(pg, certs, tmp_path) -> None:
+    # Independent problems of every kind: a bad value, a bad database line, an unknown key, a
+    # syntax error, a cross-setting problem, a plugin's (auth_query) and a TLS file's.
+    ini = common_ini(pg, databases={"broken": "host=127.0.0.1 port=99999"},
+                     pool_mode="sesion", client_tls_sslmode="verify-full",
+                     client_tls_key_file=certs.server_key,
+                     client_tls_cert_file=certs.client_cert, auth_user="scramuser",
+                     auth_query="SELECT usename, passwd FROM pg_shadow WHERE usename = 'x'",
+                     not_a_setting="1") + "this is not a line\n"
+    path, _ = write_config(tmp_path, ini)
+    result = run_cli(["--check", path])
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR ")]
+    assert result.returncode == 1
+    assert errors == [
+        f"ERROR {path}:{line_of(path, 'broken =')}: broken: port: port 99999 is out of range "
+        "1-65535",
+        f"ERROR {path}:{line_of(path, 'pool_mode =')}: pool_mode: invalid value 'sesion': "
+        "expected one of session, transaction, statement",
+        f"ERROR {path}:{line_of(path, 'not_a_setting =')}: not_a_setting: unknown parameter",
+        f"ERROR {path}:{line_of(path, 'this is')}: syntax error: expected 'key = value'",
+        f"ERROR {path}: client_tls_sslmode = verify-full needs client_tls_ca_file: in this "
+        "mode every *client* must present a certificate signed by that CA (verify-full also "
+        "requires the certificate's CN to be the user name)",
+        f"ERROR {path}: auth_query must use $1 where the user name goes",
+        f"ERROR {path}: client_tls_key_file: {certs.server_key} does not match "
+        f"client_tls_cert_file {certs.client_cert}: use the key that certificate was issued "
+        "for"], result.stderr
+    assert result.stderr.splitlines()[-1] == f"{path}: 7 problem(s) found"
 
 
 BAD_CONFIGS = {
@@ -110,6 +163,68 @@ def test_bad_config_exits_without_listening(bad_config) -> None:
     assert result.returncode != 0
     assert where in result.stderr
     assert not listening(port)
+
+
+def connect_lines(result: subprocess.CompletedProcess) -> List[str]:
+    """The --connect lines: one per (database, login user), after the summary."""
+    return [line for line in result.stdout.splitlines()
+            if line.split(" ")[0] in ("OK", "FAIL", "WARN", "SKIP")]
+
+
+def test_check_connect_gives_each_database_its_own_line(pg, tmp_path) -> None:
+    down = free_port()
+    path, _ = write_config(tmp_path, common_ini(pg, databases={
+        "bench": None,
+        "wrongpw": f"host=127.0.0.1 port={pg.port} dbname=testdb user=md5user password=wrong",
+        "nosecret": f"host=127.0.0.1 port={pg.port} dbname=testdb user=scramuser",
+        "down": f"host=127.0.0.1 port={down} dbname=testdb user=md5user password=md5pass",
+        "*": f"port={pg.port}"}))
+    result = run_cli(["--check", "--connect", path])
+    lines = [re.sub(r"; \d+ ms$", "; N ms", line) for line in connect_lines(result)]
+    no_tls = "no TLS: the server does not offer it (server_tls_sslmode = prefer allows that)"
+    at = f"at 127.0.0.1 port {pg.port}"
+    assert result.returncode == 1
+    assert lines[0].startswith(f"OK database testdb (user md5user) {at}: reachable (PostgreSQL ")
+    assert lines[0].endswith(f"{no_tls}; server asks md5 for user md5user, bouncer has a "
+                             "plain password: logged in; N ms")
+    assert lines[1].endswith("server asks SCRAM for user scramuser, bouncer has a plain "
+                             "password: logged in; N ms")
+    assert lines[2:] == [
+        f"FAIL database wrongpw (user md5user) {at}: reachable; {no_tls}; server asks md5 for "
+        "user md5user and refused bouncer's plain password (password authentication failed "
+        'for user "md5user"); N ms',
+        f"FAIL database nosecret (user scramuser) {at}: reachable; {no_tls}; server asks SCRAM "
+        "for user scramuser but no secret is known (give it password= on its [databases] "
+        "line); N ms",
+        f"FAIL database down (user md5user) at 127.0.0.1 port {down}: unreachable: could not "
+        "connect to server: Connection refused; N ms",
+        "SKIP database *: not checked: it stands for any database name a client asks for"]
+    assert result.stderr.splitlines()[-1] == f"{path}: 3 database login(s) would fail"
+
+
+def test_check_connect_is_bounded_by_server_connect_timeout(pg, tmp_path) -> None:
+    with socket.socket() as silent:  # accepts (the kernel does) but never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        port = silent.getsockname()[1]
+        path, _ = write_config(tmp_path, common_ini(pg, server_connect_timeout=1, databases={
+            "testdb": f"host=127.0.0.1 port={port} user=md5user password=md5pass"}))
+        result = run_cli(["--check", "--connect", path])
+    assert result.returncode == 1
+    # It stalls where bouncer waits for the answer to its SSLRequest (server_tls_sslmode=prefer).
+    assert (f"FAIL database testdb (user md5user) at 127.0.0.1 port {port}: reachable; TLS "
+            "failed: server connect timeout; 1") in result.stdout, result.stdout
+
+
+def test_unreadable_auth_file_is_a_problem_for_check_and_start(pg, tmp_path) -> None:
+    path, port = write_config(tmp_path, common_ini(pg, auth_file="@DIR@/missing.txt"))
+    checked = run_cli(["--check", path])
+    assert (checked.returncode, checked.stderr.splitlines()[0]) == (
+        1, f"ERROR auth_file: {tmp_path}/missing.txt cannot be read (No such file or "
+           "directory): fix the path or the permissions")
+    started = run_cli([path])
+    assert started.returncode == 1 and "Traceback" not in started.stderr
+    assert f"{tmp_path}/missing.txt" in started.stderr and not listening(port)
 
 
 def test_missing_config_file_is_named(tmp_path) -> None:
@@ -198,6 +313,17 @@ def test_log_connections_off_silences_login_lines(pg, bouncer_factory) -> None:
     bouncer.wait_for_log("got SIGHUP")
     assert "login attempt" not in bouncer.log_text()
     assert "closing because" not in bouncer.log_text()
+
+
+@pytest.mark.parametrize("setting, logged", [(1, True), (0, False)])
+def test_log_pooler_errors_gates_the_line_for_errors_sent_to_clients(
+        pg, bouncer_factory, setting: int, logged: bool) -> None:
+    bouncer = bouncer_factory(common_ini(pg, log_pooler_errors=setting))
+    with pytest.raises(psycopg2.OperationalError, match="no such database: nosuchdb"):
+        bouncer.connect(dbname="nosuchdb")
+    bouncer.reload()  # a line logged after the refusal: the refusal's own would be there
+    bouncer.wait_for_log("got SIGHUP")
+    assert ("pooler error: no such database: nosuchdb" in bouncer.log_text()) is logged
 
 
 def test_periodic_stats_line(pg, bouncer_factory) -> None:

@@ -333,6 +333,51 @@ def test_prefer_against_a_server_without_tls_falls_back(pg: PgCluster,
     assert not server_uses_tls(bouncer)
 
 
+def run_connect_check(tmp_path: Any, ini: str) -> subprocess.CompletedProcess:
+    path = tmp_path / "connect.ini"
+    path.write_text(ini.replace("@PORT@", "6432").replace("@DIR@", str(tmp_path)))
+    (tmp_path / "userlist.txt").write_text("")
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    return subprocess.run([sys.executable, "-m", "bouncer", "--check", "--connect", str(path)],
+                          capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=60)
+
+
+def test_check_connect_names_the_certificate_verdict(tls_pg: PgCluster, certs: CertPaths,
+                                                      tmp_path: Any) -> None:
+    # The server's certificate names localhost only (no address), from the test CA.
+    ca = load_issued(certs.ca_cert, certs.ca_key)
+    cert, key = (write_pem(str(tmp_path), name, data, 0o600) for name, data in
+                 zip(("localhost.crt", "localhost.key"), pem_pair(_certificate_for_dns_name(
+                     ca, "localhost"))))
+    tls_pg.enable_ssl(cert, key)
+    login = "dbname=testdb user=md5user password=md5pass"
+    databases = {"testdb": None, "bench": None,
+                 "byname": f"host=localhost port={tls_pg.port} {login}",
+                 "byaddress": f"host=127.0.0.1 port={tls_pg.port} {login}"}
+    try:
+        trusted = run_connect_check(tmp_path, common_ini(
+            tls_pg, databases=databases, server_tls_sslmode="verify-full",
+            server_tls_ca_file=certs.ca_cert))
+        unknown = run_connect_check(tmp_path, common_ini(
+            tls_pg, databases={"byname": databases["byname"], "testdb": None, "bench": None},
+            server_tls_sslmode="verify-ca", server_tls_ca_file=certs.other_ca_cert))
+    finally:
+        tls_pg.enable_ssl(certs.server_cert, certs.server_key)
+    assert trusted.returncode == 1
+    assert re.search(r"^OK database byname \(user md5user\) at localhost port \d+: reachable "
+                     r"\(PostgreSQL [^)]+\)\); TLS TLSv1\.[23]/\S+, certificate verified: signed "
+                     f"by {re.escape(certs.ca_cert)} and valid for the host name; server asks "
+                     r"md5 for user md5user, bouncer has a plain password: logged in; \d+ ms$",
+                     trusted.stdout, re.M), trusted.stdout
+    assert re.search(r"^FAIL database byaddress \(user md5user\) at 127\.0\.0\.1 port \d+: "
+                     r"reachable; TLS certificate rejected: host name mismatch \(IP address "
+                     r"mismatch, certificate is not valid for '127\.0\.0\.1'\.\); \d+ ms$",
+                     trusted.stdout, re.M), trusted.stdout
+    assert re.search(r"^FAIL database byname .*: reachable; TLS certificate rejected: unknown CA: "
+                     r"not signed by a CA in server_tls_ca_file \(or the system's\); \d+ ms$",
+                     unknown.stdout, re.M), unknown.stdout
+
+
 def _certificate_for_dns_name(ca: Issued, name: str) -> Issued:
     """A server certificate from *ca* valid only for *name* (certgen's all name the loopback)."""
     key = ec.generate_private_key(ec.SECP256R1())

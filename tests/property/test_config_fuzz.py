@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bouncer.config import load_config
+from bouncer.check.problems import check_config
+from bouncer.config import ConfigProblems, load_config, read_config_report
 from bouncer.config.connstr import parse_connstr
-from bouncer.config.ini import lex_ini
+from bouncer.config.ini import lex_ini, lex_ini_all
 from bouncer.errors import ConfigError
 
 # Tokens the lexer and loader treat specially, so random files get past the first character.
@@ -50,6 +51,30 @@ def test_lexer_and_loader_raise_only_config_error(ini_path: Path, text: str) -> 
             read(str(ini_path))
         except ConfigError:
             pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=ini_text)
+def test_collecting_reads_any_file_and_names_each_problems_place(ini_path: Path,
+                                                                 text: str) -> None:
+    """--check's pass: never an exception for a file it can read; the lexer's problems each
+    name a line, and the daemon refuses the file with the same problems first (so the
+    daemon and --check agree on what is wrong)."""
+    ini_path.write_text(text, encoding="utf-8")
+    try:
+        _, lex_errors = lex_ini_all(str(ini_path))
+    except ConfigError as exc:  # the file itself: not UTF-8, a NUL byte
+        assert exc.filename == str(ini_path)
+        return
+    assert all(error.lineno for error in lex_errors)
+    _, problems = read_config_report(str(ini_path))
+    try:
+        load_config(str(ini_path))
+    except ConfigProblems as refused:
+        assert [str(p) for p in refused.problems[:len(problems)]] == [str(p) for p in problems]
+    else:
+        assert problems == []
+    check_config(str(ini_path))  # plugins' checks on a partly read file: no exception
 
 
 @settings(max_examples=200, deadline=None)

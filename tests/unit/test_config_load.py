@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bouncer.config import (SETTINGS, Config, DatabaseDef, UserDef, load_config, parse_pool_key,
-                            parse_pool_options, parse_user_options, read_config, validate)
+from bouncer.config import (SETTINGS, Config, ConfigProblems, DatabaseDef, UserDef, load_config,
+                            parse_pool_key, parse_pool_options, parse_user_options, read_config,
+                            read_config_report, validate)
 from bouncer.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "data" / "pgbouncer-example.ini"
@@ -231,6 +232,26 @@ class TestCrossFieldChecks:
         problems = validate(read_config(str(path)))
         assert len(problems) == 3
         assert problems[0].startswith("auth_type = hba")
+
+    def test_load_config_lists_every_problem_in_file_order(self, tmp_path: Path) -> None:
+        error = load_error(tmp_path, "[pgbouncer]\nauth_type = hba\nlisten_port = x\n"
+                                     "[databases]\ndb = port=0\n[nonsense]\n")
+        assert isinstance(error, ConfigProblems)
+        assert [(problem.lineno, problem.key) for problem in error.problems] == [
+            (3, "listen_port"), (5, "db"), (6, None), (None, None)]
+        assert error.problems[-1].message.startswith("auth_type = hba needs auth_hba_file")
+        assert (error.lineno, error.key) == (3, "listen_port")  # the first one's
+        assert str(error).count("; ") == 3
+
+    def test_the_report_keeps_what_could_be_read(self, tmp_path: Path) -> None:
+        path = tmp_path / "bouncer.ini"
+        path.write_text("[pgbouncer]\npool_mode = sesion\nlisten_port = 7000\n"
+                        "[databases]\nbad = port=x\ngood = port=7001\n")
+        config, problems = read_config_report(str(path))
+        assert (config.pool_mode, config.listen_port) == ("session", 7000)  # default kept
+        assert list(config.databases) == ["good"]
+        assert config.explicit == frozenset({"listen_port"})
+        assert [problem.key for problem in problems] == ["pool_mode", "bad"]
 
     def test_values_set_by_code_are_checked_too(self, tmp_path: Path) -> None:
         config = load(tmp_path, "[pgbouncer]\n")

@@ -6,7 +6,7 @@ from typing import List, Tuple
 
 import pytest
 
-from bouncer.config.ini import MAX_INCLUDE_DEPTH, last_lines, lex_ini, to_configobj
+from bouncer.config.ini import MAX_INCLUDE_DEPTH, last_lines, lex_ini, lex_ini_all, to_configobj
 from bouncer.errors import ConfigError
 
 
@@ -108,6 +108,35 @@ def test_syntax_errors_name_file_and_line(tmp_path: Path, text: str, lineno: int
         lex_ini(ini)
     assert (info.value.filename, info.value.lineno) == (ini, lineno)
     assert f"bad.ini:{lineno}" in str(info.value)
+
+
+def test_every_bad_line_is_recorded_and_the_good_ones_kept(tmp_path: Path) -> None:
+    ini = write(tmp_path / "bad.ini", "[pgbouncer]\nlisten_port 6432\nlogfile = a\n"
+                                      "'open = 1\nverbose = 1\n%include\n")
+    lines, errors = lex_ini_all(ini)
+    assert [(line.key, line.value) for line in lines if line.key] == [("logfile", "a"),
+                                                                      ("verbose", "1")]
+    assert [error.lineno for error in errors] == [2, 4, 6]
+
+
+def test_keys_after_a_broken_section_header_are_dropped_with_it(tmp_path: Path) -> None:
+    # Which section they belong to is unknown: one error (the header), no guess.
+    ini = write(tmp_path / "bad.ini", "[pgbouncer]\nlogfile = a\n[databases\ndb = x\n"
+                                      "[users]\nbob = pool_mode=session\n")
+    lines, errors = lex_ini_all(ini)
+    assert [(line.section, line.key) for line in lines if line.key] == [
+        ("pgbouncer", "logfile"), ("users", "bob")]
+    assert [(error.lineno, error.message) for error in errors] == [
+        (3, "syntax error: section header without ']'")]
+
+
+def test_errors_of_an_included_file_name_that_file(tmp_path: Path) -> None:
+    inner = write(tmp_path / "inner.ini", "verbose = 1\nbroken\n")
+    ini = write(tmp_path / "main.ini", f"[pgbouncer]\n%include {inner}\n%include "
+                                       f"{tmp_path}/absent.ini\nlogfile = b\n")
+    lines, errors = lex_ini_all(ini)
+    assert [line.key for line in lines if line.key] == ["verbose", "logfile"]
+    assert [(error.filename, error.lineno) for error in errors] == [(inner, 2), (ini, 3)]
 
 
 def test_value_before_any_section_is_an_error(tmp_path: Path) -> None:

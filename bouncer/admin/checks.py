@@ -1,0 +1,72 @@
+"""SHOW CHECKS (bouncer's own): why do clients of a database get errors, without the logs.
+
+One row per pool (database, user), and one for each database no client has used yet: the
+latest failed server connect or login with its reason and time, the latest success, and how
+long new clients still get PgBouncer's "server login has been failing" at once.
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, List, Optional
+
+from bouncer.admin import grammar
+from bouncer.admin.commands import Result, columns, show, stats_allowed
+from bouncer.admin.sockets import timestamp
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bouncer.admin.console import Console
+    from bouncer.errors import ClientError
+    from bouncer.app import App
+    from bouncer.pool.pool import Pool
+    from bouncer.pool.registry import DatabaseState
+
+CHECKS_COLUMNS = columns(
+    "sssisssssi", "database", "user", "host", "port", "status", "last_failure",
+    "last_failure_sqlstate", "last_failure_time", "last_success_time", "refusing_for")
+
+
+@stats_allowed
+def show_checks(console: "Console", args: str) -> Result:
+    grammar.no_arguments(args)
+    app = console.app
+    rows: List[List[Any]] = []
+    for database in app.registry.databases.values():
+        pools = list(database.pools.values())
+        rows += [_pool_row(app, database, pool) for pool in pools] or [
+            _untried_row(app, database)]
+    return show(CHECKS_COLUMNS, sorted(rows, key=lambda row: (row[0], row[1] or "")))
+
+
+def _pool_row(app: "App", database: "DatabaseState", pool: "Pool") -> List[Any]:
+    failure, success = pool.last_failure, pool.last_success
+    failed_last = failure is not None and (success is None or failure[0] >= success)
+    status = "failing" if failed_last else "ok" if success is not None else "untried"
+    error = failure[1] if failure is not None else None
+    return [
+        database.name, pool.user.name, *_where(app, database), status,
+        _reason(error) if error is not None else None,
+        error.sqlstate if error is not None else None,
+        _time(failure[0] if failure is not None else None), _time(success),
+        math.ceil(pool.refusing_logins_for())]
+
+
+def _untried_row(app: "App", database: "DatabaseState") -> List[Any]:
+    return [database.name, None, *_where(app, database), "untried", None, None, None, None, 0]
+
+
+def _where(app: "App", database: "DatabaseState") -> List[Any]:
+    definition = database.definition
+    host = ",".join(definition.host) or app.config.unix_socket_dir or "/tmp"
+    return [host, definition.port]
+
+
+def _reason(error: "ClientError") -> str:
+    """The message the clients got, with its detail (which says what bouncer saw)."""
+    return f"{error.message} ({error.detail})" if error.detail else error.message
+
+
+def _time(epoch: Optional[float]) -> Optional[str]:
+    return timestamp(epoch) if epoch is not None else None
+
+
+COMMANDS = {"SHOW CHECKS": show_checks}
