@@ -199,6 +199,7 @@ class ClientEngine:
         """Walk the headers from ``pos``; return what to send the server."""
         size = len(data)
         pipeline = self.pipeline
+        queue = pipeline.queue
         prepared = self.prepared
         max_length = self.max_length
         out: Optional[List[Bytes]] = None
@@ -218,6 +219,8 @@ class ClientEngine:
                 pass
             elif kind in _NAMING and prepared is not None and not pipeline.skipping:
                 named = names_statement(kind, data, pos + _HEADER_LEN, end if end < size else size)
+                if named is None and end <= size:
+                    raise ProtocolError(f"malformed message of type {chr(kind)!r}")
                 if named is None or (named and end > size):
                     self._hold(data, pos, end - pos)  # to be seen whole
                     break
@@ -228,17 +231,20 @@ class ClientEngine:
                     out.append(prepared.rewrite(bytes(data[pos:end]), pipeline))
                     raw_from = end
                 else:
-                    pipeline.sent(kind)
+                    pipeline.sent(kind)  # an unnamed one
             elif kind == _COPY_DONE or kind == _COPY_FAIL:
                 pipeline.copy_end_sent(kind)
             elif kind == _TERMINATE:
                 self.terminated = True
                 break
-            else:
+            else:  # Query, Sync, FunctionCall, and unnamed extended-protocol messages
                 if kind == _QUERY and self.disable_pqexec:
                     raise ClientError("PQexec disallowed",
                                       log_reason='client used "Query" packet type')
-                pipeline.sent(kind)
+                if pipeline.skipping or pipeline.copy_in:
+                    pipeline.sent(kind)
+                else:
+                    queue.append(kind)  # what sent() does in the common case
             pos = end
         if pos > size:
             self._skip = pos - size

@@ -63,11 +63,14 @@ class Pipeline:
     :ivar names: the linked client's statement names (a DISCARD ALL empties them), if any.
     """
 
-    __slots__ = ("_queue", "_special", "_seq", "skipping", "copy_in", "client_copy",
+    __slots__ = ("queue", "fakes", "_special", "_seq", "skipping", "copy_in", "client_copy",
                  "mid_reply", "statements", "names")
 
     def __init__(self) -> None:
-        self._queue: Deque[int] = deque()
+        #: The requests owed, oldest first (read it; change it through the methods).
+        self.queue: Deque[int] = deque()
+        #: How many of them are FAKE.
+        self.fakes = 0
         self._special: Dict[int, Tuple[Optional[Effect], Optional[Undo]]] = {}
         self._seq = itertools.count(1)
         #: The server ignores the client's messages up to its next Sync.
@@ -82,16 +85,16 @@ class Pipeline:
         self.names: Optional[dict] = None
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return len(self.queue)
 
     @property
     def idle(self) -> bool:
         """Nothing owed and no COPY under way on either side."""
-        return not self._queue and not self.client_copy
+        return not self.queue and not self.client_copy
 
     def kinds(self) -> List[int]:
         """The message types owed, oldest first (for tests and SHOW)."""
-        return [entry & KIND for entry in self._queue]
+        return [entry & KIND for entry in self.queue]
 
     # -- what the client side sends --------------------------------------------------------
 
@@ -100,17 +103,17 @@ class Pipeline:
         if self.skipping:
             if kind == SYNC:
                 self.skipping = False
-                self._queue.append(SYNC)
+                self.queue.append(SYNC)
             return
         if kind == SYNC and self.copy_in:
             return  # PostgreSQL ignores Sync during COPY IN
-        self._queue.append(kind)
+        self.queue.append(kind)
 
     def copy_end_sent(self, kind: int) -> None:
         """CopyDone or CopyFail was forwarded: answered only if the server is still copying."""
         self.client_copy = False
         if self.copy_in and not self.skipping:
-            self._queue.append(kind)
+            self.queue.append(kind)
 
     def sent_special(self, kind: int, effect: Optional[Effect] = None,
                      undo: Optional[Undo] = None, injected: bool = False) -> None:
@@ -119,7 +122,7 @@ class Pipeline:
         is swallowed."""
         seq = next(self._seq)
         self._special[seq] = (effect, undo)
-        self._queue.append(kind | SPECIAL | (SKIP if injected else 0) | (seq << _SEQ_SHIFT))
+        self.queue.append(kind | SPECIAL | (SKIP if injected else 0) | (seq << _SEQ_SHIFT))
         if effect is not None:
             self.statements.expect(effect)
 
@@ -129,16 +132,17 @@ class Pipeline:
         :return: the reply to send the client now, or ``b""`` when it is queued to follow the
             replies still owed (then ``undo`` runs if the server skips past it).
         """
-        if not self._queue and not self.mid_reply:
+        if not self.queue and not self.mid_reply:
             return _FAKE_REPLIES[kind]
         seq = next(self._seq)
         self._special[seq] = (None, undo)
-        self._queue.append(kind | FAKE | SPECIAL | (seq << _SEQ_SHIFT))
+        self.queue.append(kind | FAKE | SPECIAL | (seq << _SEQ_SHIFT))
+        self.fakes += 1
         return b""
 
     def expects_in_this_region(self, effect: Effect) -> bool:
         """Whether a request with ``effect`` is queued since the last Sync queued."""
-        for entry in reversed(self._queue):
+        for entry in reversed(self.queue):
             if entry & KIND == SYNC:
                 return False
             if entry & SPECIAL and self._special[entry >> _SEQ_SHIFT][0] == effect:
@@ -149,7 +153,7 @@ class Pipeline:
 
     def ready(self) -> None:
         """ReadyForQuery: the oldest Query, FunctionCall or Sync is answered."""
-        queue = self._queue
+        queue = self.queue
         dropped = []
         while queue:
             entry = queue.popleft()
@@ -165,10 +169,17 @@ class Pipeline:
 
         :return: whether the client gets the reply (False for an injected request's).
         """
-        queue = self._queue
+        queue = self.queue
         if not queue or queue[0] & (KIND | FAKE) != kind:
             return True  # part of a Query's replies, or nothing of ours
-        entry = queue.popleft()
+        return self.pop_answered()
+
+    def pop_answered(self) -> bool:
+        """The oldest request got the reply that completes it (the caller checked its kind).
+
+        :return: whether the client gets the reply (False for an injected request's).
+        """
+        entry = self.queue.popleft()
         self._settle(entry)
         return not entry & SKIP
 
@@ -176,7 +187,7 @@ class Pipeline:
         """ErrorResponse.  After an extended-protocol request the server skips to Sync."""
         if self.copy_in:
             self._end_copy()
-        queue = self._queue
+        queue = self.queue
         if not queue or queue[0] & KIND not in EXTENDED:
             return  # a Query's or FunctionCall's: its ReadyForQuery follows
         dropped = []
@@ -197,10 +208,11 @@ class Pipeline:
 
     def due_fakes(self) -> bytes:
         """The made-up replies that are next in line (sent after the current reply)."""
-        queue = self._queue
+        queue = self.queue
         replies = []
         while queue and queue[0] & FAKE:
             entry = queue.popleft()
+            self.fakes -= 1
             self._special.pop(entry >> _SEQ_SHIFT)
             replies.append(_FAKE_REPLIES[entry & KIND])
         return b"".join(replies)
@@ -213,8 +225,8 @@ class Pipeline:
 
     def clear(self) -> None:
         """The server connection is being closed: nothing will be answered."""
-        self._dropped(list(self._queue))
-        self._queue.clear()
+        self._dropped(list(self.queue))
+        self.queue.clear()
         self.skipping = self.copy_in = self.client_copy = False
 
     # -- bookkeeping -----------------------------------------------------------------------
@@ -223,7 +235,7 @@ class Pipeline:
         """The copy is over: drop what copy mode consumed after the request that started it
         (Syncs, then its CopyDone, CopyFail or the message that broke it)."""
         self.copy_in = False
-        queue = self._queue
+        queue = self.queue
         if len(queue) < 2:
             return
         head = queue.popleft()
@@ -249,6 +261,7 @@ class Pipeline:
                     if entry & SPECIAL]
         if not specials:
             return
+        self.fakes -= sum(1 for entry in entries if entry & FAKE)
         for _, undo in reversed(specials):
             if undo is not None:
                 undo()

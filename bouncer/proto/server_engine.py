@@ -21,7 +21,7 @@ from typing import List, Optional, Tuple, Union
 from bouncer.errors import ProtocolError
 from bouncer.proto.backend import parse_parameter_status
 from bouncer.proto.constants import TXN_IDLE, Backend, Frontend
-from bouncer.proto.pipeline import Pipeline
+from bouncer.proto.pipeline import FAKE, KIND, SYNC_KINDS, Pipeline
 from bouncer.proto.statements import RESET_TAGS
 
 Bytes = Union[bytes, bytearray, memoryview]
@@ -37,6 +37,9 @@ _ROW_DESCRIPTION, _NO_DATA = Backend.ROW_DESCRIPTION, Backend.NO_DATA
 _PARSE_COMPLETE, _BIND_COMPLETE = Backend.PARSE_COMPLETE, Backend.BIND_COMPLETE
 _CLOSE_COMPLETE = Backend.CLOSE_COMPLETE
 _COPY_IN, _COPY_BOTH = Backend.COPY_IN_RESPONSE, Backend.COPY_BOTH_RESPONSE
+_EXECUTE = Frontend.EXECUTE
+#: The bits of a pipeline entry that say which request it is and whether it was sent.
+_HEAD = KIND | FAKE
 
 #: The request each reply completes (other replies complete nothing).
 _COMPLETES = {_PARSE_COMPLETE: Frontend.PARSE, _BIND_COMPLETE: Frontend.BIND,
@@ -169,9 +172,14 @@ class ServerEngine:
 
     def _walk(self, data: Bytes, pos: int, raw_from: int, out: Optional[List[Bytes]]) -> Bytes:
         """Walk the headers from ``pos``; ``data[raw_from:pos]`` goes out unchanged, after
-        ``out`` (None: nothing decided yet)."""
+        ``out`` (None: nothing decided yet).
+
+        Every server message passes here, so the common ones cost a few comparisons: a reply
+        touches the pipeline only when it completes the oldest request owed.
+        """
         size = len(data)
         pipeline = self.pipeline
+        queue = pipeline.queue
         max_length = self.max_length
         while pos < size:
             if size - pos < _HEADER_LEN:
@@ -180,15 +188,11 @@ class ServerEngine:
             kind = data[pos]
             length = _unpack_length(data, pos + 1)[0]
             end = pos + 1 + length
-            if kind == _DATA_ROW:
-                if length < 4 or length > max_length:
-                    raise _bad_length(kind, length)
-                pos = end
-                continue
-            if not _VALID[kind]:
-                raise ServerProtocolError(f"unknown pkt from server: {chr(kind)!r}")
             if not 4 <= length <= max_length:
                 raise _bad_length(kind, length)
+            if kind == _DATA_ROW:
+                pos = end
+                continue
             if kind == _READY or kind == _PARAMETER_STATUS or (
                     kind == _COMMAND_COMPLETE and self.track_statements
                     and length in _RESET_TAG_LENGTHS):
@@ -196,9 +200,29 @@ class ServerEngine:
                     self._hold(data, pos, end - pos)  # its body is needed
                     break
                 keep = self._small_message(kind, data, pos + _HEADER_LEN, end)
+            elif kind == _COMMAND_COMPLETE:
+                if not pipeline.copy_in and not (queue and queue[0] & _HEAD == _EXECUTE):
+                    pos = end  # one of a Query's results
+                    continue
+                keep = pipeline.command_complete()
+            elif kind in _COMPLETES:
+                if not (queue and queue[0] & _HEAD == _COMPLETES[kind]):
+                    pos = end  # part of a Query's replies
+                    continue
+                keep = pipeline.pop_answered()
+            elif kind == _ERROR:
+                pipeline.error()
+                keep = True
+            elif kind == _COPY_IN or kind == _COPY_BOTH:
+                pipeline.copy_started()
+                pos = end
+                continue
+            elif _VALID[kind]:
+                pos = end  # NoticeResponse, CopyData, ParameterDescription...: forwarded
+                continue
             else:
-                keep = self._reply(kind)
-            fakes = pipeline.due_fakes() if len(pipeline) else b""
+                raise ServerProtocolError(f"unknown pkt from server: {chr(kind)!r}")
+            fakes = pipeline.due_fakes() if pipeline.fakes else b""
             if keep and not fakes:
                 pos = end
                 continue
@@ -222,29 +246,13 @@ class ServerEngine:
             self._skip, self._keep = pos - size, True
             pipeline.mid_reply = True
             pos = size
-        elif self._carry:
-            pipeline.mid_reply = True
         else:
-            pipeline.mid_reply = False
+            pipeline.mid_reply = bool(self._carry)
         if out is None:
             return data if raw_from == 0 and pos == size else data[raw_from:pos]
         if raw_from < pos:
             out.append(data[raw_from:pos])
         return b"".join(out)
-
-    def _reply(self, kind: int) -> bool:
-        """A reply whose body is not needed; return whether the client gets it."""
-        pipeline = self.pipeline
-        if kind == _ERROR:
-            pipeline.error()
-            return True
-        if kind == _COMMAND_COMPLETE:
-            return pipeline.command_complete()
-        if kind == _COPY_IN or kind == _COPY_BOTH:
-            pipeline.copy_started()
-            return True
-        request = _COMPLETES.get(kind)
-        return True if request is None else pipeline.answered(request)
 
     def _small_message(self, kind: int, data: Bytes, body: int, end: int) -> bool:
         """ReadyForQuery, ParameterStatus or a CommandComplete that may reset statements."""
@@ -253,7 +261,12 @@ class ServerEngine:
                 raise _bad_length(kind, end - body + 4)
             self.status = data[body]
             self.ready_count += 1
-            self.pipeline.ready()
+            pipeline = self.pipeline
+            queue = pipeline.queue
+            if queue and queue[0] in SYNC_KINDS and not pipeline.skipping:
+                queue.popleft()  # the common case: a plain Query or Sync is answered
+            else:
+                pipeline.ready()
             return True
         if kind == _PARAMETER_STATUS:
             if end - body > _MAX_PARAMETER_STATUS_LEN:

@@ -110,6 +110,7 @@ class Link:
         self.timeouts = {"idle": limits.client_idle_timeout(),
                          "query": limits.query_timeout(),
                          "idle_transaction": limits.idle_transaction_timeout()}
+        self._timed = any(self.timeouts.values())
         self._timers: Dict[float, Any] = {}
         self.server: Optional["ServerConnection"] = None
         self.hub = get_hub()
@@ -117,6 +118,9 @@ class Link:
         self.client_raw = raw_socket(client.sock)
         self.client_watch = self.hub.loop.io(client.sock.fileno(), _READ)
         self._waiting = False
+        # Bound once: the watchers call them at every wakeup.
+        self._on_client = self._client_ready
+        self._on_server = self.server_ready
         #: The client stands between two messages of ours (an error may be sent).
         self.client_at_boundary = True
         self.query_start = 0.0
@@ -148,13 +152,13 @@ class Link:
         if self.client_raw is None and self.client.sock.pending():
             return _CLIENT  # TLS: decrypted bytes the fd's readiness does not show
         if server is not None:
-            if server.engine.buffered or (server.raw is None and _tls_pending(server.sock)):
+            if server.raw is None and _tls_pending(server.sock):
                 return _SERVER
             if not server.watch.active:
-                server.watch.start(server.readable)
+                server.watch.start(self._on_server)
         if not self.client_watch.active:
-            self.client_watch.start(self._client_ready)
-        timer = self._timer()
+            self.client_watch.start(self._on_client)
+        timer = self._timer() if self._timed else None
         if timer is not None:
             timer.again(self._timer_fired)  # (a stopped timer's start() keeps its old deadline)
         self._waiting = True
@@ -229,7 +233,8 @@ class Link:
 
     def _client_bytes(self, data: Any) -> bool:
         engine = self.engine
-        idle_before = self.server is None or not len(self.server.engine.pipeline)
+        server = self.server
+        idle_before = server is None or not server.engine.pipeline.queue
         out = engine.receive(data)
         if out is NEED_SERVER:
             self._link_server()
@@ -246,7 +251,9 @@ class Link:
         if engine.terminated:
             self.client.close_reason = "client close request"
             return False
-        self._release_if_done()
+        server = self.server
+        if server is not None and not server.engine.pipeline.queue:
+            self._release_if_done()  # nothing to answer: a Flush, a CopyDone after an error
         return True
 
     def _start_clock(self) -> None:
@@ -266,9 +273,13 @@ class Link:
         client = self.client
         client.request_time = time.time()
         server = self.pool.acquire(client)
-        server.wake = self.server_ready
+        server.wake = self._on_server
+        server.watch.callback = self._on_server  # straight here, not through server.readable
         client.server = self.server = server
         _sync_parameters(client, server)
+        if server.engine.buffered:  # PostgreSQL says nothing after ReadyForQuery unasked
+            self._drop_server(server, "server sent data after ReadyForQuery")
+            raise ClientError("server conn crashed?", sqlstate.CONNECTION_FAILURE)
         pipeline = server.engine.pipeline
         self.engine.pipeline = pipeline
         if self.engine.prepared is not None:
@@ -339,8 +350,9 @@ class Link:
         if server is None or not self.releasing:
             return
         engine = server.engine
-        if (engine.status == TXN_IDLE and engine.pipeline.idle and engine.at_boundary
-                and self.engine.at_boundary):
+        pipeline = engine.pipeline
+        if (engine.status == TXN_IDLE and not pipeline.queue and not pipeline.client_copy
+                and engine.at_boundary and self.engine.at_boundary):
             self.unlink_server()
             self.pool.release(server)
 
@@ -350,6 +362,8 @@ class Link:
         if server is None:
             return
         server.wake = None
+        if not server.closed:
+            server.watch.callback = server.readable
         server.engine.pipeline.names = None
         self.engine.pipeline = None
         self.client.server = self.server = None
