@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 import gevent
 from gevent import monkey
 
-from bouncer.errors import ClientError
+from bouncer.errors import ClientError, ProtocolError
 from bouncer.net.stream import ConnectionLost, read_message, send_all
 from bouncer.proto import backend, frontend, sqlstate
 from bouncer.proto.constants import Backend
@@ -124,8 +124,8 @@ class ServerConnection:
             elif kind == Backend.READY_FOR_QUERY:
                 break
         if error is not None:
-            raise ServerError(error.get("M", "server error"), error.get("C", sqlstate.CONNECTION_FAILURE),
-                              "ERROR")
+            raise ServerError(error.get("M", "server error"),
+                              error.get("C") or sqlstate.CONNECTION_FAILURE, "ERROR")
         return rows
 
     # -- closing ---------------------------------------------------------------------------------
@@ -166,6 +166,9 @@ def connect_server(app: "App", pool: "Pool") -> ServerConnection:
     except ConnectionLost as exc:
         raise ServerError(f"server connection lost during login: {exc}",
                           sqlstate.CONNECTION_FAILURE) from exc
+    except ProtocolError as exc:  # a broken or hostile server: refuse it like a failed login
+        raise ServerError(f"server sent a malformed message during login: {exc}",
+                          sqlstate.PROTOCOL_VIOLATION) from exc
     except OSError as exc:
         _log_connect_failure(app, pool, host, port, exc)
         raise ServerError(f"could not connect to server: {exc.strerror or exc}",

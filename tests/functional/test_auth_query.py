@@ -13,18 +13,11 @@ from typing import Iterator, List
 
 import pytest
 
-from tests.functional.pgroles import Roles, literal, login_outcome, unique_name
+from tests.functional.pgroles import literal, login_outcome, roles, unique_name  # roles: a fixture
 from tests.support.inifile import common_ini
 from tests.support.pgcluster import STANDARD_PASSWORDS
 
 REFUSED_PASSWORD = "refused: .*password authentication failed for user"
-
-
-@pytest.fixture(scope="module")
-def roles(pg) -> Iterator[Roles]:
-    created = Roles(pg)
-    yield created
-    created.drop_all()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from tests.functional.pgroles import Roles, login_outcome, unique_name
+from tests.functional.pgroles import login_outcome, roles, unique_name  # roles: a fixture
 from tests.support import pgwire
 from tests.support.inifile import common_ini
 from tests.support.ports import wait_until
@@ -30,13 +30,6 @@ ATTACKER_SECRET = hashlib.md5((ATTACKER_PASSWORD + VICTIM).encode()).hexdigest()
 UNQUALIFIED_DEFAULT = ("SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE "
                        "rolpassword END FROM pg_authid WHERE rolname=$1 AND rolcanlogin")
 REFUSED = 'refused: .*password authentication failed for user "trustuser"'
-
-
-@pytest.fixture(scope="module")
-def roles(pg) -> Iterator[Roles]:
-    created = Roles(pg)
-    yield created
-    created.drop_all()
 
 
 @pytest.fixture
