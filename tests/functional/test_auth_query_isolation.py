@@ -204,6 +204,18 @@ def test_at_most_two_lookups_run_at_once_and_the_others_wait_their_turn(pg, role
     assert most == 2
 
 
+def test_a_login_that_waits_longer_than_query_wait_timeout_for_a_lookup_is_refused(
+        roles, start) -> None:
+    users = [roles.create("h12_slow", "slow-pw") for _ in range(3)]
+    bouncer = start(auth_query=SLOW_QUERY.format(seconds=3), query_wait_timeout=1)
+    with ThreadPoolExecutor(len(users)) as workers:
+        outcomes = list(workers.map(
+            lambda user: login_outcome(bouncer.connect, user=user, password="slow-pw"), users))
+    assert sorted(outcome in users for outcome in outcomes) == [False, True, True], outcomes
+    bouncer.wait_for_log("failed: no auth_query connection became free within "
+                         "query_wait_timeout")
+
+
 def test_an_interrupted_lookup_is_cancelled_and_its_connection_closed(pg, roles,
                                                                       start) -> None:
     slow, quick = roles.create("h12_slow", "slow-pw"), roles.create("h12_quick", "quick-pw")
@@ -237,3 +249,16 @@ def wait_a_while(seconds: float) -> Iterator[None]:
     while time.monotonic() < deadline:
         yield
         time.sleep(0.05)
+
+
+def test_a_reload_that_moves_the_database_closes_the_idle_auth_connections(pg, roles,
+                                                                           start) -> None:
+    user = roles.create("h12_moved", "moved-pw")
+    bouncer = start()
+    assert login_outcome(bouncer.connect, user=user, password="moved-pw") == user
+    bouncer.write_ini(bouncer.ini_text.replace(f"dbname=testdb\n",
+                                               "dbname=testdb application_name=moved\n", 1))
+    bouncer.reload()
+    bouncer.wait_for_log(r"S-0x\w+: testdb/scramuser@.* closing because: database "
+                         r"configuration changed")
+    assert login_outcome(bouncer.connect, user=user, password="moved-pw") == user

@@ -1,9 +1,9 @@
 """Regression tests for PgBouncer's security fixes, against bouncer: SCRAM messages of hostile
-sizes from a client and from a server (1.25.2's overflow, CVE-2026-6665), KILL_CLIENT refused to
-stats_users (CVE-2026-6667), and a server's ErrorResponse without a usable SQLSTATE
-(CVE-2026-6666).  In every case the peer gets a clean error and the daemon serves the next
-client.  (auth_query's CVE-2025-2291 and CVE-2025-12819 are in test_auth_query.py and
-test_auth_query_isolation.py.)"""
+sizes and lengths from a client and from a server (PgBouncer 1.25.2's CVE-2026-6664 and
+CVE-2026-6665), KILL_CLIENT refused to stats_users (CVE-2026-6667), and a server's
+ErrorResponse without a usable SQLSTATE (CVE-2026-6666).  In every case the peer gets a clean
+error and the daemon serves the next client.  (auth_query's CVE-2025-2291 and CVE-2025-12819
+are in test_auth_query.py and test_auth_query_isolation.py.)"""
 from __future__ import annotations
 
 import base64
@@ -88,6 +88,21 @@ def test_a_client_first_message_of_hostile_size_is_refused_cleanly(scram_bouncer
 
 def test_a_sasl_message_past_the_packet_limit_is_refused_cleanly(scram_bouncer) -> None:
     fields = fatal_of(scram_exchange(scram_bouncer, b"n,,n=,r=" + b"N" * 200_000))
+    assert fields["C"] == "08P01", fields
+    assert_serves_the_next_client(scram_bouncer)
+
+
+@pytest.mark.parametrize("length", [-2, -16, 2**31 - 1, 12], ids=["minus-2", "0xfffffff0",
+                                                                     "int-max", "one-past"])
+def test_a_sasl_initial_response_with_a_lying_length_is_refused_cleanly(scram_bouncer,
+                                                                        length) -> None:
+    # CVE-2026-6664: PgBouncer's bounds check of this length overflowed.
+    with pgwire.connect(scram_bouncer.host, scram_bouncer.port) as sock:
+        sock.sendall(pgwire.startup({"user": "scramuser", "database": "testdb"}))
+        pgwire.read_message(sock)  # the SASL request
+        sock.sendall(pgwire.typed(b"p", SCRAM + b"\0" + struct.pack("!i", length)
+                                  + b"n,,n=,r=abc"))
+        fields = fatal_of([pgwire.read_message(sock)])
     assert fields["C"] == "08P01", fields
     assert_serves_the_next_client(scram_bouncer)
 
