@@ -15,7 +15,6 @@ connection settings change on RELOAD.
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, List, Optional, Sequence
@@ -33,8 +32,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from bouncer.app import App
     from bouncer.config import DatabaseDef
     from bouncer.pool.pool import Pool
-
-log = logging.getLogger(__name__)
 
 Rows = List[Sequence[Optional[bytes]]]
 

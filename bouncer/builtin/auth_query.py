@@ -17,7 +17,7 @@ from bouncer.auth.query import (AuthQueryFailed, AuthQuerySpec, config_problems,
                                 resolve_spec)
 from bouncer.auth.store import Credentials
 from bouncer.builtin.auth_connections import AuthConnections
-from bouncer.errors import AuthFailed, ClientError
+from bouncer.errors import AuthFailed, ClientError, ProtocolError
 from bouncer.net.stream import ConnectionLost
 from bouncer.plugin import hookimpl
 from bouncer.proto import sqlstate
@@ -55,13 +55,19 @@ def bouncer_get_credentials(app: "App", user: str, database: str) -> Optional[Cr
     if pool is None:  # the client asked for a database that does not exist
         log.debug("auth_query for user %r: no database %r to run it in", user, spec.dbname)
         return None
-    connections = _connections.setdefault(app, {}).setdefault(
-        (spec.dbname, spec.auth_user), AuthConnections())
     try:
-        rows = connections.run(app, pool, lookup_request(spec.query, user))
+        rows = _auth_connections(app, spec).run(app, pool, lookup_request(spec.query, user))
         return credentials_from_rows(user, rows)
-    except (ClientError, ConnectionLost, AuthQueryFailed) as exc:
+    except (ClientError, ConnectionLost, ProtocolError, AuthQueryFailed) as exc:
         raise _lookup_failed(user, spec, exc) from exc
+
+
+def _auth_connections(app: "App", spec: AuthQuerySpec) -> AuthConnections:
+    targets = _connections.setdefault(app, {})
+    key = (spec.dbname, spec.auth_user)
+    if key not in targets:
+        targets[key] = AuthConnections()
+    return targets[key]
 
 
 def _auth_pool(app: "App", spec: AuthQuerySpec) -> Optional["Pool"]:
