@@ -23,6 +23,19 @@ _VERBOSITY = (logging.INFO, logging.DEBUG, NOISE)
 
 ROOT = "bouncer"
 
+#: PgBouncer formats a log message into a 2048-byte buffer: longer ones are cut.  We cut at
+#: as many characters, so no client text makes a line grow without bound.
+MAX_MESSAGE = 2047
+_CUT_MARK = "..."
+
+
+def bounded_message(record: logging.LogRecord) -> str:
+    """The record's message, cut to :data:`MAX_MESSAGE` characters (tracebacks come after)."""
+    message = record.getMessage()
+    if len(message) > MAX_MESSAGE:
+        message = message[:MAX_MESSAGE - len(_CUT_MARK)] + _CUT_MARK
+    return message
+
 
 class PgBouncerFormatter(logging.Formatter):
     """``YYYY-MM-DD HH:MM:SS.mmm TZ [pid] LEVEL message``; newlines become ``\\n\\t``."""
@@ -32,7 +45,7 @@ class PgBouncerFormatter(logging.Formatter):
         zone = time.strftime("%Z", time.localtime(record.created))
         millis = int(record.msecs)
         level = _LEVEL_NAMES.get(record.levelno, record.levelname)
-        message = record.getMessage()
+        message = bounded_message(record)
         if record.exc_info:
             message += "\n" + self.formatException(record.exc_info)
         message = message.replace("\n", "\\n\t")
@@ -57,7 +70,7 @@ class SyslogFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         level = _LEVEL_NAMES.get(record.levelno, record.levelname)
-        return f"{level} {record.getMessage()}"
+        return f"{level} {bounded_message(record)}"
 
 
 class LogSetup:

@@ -103,7 +103,7 @@ def test_bouncer5_states_default_restart_and_support(setting: Setting, setting_d
 def test_bouncer5_has_every_section_and_file_format():
     titles = set(sections(read_page("bouncer.5.rst"), "="))
     assert {"SECTION [pgbouncer]", "SECTION [databases]", "SECTION [users]", "SECTION [pools]",
-            "SECTION [peers]", "AUTH FILE FORMAT", "HBA FILE FORMAT"} <= titles
+            "SECTION [peers]", "AUTH FILE FORMAT", "HBA FILE FORMAT", "SECURITY"} <= titles
 
 
 # -- bouncer(1) ------------------------------------------------------------------------------

@@ -31,7 +31,6 @@ ReadFile = Callable[[str], str]
 
 CONN_TYPES = ("local", "host", "hostssl", "hostnossl")
 METHODS = ("trust", "reject", "password", "md5", "scram-sha-256", "cert", "peer")
-_IPV4_MAPPED_PREFIX = 0xFFFF << 32  # ::ffff:0.0.0.0
 
 
 @dataclass(frozen=True)
@@ -64,14 +63,21 @@ class HbaRule:
         implied = "verify-full" if self.method == "cert" else None
         return self.options.get("clientcert", implied)
 
-    def matches_transport(self, conn_type: str, tls: bool,
-                          addresses: Tuple[IPAddress, ...]) -> bool:
-        """Whether the connection type, TLS state and any of *addresses* fit this line."""
+    def matches_transport(self, conn_type: str, tls: bool, address: Optional[IPAddress]) -> bool:
+        """Whether the connection type, TLS state and *address* fit this line.
+
+        An address fits only a network of its own family, as in PgBouncer and PostgreSQL:
+        ``::/0`` is not a way into IPv4, and ``::ffff:10.0.0.1`` (what a dual-stack socket
+        reports for an IPv4 client) fits IPv6 lines only.
+        """
         if (conn_type == "local") != (self.conn_type == "local"):
             return False
         if (self.conn_type == "hostssl" and not tls) or (self.conn_type == "hostnossl" and tls):
             return False
-        return self.network is None or any(addr in self.network for addr in addresses)
+        if self.network is None:
+            return True
+        return address is not None and address.version == self.network.version \
+            and address in self.network
 
     def matches_database(self, database: str, user: str, replication: bool) -> bool:
         """Whether *database* fits; physical replication fits only the ``replication`` keyword."""
@@ -98,8 +104,9 @@ class HbaRules:
 
         :param conn_type: ``"local"`` (unix socket) or ``"host"`` (TCP).
         :param tls: whether the client connection is encrypted.
-        :param address: the client's IP address; ``None`` for ``local``.  An IPv4-mapped IPv6
-            address (from a dual-stack listener) matches IPv4 rules, and the other way round.
+        :param address: the client's IP address as its socket reports it; ``None`` for
+            ``local``.  It fits only lines of its own family (an IPv4-mapped IPv6 address is
+            IPv6).
         :param replication: ``True`` for a *physical* replication connection, which only the
             ``replication`` keyword matches.  Logical replication (``replication=database``)
             names a real database: pass ``False``, as PostgreSQL matches it like any session.
@@ -108,24 +115,12 @@ class HbaRules:
             raise ValueError(f"conn_type must be 'local' or 'host', not {conn_type!r}")
         if (address is None) != (conn_type == "local"):
             raise ValueError("an address is required for 'host' and forbidden for 'local'")
-        addresses = _address_forms(address)
         for rule in self.rules:
-            if (rule.matches_transport(conn_type, tls, addresses)
+            if (rule.matches_transport(conn_type, tls, address)
                     and rule.matches_database(database, user, replication)
                     and rule.matches_user(user)):
                 return rule
         return None
-
-
-def _address_forms(address: Optional[IPAddress]) -> Tuple[IPAddress, ...]:
-    # A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d; try both spellings so IPv4
-    # rules and IPv4-mapped IPv6 rules each match either form of the same client.
-    if address is None:
-        return ()
-    ipv4 = address if address.version == 4 else address.ipv4_mapped
-    if ipv4 is None:
-        return (address,)
-    return (ipv4, ipaddress.IPv6Address(_IPV4_MAPPED_PREFIX | int(ipv4)))
 
 
 def no_entry_message(address: Optional[IPAddress], user: str, database: str, tls: bool, *,

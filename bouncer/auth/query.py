@@ -2,8 +2,9 @@
 
 The user name is always a bound parameter of the extended protocol (Parse/Bind/Execute/Sync),
 never spliced into the SQL text, so a name full of quotes and semicolons is only a name that
-matches no role.  Sending the bytes over a pooled server connection and reading the rows back
-is :mod:`bouncer.builtin.auth_query`'s job.
+matches no role.  The query runs with :data:`PINNED_SEARCH_PATH`, so what an unqualified name
+means is not up to anyone's session.  Sending the bytes over a dedicated server connection and
+reading the rows back is :mod:`bouncer.builtin.auth_query`'s job.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Iterator, List, Optional, Sequence
 from bouncer.auth.store import SOURCE_AUTH_QUERY, Credentials
 from bouncer.config.model import Config
 from bouncer.errors import BouncerError
-from bouncer.proto import frontend
+from bouncer.proto import frontend, sqlstate
 from bouncer.proto.codec import decode_text, encode_text
 
 #: The ``[databases]`` entry that stands for every database not listed.
@@ -22,6 +23,14 @@ AUTODB = "*"
 _UNNAMED = ""
 #: auth_query answers (user name, secret).
 _COLUMNS = 2
+#: What PostgreSQL recommends for SECURITY DEFINER functions: trusted schemas only, pg_temp
+#: last (unlisted, pg_temp would be searched first for tables and views).
+PINNED_SEARCH_PATH = "pg_catalog, pg_temp"
+#: Run right after login on every auth connection, before its first lookup.
+PIN_SEARCH_PATH = f"SET search_path = {PINNED_SEARCH_PATH}"
+#: A failing lookup with one of these SQLSTATEs most likely names an object outside pg_catalog
+#: without its schema.
+_UNDEFINED_OBJECT = (sqlstate.UNDEFINED_FUNCTION, sqlstate.UNDEFINED_TABLE)
 
 
 class AuthQueryFailed(BouncerError):
@@ -117,3 +126,11 @@ def credentials_from_rows(user: str, rows: Sequence[Sequence[Optional[bytes]]]
                               "(user name, password)")
     secret = row[1]
     return Credentials(user, decode_text(secret) if secret else None, SOURCE_AUTH_QUERY)
+
+
+def failure_hint(code: str) -> str:
+    """What to add to the log line of a lookup that failed with SQLSTATE *code*."""
+    if code in _UNDEFINED_OBJECT:
+        return (f" (auth_query runs with search_path = {PINNED_SEARCH_PATH}: "
+                "schema-qualify the objects it uses outside pg_catalog)")
+    return ""

@@ -28,6 +28,12 @@ _SALT_LEN = 16  # what PostgreSQL generates
 _RAW_NONCE_LEN = 18  # what PostgreSQL and libpq generate
 _KEY_LEN = 32  # SHA-256 digest size
 _MAX_ITERATIONS = 2**31 - 1  # PostgreSQL stores the count as an int
+#: Longest SCRAM message read in either role.  Real ones are under a few hundred bytes; a
+#: hostile peer's stop here, before any is parsed or echoed (PgBouncer 1.25.2 fixed a buffer
+#: overflow on a long server nonce: ours cannot overflow, but need not carry one either).
+MAX_MESSAGE_LEN = 4096
+#: Longest nonce, the client's or the combined one (libpq's: 24 characters, the combined 48).
+_MAX_NONCE_LEN = 512
 _GS2_FLAGS = (b"n", b"y")
 #: The gs2 header we send: no channel binding, no authorization identity.
 _CLIENT_GS2_HEADER = b"n,,"
@@ -150,6 +156,7 @@ class ScramServer:
 
         :raises ScramError: malformed, out of order, channel binding or authzid requested.
         """
+        _check_size(data, "client-first-message")
         if self._server_first is not None:
             raise ScramError("unexpected client-first-message")
         cbind_flag, authzid, bare = _split_gs2_header(data)
@@ -170,6 +177,7 @@ class ScramServer:
         :raises ScramAuthFailed: the proof does not match the secret.
         :raises ScramError: malformed or out of order.
         """
+        _check_size(data, "client-final-message")
         if self._server_first is None or self._finished:
             raise ScramError("unexpected client-final-message")
         self._finished = True
@@ -226,6 +234,7 @@ class ScramClient:
 
         :raises ScramError: malformed, out of order, or a nonce not extending ours.
         """
+        _check_size(data, "server-first-message")
         if not self._client_first_bare or self._expected_signature is not None:
             raise ScramError("unexpected server-first-message")
         attrs = _parse_attributes(data)
@@ -256,6 +265,7 @@ class ScramClient:
 
         :raises ScramError: the server reported an error (``e=``) or its signature is wrong.
         """
+        _check_size(data, "server-final-message")
         if self._expected_signature is None or self._finished:
             raise ScramError("unexpected server-final-message")
         self._finished = True
@@ -310,8 +320,15 @@ def _refuse_mandatory_extension(attrs: List[Attribute]) -> None:
         raise ScramError("mandatory SCRAM extensions are not supported")
 
 
+def _check_size(message: bytes, what: str) -> None:
+    if len(message) > MAX_MESSAGE_LEN:
+        raise ScramError(f"{what} too long ({len(message)} bytes, at most {MAX_MESSAGE_LEN})")
+
+
 def _check_nonce(nonce: bytes) -> bytes:
     """A nonce is non-empty printable ASCII without ',' (the split already removed commas)."""
+    if len(nonce) > _MAX_NONCE_LEN:
+        raise ScramError(f"nonce too long ({len(nonce)} bytes, at most {_MAX_NONCE_LEN})")
     if not nonce or any(byte < 0x21 or byte > 0x7E for byte in nonce):
         raise ScramError("malformed nonce")
     return nonce

@@ -1,23 +1,26 @@
 """Built-in auth_query: the credentials backend asked after auth_file and any plugin.
 
 The query runs at every login (no cache, so a password changed in PostgreSQL counts at the
-next login) on a pooled server connection of ``auth_user``, in ``auth_dbname`` or the database
-the client asked for.  What to send and how to read the answer is sans-IO, in
-:mod:`bouncer.auth.query`; this module only moves the bytes.
+next login) as ``auth_user``, in ``auth_dbname`` or the database the client asked for, on a
+connection that only ever runs lookups (:mod:`bouncer.builtin.auth_connections`).  What to send
+and how to read the answer is sans-IO, in :mod:`bouncer.auth.query`; this module only moves
+the bytes.
 """
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, List, Optional, Sequence
+import weakref
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from bouncer.auth.query import (AuthQueryFailed, AuthQuerySpec, config_problems,
-                                credentials_from_rows, lookup_request, resolve_spec)
+                                credentials_from_rows, failure_hint, lookup_request,
+                                resolve_spec)
 from bouncer.auth.store import Credentials
-from bouncer.errors import AuthFailed, ClientError
-from bouncer.net.stream import ConnectionLost, send_all
+from bouncer.builtin.auth_connections import AuthConnections
+from bouncer.errors import AuthFailed, ClientError, ProtocolError
+from bouncer.net.stream import ConnectionLost
 from bouncer.plugin import hookimpl
 from bouncer.proto import sqlstate
-from bouncer.session.server import ServerError
 
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.app import App
@@ -26,22 +29,20 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-Rows = List[Sequence[Optional[bytes]]]
-
-
-class AuthQueryLookup:
-    """What a server running auth_query is linked to (SHOW SERVERS' ``link``): not a client,
-    so it is never counted in a pool's clients."""
-
-    def __init__(self, user: str) -> None:
-        self.user = user
-        #: The pool adds the time spent waiting for a server here, as it does for clients.
-        self.wait_time_us = 0
+#: Each running App's auth connections, by (auth database, auth_user).
+_connections: "weakref.WeakKeyDictionary[App, Dict[Tuple[str, str], AuthConnections]]" = \
+    weakref.WeakKeyDictionary()
 
 
 @hookimpl
 def bouncer_validate_config(config: "Config") -> List[str]:
     return config_problems(config)
+
+
+@hookimpl
+def bouncer_shutdown(app: "App") -> None:
+    for connections in _connections.pop(app, {}).values():
+        connections.close_all("shutting down")
 
 
 @hookimpl(trylast=True)
@@ -55,13 +56,23 @@ def bouncer_get_credentials(app: "App", user: str, database: str) -> Optional[Cr
         log.debug("auth_query for user %r: no database %r to run it in", user, spec.dbname)
         return None
     try:
-        return credentials_from_rows(user, _run_lookup(pool, spec, user))
-    except (ClientError, ConnectionLost, AuthQueryFailed) as exc:
+        rows = _auth_connections(app, spec).run(app, pool, lookup_request(spec.query, user))
+        return credentials_from_rows(user, rows)
+    except (ClientError, ConnectionLost, ProtocolError, AuthQueryFailed) as exc:
         raise _lookup_failed(user, spec, exc) from exc
 
 
+def _auth_connections(app: "App", spec: AuthQuerySpec) -> AuthConnections:
+    targets = _connections.setdefault(app, {})
+    key = (spec.dbname, spec.auth_user)
+    if key not in targets:
+        targets[key] = AuthConnections()
+    return targets[key]
+
+
 def _auth_pool(app: "App", spec: AuthQuerySpec) -> Optional["Pool"]:
-    """The auth_user's pool in the query's database, logging in with auth_user's own secret."""
+    """The auth_user's pool in the query's database, logging in with auth_user's own secret:
+    the auth connections log in as its servers do."""
     database = app.registry.find_database(spec.dbname)
     if database is None:
         return None
@@ -73,30 +84,10 @@ def _auth_pool(app: "App", spec: AuthQuerySpec) -> Optional["Pool"]:
     return pool
 
 
-def _run_lookup(pool: "Pool", spec: AuthQuerySpec, user: str) -> Rows:
-    """Send the lookup on a pooled server and read the rows; the server goes back to the pool
-    when it reached ReadyForQuery, and is closed otherwise (broken, or interrupted by the
-    client's login timeout)."""
-    server = pool.acquire(AuthQueryLookup(user))  # query_wait_timeout applies, as to clients
-    ready = False
-    try:
-        send_all(server.sock, lookup_request(spec.query, user))
-        rows = server.read_until_ready()
-        ready = True
-        return rows
-    except ServerError:
-        ready = True  # an SQL error: the server answered ReadyForQuery and stays usable
-        raise
-    finally:
-        if ready:
-            pool.release(server)
-        else:
-            pool.close_server(server, "auth_query did not complete")
-
-
 def _lookup_failed(user: str, spec: AuthQuerySpec, exc: Exception) -> AuthFailed:
     """Fail closed: the client learns only that authentication failed, the log says why."""
-    reason = getattr(exc, "message", None) or str(exc)
+    reason = (getattr(exc, "message", None) or str(exc)) + failure_hint(
+        getattr(exc, "sqlstate", ""))
     log.error("auth_query for user %r as %r in database %r failed: %s", user, spec.auth_user,
               spec.dbname, reason)
     return AuthFailed(f'authentication failed for user "{user}"', sqlstate.INVALID_AUTHORIZATION,

@@ -2,6 +2,7 @@
 timeouts, health checks of idle servers, min_pool_size, and the stats period."""
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import TYPE_CHECKING, Optional
@@ -14,12 +15,25 @@ from bouncer.pool.stats import stats_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.app import App
+    from bouncer.config import Config
     from bouncer.pool.pool import Pool
     from bouncer.session.server import ServerConnection
 
 log = logging.getLogger(__name__)
 
 TICK = 0.5
+
+
+def expiry_reason(config: "Config", server: "ServerConnection") -> Optional[str]:
+    """Why an idle server should close now (lifetime, idle timeout), or ``None``.
+
+    (One that went away is closed as soon as its socket says so: ServerConnection.readable.)"""
+    lifetime = server.pool.limits.server_lifetime()
+    if lifetime and server.age() > lifetime:
+        return "server lifetime over"
+    if config.server_idle_timeout and server.idle_for() > config.server_idle_timeout:
+        return "server idle timeout"
+    return None
 
 
 class Janitor:
@@ -46,26 +60,18 @@ class Janitor:
                 log.error("janitor failed (will retry)", exc_info=True)
 
     def tick(self) -> None:
+        expired = functools.partial(expiry_reason, self.app.config)
         for pool in self.app.registry.pools():
             pool.refresh_limits()
             pool.expire_waiters(pool.limits.query_wait_timeout())
             pool.launch_if_needed()  # the reserve pool opens once clients waited long enough
-            pool.close_idle(self._expiry_reason)
+            pool.close_idle(expired)
             self._check_idle(pool)
             self._fill_min(pool)
             while pool.over_size() and pool.idle:
                 pool.close_server(pool.idle[0], "too many servers in pool")
         self._free_idle_autodbs()
         self._maybe_roll_stats()
-
-    def _expiry_reason(self, server: "ServerConnection") -> Optional[str]:
-        config = self.app.config
-        lifetime = server.pool.limits.server_lifetime()
-        if lifetime and server.age() > lifetime:
-            return "server lifetime over"
-        if config.server_idle_timeout and server.idle_for() > config.server_idle_timeout:
-            return "server idle timeout"
-        return None
 
     def _check_idle(self, pool: "Pool") -> None:
         """Run server_check_query on servers idle longer than server_check_delay."""

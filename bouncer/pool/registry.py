@@ -162,7 +162,7 @@ class Registry:
             if state is None:
                 self.databases[name] = DatabaseState(self, definition, autodb=False)
             else:
-                if _connection_changed(state.definition, definition):
+                if connection_changed(state.definition, definition):
                     for pool in state.pools.values():
                         pool.mark_close_needed("database configuration changed")
                 state.definition = definition
@@ -187,7 +187,7 @@ class Registry:
 _CONNECTION_FIELDS = ("host", "port", "dbname", "user", "password", "startup_params")
 
 
-def _connection_changed(old: "DatabaseDef", new: "DatabaseDef") -> bool:
+def connection_changed(old: "DatabaseDef", new: "DatabaseDef") -> bool:
     """True when servers opened under *old* would differ from new ones (PgBouncer then
     reconnects them; a changed pool_size alone does not)."""
     return any(getattr(old, field) != getattr(new, field) for field in _CONNECTION_FIELDS)

@@ -23,9 +23,11 @@ INVALID_PASSWORD = "28P01"
 # Class 3D: invalid catalog name (unknown database)
 INVALID_CATALOG_NAME = "3D000"
 
-# Class 42: syntax error or access rule violation (admin console)
+# Class 42: syntax error or access rule violation (admin console; a failing auth_query)
 SYNTAX_ERROR = "42601"
 INSUFFICIENT_PRIVILEGE = "42501"
+UNDEFINED_FUNCTION = "42883"
+UNDEFINED_TABLE = "42P01"
 
 # Class 53: insufficient resources
 TOO_MANY_CONNECTIONS = "53300"

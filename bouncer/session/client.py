@@ -25,6 +25,7 @@ from bouncer.proto.constants import PROTOCOL_3_0, TXN_IDLE
 from bouncer.proto.framing import CancelRequest, GSSENCRequest, SSLRequest, StartupMessage
 from bouncer.admin.console import serve_admin
 from bouncer.session import client_auth, relay
+from bouncer.session.startup_checks import check_startup_names, quoted
 from bouncer.session.varcache import tracked_names
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -215,6 +216,7 @@ class ClientSession:
         params = dict(startup.params)
         if "user" not in params:
             raise ClientError("no username supplied", sqlstate.PROTOCOL_VIOLATION)
+        check_startup_names(params)
         self.user = params["user"]
         self.database = params.get("database") or self.user
         if startup.protocol != PROTOCOL_3_0 or _pq_options(params):
@@ -238,7 +240,7 @@ class ClientSession:
             if lower in tracked:
                 accepted[tracked[lower]] = value
             elif lower not in ignored:
-                raise ClientError(f"unsupported startup parameter: {name}",
+                raise ClientError(f"unsupported startup parameter: {quoted(name)}",
                                   sqlstate.PROTOCOL_VIOLATION)
         return accepted
 

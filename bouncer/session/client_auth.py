@@ -19,6 +19,7 @@ from bouncer.errors import AuthFailed, ClientError
 from bouncer.net.stream import read_message, send_all
 from bouncer.proto import backend, frontend, sqlstate
 from bouncer.proto.constants import AuthCode, Frontend
+from bouncer.session.startup_checks import quoted
 
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.session.client import ClientSession
@@ -172,7 +173,8 @@ def _check_scram(client: "ClientSession", credentials: Optional[Credentials]) ->
     try:
         mechanism, first = frontend.parse_sasl_initial_response(_read_password_message(client))
         if mechanism != "SCRAM-SHA-256":
-            raise ClientError(f"unsupported SASL mechanism {mechanism}", sqlstate.PROTOCOL_VIOLATION)
+            raise ClientError(f"unsupported SASL mechanism {quoted(mechanism)}",
+                              sqlstate.PROTOCOL_VIOLATION)
         send_all(client.sock, backend.authentication(AuthCode.SASL_CONTINUE,
                                                      server.handle_client_first(first)))
         final = server.handle_client_final(_read_password_message(client))

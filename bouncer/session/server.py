@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional,
 
 import gevent
 
-from bouncer.errors import ClientError
+from bouncer.errors import ClientError, ProtocolError
 from bouncer.net.stream import ConnectionLost, raw_socket, read_message, send_all
 from bouncer.proto import backend, frontend, sqlstate
 from bouncer.proto.constants import Backend
@@ -107,7 +107,9 @@ class ServerConnection:
         gevent.spawn(self._close_if_still_idle)
 
     def _close_if_still_idle(self) -> None:
-        if not self.closed and self.wake is None and self.link is None:
+        # Not if it was taken meanwhile, or if bouncer reads it itself (a check query, an
+        # auth_query connection): the reader sees what came.
+        if not self.closed and self.wake is None and self in self.pool.idle:
             log.warning("%s server conn crashed?", self.prefix)
             self.pool.close_server(self, "server conn crashed?")
 
@@ -157,8 +159,8 @@ class ServerConnection:
             elif kind == Backend.READY_FOR_QUERY:
                 break
         if error is not None:
-            raise ServerError(error.get("M", "server error"), error.get("C", sqlstate.CONNECTION_FAILURE),
-                              "ERROR")
+            raise ServerError(error.get("M", "server error"),
+                              error.get("C") or sqlstate.CONNECTION_FAILURE, "ERROR")
         return rows
 
     # -- closing ---------------------------------------------------------------------------------
@@ -216,6 +218,9 @@ def connect_server(app: "App", pool: "Pool",
     except ConnectionLost as exc:
         raise ServerError(f"server connection lost during login: {exc}",
                           sqlstate.CONNECTION_FAILURE) from exc
+    except ProtocolError as exc:  # a broken or hostile server: refuse it like a failed login
+        raise ServerError(f"server sent a malformed message during login: {exc}",
+                          sqlstate.PROTOCOL_VIOLATION) from exc
     except OSError as exc:
         _log_connect_failure(app, pool, host, port, exc)
         raise ServerError(f"could not connect to server: {exc.strerror or exc}",

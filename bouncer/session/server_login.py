@@ -60,8 +60,9 @@ def login(app: "App", server: "ServerConnection", pool: "Pool") -> None:
             server.cancel_key = backend.parse_backend_key_data(payload)
         elif kind == Backend.ERROR_RESPONSE:
             fields = backend.parse_error_fields(payload)
+            # A hostile or broken server may leave out the SQLSTATE or send an empty one.
             raise ServerLoginError(fields.get("M", "server login failed"),
-                                   fields.get("C", sqlstate.CONNECTION_FAILURE), "FATAL")
+                                   fields.get("C") or sqlstate.CONNECTION_FAILURE, "FATAL")
         elif kind == Backend.READY_FOR_QUERY:
             return
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Iterator, List, Optional
 
 import psycopg2
+import pytest
 
 from tests.support.pgcluster import PgCluster
 
@@ -74,6 +75,14 @@ class Roles:
         for name in [*reversed(self._created), self.md5_group]:
             self.pg.psql(f"DROP ROLE IF EXISTS {ident(name)}")
         remove_hba_line(self.pg, self._hba_line)
+
+
+@pytest.fixture(scope="module")
+def roles(pg: PgCluster) -> Iterator[Roles]:
+    """A module's throwaway roles (import this fixture into the test module)."""
+    created = Roles(pg)
+    yield created
+    created.drop_all()
 
 
 def remove_hba_line(pg: PgCluster, line: str) -> None:

@@ -105,6 +105,16 @@ def test_ipv6_lines_match_ipv6_clients(start) -> None:
     assert login_outcome(bouncer.connect) == "md5user"
 
 
+def test_ipv6_lines_let_no_ipv4_client_in(start) -> None:
+    # ::/0 holds ::ffff:127.0.0.1, but an IPv4 client fits IPv4 lines only (PgBouncer and
+    # PostgreSQL alike), so an IPv6 trust line is no way in from 127.0.0.1.
+    bouncer = start("host all all ::/0 trust\n"
+                    "host all all ::ffff:0.0.0.0/96 trust\n")
+    assert first_answer(bouncer, "md5user") == (
+        '28000 no pg_hba.conf entry for host "127.0.0.1", user "md5user", '
+        'database "testdb", no encryption')
+
+
 def tls_settings(certs, **extra: str) -> Dict[str, str]:
     """Clients may use TLS; certificates signed by the test CA are requested and verified."""
     return {"client_tls_sslmode": "allow", "client_tls_cert_file": certs.server_cert,

@@ -84,6 +84,27 @@ def test_parse_hba_survives_an_unreadable_at_file(text):
         pass
 
 
+#: Networks of both families, IPv4-mapped ones included, around the addresses drawn below.
+_networks = st.sampled_from(["0.0.0.0/0", "::/0", "::ffff:0.0.0.0/96", "::ffff:127.0.0.0/104",
+                             "127.0.0.0/8", "10.0.0.0/8", "::1/128", "2001:db8::/32"])
+_addresses = st.one_of(st.ip_addresses(),
+                       st.ip_addresses(v=4).map(lambda v4: ipaddress.IPv6Address(
+                           f"::ffff:{v4}")))
+
+
+@given(st.lists(_networks, min_size=1, max_size=4), _addresses)
+def test_an_address_matches_only_a_network_of_its_own_family_that_holds_it(networks, address):
+    text = "".join(f"host all all {network} trust\n" for network in networks)
+    rule = parse_hba(text, "hba.conf").match(conn_type="host", tls=False, address=address,
+                                             database="db", user="user")
+    fitting = [network for network in map(ipaddress.ip_network, networks)
+               if network.version == address.version and address in network]
+    if fitting:
+        assert rule is not None and rule.network == fitting[0]
+    else:
+        assert rule is None
+
+
 @given(st.text().filter(lambda name: "\n" not in name and not name.startswith("/")))
 def test_any_quoted_name_reads_back_exactly(name):
     quoted = '"' + name.replace('"', '""') + '"'
