@@ -249,6 +249,8 @@ class Pool:
             self.launch()
 
     def may_open_another(self) -> bool:
+        if self.last_login_failure is not None and self._retry_pending():
+            return False
         size = self.size
         if size:
             allowed = size
@@ -279,10 +281,14 @@ class Pool:
         self.give(server)
 
     def _login_failed(self, err: ClientError) -> None:
+        """A connection could not be opened.  New ones are tried again after
+        server_login_retry (:meth:`may_open_another`), while the clients waiting now wait on
+        within their query_wait_timeout, unless the server refused the login itself: then
+        they get its error at once, as from PgBouncer."""
         self.last_login_failure = (time.monotonic(), err)
         self.last_failure = (time.time(), err)
-        # Every waiter gets the server's error now rather than a timeout later: the clients
-        # waiting at this moment are those who need this server (PgBouncer does the same).
+        if not getattr(err, "fails_waiters", False) or self.idle or self.active:
+            return
         while self.waiters:
             waiter = self.waiters.popleft()
             if not waiter.done:
@@ -292,6 +298,11 @@ class Pool:
         retry_in = self.refusing_logins_for()
         if retry_in > 0:
             raise LoginFailing(self.last_login_failure[1], retry_in)
+
+    def _retry_pending(self) -> bool:
+        """The last connection failed less than server_login_retry ago."""
+        when, _ = self.last_login_failure
+        return time.monotonic() - when < self.limits.login_retry()
 
     def refusing_logins_for(self) -> float:
         """Seconds during which new clients still get the cached login error (0: none)."""

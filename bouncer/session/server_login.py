@@ -27,7 +27,15 @@ log = logging.getLogger(__name__)
 
 
 class ServerLoginError(ClientError):
-    """The server refused our login; its message and SQLSTATE go to the client as they are."""
+    """The server refused our login; its message and SQLSTATE go to the client as they are.
+
+    Unlike a connection that fails, a refusal fails the clients waiting for the pool at once
+    (PgBouncer's kill_pool_logins), unless the server is only starting up or shutting down.
+    """
+
+    @property
+    def fails_waiters(self) -> bool:
+        return self.sqlstate != sqlstate.CANNOT_CONNECT_NOW
 
 
 #: PgBouncer's words when the stored secret cannot answer the server's method.

@@ -6,8 +6,11 @@ Leaks are judged by PostgreSQL's own pg_stat_activity, not by the pooler's SHOW 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import socket
+import threading
 import time
 from typing import List
 
@@ -155,6 +158,53 @@ def test_unreachable_server_gives_an_error_not_a_hang(pg, bouncer_factory) -> No
     assert time.monotonic() - started < 5
     assert bouncer.alive
     assert_works(bouncer)  # the other databases are unaffected
+
+
+def forward_later(port: int, target: int, delay: float) -> threading.Thread:
+    """After ``delay``, accept on ``port`` and relay each connection to ``target``: a server
+    that comes back while clients wait."""
+    def pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def serve() -> None:
+        time.sleep(delay)
+        listener = socket.create_server(("127.0.0.1", port))
+        listener.settimeout(10)
+        with contextlib.suppress(OSError), listener:
+            while True:
+                client = listener.accept()[0]
+                server = socket.create_connection(("127.0.0.1", target))
+                for a, b in ((client, server), (server, client)):
+                    threading.Thread(target=pump, args=(a, b), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_client_waits_while_an_unreachable_server_comes_back(pg, bouncer_factory) -> None:
+    """Connection refused is not a login refusal: the client waits within query_wait_timeout
+    while bouncer retries every server_login_retry, as PgBouncer does."""
+    port = free_port()
+    bouncer = bouncer_factory(common_ini(pg, databases={"later": f"host=127.0.0.1 port={port} "
+                                                                  "dbname=testdb"},
+                                         server_login_retry=1, query_wait_timeout=20))
+    forward_later(port, pg.port, delay=1.5)
+    started = time.monotonic()
+    conn = bouncer.connect(dbname="later", connect_timeout=20)
+    try:
+        assert scalar(conn, "SELECT 1") == 1
+    finally:
+        conn.close()
+    assert 1.5 < time.monotonic() - started < 10
+    assert "connect failed" in bouncer.log_text()
 
 
 # -- where servers are opened -------------------------------------------------------------------
