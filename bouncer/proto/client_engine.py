@@ -199,7 +199,6 @@ class ClientEngine:
         """Walk the headers from ``pos``; return what to send the server."""
         size = len(data)
         pipeline = self.pipeline
-        queue = pipeline.queue
         prepared = self.prepared
         max_length = self.max_length
         out: Optional[List[Bytes]] = None
@@ -215,7 +214,10 @@ class ClientEngine:
             if not 4 <= length <= max_length:
                 raise _bad_length(kind, length)
             end = pos + 1 + length
-            if kind == _COPY_DATA or kind == _FLUSH:
+            if kind == _COPY_DATA:
+                if not pipeline.client_copy:
+                    pipeline.copy_data_sent()
+            elif kind == _FLUSH:
                 pass
             elif kind in _NAMING and prepared is not None and not pipeline.skipping:
                 named = names_statement(kind, data, pos + _HEADER_LEN, end if end < size else size)
@@ -241,10 +243,7 @@ class ClientEngine:
                 if kind == _QUERY and self.disable_pqexec:
                     raise ClientError("PQexec disallowed",
                                       log_reason='client used "Query" packet type')
-                if pipeline.skipping or pipeline.copy_in:
-                    pipeline.sent(kind)
-                else:
-                    queue.append(kind)  # what sent() does in the common case
+                pipeline.sent(kind)
             pos = end
         if pos > size:
             self._skip = pos - size

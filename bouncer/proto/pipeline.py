@@ -10,7 +10,9 @@ form "the last message the client sent was a Query".  The queue models what Post
   client's next Sync (requests already queued are dropped; while no Sync is queued the
   pipeline is ``skipping`` and later requests are not queued);
 * in COPY IN the server ignores Sync and Flush and consumes CopyData up to CopyDone or
-  CopyFail; a CommandComplete or ErrorResponse ends the copy;
+  CopyFail; a CommandComplete or ErrorResponse ends the copy.  CopyData is not queued (it
+  gets no reply), so a client that sends copy messages before it was asked to makes the
+  queue unreliable: the pipeline is then ``lost`` and the server never serves another client;
 * requests bouncer injects (a Parse before a Bind, a Close to evict) have their replies
   swallowed (SKIP), and replies bouncer makes up (a ParseComplete for a statement the server
   already has) take the place of a request that was never sent (FAKE).
@@ -64,7 +66,7 @@ class Pipeline:
     """
 
     __slots__ = ("queue", "fakes", "_special", "_seq", "skipping", "copy_in", "client_copy",
-                 "mid_reply", "statements", "names")
+                 "unsynced", "lost", "mid_reply", "statements", "names")
 
     def __init__(self) -> None:
         #: The requests owed, oldest first (read it; change it through the methods).
@@ -79,6 +81,13 @@ class Pipeline:
         self.copy_in = False
         #: The client was told to copy in and has not sent CopyDone/CopyFail yet.
         self.client_copy = False
+        #: An extended-protocol message was sent since the last Sync: the server holds the
+        #: client's unnamed statement, portal or implicit transaction even once it answered.
+        self.unsynced = False
+        #: The client sent copy messages it was not asked for (CopyData before the server's
+        #: CopyInResponse, say): where the server stands can no longer be told from the
+        #: replies, so the connection stays with this client and is closed when it leaves.
+        self.lost = False
         #: A server message is half forwarded to the client (set by the server engine).
         self.mid_reply = False
         self.statements = ServerStatements()
@@ -89,8 +98,9 @@ class Pipeline:
 
     @property
     def idle(self) -> bool:
-        """Nothing owed and no COPY under way on either side."""
-        return not self.queue and not self.client_copy
+        """Nothing owed, nothing held for the client until its next Sync, no COPY under way."""
+        return not (self.queue or self.skipping or self.client_copy or self.unsynced
+                    or self.lost)
 
     def kinds(self) -> List[int]:
         """The message types owed, oldest first (for tests and SHOW)."""
@@ -100,17 +110,26 @@ class Pipeline:
 
     def sent(self, kind: int) -> None:
         """A client message the server will answer was forwarded."""
-        if self.skipping:
-            if kind == SYNC:
-                self.skipping = False
-                self.queue.append(SYNC)
-            return
-        if kind == SYNC and self.copy_in:
-            return  # PostgreSQL ignores Sync during COPY IN
-        self.queue.append(kind)
+        if kind == SYNC:
+            if self.copy_in and self.client_copy:
+                return  # PostgreSQL ignores Sync during COPY IN (not after CopyDone)
+            self.unsynced = self.skipping = False
+        elif kind in EXTENDED:
+            self.unsynced = True
+        elif not (self.skipping or self.copy_in):
+            self.unsynced = False  # a Query or FunctionCall ends the implicit transaction too
+        if not self.skipping:
+            self.queue.append(kind)
+
+    def copy_data_sent(self) -> None:
+        """CopyData was forwarded (the client engine checks ``client_copy`` itself first)."""
+        if not self.client_copy:
+            self.lost = True
 
     def copy_end_sent(self, kind: int) -> None:
         """CopyDone or CopyFail was forwarded: answered only if the server is still copying."""
+        if not self.client_copy:
+            self.lost = True
         self.client_copy = False
         if self.copy_in and not self.skipping:
             self.queue.append(kind)
@@ -122,6 +141,7 @@ class Pipeline:
         is swallowed."""
         seq = next(self._seq)
         self._special[seq] = (effect, undo)
+        self.unsynced = True
         self.queue.append(kind | SPECIAL | (SKIP if injected else 0) | (seq << _SEQ_SHIFT))
         if effect is not None:
             self.statements.expect(effect)
@@ -132,6 +152,7 @@ class Pipeline:
         :return: the reply to send the client now, or ``b""`` when it is queued to follow the
             replies still owed (then ``undo`` runs if the server skips past it).
         """
+        self.unsynced = True
         if not self.queue and not self.mid_reply:
             return _FAKE_REPLIES[kind]
         seq = next(self._seq)
@@ -227,7 +248,7 @@ class Pipeline:
         """The server connection is being closed: nothing will be answered."""
         self._dropped(list(self.queue))
         self.queue.clear()
-        self.skipping = self.copy_in = self.client_copy = False
+        self.skipping = self.copy_in = self.client_copy = self.unsynced = self.lost = False
 
     # -- bookkeeping -----------------------------------------------------------------------
 
@@ -246,6 +267,20 @@ class Pipeline:
             dropped.append(queue.popleft())
         queue.appendleft(head)
         self._dropped(dropped)
+        self._resync()
+
+    def _resync(self) -> None:
+        """Whether the server holds extended-protocol state, from what is still owed: the
+        copy consumed messages that were counted when sent (a Sync, or an extended-protocol
+        message that broke a simple-query copy)."""
+        for entry in reversed(self.queue):
+            kind = entry & KIND
+            if kind in SYNC_KINDS:
+                self.unsynced = False
+                return
+            if kind in EXTENDED:
+                self.unsynced = True
+                return
 
     def _settle(self, entry: int) -> None:
         """A request succeeded: its effect on the server's statements is confirmed."""

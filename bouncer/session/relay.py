@@ -350,9 +350,8 @@ class Link:
         if server is None or not self.releasing:
             return
         engine = server.engine
-        pipeline = engine.pipeline
-        if (engine.status == TXN_IDLE and not pipeline.queue and not pipeline.client_copy
-                and engine.at_boundary and self.engine.at_boundary):
+        if (engine.status == TXN_IDLE and engine.pipeline.idle and engine.at_boundary
+                and self.engine.at_boundary):
             self.unlink_server()
             self.pool.release(server)
 
