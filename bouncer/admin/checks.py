@@ -37,13 +37,20 @@ def show_checks(console: "Console", args: str) -> Result:
     return show(CHECKS_COLUMNS, sorted(rows, key=lambda row: (row[0], row[1] or "")))
 
 
+def pool_status(pool: "Pool") -> str:
+    """``failing`` when the pool's latest server connect or login failed, ``ok`` when it
+    succeeded, ``untried`` before any attempt."""
+    failure, success = pool.last_failure, pool.last_success
+    if failure is not None and (success is None or failure[0] >= success):
+        return "failing"
+    return "ok" if success is not None else "untried"
+
+
 def _pool_row(app: "App", database: "DatabaseState", pool: "Pool") -> List[Any]:
     failure, success = pool.last_failure, pool.last_success
-    failed_last = failure is not None and (success is None or failure[0] >= success)
-    status = "failing" if failed_last else "ok" if success is not None else "untried"
     error = failure[1] if failure is not None else None
     return [
-        database.name, pool.user.name, *_where(app, database), status,
+        database.name, pool.user.name, *_where(app, database), pool_status(pool),
         _reason(error) if error is not None else None,
         error.sqlstate if error is not None else None,
         _time(failure[0] if failure is not None else None), _time(success),
