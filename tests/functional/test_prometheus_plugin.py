@@ -9,6 +9,7 @@ typed, reloaded and shown as bouncer's own.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -53,13 +54,13 @@ def start(pg, bouncer_factory, prometheus_plugin, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", prometheus_plugin)
     monkeypatch.delenv("BOUNCER_DISABLE_PLUGIN_AUTOLOAD", raising=False)
 
-    def run(extra: str = "", databases=None, with_section: bool = True,
-            **settings: Any) -> Tuple[BouncerProcess, int]:
-        port = free_port()
+    def run(extra: str = "", databases=None, with_section: bool = True, port: int = 0,
+            wait: bool = True, **settings: Any) -> Tuple[BouncerProcess, int]:
+        port = port or free_port()
         text = common_ini(pg, databases=databases, **settings)
         text += (section(port) if with_section else "") + extra
         bouncer = bouncer_factory(text)
-        if with_section:
+        if with_section and wait:
             assert wait_until(lambda: answers(port), 10), bouncer.log_tail()
         return bouncer, port
     return run
@@ -258,6 +259,22 @@ def test_hook_declare_settings_listen_port_moves_on_reload_and_shows(start) -> N
     assert not answers(port)
     assert dict((row[0], row[1]) for row in bouncer.admin("SHOW CONFIG"))[
         "plugin.prometheus.listen_port"] == str(new_port)
+
+
+def test_a_busy_port_is_tried_again_until_it_is_free(start) -> None:
+    """As during an online restart, when the old process keeps the port until it exits."""
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    port = squatter.getsockname()[1]
+    try:
+        bouncer, _ = start(port=port, wait=False)
+        bouncer.wait_for_log(f"prometheus: cannot listen on 127.0.0.1 port {port}: .*trying "
+                             "again every 5 s")
+        assert login_outcome(bouncer.connect) == "md5user", "bouncer serves meanwhile"
+    finally:
+        squatter.close()
+    assert wait_until(lambda: answers(port), 15), bouncer.log_tail()
 
 
 def test_a_bucket_change_needs_a_restart_and_says_so(start) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import gevent
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 
 from bouncer.plugin import Setting, hookimpl
@@ -40,6 +41,10 @@ SETTINGS = (
             "upper bounds in seconds of the wait-time histogram's buckets"),
 )
 
+#: Seconds between attempts to bind a busy port: during an online restart (-R) the old
+#: process keeps it until its last client leaves.
+BIND_RETRY = 5.0
+
 WAIT_METRIC = "bouncer_pools_client_wait_seconds"
 LOGIN_FAILURES_METRIC = "bouncer_client_login_failures_total"
 
@@ -68,28 +73,53 @@ class Exporter:
         for reason in REASONS:  # every series exists from the start: rate() needs a zero
             self.login_failures.labels(reason)
         self.server: Optional[MetricsServer] = None
+        self._retry: Optional[gevent.Greenlet] = None
 
     def listen(self, values: Mapping[str, Any]) -> None:
-        """(Re)bind to the configured address; a new listener is up before the old one goes."""
+        """(Re)bind to the configured address; a new listener is up before the old one goes.
+        A port that cannot be bound is tried again every :data:`BIND_RETRY` seconds."""
+        self._cancel_retry()
         address = "0.0.0.0" if values["listen_addr"] == "*" else values["listen_addr"]
-        if self.server is not None and (self.server.address, self.server.port) == (
-                address, values["listen_port"]):
+        port = values["listen_port"]
+        if self.server is not None and (self.server.address, self.server.port) == (address, port):
             return
-        server = MetricsServer(address, values["listen_port"],
+        if not self._bind(address, port, first=True):
+            self._retry = gevent.spawn(self._keep_trying, address, port)
+
+    def _bind(self, address: str, port: int, first: bool) -> bool:
+        server = MetricsServer(address, port,
                                make_app(self.registry, lambda: health_problems(self.app)))
         try:
             server.start()
         except OSError as exc:
-            log.error("prometheus: cannot listen on %s port %d: %s", address,
-                      values["listen_port"], exc)
-            return
-        self.stop()
+            if first:
+                log.error("prometheus: cannot listen on %s port %d: %s; trying again every "
+                          "%g s", address, port, exc, BIND_RETRY)
+            return False
+        self._close_server()
         self.server = server
+        return True
 
-    def stop(self) -> None:
+    def _keep_trying(self, address: str, port: int) -> None:
+        while True:
+            gevent.sleep(BIND_RETRY)
+            if self._bind(address, port, first=False):
+                self._retry = None
+                return
+
+    def _cancel_retry(self) -> None:
+        if self._retry is not None:
+            self._retry.kill(block=False)
+            self._retry = None
+
+    def _close_server(self) -> None:
         if self.server is not None:
             self.server.stop()
             self.server = None
+
+    def stop(self) -> None:
+        self._cancel_retry()
+        self._close_server()
 
 
 #: The exporter of the running pooler (one per process), None while the section is absent.
