@@ -28,13 +28,17 @@ CHECKS_COLUMNS = columns(
 @stats_allowed
 def show_checks(console: "Console", args: str) -> Result:
     grammar.no_arguments(args)
-    app = console.app
+    return show(CHECKS_COLUMNS, checks_table(console.app))
+
+
+def checks_table(app: "App") -> List[List[Any]]:
+    """SHOW CHECKS' rows (:data:`CHECKS_COLUMNS`)."""
     rows: List[List[Any]] = []
     for database in app.registry.databases.values():
         pools = list(database.pools.values())
         rows += [_pool_row(app, database, pool) for pool in pools] or [
             _untried_row(app, database)]
-    return show(CHECKS_COLUMNS, sorted(rows, key=lambda row: (row[0], row[1] or "")))
+    return sorted(rows, key=lambda row: (row[0], row[1] or ""))
 
 
 def pool_status(pool: "Pool") -> str:

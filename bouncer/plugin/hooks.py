@@ -14,6 +14,7 @@ import pluggy
 
 from bouncer.config import merge_declarations
 from bouncer.errors import ClientError, ConfigError
+from bouncer.plugin.context import PluginContext
 from bouncer.proto import sqlstate
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -119,13 +120,14 @@ class PluginHooks:
             log.error("plugin hook %s failed (ignored)", name, exc_info=True)
 
     def startup(self, app: "App") -> None:
-        self._observe("bouncer_startup", app=app)
+        self._observe("bouncer_startup", app=app, context=PluginContext(app))
 
     def reload(self, app: "App", old_config: "Config", new_config: "Config") -> None:
-        self._observe("bouncer_reload", app=app, old_config=old_config, new_config=new_config)
+        self._observe("bouncer_reload", app=app, context=PluginContext(app),
+                      old_config=old_config, new_config=new_config)
 
     def shutdown(self, app: "App") -> None:
-        self._observe("bouncer_shutdown", app=app)
+        self._observe("bouncer_shutdown", app=app, context=PluginContext(app))
 
     def client_login(self, app: "App", client: "ClientSession", ok: bool, reason: str) -> None:
         self._observe("bouncer_client_login", app=app, client=client, ok=ok, reason=reason)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
     from bouncer.auth.store import Credentials
     from bouncer.config import Config, Setting
     from bouncer.errors import ClientError
+    from bouncer.plugin.context import PluginContext
     from bouncer.pool.pool import Pool
     from bouncer.session.client import ClientSession
 
@@ -77,20 +78,24 @@ def bouncer_validate_config(config: "Config") -> List[str]:
 
 
 @hookspec
-def bouncer_startup(app: "App") -> None:
+def bouncer_startup(app: "App", context: "PluginContext") -> None:
     """Observe that bouncer has loaded its configuration and is about to listen.
 
-    :param app: the running application.
+    :param app: the running application (all of it; its insides change with bouncer).
+    :param context: the narrow, stable view: configuration, process state, SHOW tables
+        (:class:`bouncer.plugin.context.PluginContext`); valid for the life of the process.
 
     Called from: the main greenlet, once.
     """
 
 
 @hookspec
-def bouncer_reload(app: "App", old_config: "Config", new_config: "Config") -> None:
+def bouncer_reload(app: "App", context: "PluginContext", old_config: "Config",
+                   new_config: "Config") -> None:
     """Observe that a new configuration was accepted and applied (SIGHUP or RELOAD).
 
     :param app: the running application, already using ``new_config``.
+    :param context: the narrow view, as for :func:`bouncer_startup`.
     :param old_config: the configuration in force before.
     :param new_config: the configuration now in force.
 
@@ -99,10 +104,11 @@ def bouncer_reload(app: "App", old_config: "Config", new_config: "Config") -> No
 
 
 @hookspec
-def bouncer_shutdown(app: "App") -> None:
+def bouncer_shutdown(app: "App", context: "PluginContext") -> None:
     """Observe that bouncer is shutting down (after listeners closed, before exit).
 
     :param app: the running application.
+    :param context: the narrow view, as for :func:`bouncer_startup`.
 
     Called from: the main greenlet.
     """

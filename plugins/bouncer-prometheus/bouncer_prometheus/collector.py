@@ -2,9 +2,10 @@
 pgbouncer_exporter names them, so its dashboards and alerts work unchanged.
 
 The exporter runs SHOW LISTS, CONFIG, CLIENTS, DATABASES, STATS_TOTALS and POOLS on the admin
-console and turns columns into metrics; this collector reads the same rows from the functions
-that build those commands' answers (:mod:`bouncer.admin.show`), at each scrape, so a metric and
-the console can never disagree.  Each table below is (column, metric name, help).
+console and turns columns into metrics; this collector reads the same rows through the plugin
+context (``context.show``, built by the functions that answer those commands), at each scrape,
+so a metric and the console can never disagree.  Each table below is (column, metric name,
+help).
 """
 from __future__ import annotations
 
@@ -15,11 +16,9 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from bouncer import VERSION_STRING
-from bouncer.admin import show
-from bouncer.admin.sockets import SOCKET_COLUMNS, client_table
 
 if TYPE_CHECKING:  # pragma: no cover
-    from bouncer.app import App
+    from bouncer.plugin.context import PluginContext
 
 NAMESPACE = "pgbouncer"
 Columns = Sequence[Tuple[str, str, str]]
@@ -113,27 +112,28 @@ EXPORTED_NAMES = tuple(
 class PoolerCollector:
     """A prometheus_client collector reading the pooler's tables at each scrape."""
 
-    def __init__(self, get_app: Callable[[], Optional["App"]]) -> None:
-        self._get_app = get_app
+    def __init__(self, get_context: Callable[[], Optional["PluginContext"]]) -> None:
+        self._get_context = get_context
 
     def collect(self) -> Iterator[Metric]:
-        app = self._get_app()
+        context = self._get_context()
         up = GaugeMetricFamily(f"{NAMESPACE}_up", "1 when the pooler answered this scrape")
-        up.add_metric([], 0 if app is None else 1)
+        up.add_metric([], 0 if context is None else 1)
         yield up
-        if app is None:
+        if context is None:
             return
         version = GaugeMetricFamily(f"{NAMESPACE}_version_info", "The pooler's version",
                                     labels=["version"])
         version.add_metric([VERSION_STRING], 1)
         yield version
-        yield from _keyed_gauges(LIST_METRICS, dict(show.lists_table(app)))
-        config = {row[0]: row[1] for row in show.config_table(app)}
+        lists = {row["list"]: row["items"] for row in context.show("LISTS")}
+        yield from _keyed_gauges(LIST_METRICS, lists)
+        config = {row["key"]: row["value"] for row in context.show("CONFIG")}
         yield from _keyed_gauges(CONFIG_METRICS, config)
-        yield _client_connections(app)
-        yield from _databases(show.records(show.DATABASE_COLUMNS, show.database_table(app)))
-        yield from _stats(show.records(show.STATS_TOTALS_COLUMNS, show.stats_totals_table(app)))
-        yield from _pools(show.records(show.POOL_COLUMNS, show.pool_table(app)))
+        yield _client_connections(context.show("CLIENTS"))
+        yield from _databases(context.show("DATABASES"))
+        yield from _stats(context.show("STATS_TOTALS"))
+        yield from _pools(context.show("POOLS"))
 
 
 def _number(value: Any) -> float:
@@ -153,11 +153,9 @@ def _keyed_gauges(table: Columns, values: Dict[str, Any]) -> Iterator[Metric]:
             yield gauge
 
 
-def _client_connections(app: "App") -> Metric:
-    names = [name for name, _ in SOCKET_COLUMNS]
+def _client_connections(clients: List[Dict[str, Any]]) -> Metric:
     keys = ("database", "user", "application_name", "state")
-    indexes = [names.index(key) for key in keys]
-    counts = Counter(tuple(_label(row[i]) for i in indexes) for row in client_table(app))
+    counts = Counter(tuple(_label(row[key]) for key in keys) for row in clients)
     family = GaugeMetricFamily(f"{NAMESPACE}_client_connections",
                                "Client connections by database, user, application and state",
                                labels=list(keys))

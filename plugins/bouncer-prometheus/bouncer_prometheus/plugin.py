@@ -20,8 +20,8 @@ from bouncer_prometheus.http import MetricsServer, make_app
 from bouncer_prometheus.logins import REASONS, failure_reason
 
 if TYPE_CHECKING:  # pragma: no cover
-    from bouncer.app import App
     from bouncer.config import Config
+    from bouncer.plugin.context import PluginContext
 
 log = logging.getLogger("bouncer.plugins.prometheus")  # under bouncer's own logger
 
@@ -60,10 +60,10 @@ def exported_names() -> Tuple[str, ...]:
 class Exporter:
     """The metrics of one running pooler and the listener serving them."""
 
-    def __init__(self, app: "App", buckets: Sequence[float]) -> None:
-        self.app = app
+    def __init__(self, context: "PluginContext", buckets: Sequence[float]) -> None:
+        self.context = context
         self.registry = CollectorRegistry()
-        self.registry.register(PoolerCollector(lambda: self.app))
+        self.registry.register(PoolerCollector(lambda: self.context))
         ProcessCollector(registry=self.registry)
         self.waits = Histogram(WAIT_METRIC, "How long clients queued for a server connection, "
                                "for those that had to queue", ["database", "user"],
@@ -88,7 +88,7 @@ class Exporter:
 
     def _bind(self, address: str, port: int, first: bool) -> bool:
         server = MetricsServer(address, port,
-                               make_app(self.registry, lambda: health_problems(self.app)))
+                               make_app(self.registry, lambda: health_problems(self.context)))
         try:
             server.start()
         except OSError as exc:
@@ -152,25 +152,25 @@ def bouncer_validate_config(config: "Config") -> List[str]:
 
 
 @hookimpl
-def bouncer_startup(app: "App") -> None:
-    _apply(app, app.config)
+def bouncer_startup(context: "PluginContext") -> None:
+    _apply(context)
 
 
 @hookimpl
-def bouncer_reload(app: "App", new_config: "Config") -> None:
-    _apply(app, new_config)
+def bouncer_reload(context: "PluginContext") -> None:
+    _apply(context)
 
 
-def _apply(app: "App", config: "Config") -> None:
+def _apply(context: "PluginContext") -> None:
     exporter = _exporter()
-    if not config.has_plugin_section(SECTION):
+    if not context.config.has_plugin_section(SECTION):
         if exporter is not None:
             exporter.stop()
             del _running[SECTION]
         return
-    values = config.plugin(SECTION)
+    values = context.settings(SECTION)
     if exporter is None:
-        exporter = _running[SECTION] = Exporter(app, _buckets(values))
+        exporter = _running[SECTION] = Exporter(context, _buckets(values))
     exporter.listen(values)
 
 

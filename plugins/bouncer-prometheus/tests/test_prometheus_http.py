@@ -1,15 +1,14 @@
-"""The WSGI application and the health verdict, without a pooler: fake registries and state."""
+"""The WSGI application and the health verdict, without a pooler: fake registries and
+contexts."""
 from __future__ import annotations
 
-import time
 from types import SimpleNamespace
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Tuple
 
 import pytest
-from gevent.event import Event
 from prometheus_client import CollectorRegistry, Counter
 
-from bouncer.errors import ClientError
+from bouncer.plugin.context import ProcessState
 from bouncer_prometheus.health import health_problems
 from bouncer_prometheus.http import make_app
 
@@ -44,53 +43,40 @@ def test_other_paths_are_not_found(registry) -> None:
     assert call(make_app(registry, lambda: []), "/")[0].startswith("404")
 
 
-def fake_pool(failed_at: Optional[float], succeeded_at: Optional[float]) -> Any:
-    error = ClientError("connection refused", "08006")
-    return SimpleNamespace(last_failure=(failed_at, error) if failed_at else None,
-                           last_success=succeeded_at)
-
-
-def fake_app(*databases: Any, paused: bool = False, suspended: bool = False,
-             shutdown_mode: Optional[str] = None) -> Any:
-    return SimpleNamespace(paused=paused, suspended=suspended, shutdown_mode=shutdown_mode,
-                           registry=SimpleNamespace(databases={db.name: db for db in databases}))
-
-
-def fake_database(name: str, *pools: Any, paused: bool = False) -> Any:
-    resumed = Event()
-    if not paused:
-        resumed.set()
-    return SimpleNamespace(name=name, paused=paused, resumed=resumed,
-                           pools={f"user{i}": pool for i, pool in enumerate(pools)})
+def fake_context(checks=(), paused_databases=(), **state: Any) -> Any:
+    """A context whose SHOW CHECKS has *checks* ((database, status) pairs) and whose SHOW
+    DATABASES marks *paused_databases* paused."""
+    rows = {
+        "CHECKS": [{"database": database, "status": status} for database, status in checks],
+        "DATABASES": [{"name": name, "paused": int(name in paused_databases)}
+                      for name in ("a", "b", "pgbouncer")],
+    }
+    flags = {"paused": False, "suspended": False, "shutting_down": None, **state}
+    return SimpleNamespace(state=ProcessState(**flags), show=lambda command: rows[command])
 
 
 def test_a_healthy_pooler_has_no_problem() -> None:
-    now = time.time()
-    assert health_problems(fake_app(fake_database("a", fake_pool(now - 5, now)),
-                                    fake_database("untried"))) == []
+    assert health_problems(fake_context([("a", "ok"), ("a", "failing"), ("b", "untried")])) == []
 
 
 def test_process_states_are_problems() -> None:
-    assert health_problems(fake_app(paused=True)) == ["paused (PAUSE on the admin console)"]
-    assert health_problems(fake_app(paused=True, suspended=True))[0].startswith("suspended")
-    assert health_problems(fake_app(shutdown_mode="wait_for_clients")) == [
+    assert health_problems(fake_context(paused=True)) == ["paused (PAUSE on the admin console)"]
+    assert health_problems(fake_context(paused=True, suspended=True))[0].startswith("suspended")
+    assert health_problems(fake_context(shutting_down="wait_for_clients")) == [
         "shutting down (wait for clients)"]
 
 
 def test_a_database_is_unreachable_only_when_every_tried_pool_fails() -> None:
-    now = time.time()
-    one_fails = fake_database("mixed", fake_pool(now, None), fake_pool(None, now))
-    all_fail = fake_database("down", fake_pool(now, now - 10), fake_pool(now, None),
-                             fake_pool(None, None))
-    problems = health_problems(fake_app(one_fails, all_fail))
-    assert problems == ["database down: no server can be reached (its latest server logins "
-                        "failed; SHOW CHECKS says why)"]
+    checks = [("mixed", "failing"), ("mixed", "ok"), ("down", "failing"), ("down", "failing"),
+              ("down", "untried"), ("new", "untried")]
+    assert health_problems(fake_context(checks)) == [
+        "database down: no server can be reached (its latest server logins failed; SHOW "
+        "CHECKS says why)"]
 
 
 def test_a_paused_database_is_a_problem_of_its_own() -> None:
-    assert health_problems(fake_app(fake_database("a", paused=True))) == [
-        "database a is paused"]
-    assert health_problems(fake_app(fake_database("a", paused=True), paused=True)) == [
+    assert health_problems(fake_context(paused_databases=["a"])) == ["database a is paused"]
+    assert health_problems(fake_context(paused_databases=["a", "b"], paused=True)) == [
         "paused (PAUSE on the admin console)"]
 
 
