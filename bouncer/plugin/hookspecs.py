@@ -1,7 +1,8 @@
 """Every hook bouncer calls, with its contract.
 
 Sections follow a connection's life: process and config, TLS policy, client login and
-authentication, limits and assignment of server connections, admin console.  Hooks are called only at those boundaries, never per packet.
+authentication, limits and assignment of server connections, admin console.  Hooks are called
+only at those boundaries, never per packet.
 
 Conventions (shared by all hooks):
 

@@ -5,9 +5,10 @@ The file is named by the setting ``secrets_file`` of the plugin's own ini sectio
     [plugin.example_auth]
     secrets_file = /etc/bouncer/example-secrets
 
-Without it the plugin answers nothing, so installing it changes nothing until it is configured.  The secret
-(everything after the first colon) may be a plain password, an ``md5...`` secret or a
-``SCRAM-SHA-256$...`` secret; blank lines and lines starting with ``#`` are ignored.
+Without it the plugin answers nothing, so installing it changes nothing until it is
+configured.  The secret (everything after the first colon) may be a plain password, an
+``md5...`` secret or a ``SCRAM-SHA-256$...`` secret; blank lines and lines starting with ``#``
+are ignored.
 
 It shows the four things most auth backends need:
 

@@ -2,7 +2,6 @@
 example configuration bouncer ships (etc/bouncer.ini) in step with them."""
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -42,7 +41,8 @@ def test_the_section_enables_and_types_the_settings(hooks, tmp_path) -> None:
 
 @pytest.mark.parametrize("buckets", ["1, fast", "2, 1", "0, 1", "1, 1", ""])
 def test_wait_buckets_must_be_increasing_positive_seconds(hooks, tmp_path, buckets) -> None:
-    _, problems = load(hooks, tmp_path / "a.ini", f"[plugin.prometheus]\nwait_buckets = {buckets}\n")
+    _, problems = load(hooks, tmp_path / "a.ini",
+                       f"[plugin.prometheus]\nwait_buckets = {buckets}\n")
     assert len(problems) == 1 and problems[0].startswith("plugin.prometheus.wait_buckets: ")
 
 
@@ -59,6 +59,7 @@ def test_the_example_configurations_commented_section_is_valid_and_the_defaults(
     config, problems = load(hooks, tmp_path / "a.ini", uncommented)
     assert problems == [] and config.has_plugin_section("prometheus")
     for setting in plugin.SETTINGS:
-        assert re.search(rf"^;{setting.name} = {re.escape(format_value(setting, setting.default))}$",
-                         section.replace(", ", ","), flags=re.M), setting.name
+        shown = re.escape(format_value(setting, setting.default))
+        assert re.search(rf"^;{setting.name} = {shown}$", section.replace(", ", ","),
+                         flags=re.M), setting.name
         assert config.plugin("prometheus")[setting.name] == setting.default
