@@ -34,7 +34,7 @@ DEFAULT_BUCKETS = ("0.001", "0.005", "0.01", "0.05", "0.1", "0.5", "1", "5", "10
 
 SETTINGS = (
     Setting("listen_addr", "str", "127.0.0.1", True,
-            "address the metrics listener binds (* = every address)"),
+            "address the metrics listener binds (* = every IPv4 address)"),
     Setting("listen_port", "int", DEFAULT_PORT, True, "port of the metrics listener",
             min=1, max=65535),
     Setting("wait_buckets", "list", DEFAULT_BUCKETS, False,
