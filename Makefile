@@ -33,11 +33,11 @@ postgres:
 	fi
 
 # ---- Debian package (issue #7) -------------------------------------------------------------
-# `make deb` builds bouncer_<version>_all.deb into $(DEB_OUTDIR); then
-# `sudo apt install ./dist/bouncer_*.deb`. The build runs in a temporary copy of the files git
-# tracks or would track, so no build artefact lands in the tree. Missing build dependencies
-# (debian/control's Build-Depends) are installed with apt-get. PATH is the system's so that
-# pybuild finds Debian's python3, never a virtualenv's or pyenv's.
+# `make deb` builds bouncer_<version>_all.deb and bouncer-prometheus_<version>_all.deb into
+# $(DEB_OUTDIR); then `sudo apt install ./dist/bouncer*_*.deb`. The build runs in a temporary
+# copy of the files git tracks or would track, so no build artefact lands in the tree. Missing
+# build dependencies (debian/control's Build-Depends) are installed with apt-get. PATH is the
+# system's so that pybuild finds Debian's python3, never a virtualenv's or pyenv's.
 DEB_OUTDIR ?= dist
 
 .PHONY: deb
@@ -51,5 +51,5 @@ deb:
 	(cd "$$work/bouncer" && \
 	  env PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage -us -uc -b) > "$$work/build.log" 2>&1 \
 	  || { tail -n 60 "$$work/build.log" >&2; exit 1; }; \
-	mkdir -p "$(DEB_OUTDIR)"; mv "$$work"/bouncer_*.deb "$(DEB_OUTDIR)/"; \
-	ls "$(DEB_OUTDIR)"/bouncer_*.deb
+	mkdir -p "$(DEB_OUTDIR)"; mv "$$work"/bouncer*_*.deb "$(DEB_OUTDIR)/"; \
+	ls "$(DEB_OUTDIR)"/bouncer*_*.deb

@@ -16,7 +16,7 @@ from gevent.pool import Group
 from bouncer import VERSION_STRING
 from bouncer.auth.store import UserStore
 from bouncer.auth.userlist import load_userlist
-from bouncer.config import Config, load_config
+from bouncer.config import Config, load_config, unreloadable_changes
 from bouncer.config.validate import validate
 from bouncer.errors import ConfigError
 from bouncer.log import LogSetup
@@ -41,11 +41,12 @@ SHUTDOWN_POLL = 0.1
 
 
 def load_and_check(path: str, hooks: Optional[PluginHooks] = None) -> Config:
-    """Parse *path* and run every validation (settings, cross-field, plugins).
+    """Parse *path* (with the plugins' declared sections) and run every validation (settings,
+    cross-field, plugins).
 
     :raises ConfigError: listing every problem found.
     """
-    config = load_config(path)
+    config = load_config(path, hooks.declared_settings() if hooks is not None else None)
     problems = list(validate(config))
     if hooks is not None:
         problems += hooks.validate_config(config)
@@ -81,7 +82,9 @@ class App:
         self._load_users(self.config)
         self.resolver = Resolver(self.config.dns_max_ttl, self.config.dns_nxdomain_ttl)
         self.registry = Registry(lambda: self.config, lambda pool: connect_server(self, pool),
-                                 lambda pool: self.hooks.server_connect_limit(self, pool))
+                                 lambda pool: self.hooks.server_connect_limit(self, pool),
+                                 on_wait=lambda pool, seconds: self.hooks.client_waited(
+                                     pool.database.name, pool.user.name, seconds))
         self.cancels = CancelRegistry(self)
         self.stats_period = StatsPeriod()
         self.clients: Set[ClientSession] = set()
@@ -220,10 +223,8 @@ class App:
 
     @staticmethod
     def _warn_unreloadable(old: Config, new: Config) -> None:
-        from bouncer.config import SETTINGS  # the table says which settings need a restart
-        for setting in SETTINGS:
-            if not setting.reloadable and old.settings.get(setting.name) != new.settings.get(setting.name):
-                log.warning("%s cannot be changed by a reload; restart to apply it", setting.name)
+        for name in unreloadable_changes(old, new):
+            log.warning("%s cannot be changed by a reload; restart to apply it", name)
 
     # -- pause and shutdown ------------------------------------------------------------------
 

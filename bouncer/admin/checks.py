@@ -28,22 +28,33 @@ CHECKS_COLUMNS = columns(
 @stats_allowed
 def show_checks(console: "Console", args: str) -> Result:
     grammar.no_arguments(args)
-    app = console.app
+    return show(CHECKS_COLUMNS, checks_table(console.app))
+
+
+def checks_table(app: "App") -> List[List[Any]]:
+    """SHOW CHECKS' rows (:data:`CHECKS_COLUMNS`)."""
     rows: List[List[Any]] = []
     for database in app.registry.databases.values():
         pools = list(database.pools.values())
         rows += [_pool_row(app, database, pool) for pool in pools] or [
             _untried_row(app, database)]
-    return show(CHECKS_COLUMNS, sorted(rows, key=lambda row: (row[0], row[1] or "")))
+    return sorted(rows, key=lambda row: (row[0], row[1] or ""))
+
+
+def pool_status(pool: "Pool") -> str:
+    """``failing`` when the pool's latest server connect or login failed, ``ok`` when it
+    succeeded, ``untried`` before any attempt."""
+    failure, success = pool.last_failure, pool.last_success
+    if failure is not None and (success is None or failure[0] >= success):
+        return "failing"
+    return "ok" if success is not None else "untried"
 
 
 def _pool_row(app: "App", database: "DatabaseState", pool: "Pool") -> List[Any]:
     failure, success = pool.last_failure, pool.last_success
-    failed_last = failure is not None and (success is None or failure[0] >= success)
-    status = "failing" if failed_last else "ok" if success is not None else "untried"
     error = failure[1] if failure is not None else None
     return [
-        database.name, pool.user.name, *_where(app, database), status,
+        database.name, pool.user.name, *_where(app, database), pool_status(pool),
         _reason(error) if error is not None else None,
         error.sqlstate if error is not None else None,
         _time(failure[0] if failure is not None else None), _time(success),

@@ -4,6 +4,10 @@ Columns, their order and their types are PgBouncer 1.25's (admin.c / stats.c); c
 bouncer's own are only ever appended at the end.  As in PgBouncer, the console's own database
 ``pgbouncer`` appears in the lists (one pool, user ``pgbouncer``, statement mode), and rows come
 sorted by name.  SHOW CLIENTS / SERVERS / SOCKETS / FDS live in :mod:`bouncer.admin.sockets`.
+
+The ``*_table(app)`` functions build the rows of a command; the console sends them and other
+readers (the metrics plugin) take them as they are, with :func:`records`, so every view of the
+pooler's state is computed in one place.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence,
 from bouncer import VERSION_STRING
 from bouncer.admin import grammar
 from bouncer.admin.commands import InvalidCommand, Result, columns, show, stats_allowed
-from bouncer.config import SETTINGS, format_value
+from bouncer.config import all_settings, format_value
 from bouncer.config.sections import ADMIN_DATABASE
 from bouncer.net.tls import TlsSettings
 from bouncer.net.tls_check import describe_policy
@@ -41,6 +45,13 @@ FAKE_PARAMETERS = {
 }
 
 
+def records(cols: Sequence[Tuple[str, int]], rows: Sequence[Sequence[Any]]
+            ) -> List[Dict[str, Any]]:
+    """Rows of a ``*_table`` as mappings of column name to value."""
+    names = [name for name, _ in cols]
+    return [dict(zip(names, row)) for row in rows]
+
+
 def admin_clients(app: "App") -> List[Any]:
     """Logged-in console users: the clients of the ``pgbouncer`` pool."""
     return [client for client in app.clients if client.is_admin and client.logged_in]
@@ -58,10 +69,14 @@ DATABASE_COLUMNS = columns(
 @stats_allowed
 def show_databases(console: "Console", args: str) -> Result:
     grammar.no_arguments(args)
-    app = console.app
+    return show(DATABASE_COLUMNS, database_table(console.app))
+
+
+def database_table(app: "App") -> List[List[Any]]:
+    """SHOW DATABASES' rows (:data:`DATABASE_COLUMNS`)."""
     rows = [_database_row(app, db) for db in app.registry.databases.values()]
     rows.append(_admin_database_row(app))
-    return show(DATABASE_COLUMNS, sorted(rows, key=lambda row: row[0]))
+    return sorted(rows, key=lambda row: row[0])
 
 
 def _database_row(app: "App", db: "DatabaseState") -> List[Any]:
@@ -103,10 +118,14 @@ POOL_COLUMNS = columns(
 @stats_allowed
 def show_pools(console: "Console", args: str) -> Result:
     grammar.no_arguments(args)
-    app = console.app
+    return show(POOL_COLUMNS, pool_table(console.app))
+
+
+def pool_table(app: "App") -> List[List[Any]]:
+    """SHOW POOLS' rows (:data:`POOL_COLUMNS`)."""
     rows = [_pool_row(pool) for pool in app.registry.pools()]
     rows.append(_admin_pool_row(app))
-    return show(POOL_COLUMNS, sorted(rows, key=lambda row: (row[0], row[1])))
+    return sorted(rows, key=lambda row: (row[0], row[1]))
 
 
 def _pool_row(pool: "Pool") -> List[Any]:
@@ -207,8 +226,12 @@ def show_stats(console: "Console", args: str) -> Result:
 @stats_allowed
 def show_stats_totals(console: "Console", args: str) -> Result:
     grammar.no_arguments(args)
-    return show(STATS_TOTALS_COLUMNS, [[name, *totals]
-                                       for name, totals, _ in _database_stats(console.app)])
+    return show(STATS_TOTALS_COLUMNS, stats_totals_table(console.app))
+
+
+def stats_totals_table(app: "App") -> List[List[Any]]:
+    """SHOW STATS_TOTALS' rows (:data:`STATS_TOTALS_COLUMNS`): totals since start."""
+    return [[name, *totals] for name, totals, _ in _database_stats(app)]
 
 
 @stats_allowed
@@ -250,7 +273,11 @@ STATE_COLUMNS = columns("ss", "key", "value")
 @stats_allowed
 def show_lists(console: "Console", args: str) -> Result:
     grammar.no_arguments(args)
-    app = console.app
+    return show(LISTS_COLUMNS, lists_table(console.app))
+
+
+def lists_table(app: "App") -> List[Tuple[str, int]]:
+    """SHOW LISTS' rows (:data:`LISTS_COLUMNS`)."""
     clients = list(app.clients)
     users = set(app.registry.users) | {ADMIN_USER}
     # No object caches: nothing is ever "free"; DNS has no zones and no queued queries.
@@ -261,7 +288,7 @@ def show_lists(console: "Console", args: str) -> Result:
               ("free_servers", 0), ("used_servers", _server_count(app)),
               ("dns_names", len(app.resolver.entries())), ("dns_zones", 0),
               ("dns_queries", 0), ("dns_pending", 0)]
-    return show(LISTS_COLUMNS, counts)
+    return counts
 
 
 def _pool_count(app: "App") -> int:
@@ -286,12 +313,16 @@ def show_mem(console: "Console", args: str) -> Result:
 @stats_allowed
 def show_state(console: "Console", args: str) -> Result:
     grammar.no_arguments(args)
-    app = console.app
+    return show(STATE_COLUMNS, [[key, "yes" if value else "no"]
+                                for key, value in process_state(console.app)])
+
+
+def process_state(app: "App") -> List[Tuple[str, bool]]:
+    """SHOW STATE's rows as booleans: ``active``, ``paused``, ``suspended``."""
     # PgBouncer has one pause mode: SUSPEND is not also "paused".
     paused, suspended = app.paused and not app.suspended, app.suspended
-    states = [("active", not (paused or suspended)), ("paused", paused),
-              ("suspended", suspended)]
-    return show(STATE_COLUMNS, [[key, "yes" if value else "no"] for key, value in states])
+    return [("active", not (paused or suspended)), ("paused", paused),
+            ("suspended", suspended)]
 
 
 # -- DNS, PEERS ------------------------------------------------------------------------------
@@ -350,14 +381,20 @@ VERSION_COLUMNS = columns("s", "version")
 @stats_allowed
 def show_config(console: "Console", args: str) -> Result:
     grammar.no_arguments(args)
-    values = console.app.config.settings
-    rows = [[setting.name, format_value(setting, values[setting.name]), setting.shown_default,
-             "yes" if setting.reloadable else "no"] for setting in SETTINGS]
+    return show(CONFIG_COLUMNS, config_table(console.app))
+
+
+def config_table(app: "App") -> List[List[Any]]:
+    """SHOW CONFIG's rows (:data:`CONFIG_COLUMNS`): every setting, the plugins' declared ones
+    as ``plugin.NAME.key`` (changeable by a RELOAD when reloadable), sorted by key."""
+    rows = [[name, format_value(setting, value), setting.shown_default,
+             "yes" if setting.reloadable else "no"]
+            for name, setting, value in all_settings(app.config)]
     # bouncer's own rows, after PgBouncer's: what the TLS settings add up to, in words.
     rows += [[f"{side}_tls_policy",
-              describe_policy(TlsSettings.from_config(console.app.config, side)), "", "no"]
+              describe_policy(TlsSettings.from_config(app.config, side)), "", "no"]
              for side in ("client", "server")]
-    return show(CONFIG_COLUMNS, sorted(rows))
+    return sorted(rows)
 
 
 @stats_allowed

@@ -117,7 +117,12 @@ def _client_statements(client: Any) -> int:
 @stats_allowed
 def show_clients(console: "Console", args: str) -> Result:
     grammar.no_arguments(args)
-    return show(SOCKET_COLUMNS, list(_client_rows(console.app, debug=False)))
+    return show(SOCKET_COLUMNS, client_table(console.app))
+
+
+def client_table(app: "App") -> List[List[Any]]:
+    """SHOW CLIENTS' rows (:data:`SOCKET_COLUMNS`)."""
+    return list(_client_rows(app, debug=False))
 
 
 @stats_allowed

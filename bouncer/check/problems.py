@@ -1,5 +1,6 @@
-"""Every problem of a configuration file, in one pass: bad lines and values (file:line), the
-cross-setting checks, every plugin's validation and an unreadable auth_file.
+"""Every problem of a configuration file, in one pass: bad lines and values (file:line), those
+of the plugins' ``[plugin.NAME]`` sections too, the cross-setting checks, every plugin's
+validation and an unreadable auth_file.
 
 The daemon stops at the first stage that finds something; a check goes on with what could be
 read (a bad value keeps its default), so one run names everything to fix.
@@ -11,6 +12,7 @@ from typing import List, Optional
 
 from bouncer.auth.userlist import load_userlist
 from bouncer.config import Config, read_config_report, validate
+from bouncer.config.plugin_settings import Declarations
 from bouncer.errors import ConfigError
 from bouncer.plugin.hooks import PluginHooks
 from bouncer.plugin.manager import make_plugin_manager
@@ -41,14 +43,19 @@ def check_config(path: str) -> ConfigCheck:
     """Read *path* and run every check on it; never raises :class:`ConfigError`."""
     result = ConfigCheck(path)
     try:
-        config, problems = read_config_report(path)
+        # A first reading says which plugins to load; theirs types their sections too.
+        config, _ = read_config_report(path)
+        plugin_errors: List[str] = []
+        result.hooks = _plugin_hooks(config, plugin_errors)
+        declared = _declared(result.hooks, config, plugin_errors)
+        config, problems = read_config_report(path, declared)
     except ConfigError as err:
         result.errors.append(str(err))
         return result
     result.config = config
     result.errors += [str(problem) for problem in problems]
     result.errors += [f"{path}: {problem}" for problem in validate(config)]
-    result.hooks = _plugin_hooks(config, result.errors)
+    result.errors += plugin_errors
     result.errors += [f"{path}: {problem}" for problem in result.hooks.validate_config(config)]
     result.warnings += config.warnings
     _read_userlist(config, result)
@@ -63,6 +70,16 @@ def _plugin_hooks(config: Config, errors: List[str]) -> PluginHooks:
     except ConfigError as err:
         errors.append(f"{config.path}: {err}")
         return PluginHooks(make_plugin_manager())
+
+
+def _declared(hooks: PluginHooks, config: Config, errors: List[str]) -> Optional[Declarations]:
+    """The plugins' declared sections; a malformed declaration is a problem, and the plugin
+    sections are then left unchecked (``None``)."""
+    try:
+        return hooks.declared_settings()
+    except ConfigError as err:
+        errors.append(f"{config.path}: {err}")
+        return None
 
 
 def _read_userlist(config: Config, result: ConfigCheck) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 from bouncer.config.loader import (ConfigProblems, load_config, parse_setting, read_config,
                                    read_config_report)
 from bouncer.config.model import Config, DatabaseDef, PeerDef, PoolDef, UserDef
+from bouncer.config.plugin_settings import (all_settings, merge_declarations,
+                                            unreloadable_changes)
 from bouncer.config.sections import (parse_database, parse_pool_key, parse_pool_options,
                                      parse_user_options)
 from bouncer.config.settings import SETTINGS, SETTINGS_BY_NAME, Setting, format_value
@@ -18,4 +20,5 @@ __all__ = [
     "Config", "DatabaseDef", "UserDef", "PoolDef", "PeerDef",
     "Setting", "SETTINGS", "SETTINGS_BY_NAME", "format_value",
     "parse_database", "parse_user_options", "parse_pool_key", "parse_pool_options",
+    "all_settings", "merge_declarations", "unreloadable_changes",
 ]

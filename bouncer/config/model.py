@@ -6,7 +6,13 @@ or the ``[pgbouncer]`` section, in PgBouncer's order).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Tuple
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bouncer.config.settings import Setting
+
+#: A plugin's settings live in ``[plugin.NAME]``; their SHOW CONFIG keys are ``plugin.NAME.key``.
+PLUGIN_SECTION_PREFIX = "plugin."
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,11 @@ class Config:
     ``settings`` has a typed value for every :data:`~bouncer.config.settings.SETTINGS`
     entry, defaults filled in; ``explicit`` names those the file actually set.  Any
     setting is also an attribute: ``config.listen_port``.
+
+    ``plugin_declarations`` are the settings plugins declared (section name -> settings, see
+    ``bouncer_declare_settings``) when the file was read, and ``plugin_settings`` their typed
+    values, defaults filled in, for every declared section; ``explicit`` also names each
+    ``plugin.NAME`` section the file has and each ``plugin.NAME.key`` it sets.
     """
 
     path: str
@@ -101,6 +112,19 @@ class Config:
     peers: Mapping[int, PeerDef] = field(default_factory=dict)
     warnings: Tuple[str, ...] = ()
     explicit: frozenset[str] = frozenset()
+    plugin_declarations: Mapping[str, Tuple["Setting", ...]] = field(default_factory=dict)
+    plugin_settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def plugin(self, name: str) -> Mapping[str, Any]:
+        """The typed values of section ``[plugin.NAME]`` (defaults where the file is silent).
+
+        :raises KeyError: no loaded plugin declared that section.
+        """
+        return self.plugin_settings[name]
+
+    def has_plugin_section(self, name: str) -> bool:
+        """Whether the file has a ``[plugin.NAME]`` section (a plugin may mean "enabled")."""
+        return PLUGIN_SECTION_PREFIX + name in self.explicit
 
     def __getattr__(self, name: str) -> Any:
         # Only called when normal lookup fails.  Read settings through __dict__ so a

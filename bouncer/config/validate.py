@@ -9,7 +9,8 @@ from typing import Callable, Iterator, List
 
 from bouncer.config.kinds import format_value, parse_value
 from bouncer.config.model import Config
-from bouncer.config.settings import POOL_MODES, SETTINGS
+from bouncer.config.plugin_settings import all_settings
+from bouncer.config.settings import POOL_MODES
 
 _VERIFYING_SSLMODES = ("verify-ca", "verify-full")
 
@@ -21,16 +22,16 @@ def validate(config: Config) -> List[str]:
 
 def _table_constraints(config: Config) -> Iterator[str]:
     # Values set by code (admin SET, tests, reload merges) have not passed the parser:
-    # re-parse each from its text form so choices and ranges hold for every Config.
-    for setting in SETTINGS:
-        if setting.name not in config.settings:
-            yield f"{setting.name}: no value"
+    # re-parse each from its text form so choices and ranges hold for every Config.  Plugin
+    # settings (plugin.NAME.key) are held to their declarations the same way.
+    for name, setting, value in all_settings(config):
+        if value is None:
+            yield f"{name}: no value"
             continue
-        value = config.settings[setting.name]
         try:
             parse_value(setting, format_value(setting, value))
         except (ValueError, TypeError) as exc:
-            yield f"{setting.name}: {exc}"
+            yield f"{name}: {exc}"
 
 
 def _database_pool_modes(config: Config) -> Iterator[str]:

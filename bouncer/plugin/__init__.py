@@ -13,14 +13,20 @@ set of plugins (``bouncer.builtin.*``), so a third-party plugin is written exact
             return Credentials(user, "md5...", source="my_plugin")
         return None          # not mine: the next backend is asked
 
+A plugin with settings of its own declares them (``bouncer_declare_settings``) as
+:class:`Setting` rows, the type of bouncer's own settings table; they are read from its
+``[plugin.NAME]`` section of the ini.
+
 A plugin is loaded either by installing a distribution that declares an entry point in the group
 ``bouncer.plugins`` (the name is free, the value is the module), or by naming its module in the
 ``plugins =`` setting.  Every hook is declared, with its contract, in
 :mod:`bouncer.plugin.hookspecs`; the guide is ``bouncer-plugins(7)``.
 
-Only :data:`hookimpl` and :data:`NAME` are public here.
+Only :data:`hookimpl`, :class:`Setting` and :data:`NAME` are public here.
 """
 import pluggy
+
+from bouncer.config.settings import Setting
 
 #: The pluggy project name; hook names start with ``bouncer_``.
 NAME = "bouncer"
@@ -31,4 +37,4 @@ ENTRY_POINT_GROUP = "bouncer.plugins"
 #: Decorator marking a plugin's hook implementation.
 hookimpl = pluggy.HookimplMarker(NAME)
 
-__all__ = ["NAME", "ENTRY_POINT_GROUP", "hookimpl"]
+__all__ = ["NAME", "ENTRY_POINT_GROUP", "hookimpl", "Setting"]

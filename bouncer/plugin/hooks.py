@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 import pluggy
 
-from bouncer.errors import ClientError
+from bouncer.config import merge_declarations
+from bouncer.errors import ClientError, ConfigError
+from bouncer.plugin.context import PluginContext
 from bouncer.proto import sqlstate
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -21,6 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from bouncer.app import App
     from bouncer.auth.store import Credentials
     from bouncer.config import Config
+    from bouncer.config.plugin_settings import Declarations
     from bouncer.pool.pool import Pool
     from bouncer.session.client import ClientSession
 
@@ -83,6 +86,16 @@ class PluginHooks:
             log.error("plugin hook bouncer_server_connect_limit failed", exc_info=True)
             return "plugin error"
 
+    def declared_settings(self) -> "Declarations":
+        """Every plugin's ``[plugin.NAME]`` settings.
+
+        :raises ConfigError: a declaration is malformed or a section is declared twice.
+        """
+        try:
+            return merge_declarations(self._relay.bouncer_declare_settings())
+        except ValueError as exc:
+            raise ConfigError(f"plugin settings: {exc}", key="plugins") from None
+
     def validate_config(self, config: "Config") -> List[str]:
         problems: List[str] = []
         for result in self._relay.bouncer_validate_config(config=config):
@@ -107,13 +120,17 @@ class PluginHooks:
             log.error("plugin hook %s failed (ignored)", name, exc_info=True)
 
     def startup(self, app: "App") -> None:
-        self._observe("bouncer_startup", app=app)
+        self._observe("bouncer_startup", app=app, context=PluginContext(app))
 
     def reload(self, app: "App", old_config: "Config", new_config: "Config") -> None:
-        self._observe("bouncer_reload", app=app, old_config=old_config, new_config=new_config)
+        self._observe("bouncer_reload", app=app, context=PluginContext(app),
+                      old_config=old_config, new_config=new_config)
 
     def shutdown(self, app: "App") -> None:
-        self._observe("bouncer_shutdown", app=app)
+        self._observe("bouncer_shutdown", app=app, context=PluginContext(app))
 
     def client_login(self, app: "App", client: "ClientSession", ok: bool, reason: str) -> None:
         self._observe("bouncer_client_login", app=app, client=client, ok=ok, reason=reason)
+
+    def client_waited(self, database: str, user: str, seconds: float) -> None:
+        self._observe("bouncer_client_waited", database=database, user=user, seconds=seconds)

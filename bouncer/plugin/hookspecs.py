@@ -1,7 +1,8 @@
 """Every hook bouncer calls, with its contract.
 
 Sections follow a connection's life: process and config, TLS policy, client login and
-authentication, limits, admin console.  Hooks are called only at those boundaries, never per packet.
+authentication, limits and assignment of server connections, admin console.  Hooks are called
+only at those boundaries, never per packet.
 
 Conventions (shared by all hooks):
 
@@ -16,7 +17,7 @@ Conventions (shared by all hooks):
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import pluggy
 
@@ -27,8 +28,9 @@ if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
 
     from bouncer.app import App
     from bouncer.auth.store import Credentials
-    from bouncer.config import Config
+    from bouncer.config import Config, Setting
     from bouncer.errors import ClientError
+    from bouncer.plugin.context import PluginContext
     from bouncer.pool.pool import Pool
     from bouncer.session.client import ClientSession
 
@@ -38,6 +40,29 @@ hookspec = pluggy.HookspecMarker(NAME)
 # --------------------------------------------------------------------------------------------
 # Process and configuration
 # --------------------------------------------------------------------------------------------
+
+@hookspec
+def bouncer_declare_settings() -> Mapping[str, Sequence["Setting"]]:
+    """Declare the settings a plugin reads from its own ``[plugin.NAME]`` section.
+
+    Each setting is a :class:`bouncer.plugin.Setting`, the row type of bouncer's own settings
+    table (name, kind, default, reloadable, doc, choices, min, max), so the section is read
+    as ``[pgbouncer]`` is: values are typed and range-checked, a bad value or an unknown key is
+    a problem naming file and line (``bouncer --check`` lists every one; start and RELOAD are
+    refused), SHOW CONFIG has a row ``plugin.NAME.key`` for each setting, and a RELOAD puts new
+    values in force (a setting declared with ``reloadable=False`` is logged as needing a
+    restart).  Hooks read the values from the configuration they are given:
+    ``config.plugin(NAME)[key]``; ``config.has_plugin_section(NAME)`` tells whether the file
+    has the section at all (a plugin may take that as "enabled").
+
+    :return: section name (``NAME``: a lower-case identifier) -> its settings.  The answers of
+        all implementations are merged; a section declared by two plugins refuses the start.
+        A ``[plugin.NAME]`` section that no loaded plugin declares is ignored with a warning.
+
+    Called from: the main greenlet, each time the configuration file is read (start, RELOAD
+    and ``bouncer --check``), before its values are typed.
+    """
+
 
 @hookspec
 def bouncer_validate_config(config: "Config") -> List[str]:
@@ -54,20 +79,24 @@ def bouncer_validate_config(config: "Config") -> List[str]:
 
 
 @hookspec
-def bouncer_startup(app: "App") -> None:
+def bouncer_startup(app: "App", context: "PluginContext") -> None:
     """Observe that bouncer has loaded its configuration and is about to listen.
 
-    :param app: the running application.
+    :param app: the running application (all of it; its insides change with bouncer).
+    :param context: the narrow, stable view: configuration, process state, SHOW tables
+        (:class:`bouncer.plugin.context.PluginContext`); valid for the life of the process.
 
     Called from: the main greenlet, once.
     """
 
 
 @hookspec
-def bouncer_reload(app: "App", old_config: "Config", new_config: "Config") -> None:
+def bouncer_reload(app: "App", context: "PluginContext", old_config: "Config",
+                   new_config: "Config") -> None:
     """Observe that a new configuration was accepted and applied (SIGHUP or RELOAD).
 
     :param app: the running application, already using ``new_config``.
+    :param context: the narrow view, as for :func:`bouncer_startup`.
     :param old_config: the configuration in force before.
     :param new_config: the configuration now in force.
 
@@ -76,10 +105,11 @@ def bouncer_reload(app: "App", old_config: "Config", new_config: "Config") -> No
 
 
 @hookspec
-def bouncer_shutdown(app: "App") -> None:
+def bouncer_shutdown(app: "App", context: "PluginContext") -> None:
     """Observe that bouncer is shutting down (after listeners closed, before exit).
 
     :param app: the running application.
+    :param context: the narrow view, as for :func:`bouncer_startup`.
 
     Called from: the main greenlet.
     """
@@ -232,6 +262,27 @@ def bouncer_server_connect_limit(app: "App", pool: "Pool") -> Optional[str]:
     :return: the name of the limit that is reached (for SHOW output and logs), or ``None``.
 
     Called from: whichever greenlet asks the pool for a server.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# Assignment of server connections
+# --------------------------------------------------------------------------------------------
+
+@hookspec
+def bouncer_client_waited(database: str, user: str, seconds: float) -> None:
+    """Observe that a client which had to queue for a server connection got one.
+
+    Only waits are reported: a client served at once by an idle server costs no hook call, so
+    transaction pooling pays nothing per transaction while servers are free.  A wait that ends
+    in an error (``query_wait_timeout``, a failing server login, the client killed) is not
+    reported here.
+
+    :param database: the pool's database name.
+    :param user: the pool's user name.
+    :param seconds: how long the client queued (also added to SHOW STATS' ``wait_time``).
+
+    Called from: the client's greenlet, once the server is linked to it.
     """
 
 

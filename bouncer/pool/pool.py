@@ -164,6 +164,7 @@ class Pool:
         waited = int((time.monotonic() - waiter.since) * 1e6)
         client.wait_time_us += waited
         self.database.stats.wait_time += waited
+        self.database.registry.client_waited(self, waited / 1e6)
         return server
 
     def expire_waiters(self, timeout: float) -> None:

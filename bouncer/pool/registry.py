@@ -84,10 +84,13 @@ class Registry:
 
     def __init__(self, get_config: Callable[[], "Config"],
                  connector: Callable[[Pool], Any],
-                 cross_pool_limit: Callable[[Pool], Optional[str]]) -> None:
+                 cross_pool_limit: Callable[[Pool], Optional[str]],
+                 on_wait: Callable[[Pool, float], None] = lambda pool, seconds: None) -> None:
         self._config = get_config
         self._connector = connector
         self._cross_pool_limit = cross_pool_limit
+        #: Told how long a client queued for a server of a pool, once it got one.
+        self.client_waited = on_wait
         self.overrides = Overrides()
         self.databases: Dict[str, DatabaseState] = {}
         self.users: Dict[str, UserState] = {}

@@ -1,12 +1,20 @@
 """An example bouncer plugin: a credentials backend reading ``user:secret`` lines from a file.
 
-The file is named by the environment variable ``BOUNCER_EXAMPLE_AUTH_FILE``; without it the
-plugin answers nothing, so installing it changes nothing until it is configured.  The secret
-(everything after the first colon) may be a plain password, an ``md5...`` secret or a
-``SCRAM-SHA-256$...`` secret; blank lines and lines starting with ``#`` are ignored.
+The file is named by the setting ``secrets_file`` of the plugin's own ini section::
 
-It shows the three things most auth backends need:
+    [plugin.example_auth]
+    secrets_file = /etc/bouncer/example-secrets
 
+Without it the plugin answers nothing, so installing it changes nothing until it is
+configured.  The secret (everything after the first colon) may be a plain password, an
+``md5...`` secret or a ``SCRAM-SHA-256$...`` secret; blank lines and lines starting with ``#``
+are ignored.
+
+It shows the four things most auth backends need:
+
+* ``bouncer_declare_settings`` declares the plugin's settings: bouncer types them, refuses an
+  unknown key or a bad value (``bouncer --check`` too), applies a RELOAD and shows them in
+  SHOW CONFIG (``plugin.example_auth.secrets_file``);
 * ``bouncer_get_credentials`` answers ``None`` for users it does not know, so the next backend
   (auth_query) is asked;
 * blocking work (reading a file; for a real backend, a call into a C library) runs in gevent's
@@ -17,16 +25,22 @@ It shows the three things most auth backends need:
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import gevent
 
 from bouncer.auth.store import Credentials
-from bouncer.plugin import hookimpl
+from bouncer.plugin import Setting, hookimpl
 
-FILE_ENV = "BOUNCER_EXAMPLE_AUTH_FILE"
-#: Shown as the credentials' source in bouncer's logs.
-SOURCE = "example_auth"
+if TYPE_CHECKING:  # pragma: no cover
+    from bouncer.config import Config
+
+#: The ini section is [plugin.example_auth]; also the credentials' source in bouncer's logs.
+SECTION = SOURCE = "example_auth"
+SETTINGS = (
+    Setting("secrets_file", "str", "", True,
+            "file of user:secret lines (empty: the plugin answers nothing)"),
+)
 
 
 def parse_secrets(text: str) -> Dict[str, str]:
@@ -52,17 +66,27 @@ def read_secrets(path: str) -> Dict[str, str]:
     return parse_secrets(gevent.get_hub().threadpool.apply(_read, (path,)))
 
 
+def secrets_file(config: "Config") -> str:
+    return config.plugin(SECTION)["secrets_file"]
+
+
 @hookimpl
-def bouncer_validate_config(config: Any) -> List[str]:
-    path = os.environ.get(FILE_ENV)
+def bouncer_declare_settings() -> Dict[str, Tuple[Setting, ...]]:
+    return {SECTION: SETTINGS}
+
+
+@hookimpl
+def bouncer_validate_config(config: "Config") -> List[str]:
+    path = secrets_file(config)
     if path and not os.access(path, os.R_OK):
-        return [f"{FILE_ENV} names {path}, which cannot be read"]
+        return [f"plugin.{SECTION}.secrets_file names {path}, which cannot be read"]
     return []
 
 
 @hookimpl
 def bouncer_get_credentials(app: Any, user: str, database: str) -> Optional[Credentials]:
-    path = os.environ.get(FILE_ENV)
+    # Read from the configuration in force at each login, so a RELOAD counts at once.
+    path = secrets_file(app.config)
     if not path:
         return None  # not configured: not mine
     secret = read_secrets(path).get(user)

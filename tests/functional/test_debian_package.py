@@ -18,6 +18,7 @@ import signal
 import socket
 import stat
 import subprocess
+import urllib.request
 from typing import Dict, Iterator, List, Set
 
 import pytest
@@ -36,6 +37,9 @@ USERLIST = "/etc/bouncer/userlist.txt"
 #: The daemon must run on Debian's python3 and modules, never on the test runner's.
 SYSTEM_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 DEPENDENCIES = ("python3-gevent", "python3-pluggy", "python3-configobj", "python3-openssl")
+PLUGIN_PACKAGE = "bouncer-prometheus"
+PLUGIN_DEPENDENCIES = ("bouncer", "python3-prometheus-client", "python3-gevent")
+DASHBOARD = "/usr/share/bouncer-prometheus/bouncer-grafana.json"
 INI_SECTIONS = {"databases", "users", "pools", "peers", "pgbouncer"}
 
 
@@ -155,25 +159,33 @@ def pid1_is_systemd() -> bool:
 
 
 @pytest.fixture(scope="module")
-def deb(tmp_path_factory) -> str:
-    """bouncer_<version>_all.deb, built by ``make deb`` into a directory outside the tree."""
+def debs(tmp_path_factory) -> Dict[str, str]:
+    """Package name -> its .deb (bouncer and bouncer-prometheus), built by ``make deb`` into a
+    directory outside the tree."""
     if os.geteuid() != 0:
         pytest.fail("BOUNCER_TEST_DEB=1 needs root: it installs packages")
     outdir = tmp_path_factory.mktemp("deb")
     run(["make", "--no-print-directory", "deb", f"DEB_OUTDIR={outdir}"], cwd=REPO_ROOT)
-    built = glob.glob(str(outdir / f"bouncer_{__version__}_all.deb"))
-    assert len(built) == 1, os.listdir(outdir)
-    return built[0]
+    built = {package: str(outdir / f"{package}_{__version__}_all.deb")
+             for package in ("bouncer", PLUGIN_PACKAGE)}
+    assert sorted(built.values()) == sorted(glob.glob(str(outdir / "*.deb"))), \
+        os.listdir(outdir)
+    return built
 
 
 @pytest.fixture(scope="module")
-def installed(deb: str) -> Iterator[None]:
-    """The package installed with apt; afterwards removed, purged, and the machine as before
-    (dependencies it pulled in and the system user it created are removed too)."""
+def deb(debs: Dict[str, str]) -> str:
+    return debs["bouncer"]
+
+
+@pytest.fixture(scope="module")
+def installed(debs: Dict[str, str]) -> Iterator[None]:
+    """Both packages installed with apt; afterwards removed, purged, and the machine as before
+    (dependencies they pulled in and the system user created are removed too)."""
     before = installed_packages()
     user_existed = user_exists(SERVICE_USER)
-    apt_get("install", deb)
-    pulled_in = installed_packages() - before - {"bouncer"}
+    apt_get("install", *debs.values())
+    pulled_in = installed_packages() - before - {"bouncer", PLUGIN_PACKAGE}
     try:
         yield
     finally:
@@ -186,10 +198,10 @@ def installed(deb: str) -> Iterator[None]:
 def uninstall(pulled_in: Set[str]) -> List[str]:
     """Remove, then purge; returns what did not behave as Debian's conventions say."""
     problems = []
-    apt_get("remove", "bouncer")
+    apt_get("remove", "bouncer", PLUGIN_PACKAGE)
     if not os.path.exists(CONFIG):
         problems.append("apt-get remove deleted the configuration")
-    apt_get("purge", "bouncer", *sorted(pulled_in))
+    apt_get("purge", "bouncer", PLUGIN_PACKAGE, *sorted(pulled_in))
     if os.path.exists("/etc/bouncer"):
         problems.append(f"purge left /etc/bouncer: {os.listdir('/etc/bouncer')}")
     if run(["dpkg-statoverride", "--list"]).stdout.count(USERLIST):
@@ -211,16 +223,23 @@ def as_service_user(args: List[str], **kwargs) -> subprocess.CompletedProcess:
                env=SYSTEM_ENV, **kwargs)
 
 
-def configure_for_test(text: str, pg: PgCluster, port: int, workdir: str) -> str:
+def configure_for_test(text: str, pg: PgCluster, port: int, workdir: str,
+                       metrics_port: int) -> str:
     """The packaged config pointed at *pg*, on a free port, with its socket and pidfile in
-    *workdir* (a service may already own 6432 and /run/bouncer on this machine)."""
+    *workdir* (a service may already own 6432 and /run/bouncer on this machine), and the
+    metrics plugin's commented-out section turned on, on *metrics_port*."""
     replacements = {"listen_port": str(port), "unix_socket_dir": workdir,
                     "pidfile": os.path.join(workdir, "bouncer.pid")}
     for key, value in replacements.items():
         text, count = re.subn(rf"^{key} = .*$", f"{key} = {value}", text, flags=re.M)
         assert count == 1, f"the packaged config no longer sets {key}"
     database = f"testdb = host=127.0.0.1 port={pg.port} dbname=testdb\n"
-    return text.replace("[databases]\n", "[databases]\n" + database, 1)
+    text = text.replace("[databases]\n", "[databases]\n" + database, 1)
+    for commented, active in ((";[plugin.prometheus]", "[plugin.prometheus]"),
+                              (";listen_port = 9127", f"listen_port = {metrics_port}")):
+        assert text.count(commented) == 1, f"the packaged config no longer has {commented}"
+        text = text.replace(commented, active)
+    return text
 
 
 @pytest.mark.slow
@@ -239,10 +258,21 @@ class TestInstalledPackage:
         depends = run(["dpkg-deb", "--field", deb, "Depends"]).stdout
         assert set(DEPENDENCIES) <= {item.split()[0] for item in depends.split(",")}
 
-    def test_lintian_finds_no_error(self, deb):
+    def test_plugin_package_depends_on_bouncer_and_prometheus_client(self, debs):
+        depends = run(["dpkg-deb", "--field", debs[PLUGIN_PACKAGE], "Depends"]).stdout
+        assert set(PLUGIN_DEPENDENCIES) <= {item.split()[0] for item in depends.split(",")}
+
+    def test_lintian_finds_no_error(self, debs):
         if shutil.which("lintian") is None:
             apt_get("install", "lintian")
-        run(["lintian", "--fail-on", "error", deb])
+        run(["lintian", "--fail-on", "error", *debs.values()])
+
+    def test_plugin_package_installs_the_plugin_found_by_its_entry_point(self, installed):
+        code = ("from importlib.metadata import entry_points; "
+                "print(*sorted(e.value for e in entry_points(group='bouncer.plugins')))")
+        found = as_service_user(["/usr/bin/python3", "-c", code]).stdout.split()
+        assert found == ["bouncer_prometheus.plugin"]
+        assert os.path.isfile(DASHBOARD)
 
     def test_installs_command_config_unit_logrotate_and_man_pages(self, installed):
         for path in ("/usr/bin/bouncer", CONFIG, USERLIST, "/lib/systemd/system/bouncer.service",
@@ -285,12 +315,13 @@ class TestInstalledPackage:
 
     def test_installed_daemon_serves_psql_and_stops_on_sigint(self, installed, pg: PgCluster,
                                                                service_workdir):
-        port = free_port()
+        port, metrics_port = free_port(), free_port()
         config = os.path.join(service_workdir, "bouncer.ini")
         pidfile = os.path.join(service_workdir, "bouncer.pid")
         output = os.path.join(service_workdir, "output")
         with open(config, "w", encoding="utf-8") as out:
-            out.write(configure_for_test(read(CONFIG), pg, port, service_workdir))
+            out.write(configure_for_test(read(CONFIG), pg, port, service_workdir,
+                                         metrics_port))
         # Into the packaged userlist, so the service user must read it through its group.
         with open(USERLIST, "a", encoding="utf-8") as userlist:
             userlist.write('"md5user" "md5pass"\n')
@@ -306,11 +337,23 @@ class TestInstalledPackage:
             assert listening, read(output)
             assert read(pidfile).strip() == str(daemon.pid)
             self.check_psql(pg, port, service_workdir)
+            self.check_metrics(metrics_port)
         finally:
             daemon.send_signal(signal.SIGINT)  # the unit's KillSignal
             exit_code = daemon.wait(20)
         assert exit_code == 0, f"SIGINT did not stop it cleanly:\n{read(output)}"
         assert not os.path.exists(pidfile), "the pidfile was left behind after exit"
+
+    @staticmethod
+    def check_metrics(port: int) -> None:
+        """The packaged plugin, turned on by its section, serves what psql just did."""
+        url = f"http://127.0.0.1:{port}"
+        with urllib.request.urlopen(url + "/healthz", timeout=5) as health:
+            assert health.read() == b"ok\n"
+        with urllib.request.urlopen(url + "/metrics", timeout=5) as metrics:
+            text = metrics.read().decode()
+        assert "\npgbouncer_up 1.0\n" in text
+        assert 'pgbouncer_stats_queries_pooled_total{database="testdb"}' in text
 
     @staticmethod
     def check_psql(pg: PgCluster, port: int, socket_dir: str) -> None:

@@ -7,11 +7,6 @@ Test names ``test_hook_<hook>_...`` are how tests/test_meta.py knows each hook i
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-import shutil
-import subprocess
-import sys
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional
 
 import psycopg2
@@ -19,12 +14,12 @@ import pytest
 
 from tests.functional.pgroles import Roles, login_outcome
 from tests.plugins import recorder
-from tests.support.bouncerproc import REPO_ROOT, BouncerProcess, BouncerStartError
+from tests.support.bouncerproc import BouncerProcess, BouncerStartError
 from tests.support.inifile import common_ini
+from tests.support.plugininstall import install_plugin
 from tests.support.ports import wait_until
 
 RECORDER = "tests.plugins.recorder"
-EXAMPLE_PLUGIN_DIR = os.path.join(REPO_ROOT, "plugins", "bouncer-example-auth")
 
 
 class Recording(NamedTuple):
@@ -209,42 +204,23 @@ def test_hook_admin_commands_adds_a_console_command(recording) -> None:
 # -- the example plugin, installed from plugins/ ------------------------------------------------
 @pytest.fixture(scope="module")
 def example_plugin(tmp_path_factory) -> str:
-    """``pip install`` the example distribution into a directory of its own; returns it.
-
-    Built from a copy: setuptools writes build/ and *.egg-info next to the sources.
-    """
-    source = str(tmp_path_factory.mktemp("example-plugin-src") / "src")
-    shutil.copytree(EXAMPLE_PLUGIN_DIR, source,
-                    ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info"))
-    target = str(tmp_path_factory.mktemp("example-plugin-site"))
-    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-               "--disable-pip-version-check", "--target", target, source]
-    if _can_build_wheels_offline():
-        command.insert(4, "--no-build-isolation")
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return target
-
-
-def _can_build_wheels_offline() -> bool:
-    """setuptools builds wheels by itself from 70.1, older ones need the ``wheel`` package."""
-    return (importlib.util.find_spec("wheel") is not None
-            or importlib.util.find_spec("setuptools.command.bdist_wheel") is not None)
+    """The example distribution, ``pip install``-ed into a directory of its own."""
+    return install_plugin("bouncer-example-auth", str(tmp_path_factory.mktemp("example-plugin")))
 
 
 @pytest.fixture
 def start_with_example(pg, bouncer_factory, example_plugin, tmp_path, monkeypatch):
     """``start(secrets, userlist=None, **settings)``: the example plugin found on the path,
-    serving *secrets*."""
+    serving *secrets* from the file its ``[plugin.example_auth]`` section names."""
     def start(secrets: Dict[str, str], userlist: Optional[Dict[str, str]] = None,
               **settings: Any) -> BouncerProcess:
         secrets_file = tmp_path / "example-secrets"
         secrets_file.write_text("".join(f"{user}:{secret}\n" for user, secret in secrets.items()),
                                 encoding="utf-8")
-        monkeypatch.setenv("BOUNCER_EXAMPLE_AUTH_FILE", str(secrets_file))
         monkeypatch.setenv("PYTHONPATH", example_plugin)
         monkeypatch.delenv("BOUNCER_DISABLE_PLUGIN_AUTOLOAD", raising=False)
-        return bouncer_factory(common_ini(pg, **settings), userlist)
+        section = f"\n[plugin.example_auth]\nsecrets_file = {secrets_file}\n"
+        return bouncer_factory(common_ini(pg, **settings) + section, userlist)
     return start
 
 
@@ -258,6 +234,32 @@ def test_example_plugin_can_be_disabled_by_its_entry_point_name(start_with_examp
     bouncer = start_with_example({"trustuser": "example-pw"}, disable_plugins="example_auth")
     assert "password authentication failed" in login_outcome(
         bouncer.connect, user="trustuser", password="example-pw")
+
+
+def test_hook_declare_settings_section_is_typed_reloaded_and_shown(start_with_example,
+                                                                   tmp_path) -> None:
+    """The example plugin's [plugin.example_auth] setting: in SHOW CONFIG as bouncer's own
+    settings are, changed by RELOAD, and a misspelt key refuses the reload."""
+    bouncer = start_with_example({"trustuser": "first-pw"})
+    assert login_outcome(bouncer.connect, user="trustuser", password="first-pw") == "trustuser"
+    other = tmp_path / "other-secrets"
+    other.write_text("trustuser:second-pw\n", encoding="utf-8")
+    first = str(tmp_path / "example-secrets")
+    rows = {row[0]: row[1:] for row in bouncer.admin("SHOW CONFIG")}
+    assert rows["plugin.example_auth.secrets_file"] == (first, "", "yes")
+
+    original = bouncer.ini_text
+    bouncer.write_ini(replaced_ini(bouncer, first, f"{other}\nsecret_fle = typo"))
+    since = len(bouncer.log_text())
+    bouncer.reload()
+    bouncer.wait_for_log(r"reload failed.*secret_fle: unknown parameter", since=since)
+    assert login_outcome(bouncer.connect, user="trustuser", password="first-pw") == "trustuser"
+
+    bouncer.write_ini(original.replace(first, str(other)))
+    bouncer.reload()
+    assert wait_until(lambda: dict((row[0], row[1]) for row in bouncer.admin("SHOW CONFIG"))
+                      ["plugin.example_auth.secrets_file"] == str(other), 10)
+    assert login_outcome(bouncer.connect, user="trustuser", password="second-pw") == "trustuser"
 
 
 @pytest.fixture(scope="module")

@@ -121,8 +121,15 @@ class BouncerProcess:
         return PGBOUNCER_DEFAULT_SOCKET_DIR if value is None else (value or None)
 
     def _setting(self, key: str) -> Optional[str]:
-        found = re.findall(rf"^[ \t]*{key}[ \t]*=[ \t]*(.*?)[ \t]*$", self.ini_text, re.M)
-        return found[-1] if found else None
+        """The last value of *key* in [pgbouncer] (a plugin's section may use the same key)."""
+        found, section = None, None
+        for header, value in re.findall(
+                rf"^\[([^\]]*)\]|^[ \t]*{key}[ \t]*=[ \t]*(.*?)[ \t]*$", self.ini_text, re.M):
+            if header:
+                section = header.strip().lower()
+            elif section == "pgbouncer":
+                found = value
+        return found
 
     # -- process control -------------------------------------------------------------------
     def start(self) -> None:

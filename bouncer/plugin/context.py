@@ -1,0 +1,79 @@
+"""The narrow, stable view of the running pooler that lifecycle hooks are given as ``context``.
+
+The ``app`` those hooks also get is the whole App, whose insides change as bouncer does; a
+plugin that only needs to read the pooler's state and its own settings should take
+``context`` instead.  What it offers is what an operator already relies on: the
+configuration, the process state and the rows of the admin console's SHOW commands, whose
+columns are PgBouncer's and only ever grow at the end.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from bouncer.admin import show as tables
+from bouncer.admin.checks import CHECKS_COLUMNS, checks_table
+from bouncer.admin.sockets import SOCKET_COLUMNS, client_table
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bouncer.app import App
+    from bouncer.config import Config
+
+_Table = Tuple[Sequence[Tuple[str, int]], Callable[["App"], Sequence[Sequence[Any]]]]
+
+#: The SHOW commands a plugin may read, by name: their columns and the function that builds
+#: the console's answer (the same rows, so a plugin and the console never disagree).
+SHOW_TABLES: Mapping[str, _Table] = {
+    "CHECKS": (CHECKS_COLUMNS, checks_table),
+    "CLIENTS": (SOCKET_COLUMNS, client_table),
+    "CONFIG": (tables.CONFIG_COLUMNS, tables.config_table),
+    "DATABASES": (tables.DATABASE_COLUMNS, tables.database_table),
+    "LISTS": (tables.LISTS_COLUMNS, tables.lists_table),
+    "POOLS": (tables.POOL_COLUMNS, tables.pool_table),
+    "STATS_TOTALS": (tables.STATS_TOTALS_COLUMNS, tables.stats_totals_table),
+}
+
+
+@dataclass(frozen=True)
+class ProcessState:
+    """SHOW STATE, and whether a shutdown is under way.
+
+    :param paused: PAUSE of every database is in force.
+    :param suspended: SUSPEND (or an online restart handing over) is in force.
+    :param shutting_down: the shutdown mode (``immediate``, ``wait_for_servers``,
+        ``wait_for_clients``), or ``None``.
+    """
+
+    paused: bool
+    suspended: bool
+    shutting_down: Optional[str]
+
+
+class PluginContext:
+    """What a plugin may read of the running pooler; nothing here changes it."""
+
+    def __init__(self, app: "App") -> None:
+        self._app = app
+
+    @property
+    def config(self) -> "Config":
+        """The configuration in force (after a RELOAD, the new one)."""
+        return self._app.config
+
+    def settings(self, section: str) -> Mapping[str, Any]:
+        """The typed values of ``[plugin.SECTION]`` in force (see ``bouncer_declare_settings``)."""
+        return self._app.config.plugin(section)
+
+    @property
+    def state(self) -> ProcessState:
+        flags = dict(tables.process_state(self._app))
+        return ProcessState(flags["paused"], flags["suspended"], self._app.shutdown_mode)
+
+    def show(self, command: str) -> List[Dict[str, Any]]:
+        """The rows of ``SHOW <command>`` as the console would answer now, each a mapping of
+        column name to value: one of :data:`SHOW_TABLES`.
+
+        :raises KeyError: a command not offered here.
+        """
+        cols, build = SHOW_TABLES[command.upper()]
+        return tables.records(cols, build(self._app))
