@@ -219,7 +219,8 @@ class ClientEngine:
                     pipeline.copy_data_sent()
             elif kind == _FLUSH:
                 pass
-            elif kind in _NAMING and prepared is not None and not pipeline.skipping:
+            elif (kind in _NAMING and prepared is not None and not pipeline.skipping
+                  and prepared.capacity()):
                 named = names_statement(kind, data, pos + _HEADER_LEN, end if end < size else size)
                 if named is None and end <= size:
                     raise ProtocolError(f"malformed message of type {chr(kind)!r}")

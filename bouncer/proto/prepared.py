@@ -21,7 +21,7 @@ linked server's :class:`~bouncer.proto.pipeline.Pipeline`.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 from bouncer.errors import ClientError
 from bouncer.proto.constants import Frontend
@@ -60,12 +60,15 @@ def _display(name: bytes) -> str:
 class PreparedStatements:
     """One client's statement names, and the rewriting of the messages that use them.
 
-    :param capacity: ``max_prepared_statements``, the cap per server connection.
+    :param capacity: ``max_prepared_statements``, the cap per server connection, read at
+        each use so that a SET or RELOAD reaches sessions under way (0 turns tracking off:
+        names are then passed on as they are).
     :param stats: counters with ``client_parse_count``, ``server_parse_count`` and
         ``bind_count`` attributes (PgBouncer's ps_* counters).
     """
 
-    def __init__(self, capacity: int, stats: Any, registry: StatementRegistry = REGISTRY) -> None:
+    def __init__(self, capacity: Callable[[], int], stats: Any,
+                 registry: StatementRegistry = REGISTRY) -> None:
         self.capacity = capacity
         self.stats = stats
         self.registry = registry
@@ -95,8 +98,8 @@ class PreparedStatements:
         name, definition = parse_parse(message[5:])
         if name in self.names:
             raise ClientError("prepared statement name is already in use",
-                              log_reason=f"prepared statement '{_display(name)}' was already "
-                                         "prepared")
+                              detail=f"prepared statement '{_display(name)}' was already "
+                                     "prepared")
         self.stats.client_parse_count += 1
         statement = self.registry.get(definition)
         self.names[name] = statement
@@ -134,7 +137,7 @@ class PreparedStatements:
         statement = self.names.get(name)
         if statement is None:
             raise ClientError("prepared statement did not exist",
-                              log_reason=f"prepared statement '{_display(name)}' not found")
+                              detail=f"prepared statement '{_display(name)}' not found")
         return statement
 
     def _ensure_prepared(self, statement: Statement, pipeline: Pipeline) -> bytes:
@@ -166,7 +169,7 @@ class PreparedStatements:
         pipeline.sent_special(_CLOSE, (REMOVE, statement), injected=True)
         pipeline.sent_special(_PARSE, (ADD, statement), forget, injected=forget is None)
         closes = []
-        for victim in pipeline.statements.evictions(self.capacity):
+        for victim in pipeline.statements.evictions(self.capacity()):
             pipeline.sent_special(_CLOSE, (REMOVE, victim), injected=True)
             closes.append(close_statement(victim.name))
         return close_statement(statement.name) + statement.parse + b"".join(closes)

@@ -130,8 +130,10 @@ class ClientSession:
         if isinstance(err, client_auth.LoginRefused) or not self.close_reason:
             self.close_reason = err.log_reason
         if self.app.config.log_pooler_errors:  # PgBouncer's switch for exactly this line
-            log.log(logging.WARNING if not self.logged_in else logging.INFO,
-                    "%s pooler error: %s", self.prefix, self.close_reason)
+            level = logging.WARNING if not self.logged_in else logging.INFO
+            log.log(level, "%s pooler error: %s", self.prefix, self.close_reason)
+            if err.detail:
+                log.log(level, "%s %s", self.prefix, err.detail)
         if self.link is not None and not self.link.client_at_boundary:
             return
         try:

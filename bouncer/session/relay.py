@@ -102,9 +102,10 @@ class Link:
         self.releasing = self.mode != SESSION
         self.engine = client.engine
         #: Named prepared statements are tracked only where servers change hands.
-        if config.max_prepared_statements and self.mode != SESSION:
-            self.engine.prepared = PreparedStatements(config.max_prepared_statements,
-                                                      self.stats)
+        if self.mode != SESSION:
+            app = client.app
+            self.engine.prepared = PreparedStatements(
+                lambda: app.config.max_prepared_statements, self.stats)
         self.engine.disable_pqexec = config.disable_pqexec
         self.engine.start_relay()
         self.timeouts = {"idle": limits.client_idle_timeout(),

@@ -179,6 +179,26 @@ def test_past_the_cap_statements_are_closed_and_prepared_again(start) -> None:
             if client["database"] == "testdb"] == [3]
 
 
+def prepared_on_server(sock: Any) -> List[List[Any]]:
+    return pgwire.data_rows(pgwire.run_query(sock, "SELECT count(*) FROM pg_prepared_statements"))
+
+
+def test_a_new_cap_reaches_sessions_under_way(start) -> None:
+    """SET max_prepared_statements: a lower cap closes statements at the next prepare, 0
+    turns the tracking off (names then go to the server as they are)."""
+    bouncer = start(1, max_prepared_statements=5)
+    sock = session(bouncer)
+    assert kinds(exchange(sock, *(parse(f"s{n}", f"SELECT {n}") for n in range(4)), SYNC)) \
+        == b"1111Z"
+    assert prepared_on_server(sock) == [["4"]]
+    bouncer.admin("SET max_prepared_statements = 2")
+    assert kinds(exchange(sock, parse("s4", "SELECT 4"), SYNC)) == b"1Z"
+    assert prepared_on_server(sock) == [["2"]]
+    bouncer.admin("SET max_prepared_statements = 0")
+    replies = exchange(sock, bind("s4"), EXECUTE, SYNC)
+    assert pgwire.first_error(replies)["C"] == "26000"  # the server never heard of "s4"
+
+
 def test_deallocate_all_forgets_the_names_and_a_bind_to_one_ends_the_session(start) -> None:
     """As PgBouncer: the names are gone, and bouncer refuses a Bind to one itself (it cannot
     place PostgreSQL's error inside a pipeline it has rewritten)."""
@@ -190,7 +210,9 @@ def test_deallocate_all_forgets_the_names_and_a_bind_to_one_ends_the_session(sta
     error = pgwire.first_error(pgwire.messages_until_closed(sock, timeout=5))
     assert (error["S"], error["C"], error["M"]) == ("FATAL", "08P01",
                                                     "prepared statement did not exist")
-    assert "prepared statement 'd' not found" in bouncer.log_text()
+    log = bouncer.log_text()
+    assert "prepared statement 'd' not found" in log
+    assert "closing because: prepared statement did not exist" in log
     again = session(bouncer)  # the name is free again on a new session
     assert kinds(exchange(again, parse("d", "SELECT 2"), SYNC)) == b"1Z"
     assert run(again, "d") == [["2"]]

@@ -214,7 +214,8 @@ class Link:
 
     def __init__(self, capacity: int, registry: StatementRegistry) -> None:
         self.stats = SimpleNamespace(server_parse_count=0, client_parse_count=0, bind_count=0)
-        self.engine = ClientEngine(prepared=PreparedStatements(capacity, self.stats, registry))
+        self.engine = ClientEngine(prepared=PreparedStatements(lambda: capacity, self.stats,
+                                                                   registry))
         self.engine.start_relay()
         self.received = bytearray()  # everything the client got
         self.server: Optional[Backend] = None
@@ -402,7 +403,7 @@ def test_an_unknown_name_ends_the_session(registry, message) -> None:
     with pytest.raises(ClientError) as caught:
         link.send(message + SYNC)
     assert caught.value.message == "prepared statement did not exist"
-    assert caught.value.log_reason == "prepared statement 'nope' not found"
+    assert caught.value.detail == "prepared statement 'nope' not found"
 
 
 @pytest.mark.parametrize("bad", [
