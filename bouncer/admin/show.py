@@ -133,7 +133,8 @@ def _pool_row(pool: "Pool") -> List[Any]:
     seconds, micros = split_seconds(pool.max_wait())
     # Cancel requests are forwarded at once, never queued, so their lists are always empty.
     return [pool.database.name, pool.user.name, len(pool.clients - waiting), len(waiting), 0, 0,
-            len(pool.active), 0, 0, len(pool.idle), 0, len(pool.tested), len(pool.login),
+            len(pool.active), 0, len(pool.being_canceled), len(pool.idle), 0, len(pool.tested),
+            len(pool.login),
             seconds, micros, pool.limits.pool_mode(), _load_balance_hosts(pool.database),
             pool.limits.pool_size()]
 

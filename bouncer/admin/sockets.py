@@ -35,7 +35,8 @@ FDS_COLUMNS = columns("issssiqisssssbb", "fd", "task", "user", "database", "addr
                       "timezone", "password", "scram_client_key", "scram_server_key")
 
 #: Server states by the pool collection holding them, in PgBouncer's listing order.
-_SERVER_SETS = (("active", "active"), ("idle", "idle"), ("tested", "tested"))
+_SERVER_SETS = (("active", "active"), ("idle", "idle"), ("tested", "tested"),
+                ("being_canceled", "being_canceled"))
 
 
 def pointer(obj: Any) -> str:

@@ -1,8 +1,9 @@
 """One pool of server connections for a (database, user) pair, and the clients waiting on it.
 
 As in PgBouncer, a server connection's state *is* the collection it sits in: ``login``
-(connecting), ``idle`` (ready), ``active`` (linked to a client) or ``tested`` (running the check
-query).  The pool never touches sockets: it opens connections through the ``connector`` it is
+(connecting), ``idle`` (ready), ``active`` (linked to a client), ``tested`` (running the check
+query) or ``being_canceled`` (released while cancel requests for it are still on their way:
+given to nobody until they are done, or a late cancel would hit the next client's query).  The pool never touches sockets: it opens connections through the ``connector`` it is
 given and closes them through ``server.close()``.
 """
 from __future__ import annotations
@@ -91,6 +92,7 @@ class Pool:
         self.idle: Deque[Any] = deque()
         self.active: Set[Any] = set()
         self.tested: Set[Any] = set()
+        self.being_canceled: Set[Any] = set()
         self.login: Set[Any] = set()
         self.waiters: Deque[Waiter] = deque()
         self.clients: Set[Any] = set()
@@ -119,11 +121,12 @@ class Pool:
         return f"{self.database.name}/{self.user.name}"
 
     def server_count(self) -> int:
-        return len(self.idle) + len(self.active) + len(self.tested) + len(self.login)
+        return (len(self.idle) + len(self.active) + len(self.tested) + len(self.login)
+                + len(self.being_canceled))
 
     def all_servers(self) -> List[Any]:
         """Connected servers (those still logging in have nothing to show yet)."""
-        return [*self.active, *self.idle, *self.tested]
+        return [*self.active, *self.idle, *self.tested, *self.being_canceled]
 
     def max_wait(self) -> float:
         if not self.waiters:
@@ -216,7 +219,16 @@ class Pool:
             self.close_server(server, server.close_reason or "too many servers in pool")
             return
         server.last_used = time.monotonic()
+        if server.cancels_in_flight:
+            self.being_canceled.add(server)
+            return
         self.give(server)
+
+    def cancels_done(self, server: Any) -> None:
+        """The last cancel request for *server* was answered: it may serve someone else."""
+        if server in self.being_canceled:
+            self.being_canceled.discard(server)
+            self.give(server)
 
     def give(self, server: Any) -> None:
         """Hand a ready server to the first waiter, or keep it idle (or close it if a lowered
@@ -316,7 +328,7 @@ class Pool:
 
     def close_server(self, server: Any, reason: str) -> None:
         """Forget *server* and close its connection; waiters may get a new one."""
-        for collection in (self.active, self.tested):
+        for collection in (self.active, self.tested, self.being_canceled):
             collection.discard(server)
         if server in self.idle:
             self.idle.remove(server)

@@ -44,17 +44,26 @@ class CancelRegistry:
         self.cancel_server(server, client.prefix)
 
     def cancel_server(self, server, prefix: str) -> None:
-        """Ask the server to cancel what it is running (from a new connection, as libpq does)."""
-        gevent.spawn(self._send_cancel, server.host, server.port, server.cancel_key, prefix)
+        """Ask the server to cancel what it is running (from a new connection, as libpq does).
 
-    def _send_cancel(self, host: str, port: int, key: Tuple[int, int], prefix: str) -> None:
+        Until PostgreSQL has acted on it, the server is not given to another client
+        (:meth:`Pool.release` keeps it ``being_canceled``).
+        """
+        server.cancels_in_flight += 1
+        gevent.spawn(self._send_cancel, server, prefix)
+
+    def _send_cancel(self, server, prefix: str) -> None:
         timeout = self.app.config.cancel_wait_timeout or None
         try:
             with gevent.Timeout(timeout, OSError("cancel_wait_timeout")):
-                family, sockaddr = self.app.resolver.resolve(host, port)[0]
+                family, sockaddr = self.app.resolver.resolve(server.host, server.port)[0]
                 with socket.socket(family, socket.SOCK_STREAM) as sock:
                     sock.connect(sockaddr)
-                    sock.sendall(frontend.cancel_request(*key))
-                    sock.recv(1)  # the server closes after acting on it
+                    sock.sendall(frontend.cancel_request(*server.cancel_key))
+                    sock.recv(1)  # the postmaster closes once it has signalled the backend
         except OSError as exc:
             log.warning("%s cancel request to server failed: %s", prefix, exc)
+        finally:
+            server.cancels_in_flight -= 1
+            if not server.cancels_in_flight:
+                server.pool.cancels_done(server)

@@ -59,6 +59,8 @@ class ServerConnection:
         self.close_needed = False
         self.close_reason = ""
         self.closed = False
+        #: Cancel requests sent for this connection that PostgreSQL has not acted on yet.
+        self.cancels_in_flight = 0
         config = pool.limits.config()
         self.engine = ServerEngine(config.max_packet_size,
                                    track_statements=config.max_prepared_statements > 0)

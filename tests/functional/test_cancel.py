@@ -88,3 +88,26 @@ def test_cancel_of_an_idle_client_is_harmless(pg, bouncer_factory) -> None:
         assert scalar(conn, "SELECT 1 FROM pg_sleep(0.3)") == 1
     finally:
         conn.close()
+
+
+def test_late_cancels_never_hit_the_next_client_of_the_server(pg, bouncer_factory) -> None:
+    """Many cancels for one client's query are still on their way when its server is
+    released: the client queued for that server must not have its query cancelled (PgBouncer's
+    test_cancel_race, GH #717)."""
+    bouncer = bouncer_factory(common_ini(pg, pool_mode="transaction", default_pool_size=1))
+    first, second = autocommit(bouncer.connect()), autocommit(bouncer.connect())
+    try:
+        cancelled = Background(lambda: sleep_and_time(first))
+        time.sleep(0.5)  # `first` holds the only server
+        queued = Background(lambda: scalar(second, "SELECT 42 FROM pg_sleep(1)"))
+        time.sleep(0.5)  # `second` waits for it
+        cancels = [threading.Thread(target=first.cancel) for _ in range(50)]
+        for thread in cancels:
+            thread.start()
+        assert cancelled.result(10) < 5
+        for thread in cancels:
+            thread.join(10)
+        assert queued.result(10) == 42
+    finally:
+        first.close()
+        second.close()
