@@ -144,13 +144,14 @@ class Pool:
         :raises WaitTimeout: no server became free in time.
         :raises ClientError: server login is failing (the server's own error is passed on).
         """
-        self._fail_fast_if_login_failing()
+        if self.last_login_failure is not None:
+            self._fail_fast_if_login_failing()
         if not self.database.resumed.is_set():
             self._wait_for_resume()
-        if not self.waiters:
-            server = self._take_idle()
-            if server is not None:
-                return self._activate(server, client)
+        if self.idle and not self.waiters:  # the common case, once per transaction
+            # (An idle server that went away was closed when its socket said so.)
+            server = self.idle.popleft() if self.round_robin else self.idle.pop()
+            return self._activate(server, client)
         waiter = Waiter(client)
         self.waiters.append(waiter)
         self.launch_if_needed()
@@ -199,12 +200,6 @@ class Pool:
                 "RESUME on the admin console (with the database's name if only it was paused) "
                 "lets its clients through")
 
-    def _take_idle(self) -> Optional[Any]:
-        # An idle server that went away was closed when its socket said so (server.readable).
-        if not self.idle:
-            return None
-        return self.idle.popleft() if self.round_robin else self.idle.pop()
-
     def _activate(self, server: Any, client: Any) -> Any:
         self.active.add(server)
         server.link = client
@@ -215,7 +210,7 @@ class Pool:
         """Return a server that finished its transaction/session, or hand it to a waiter."""
         self.active.discard(server)
         server.link = None
-        if server.close_needed or self.over_size():
+        if server.close_needed or (self.size and self.over_size()):
             self.close_server(server, server.close_reason or "too many servers in pool")
             return
         server.last_used = time.monotonic()

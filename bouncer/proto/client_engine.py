@@ -219,9 +219,10 @@ class ClientEngine:
                     pipeline.copy_data_sent()
             elif kind == _FLUSH:
                 pass
-            elif (kind in _NAMING and prepared is not None and not pipeline.skipping
-                  and prepared.capacity()):
+            elif kind in _NAMING and prepared is not None and not pipeline.skipping:
                 named = names_statement(kind, data, pos + _HEADER_LEN, end if end < size else size)
+                if named and not prepared.capacity():
+                    named = False  # tracking turned off: names go to the server as they are
                 if named is None and end <= size:
                     raise ProtocolError(f"malformed message of type {chr(kind)!r}")
                 if named is None or (named and end > size):

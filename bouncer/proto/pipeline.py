@@ -201,7 +201,8 @@ class Pipeline:
         :return: whether the client gets the reply (False for an injected request's).
         """
         entry = self.queue.popleft()
-        self._settle(entry)
+        if entry & SPECIAL:
+            self._settle(entry)
         return not entry & SKIP
 
     def error(self) -> None:

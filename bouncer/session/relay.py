@@ -277,7 +277,8 @@ class Link:
         server.wake = self._on_server
         server.watch.callback = self._on_server  # straight here, not through server.readable
         client.server = self.server = server
-        _sync_parameters(client, server)
+        if not client.vars.items() <= server.params.items():  # (checked in C)
+            _sync_parameters(client, server)
         if server.engine.buffered:  # PostgreSQL says nothing after ReadyForQuery unasked
             self._drop_server(server, "server sent data after ReadyForQuery")
             raise ClientError("server conn crashed?", sqlstate.CONNECTION_FAILURE)

@@ -38,8 +38,6 @@ def sync_query(wanted: Mapping[str, str], current: Mapping[str, str]) -> Optiona
     setting such as ``search_path=public,other`` stays a list of two schemas, where
     ``SET search_path = 'public,other'`` would name one schema "public,other".
     """
-    if wanted.items() <= current.items():  # the common case, checked in C
-        return None
     calls = [f"pg_catalog.set_config({quote_literal(name)}, {quote_literal(value)}, false)"
              for name, value in wanted.items() if current.get(name) != value]
     return "SELECT " + ", ".join(calls) if calls else None
