@@ -24,9 +24,10 @@ from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Union
 
 from bouncer.errors import ClientError
+from bouncer.proto.codec import build_message
 from bouncer.proto.constants import Frontend
 from bouncer.proto.extended import (STATEMENT, close_statement, describe_statement,
-                                    parse_bind_names, parse_parse, parse_target, renamed_bind)
+                                    parse_bind_names, parse_parse, parse_target)
 from bouncer.proto.pipeline import Pipeline
 from bouncer.proto.statements import ADD, REGISTRY, REMOVE, Statement, StatementRegistry
 
@@ -111,11 +112,13 @@ class PreparedStatements:
 
     def _bind(self, message: bytes, pipeline: Pipeline) -> bytes:
         payload = message[5:]
-        statement = self._known(parse_bind_names(payload)[1])
+        portal, name, rest = parse_bind_names(payload)
+        statement = self._known(name)
         self.stats.bind_count += 1
         prefix = self._ensure_prepared(statement, pipeline)
         pipeline.sent(_BIND)
-        return prefix + renamed_bind(payload, statement.name)
+        return prefix + build_message(_BIND, b"".join((portal, b"\0", statement.name, b"\0",
+                                                       payload[rest:])))
 
     def _describe(self, message: bytes, pipeline: Pipeline) -> bytes:
         statement = self._known(parse_target(message[5:], "Describe")[1])
