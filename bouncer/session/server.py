@@ -20,7 +20,7 @@ from bouncer.net.stream import ConnectionLost, raw_socket, read_message, send_al
 from bouncer.proto import backend, frontend, sqlstate
 from bouncer.proto.constants import Backend
 from bouncer.proto.server_engine import ServerEngine
-from bouncer.session.server_login import login
+from bouncer.session.server_login import ServerLoginError, login
 
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.app import App
@@ -220,9 +220,11 @@ def connect_server(app: "App", pool: "Pool",
     except ConnectionLost as exc:
         raise ServerError(f"server connection lost during login: {exc}",
                           sqlstate.CONNECTION_FAILURE) from exc
-    except ProtocolError as exc:  # a broken or hostile server: refuse it like a failed login
-        raise ServerError(f"server sent a malformed message during login: {exc}",
-                          sqlstate.PROTOCOL_VIOLATION) from exc
+    except ProtocolError as exc:
+        # A broken or hostile server answered: that is a refused login, and the clients
+        # waiting for it get the error now rather than after query_wait_timeout.
+        raise ServerLoginError(f"server sent a malformed message during login: {exc}",
+                               sqlstate.PROTOCOL_VIOLATION) from exc
     except OSError as exc:
         _log_connect_failure(app, pool, host, port, exc)
         raise ServerError(f"could not connect to server: {exc.strerror or exc}",
