@@ -34,6 +34,9 @@ FDS_COLUMNS = columns("issssiqisssssbb", "fd", "task", "user", "database", "addr
                       "cancel", "link", "client_encoding", "std_strings", "datestyle",
                       "timezone", "password", "scram_client_key", "scram_server_key")
 
+#: The ``replication`` column, from the startup value (session.replication's constants).
+_REPLICATION = {"no": "none", "database": "logical", "yes": "physical"}
+
 #: Server states by the pool collection holding them, in PgBouncer's listing order.
 _SERVER_SETS = (("active", "active"), ("idle", "idle"), ("tested", "tested"),
                 ("being_canceled", "being_canceled"))
@@ -78,7 +81,8 @@ def _client_rows(app: "App", debug: bool) -> Iterator[List[Any]]:
 
 def _client_row(client: Any, state: str, waited: float, debug: bool) -> List[Any]:
     wait, wait_us = split_seconds(waited)
-    row = ["C", client.user, client.database, "none", state, client.addr, client.port,
+    row = ["C", client.user, client.database, _REPLICATION[client.replication], state,
+           client.addr, client.port,
            client.local_addr, client.local_port, timestamp(client.connect_time),
            timestamp(client.request_time), wait, wait_us, 0, pointer(client),
            pointer(client.server), 0, client.tls, client.application_name,
@@ -98,7 +102,8 @@ def _server_rows(app: "App", debug: bool) -> Iterator[List[Any]]:
 def _server_row(server: Any, state: str, debug: bool) -> List[Any]:
     pool = server.pool
     last_request = time.time() - server.idle_for()
-    row = ["S", pool.user.name, pool.database.name, "none", state, server.addr, server.port,
+    replication = _REPLICATION[getattr(server.link, "replication", "no")]
+    row = ["S", pool.user.name, pool.database.name, replication, state, server.addr, server.port,
            server.local_addr, server.local_port, timestamp(server.connect_time),
            timestamp(last_request), 0, 0, int(server.close_needed), pointer(server),
            pointer(server.link), server.cancel_key[0], server.tls,

@@ -117,11 +117,14 @@ def bouncer_auth_method(app: "App", client: "ClientSession") -> Optional[str]:
     address = None if client.unix else ipaddress.ip_address(client.addr)
     tls = bool(client.tls)
     rule = _matching_rule(policy, client)
+    physical = _physical_replication(client)
     if rule is None:
-        raise _refused(no_entry_message(address, client.user, client.database, tls),
+        raise _refused(no_entry_message(address, client.user, client.database, tls,
+                                        replication=physical),
                        "no matching line in auth_hba_file")
     if rule.method == "reject":
-        raise _refused(reject_message(address, client.user, client.database, tls),
+        raise _refused(reject_message(address, client.user, client.database, tls,
+                                      replication=physical),
                        f"auth_hba_file line {rule.lineno} rejects the connection")
     _check_clientcert(rule, client)
     mapname = rule.options.get("map")
@@ -133,7 +136,13 @@ def bouncer_auth_method(app: "App", client: "ClientSession") -> Optional[str]:
 def _matching_rule(policy: HbaPolicy, client: "ClientSession") -> Optional[HbaRule]:
     address = None if client.unix else ipaddress.ip_address(client.addr)
     return policy.rules.match(conn_type="local" if client.unix else "host", tls=bool(client.tls),
-                              address=address, database=client.database, user=client.user)
+                              address=address, database=client.database, user=client.user,
+                              replication=_physical_replication(client))
+
+
+def _physical_replication(client: "ClientSession") -> bool:
+    """Only the ``replication`` keyword matches a physical replication connection."""
+    return getattr(client, "replication", "no") == "yes"
 
 
 def usermap_for(app: "App", client: "ClientSession") -> Optional[UserMap]:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Deque, List, Optional, Set, Tup
 
 import gevent
 from gevent import get_hub
+from gevent.event import Event
 from gevent.hub import Waiter as HubWaiter
 
 from bouncer.errors import ClientError
@@ -94,6 +95,9 @@ class Pool:
         self.tested: Set[Any] = set()
         self.being_canceled: Set[Any] = set()
         self.login: Set[Any] = set()
+        #: Set when a server closes: a client waiting for room for a connection of its own
+        #: (replication) looks again.
+        self._room = Event()
         self.waiters: Deque[Waiter] = deque()
         self.clients: Set[Any] = set()
         #: ParameterStatus values a server sent at login: what new clients are told.
@@ -260,14 +264,20 @@ class Pool:
         if self.last_login_failure is not None and self._retry_pending():
             return False
         size = self.size
+        from_reserve = False
         if size:
-            allowed = size
-            if self.waiters and self.max_wait() >= self.limits.reserve_timeout():
-                allowed += self.reserve
-            if self.server_count() >= allowed:
-                return False
+            count = self.server_count()
+            if count >= size:
+                from_reserve = (self.waiters and count < size + self.reserve
+                                and self.max_wait() >= self.limits.reserve_timeout())
+                if not from_reserve:
+                    return False
         self.blocked_by = self._cross_pool_limit(self)
-        return self.blocked_by is None
+        if self.blocked_by is not None:
+            return False
+        if from_reserve:  # PgBouncer's line, for the client waiting longest
+            log.warning("%s taking connection from reserve_pool", self.waiters[0].client.prefix)
+        return True
 
     def launch(self) -> None:
         placeholder = _Connecting()
@@ -329,7 +339,46 @@ class Pool:
             self.idle.remove(server)
         server.link = None
         server.close(reason)
+        self._room.set()
         self.database.registry.server_closed(self)
+
+    # -- connections of their own (replication) ---------------------------------------------------
+
+    def reserve_dedicated(self) -> "_Connecting":
+        """Room for a connection that one client keeps to itself (replication, as in PgBouncer).
+
+        It counts towards pool_size: an idle server is evicted to make room (the one idle the
+        longest), or the client waits, within query_wait_timeout, for a server to close.  The
+        caller opens the connection, then calls :meth:`adopt_dedicated` or
+        :meth:`unreserve`.
+
+        :raises WaitTimeout: no room became free in time.
+        """
+        wait = self.limits.query_wait_timeout() or None
+        deadline = None if wait is None else time.monotonic() + wait
+        while self.size and self.server_count() >= self.size:
+            if self.idle:
+                self.close_server(self.idle[0], "evicted")
+                continue
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise WaitTimeout()
+            self._room.clear()
+            self._room.wait(remaining)
+        placeholder = _Connecting()
+        self.login.add(placeholder)
+        return placeholder
+
+    def adopt_dedicated(self, placeholder: "_Connecting", server: Any, client: Any) -> None:
+        """The connection is open: it serves *client* alone, and closes when it leaves."""
+        self.login.discard(placeholder)
+        server.dedicated = True
+        self._activate(server, client)
+
+    def unreserve(self, placeholder: "_Connecting") -> None:
+        """The connection could not be opened."""
+        self.login.discard(placeholder)
+        self._room.set()
 
     def close_idle(self, predicate: Callable[[Any], Optional[str]]) -> None:
         """Close idle servers for which *predicate* returns a reason (janitor's sweeps)."""

@@ -24,7 +24,7 @@ from bouncer.proto.client_engine import ClientEngine
 from bouncer.proto.constants import PROTOCOL_3_0, TXN_IDLE
 from bouncer.proto.framing import CancelRequest, GSSENCRequest, SSLRequest, StartupMessage
 from bouncer.admin.console import serve_admin
-from bouncer.session import client_auth, relay
+from bouncer.session import client_auth, relay, replication
 from bouncer.session.startup_checks import check_startup_names, quoted
 from bouncer.session.varcache import tracked_names
 
@@ -77,9 +77,14 @@ class ClientSession:
         self.wait_time_us = 0
         self.cancel_key: Tuple[int, int] = (random.getrandbits(31), random.getrandbits(32))
         self.close_reason = ""
+        self.closing_logged = False
         self.greenlet = gevent.getcurrent()
         self.credentials: Any = None
         self.scram_keys: Optional[tuple] = None
+        #: The ``replication`` startup value: replication.NONE, LOGICAL or PHYSICAL.
+        self.replication = replication.NONE
+        #: A replication client's ``options`` startup parameter, for its own server.
+        self.startup_options: Optional[str] = None
 
     @staticmethod
     def _local_address(sock: socket.socket, unix: bool) -> Tuple[str, int]:
@@ -129,6 +134,8 @@ class ClientSession:
         """
         if isinstance(err, client_auth.LoginRefused) or not self.close_reason:
             self.close_reason = err.log_reason
+        if err.severity == "FATAL":
+            self._log_closing()  # before the error goes out, as PgBouncer logs it
         if self.app.config.log_pooler_errors:  # PgBouncer's switch for exactly this line
             level = logging.WARNING if not self.logged_in else logging.INFO
             log.log(level, "%s pooler error: %s", self.prefix, self.close_reason)
@@ -155,14 +162,20 @@ class ClientSession:
         if self.pool is not None:
             self.pool.clients.discard(self)
         self.app.forget_client(self)
-        if self.logged_in and self.app.config.log_disconnections:
-            age = time.time() - self.connect_time
-            log.info("%s closing because: %s (age=%ds)", self.prefix,
-                     self.close_reason or "client close request", age)
+        self._log_closing()
         try:
             self.sock.close()
         except OSError:
             pass  # already closed by the peer
+
+    def _log_closing(self) -> None:
+        """PgBouncer's ``closing because`` line, once; refused logins get it too: operators
+        grep it for why a client left."""
+        if self.closing_logged or not self.app.config.log_disconnections:
+            return
+        self.closing_logged = True
+        log.info("%s closing because: %s (age=%ds)", self.prefix,
+                 self.close_reason or "client close request", time.time() - self.connect_time)
 
     # -- login -----------------------------------------------------------------------------
 
@@ -175,8 +188,8 @@ class ClientSession:
                 return False
             self._accept_startup(startup)
             if self.app.config.log_connections:
-                log.info("%s login attempt: db=%s user=%s tls=%s replication=no", self.prefix,
-                         self.database, self.user, self.tls or "no")
+                log.info("%s login attempt: db=%s user=%s tls=%s replication=%s", self.prefix,
+                         self.database, self.user, self.tls or "no", self.replication)
             for check in (self.app.hooks.check_client_tls, self.app.hooks.client_admit):
                 refusal = check(self.app, self)
                 if refusal is not None:
@@ -223,9 +236,10 @@ class ClientSession:
         self.database = params.get("database") or self.user
         if startup.protocol != PROTOCOL_3_0 or _pq_options(params):
             send_all(self.sock, backend.negotiate_protocol_version(0, _pq_options(params)))
-        if params.get("replication", "false").lower() not in ("false", "off", "no", "0"):
-            raise ClientError("replication connections are not supported by bouncer yet",
-                              sqlstate.FEATURE_NOT_SUPPORTED)
+        self.replication = replication.replication_kind(params.get("replication", "no"))
+        if self.replication != replication.NONE and "options" in params:
+            # Its server is its own: the options go there as they are (PgBouncer does so).
+            self.startup_options = params.pop("options")
         self.params = self._check_parameters(params)
         self.application_name = self.params.get("application_name", "")
 
@@ -277,10 +291,14 @@ class ClientSession:
     def _send_welcome(self) -> None:
         """AuthenticationOk, the server's parameters (with this client's own), key, ReadyForQuery."""
         pool = self.pool
-        if pool.welcome_params is None:
-            relay.fetch_welcome_params(self)
+        if self.replication != replication.NONE:
+            welcome = replication.open_server(self).params
+        else:
+            if pool.welcome_params is None:
+                relay.fetch_welcome_params(self)
+            welcome = pool.welcome_params
         tracked = tracked_names(self.app.config.track_extra_parameters).values()
-        params = dict(pool.welcome_params)
+        params = dict(welcome)
         params.update(self.params)
         self.vars = {name: params[name] for name in tracked if name in params}
         parts = [backend.authentication(0)]

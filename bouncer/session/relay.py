@@ -98,7 +98,8 @@ class Link:
         self.client = client
         self.pool = pool
         self.stats = pool.database.stats
-        self.mode = limits.pool_mode()
+        # A replication client's server is its own for the whole session.
+        self.mode = limits.pool_mode() if not client.server else SESSION
         self.releasing = self.mode != SESSION
         self.engine = client.engine
         #: Named prepared statements are tracked only where servers change hands.
@@ -126,6 +127,8 @@ class Link:
         self.client_at_boundary = True
         self.query_start = 0.0
         self.xact_start = 0.0
+        if client.server is not None:  # opened at login (replication)
+            self._link(client.server)
 
     def run(self) -> None:
         try:
@@ -217,7 +220,8 @@ class Link:
             self._drop_server(server, "query timeout")
             return ClientError("query timeout", sqlstate.QUERY_CANCELED)
         self._drop_server(server, "idle transaction timeout")
-        return ClientError("idle transaction timeout", sqlstate.IDLE_IN_TRANSACTION_TIMEOUT)
+        # PgBouncer's SQLSTATE, not PostgreSQL's 25P03: drivers raise the same exception class.
+        return ClientError("idle transaction timeout", sqlstate.PROTOCOL_VIOLATION)
 
     # -- client -> server ----------------------------------------------------------------------
 
@@ -274,14 +278,17 @@ class Link:
         client = self.client
         client.request_time = time.time()
         server = self.pool.acquire(client)
-        server.wake = self._on_server
-        server.watch.callback = self._on_server  # straight here, not through server.readable
-        client.server = self.server = server
+        self._link(server)
         if not client.vars.items() <= server.params.items():  # (checked in C)
             _sync_parameters(client, server)
         if server.engine.buffered:  # PostgreSQL says nothing after ReadyForQuery unasked
             self._drop_server(server, "server sent data after ReadyForQuery")
             raise ClientError("server conn crashed?", sqlstate.CONNECTION_FAILURE)
+
+    def _link(self, server: "ServerConnection") -> None:
+        server.wake = self._on_server
+        server.watch.callback = self._on_server  # straight here, not through server.readable
+        self.client.server = self.server = server
         pipeline = server.engine.pipeline
         self.engine.pipeline = pipeline
         if self.engine.prepared is not None:
@@ -435,7 +442,9 @@ def unlink_on_exit(client: "ClientSession") -> None:
     if len(engine.pipeline):
         # The backend would run the query to its end before reading our Terminate.
         client.app.cancels.cancel_server(server, client.prefix)
-    if engine.status != TXN_IDLE or len(engine.pipeline):
+    if server.dedicated:
+        pool.close_server(server, "replication client disconnected")
+    elif engine.status != TXN_IDLE or len(engine.pipeline):
         pool.close_server(server, "client disconnect while server was not ready")
     elif not (engine.pipeline.idle and engine.at_boundary and link.engine.at_boundary):
         pool.close_server(server, "client disconnect before everything was sent to the server")

@@ -61,6 +61,8 @@ class ServerConnection:
         self.closed = False
         #: Cancel requests sent for this connection that PostgreSQL has not acted on yet.
         self.cancels_in_flight = 0
+        #: Opened for one client (replication), never shared, closed when that client leaves.
+        self.dedicated = False
         config = pool.limits.config()
         self.engine = ServerEngine(config.max_packet_size,
                                    track_statements=config.max_prepared_statements > 0)
@@ -185,13 +187,14 @@ class ServerConnection:
 
 
 def connect_server(app: "App", pool: "Pool",
-                   on_connected: Optional[Callable[[ServerConnection], None]] = None
-                   ) -> ServerConnection:
+                   on_connected: Optional[Callable[[ServerConnection], None]] = None,
+                   startup_params: Optional[Dict[str, str]] = None) -> ServerConnection:
     """Open and log in a new server connection for *pool* (the pool's connector).
 
     :param on_connected: called with the connection once its socket is open, before the login
         (``bouncer --check --connect`` keeps it to report TLS and the auth request even when
         the login then fails).
+    :param startup_params: more startup parameters (a replication client's own).
     :raises ClientError: connect or login failed; the message says why, for the client.
     """
     database = pool.database
@@ -212,7 +215,7 @@ def connect_server(app: "App", pool: "Pool",
                 server = ServerConnection(pool, sock, host, addr, port)
                 if on_connected is not None:
                     on_connected(server)
-                login(app, server, pool)
+                login(app, server, pool, startup_params)
                 logged_in = True
             finally:
                 if not logged_in:  # a refused or broken login: nothing else will close it

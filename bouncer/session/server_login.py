@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Dict, Optional
 
 from bouncer.auth.md5 import is_md5_secret, md5_response
 from bouncer.auth.scram import ScramClient, ScramError, parse_scram_secret
@@ -49,12 +49,17 @@ def _wrong_password_type(detail: str, hint: str = _PLAIN_PASSWORD_HINT) -> Serve
                             detail=detail, hint=hint)
 
 
-def login(app: "App", server: "ServerConnection", pool: "Pool") -> None:
-    """Run the whole login on a connected socket; fills ``server.params`` and ``cancel_key``."""
+def login(app: "App", server: "ServerConnection", pool: "Pool",
+          startup_params: Optional[Dict[str, str]] = None) -> None:
+    """Run the whole login on a connected socket; fills ``server.params`` and ``cancel_key``.
+
+    :param startup_params: sent besides the database's own (a replication client's).
+    """
     _maybe_start_tls(app, server)
     user, secret = _server_identity(pool)
     params = {"user": user, "database": pool.database.definition.dbname or pool.database.name}
     params.update(pool.database.definition.startup_params)
+    params.update(startup_params or {})
     send_all(server.sock, frontend.startup_message(params))
     exchange = _AuthExchange(server, pool, user, secret)
     while True:
@@ -68,6 +73,8 @@ def login(app: "App", server: "ServerConnection", pool: "Pool") -> None:
             server.cancel_key = backend.parse_backend_key_data(payload)
         elif kind == Backend.ERROR_RESPONSE:
             fields = backend.parse_error_fields(payload)
+            log.warning("%s server login failed: %s %s", server.prefix, fields.get("S", ""),
+                        fields.get("M", ""))
             # A hostile or broken server may leave out the SQLSTATE or send an empty one.
             raise ServerLoginError(fields.get("M", "server login failed"),
                                    fields.get("C") or sqlstate.CONNECTION_FAILURE, "FATAL")
