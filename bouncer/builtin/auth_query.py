@@ -84,8 +84,11 @@ def _auth_pool(app: "App", spec: AuthQuerySpec) -> Optional["Pool"]:
     return pool
 
 
-def _lookup_failed(user: str, spec: AuthQuerySpec, exc: Exception) -> AuthFailed:
-    """Fail closed: the client learns only that authentication failed, the log says why."""
+def _lookup_failed(user: str, spec: AuthQuerySpec, exc: Exception) -> ClientError:
+    """Fail closed: the client learns only that authentication failed, the log says why;
+    except that the database it asked for does not exist, which PostgreSQL would tell it too."""
+    if isinstance(exc, ClientError) and exc.sqlstate == sqlstate.INVALID_CATALOG_NAME:
+        return exc
     reason = (getattr(exc, "message", None) or str(exc)) + failure_hint(
         getattr(exc, "sqlstate", ""))
     log.error("auth_query for user %r as %r in database %r failed: %s", user, spec.auth_user,

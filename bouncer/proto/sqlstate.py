@@ -14,7 +14,6 @@ PROTOCOL_VIOLATION = "08P01"
 FEATURE_NOT_SUPPORTED = "0A000"
 
 # Class 25: invalid transaction state
-IDLE_IN_TRANSACTION_TIMEOUT = "25P03"
 
 # Class 28: invalid authorization specification
 INVALID_AUTHORIZATION = "28000"

@@ -33,12 +33,24 @@ ADMIN_LOCAL_USER = "pgbouncer"
 
 
 class LoginRefused(AuthFailed):
-    """Authentication failed; ``log_reason`` says why (never sent to the client)."""
+    """Authentication failed.  The client and the ``closing because`` line get PgBouncer's
+    words, which do not tell an unknown user from a wrong password; ``why`` does, for the log
+    and the client_login hook only."""
+
+    def __init__(self, message: str, sqlstate: str, *, log_reason: str = "",
+                 why: str = "") -> None:
+        super().__init__(message, sqlstate, log_reason=log_reason)
+        self.why = why or self.log_reason
 
 
-def password_failed(user: str, reason: str) -> LoginRefused:
+def password_failed(user: str, why: str) -> LoginRefused:
     return LoginRefused(f'password authentication failed for user "{user}"',
-                        sqlstate.INVALID_PASSWORD, log_reason=reason)
+                        sqlstate.INVALID_PASSWORD, log_reason="password authentication failed",
+                        why=why)
+
+
+def sasl_failed(why: str) -> LoginRefused:
+    return LoginRefused("SASL authentication failed", sqlstate.INVALID_PASSWORD, why=why)
 
 
 def authenticate(client: "ClientSession") -> None:
@@ -53,8 +65,13 @@ def authenticate(client: "ClientSession") -> None:
         method = app.hooks.auth_method(app, client)
         credentials = app.hooks.get_credentials(app, client.user, client.database)
         scram_keys = _run_method(client, method, credentials)
+    except LoginRefused as err:
+        if err.why != err.log_reason:
+            log.info("%s %s", client.prefix, err.why)
+        app.hooks.client_login(app, client, False, err.why)
+        raise
     except ClientError as err:
-        app.hooks.client_login(app, client, False, getattr(err, "log_reason", err.message))
+        app.hooks.client_login(app, client, False, err.log_reason)
         raise
     app.hooks.client_login(app, client, True, "")
     client.credentials = credentials
@@ -87,9 +104,8 @@ def _run_method(client: "ClientSession", method: Optional[str],
     user = client.user
     if method in ("trust", "any"):
         if credentials is None and method == "trust":
-            raise LoginRefused(f'password authentication failed for user "{user}"',
-                               sqlstate.INVALID_PASSWORD,
-                               log_reason=f"no such user: {user} (trust needs a known user)")
+            raise LoginRefused('"trust" authentication failed', sqlstate.INVALID_AUTHORIZATION,
+                               why=f"no such user: {user} (trust needs a known user)")
         return None
     if method == "reject" or method is None:
         raise LoginRefused(f'authentication rejected for user "{user}"',
@@ -162,6 +178,11 @@ def _secret_for_plain(password: str, iterations: int) -> ScramSecret:
 def _check_scram(client: "ClientSession", credentials: Optional[Credentials]) -> Optional[tuple]:
     secret = credentials.secret if credentials is not None else None
     scram_secret = parse_scram_secret(secret) if secret else None
+    unusable = None  # why no proof can succeed, when none can
+    if credentials is None:
+        unusable = f"no such user: {client.user}"
+    elif not secret or is_md5_secret(secret):
+        unusable = f"user {client.user} has no secret that can check a SCRAM proof (md5 or none)"
     if scram_secret is not None:
         server = ScramServer(scram_secret)
     elif secret and not is_md5_secret(secret):
@@ -179,11 +200,11 @@ def _check_scram(client: "ClientSession", credentials: Optional[Credentials]) ->
                                                      server.handle_client_first(first)))
         final = server.handle_client_final(_read_password_message(client))
     except ScramAuthFailed:
-        raise password_failed(client.user, "wrong password (SCRAM)") from None
+        raise sasl_failed(unusable or "wrong password (SCRAM)") from None
     except ScramError as exc:
         raise ClientError(f"malformed SCRAM message: {exc}", sqlstate.PROTOCOL_VIOLATION) from None
-    if credentials is None or (secret and is_md5_secret(secret)):
-        raise password_failed(client.user, f"no such user or no SCRAM-capable secret: {client.user}")
+    if unusable:
+        raise sasl_failed(unusable)
     send_all(client.sock, backend.authentication(AuthCode.SASL_FINAL, final))
     if scram_secret is not None:
         return (server.client_key, scram_secret.server_key)

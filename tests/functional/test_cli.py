@@ -305,6 +305,28 @@ def test_login_and_disconnect_lines_in_pgbouncers_format(pg, bouncer_factory) ->
     bouncer.wait_for_log(LINE_START + "LOG " + client + r" closing because: .* \(age=\d+s\)$")
 
 
+@pytest.mark.parametrize("auth_type, user, told", [
+    ("md5", "md5user", "password authentication failed"),
+    ("md5", "nobody", "password authentication failed"),
+    ("scram-sha-256", "nobody", "SASL authentication failed"),
+    ("trust", "nobody", '"trust" authentication failed'),
+])
+def test_a_refused_login_is_logged_before_the_client_hears_of_it(
+        pg, bouncer_factory, auth_type: str, user: str, told: str) -> None:
+    # PgBouncer's order and words, which its own tests read the moment the client is refused;
+    # what really went wrong (an unknown user) has a line of its own.
+    bouncer = bouncer_factory(common_ini(pg, auth_type=auth_type))
+    with pytest.raises(psycopg2.OperationalError, match=told):
+        bouncer.connect(user=user, password="wrong")
+    log = bouncer.log_text()
+    client = rf"C-0x[0-9a-f]+: testdb/{user}@127\.0\.0\.1:\d+"
+    closing = re.search(rf"{client} closing because: {told}( for user \S+)? \(age=0s\)$", log,
+                        re.M)
+    refused = re.search(rf"{client} pooler error: {told}", log)
+    assert closing and refused and closing.start() < refused.start(), log
+    assert (f"no such user: {user}" in log) == (user == "nobody")
+
+
 def test_log_connections_off_silences_login_lines(pg, bouncer_factory) -> None:
     bouncer = bouncer_factory(common_ini(pg, log_connections=0, log_disconnections=0))
     conn = bouncer.connect()

@@ -9,6 +9,7 @@ transaction pooling mode.
 """
 from __future__ import annotations
 
+import re
 import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
@@ -386,6 +387,10 @@ def test_reserve_pool_opens_after_reserve_pool_timeout(
         assert not third.done() and servers(pg, user) == 2
         holder.commit()
         assert third.result(timeout=3) == 1
+        # PgBouncer's warning, once: for the one reserve connection opened.
+        taken = re.findall(rf"WARNING C-0x\w+: testdb/{user}@\S+ taking connection from "
+                           r"reserve_pool$", bouncer.log_text(), re.M)
+        assert len(taken) == 1
     finally:
         holder.close()
         if second is not None:

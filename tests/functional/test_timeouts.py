@@ -90,7 +90,7 @@ def test_idle_transaction_timeout(pg, start, mode: str) -> None:
         started = time.monotonic()
         error = error_before_close(sock, 5)
         assert 0.8 < elapsed_since(started) < 3
-    assert error["M"] == "idle transaction timeout"
+    assert (error["M"], error["C"]) == ("idle transaction timeout", "08P01")  # PgBouncer's
     wait_for_server_pids(pg, USER, lambda pids: pid not in pids)  # its transaction is gone
 
 
