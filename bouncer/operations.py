@@ -27,7 +27,7 @@ class OperationError(ClientError):
     """An admin command cannot be carried out (sent as ERROR, the console stays usable)."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, sqlstate.OBJECT_NOT_IN_PREREQUISITE_STATE, "ERROR")
+        super().__init__(message, sqlstate.PROTOCOL_VIOLATION, "ERROR")  # as PgBouncer's
 
 
 def _targets(app: "App", database: Optional[str]) -> List["DatabaseState"]:
@@ -137,7 +137,7 @@ def kill_client(app: "App", client_id: int) -> None:
         if client.id == client_id:
             kill_client_session(client, "client killed by admin")
             return
-    raise OperationError(f"no such client: {client_id}")
+    raise OperationError("client not found")
 
 
 def kill_client_session(client, reason: str) -> None:

@@ -31,7 +31,8 @@ Handler = TypeVar("Handler", bound=Callable[..., "Result"])
 class AdminError(ClientError):
     """A command failed; the user sees an ERROR and the console stays usable."""
 
-    def __init__(self, message: str, code: str = sqlstate.OBJECT_NOT_IN_PREREQUISITE_STATE,
+    # PgBouncer answers every console error with 08P01; drivers' exception classes follow it.
+    def __init__(self, message: str, code: str = sqlstate.PROTOCOL_VIOLATION,
                  detail: Optional[str] = None) -> None:
         super().__init__(message, code, "ERROR", detail=detail)
 

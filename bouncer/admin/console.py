@@ -112,8 +112,8 @@ class Console:
         try:
             result = self.execute(query)
         except (InvalidCommand, grammar.GrammarError):
-            self._send(self._error(AdminError(f"invalid command '{query}', use SHOW HELP;",
-                                              sqlstate.SYNTAX_ERROR)) + _READY)
+            self._send(self._error(AdminError(f"invalid command '{query}', use SHOW HELP;"))
+                       + _READY)
             return
         except ClientError as err:
             self._send(self._error(err) + _READY)

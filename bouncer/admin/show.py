@@ -11,6 +11,7 @@ pooler's state is computed in one place.
 """
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from bouncer import VERSION_STRING
@@ -129,10 +130,11 @@ def pool_table(app: "App") -> List[List[Any]]:
 
 
 def _pool_row(pool: "Pool") -> List[Any]:
-    waiting = {waiter.client for waiter in pool.waiters}
-    seconds, micros = split_seconds(pool.max_wait())
+    waiting = pool.waiting_clients()
+    longest = time.monotonic() - min(waiting.values()) if waiting else 0.0
+    seconds, micros = split_seconds(longest)
     # Cancel requests are forwarded at once, never queued, so their lists are always empty.
-    return [pool.database.name, pool.user.name, len(pool.clients - waiting), len(waiting), 0, 0,
+    return [pool.database.name, pool.user.name, len(pool.clients - waiting.keys()), len(waiting), 0, 0,
             len(pool.active), 0, len(pool.being_canceled), len(pool.idle), 0, len(pool.tested),
             len(pool.login),
             seconds, micros, pool.limits.pool_mode(), _load_balance_hosts(pool.database),

@@ -56,8 +56,8 @@ def timestamp(epoch: float) -> str:
 
 def _waiting_since(app: "App") -> Dict[Any, float]:
     """Queued clients and when they started to wait (monotonic)."""
-    return {waiter.client: waiter.since for pool in app.registry.pools()
-            for waiter in pool.waiters}
+    return {client: since for pool in app.registry.pools()
+            for client, since in pool.waiting_clients().items()}
 
 
 def _client_rows(app: "App", debug: bool) -> Iterator[List[Any]]:

@@ -28,11 +28,10 @@ def expiry_reason(config: "Config", server: "ServerConnection") -> Optional[str]
     """Why an idle server should close now (lifetime, idle timeout), or ``None``.
 
     (One that went away is closed as soon as its socket says so: ServerConnection.readable.)"""
-    lifetime = server.pool.limits.server_lifetime()
-    if lifetime and server.age() > lifetime:
-        return "server lifetime over"
     if config.server_idle_timeout and server.idle_for() > config.server_idle_timeout:
         return "server idle timeout"
+    if server.pool.lifetime_close_due(server):
+        return "server lifetime over"
     return None
 
 

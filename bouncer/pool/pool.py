@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 import gevent
 from gevent import get_hub
@@ -99,6 +99,8 @@ class Pool:
         #: (replication) looks again.
         self._room = Event()
         self.waiters: Deque[Waiter] = deque()
+        #: Clients held by PAUSE before they queue for a server, and since when (monotonic).
+        self.held: Dict[Any, float] = {}
         self.clients: Set[Any] = set()
         #: ParameterStatus values a server sent at login: what new clients are told.
         self.welcome_params: Optional[dict] = None
@@ -117,6 +119,9 @@ class Pool:
         self.size = limits.pool_size()
         self.reserve = limits.reserve_size()
         self.round_robin = limits.round_robin()
+        self.lifetime = limits.server_lifetime()
+        #: When a server was last closed for its lifetime (monotonic), to spread such closings.
+        self.last_lifetime_close = 0.0
 
     # -- names and counts ----------------------------------------------------------------------
 
@@ -137,6 +142,13 @@ class Pool:
             return 0.0
         return time.monotonic() - self.waiters[0].since
 
+    def waiting_clients(self) -> Dict[Any, float]:
+        """Every client waiting (for a server, or for RESUME) and since when: SHOW's
+        ``waiting``."""
+        waiting = dict(self.held)
+        waiting.update((waiter.client, waiter.since) for waiter in self.waiters)
+        return waiting
+
     # -- acquiring and releasing ---------------------------------------------------------------
 
     def acquire(self, client: Any) -> Any:
@@ -151,7 +163,7 @@ class Pool:
         if self.last_login_failure is not None:
             self._fail_fast_if_login_failing()
         if not self.database.resumed.is_set():
-            self._wait_for_resume()
+            self._wait_for_resume(client)
         if self.idle and not self.waiters:  # the common case, once per transaction
             # (An idle server that went away was closed when its socket said so.)
             server = self.idle.popleft() if self.round_robin else self.idle.pop()
@@ -195,9 +207,14 @@ class Pool:
             "transactions that hold servers; SHOW POOLS and SHOW CHECKS on the admin console "
             "show the pool and its server logins")
 
-    def _wait_for_resume(self) -> None:
+    def _wait_for_resume(self, client: Any) -> None:
         """PAUSE: hold the client until RESUME (or until query_wait_timeout)."""
-        if not self.database.resumed.wait(self.limits.query_wait_timeout() or None):
+        self.held[client] = time.monotonic()
+        try:
+            resumed = self.database.resumed.wait(self.limits.query_wait_timeout() or None)
+        finally:
+            del self.held[client]
+        if not resumed:
             raise WaitTimeout(
                 f"database {self.database.name} is paused (PAUSE, KILL or SUSPEND on the admin "
                 "console, or a shutdown waiting for its servers)",
@@ -210,12 +227,19 @@ class Pool:
         self.database.stats.server_assignment_count += 1
         return server
 
-    def release(self, server: Any) -> None:
-        """Return a server that finished its transaction/session, or hand it to a waiter."""
+    def release(self, server: Any, served: bool = True) -> None:
+        """Return a server that finished its transaction/session, or hand it to a waiter.
+
+        :param served: False when it only told a new client the server's parameters: that is
+            not a use that server_lifetime counts.
+        """
         self.active.discard(server)
         server.link = None
         if server.close_needed or (self.size and self.over_size()):
             self.close_server(server, server.close_reason or "too many servers in pool")
+            return
+        if served and self.lifetime_close_due(server):  # on release too, as in PgBouncer
+            self.close_server(server, "server lifetime over")
             return
         server.last_used = time.monotonic()
         if server.cancels_in_flight:
@@ -248,6 +272,20 @@ class Pool:
         self.size = self.limits.pool_size()
         self.reserve = self.limits.reserve_size()
         self.round_robin = self.limits.round_robin()
+        self.lifetime = self.limits.server_lifetime()
+
+    def lifetime_close_due(self, server: Any) -> bool:
+        """*server* is older than server_lifetime (0: it served once), and no other server of
+        the pool was closed for its age less than lifetime / pool_size ago: PgBouncer spreads
+        these closings so that a pool opened at once is not reopened at once.  True counts as
+        such a closing: the caller closes the server."""
+        if server.age() < self.lifetime:
+            return False
+        now = time.monotonic()
+        if now - self.last_lifetime_close < (self.lifetime / self.size if self.size else 0.0):
+            return False
+        self.last_lifetime_close = now
+        return True
 
     def over_size(self) -> bool:
         size = self.size

@@ -23,7 +23,6 @@ INVALID_PASSWORD = "28P01"
 INVALID_CATALOG_NAME = "3D000"
 
 # Class 42: syntax error or access rule violation (admin console; a failing auth_query)
-SYNTAX_ERROR = "42601"
 INSUFFICIENT_PRIVILEGE = "42501"
 UNDEFINED_FUNCTION = "42883"
 UNDEFINED_TABLE = "42P01"
@@ -32,7 +31,6 @@ UNDEFINED_TABLE = "42P01"
 TOO_MANY_CONNECTIONS = "53300"
 
 # Class 55: object not in prerequisite state (e.g. PAUSE while already paused)
-OBJECT_NOT_IN_PREREQUISITE_STATE = "55000"
 
 # Class 57: operator intervention
 QUERY_CANCELED = "57014"

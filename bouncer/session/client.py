@@ -6,7 +6,6 @@ exchanges live in :mod:`bouncer.session.client_auth`; the traffic after login in
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import random
 import socket
@@ -24,7 +23,7 @@ from bouncer.proto.client_engine import ClientEngine
 from bouncer.proto.constants import PROTOCOL_3_0, TXN_IDLE
 from bouncer.proto.framing import CancelRequest, GSSENCRequest, SSLRequest, StartupMessage
 from bouncer.admin.console import serve_admin
-from bouncer.session import client_auth, relay, replication
+from bouncer.session import client_auth, next_socket_id, relay, replication
 from bouncer.session.startup_checks import check_startup_names, quoted
 from bouncer.session.varcache import tracked_names
 
@@ -37,9 +36,6 @@ log = logging.getLogger(__name__)
 
 ADMIN_DATABASE = "pgbouncer"
 
-#: Unique ids for SHOW CLIENTS' ``id`` column and KILL_CLIENT.
-_ids = itertools.count(1)
-
 #: Startup parameters every pooler accepts without tracking them.
 _ALWAYS_ACCEPTED = {"user", "database", "replication"}
 
@@ -49,7 +45,7 @@ class ClientSession:
 
     def __init__(self, app: "App", sock: socket.socket, addr: Any, unix: bool) -> None:
         self.app = app
-        self.id = next(_ids)
+        self.id = next_socket_id()
         self.sock = sock
         #: Everything the client sent and bouncer has not consumed yet, from the startup
         #: packet to Terminate.

@@ -427,7 +427,7 @@ def fetch_welcome_params(client: "ClientSession") -> None:
     server = pool.acquire(client)
     if pool.welcome_params is None:
         pool.welcome_params = dict(server.params)
-    pool.release(server)
+    pool.release(server, served=False)
 
 
 def unlink_on_exit(client: "ClientSession") -> None:

@@ -7,7 +7,6 @@ proto.c).
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import socket
 import time
@@ -20,6 +19,7 @@ from bouncer.net.stream import ConnectionLost, raw_socket, read_message, send_al
 from bouncer.proto import backend, frontend, sqlstate
 from bouncer.proto.constants import Backend
 from bouncer.proto.server_engine import ServerEngine
+from bouncer.session import next_socket_id
 from bouncer.session.server_login import ServerLoginError, login
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -27,9 +27,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from bouncer.pool.pool import Pool
 
 log = logging.getLogger(__name__)
-
-#: Unique ids for SHOW SERVERS' ``id`` column (shared numbering with nothing else).
-_ids = itertools.count(1)
 
 _READ = 1  # libev's EV_READ
 
@@ -44,7 +41,7 @@ class ServerConnection:
     def __init__(self, pool: "Pool", sock: socket.socket, host: str, addr: str,
                  port: int) -> None:
         self.pool = pool
-        self.id = next(_ids)
+        self.id = next_socket_id()
         self.sock = sock
         #: The configured host name (for TLS verify-full) and the address connected to.
         self.host = host

@@ -19,6 +19,7 @@ from bouncer.proto.constants import Backend
 from bouncer.proto.framing import MessageReader
 from tests.support.bouncerproc import BOUNCER_PROGRAM, REPO_ROOT, BouncerProcess
 from tests.support.inifile import common_ini
+from tests.support.observe import scalar
 from tests.support.pgcluster import PgCluster
 from tests.support.ports import wait_until
 
@@ -327,10 +328,27 @@ def test_malformed_command_is_an_error_and_the_console_survives(bouncer: Bouncer
     try:
         with pytest.raises(psycopg2.Error, match="invalid command") as invalid:
             run(conn, command)
-        assert invalid.value.pgcode == "42601"
+        assert invalid.value.pgcode == "08P01"  # PgBouncer's code for every console error
         assert run(conn, "SHOW VERSION")[0] == ["version"]
     finally:
         conn.close()
+
+
+def test_clients_and_servers_share_one_id_sequence(bouncer: BouncerProcess) -> None:
+    # PgBouncer numbers every socket from one counter: a client and a server never share an
+    # id, so an id names one connection in logs, SHOW output and KILL_CLIENT.
+    held = bouncer.connect()
+    conn = console(bouncer)
+    try:
+        scalar(held, "SELECT 1")  # its transaction stays open: its server stays linked
+        ids = []
+        for command in ("SHOW CLIENTS", "SHOW SERVERS"):
+            columns, rows = run(conn, command)
+            ids += [row[columns.index("id")] for row in rows]
+        assert len(ids) >= 3 and len(set(ids)) == len(ids), ids
+    finally:
+        conn.close()
+        held.close()
 
 
 def test_command_errors_use_pgbouncers_wording(bouncer: BouncerProcess) -> None:
@@ -340,9 +358,12 @@ def test_command_errors_use_pgbouncers_wording(bouncer: BouncerProcess) -> None:
                                  ("DISABLE", "a database is required"),
                                  ("RESUME", "pooler is not paused/suspended"),
                                  ("KILL_CLIENT abc", "invalid client pointer supplied"),
+                                 ("KILL_CLIENT 100000", "client not found"),
+                                 ("KILL nosuchdb", "no such database: nosuchdb"),
                                  ("PAUSE nosuchdb", "no such database: nosuchdb")]:
-            with pytest.raises(psycopg2.Error, match=message):
+            with pytest.raises(psycopg2.Error, match=message) as refused:
                 run(conn, command)
+            assert refused.value.pgcode == "08P01", command  # PgBouncer's, for every one
     finally:
         conn.close()
 
@@ -428,6 +449,11 @@ def test_pause_holds_queries_until_resume(bouncer: BouncerProcess) -> None:
         worker.start()
         worker.join(0.5)
         assert worker.is_alive() and not results
+        # Held by PAUSE, it counts as waiting, as in PgBouncer.
+        pool = row_for(bouncer, "SHOW POOLS", database="testdb", user="md5user")
+        assert (pool["cl_waiting"], pool["maxwait_us"] > 0 or pool["maxwait"] > 0) == (1, True)
+        assert "waiting" in {row["state"] for row in as_dicts(bouncer, "SHOW CLIENTS")
+                             if row["database"] == "testdb"}
         run(conn, "RESUME testdb")
         worker.join(5)
         assert len(results) == 1

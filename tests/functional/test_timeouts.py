@@ -165,6 +165,14 @@ def test_server_lifetime_replaces_servers(pg, start) -> None:
     assert pids_over_time(bouncer, 1, 0)[0] != first
 
 
+def test_server_lifetime_zero_uses_each_server_once(start) -> None:
+    # PgBouncer's meaning of 0: closed when released, so every transaction has a new backend.
+    bouncer = start(server_lifetime=0)
+    pids = pids_over_time(bouncer, 3, 0)
+    assert len(set(pids)) == 3, pids
+    assert bouncer.log_text().count("closing because: server lifetime over") >= 2
+
+
 def test_server_lifetime_does_not_cut_a_transaction(pg, start) -> None:
     bouncer = start(default_pool_size=1, server_lifetime=1)
     conn = bouncer.connect()
