@@ -163,10 +163,15 @@ USER_COLUMNS = columns(
 def show_users(console: "Console", args: str) -> Result:
     grammar.no_arguments(args)
     app = console.app
-    rows = [_user_row(app, name, user.server_count(), user.client_count())
-            for name, user in app.registry.users.items()]
-    if ADMIN_USER not in app.registry.users:
-        rows.append(_user_row(app, ADMIN_USER, 0, 0))
+    # Clients count for the user they logged in as, whatever forced user their pool has,
+    # console clients included; servers for the user they log in as.
+    clients: Dict[str, int] = {}
+    for client in app.clients:
+        clients[client.user] = clients.get(client.user, 0) + 1
+    users = app.registry.users
+    names = set(users) | app.user_store.names() | {ADMIN_USER}
+    rows = [_user_row(app, name, users[name].server_count() if name in users else 0,
+                      clients.get(name, 0)) for name in names]
     return show(USER_COLUMNS, sorted(rows, key=lambda row: row[0]))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
 from bouncer.builtin import limits_admin, limits_shrink
+from bouncer.config.sections import ADMIN_DATABASE
 from bouncer.errors import ClientError
 from bouncer.plugin import hookimpl
 from bouncer.pool.limits import database_cap, user_cap
@@ -40,6 +41,8 @@ def bouncer_client_admit(app: "App", client: "ClientSession") -> Optional[Client
     if config.max_client_conn and len(app.clients) > config.max_client_conn:
         return _too_many("max_client_conn", "bouncer", config.max_client_conn,
                          "[pgbouncer], with the open files limit")
+    if client.database == ADMIN_DATABASE and client.user in config.admin_users:
+        return None  # an operator is never locked out of the console by these two limits
     db_limit = database_cap(config, _definition(app, client.database),
                             "max_db_client_connections")
     if db_limit and _clients_of(app, database=client.database) > db_limit:

@@ -75,9 +75,6 @@ class UserState:
     def server_count(self) -> int:
         return sum(pool.server_count() for pool in self.pools.values())
 
-    def client_count(self) -> int:
-        return sum(len(pool.clients) for pool in self.pools.values())
-
 
 class Registry:
     """Every database, user and pool the pooler knows."""

@@ -344,6 +344,34 @@ def test_show_commands_report_effective_limits_and_counts(
         close_all(holders)
 
 
+def test_show_users_counts_clients_by_login_user_and_lists_auth_file_users(
+        pg: PgCluster, start: Callable[..., BouncerProcess], tenants: List[str]) -> None:
+    user, idle_user = tenants
+    # A forced user: the pool belongs to trustuser, the client is still the tenant's.
+    bouncer = start(databases={"bench": "user=trustuser"})
+    clients = [connect(bouncer, user), connect(bouncer, user, db="bench")]
+    try:
+        assert user_row(bouncer, user)["current_client_connections"] == 2
+        assert user_row(bouncer, "trustuser")["current_client_connections"] == 0
+        # Known from auth_file only, never connected: listed as PgBouncer lists it.
+        assert user_row(bouncer, idle_user)["current_client_connections"] == 0
+        # The console client asking counts for its own user.
+        assert user_row(bouncer, ADMIN)["current_client_connections"] >= 1
+    finally:
+        close_all(clients)
+
+
+def test_admin_users_are_never_locked_out_of_the_console(
+        start: Callable[..., BouncerProcess]) -> None:
+    # PgBouncer's rule: client limits do not count against an admin user on the console.
+    bouncer = start(max_db_client_connections=1, max_user_client_connections=1)
+    first = bouncer.connect(dbname="pgbouncer", user=ADMIN)
+    try:
+        assert admin_rows(bouncer, "SHOW DATABASES", name="pgbouncer")["name"] == "pgbouncer"
+    finally:
+        first.close()
+
+
 def admin_rows(bouncer: BouncerProcess, sql: str, **match: Any) -> Dict[str, Any]:
     """The one row of an admin SHOW whose columns have the values in *match*."""
     rows, _ = admin_query(bouncer, sql)
