@@ -241,10 +241,10 @@ class App:
         self.shutdown_mode = mode
         systemd.notify("STOPPING=1")
         self.listeners.close()
-        for database in self.registry.databases.values():
-            if mode == "wait_for_servers":
-                database.resumed.clear()  # like PAUSE: transactions in flight finish, no new one
-            elif mode == "wait_for_clients":
+        if mode == "wait_for_servers":
+            operations.refuse_new_transactions(self, "server shutting down")
+        elif mode == "wait_for_clients":
+            for database in self.registry.databases.values():
                 database.resumed.set()  # a suspended process (online restart) serves its clients
         if mode != "immediate":
             while not self._shutdown_done(mode) and self.shutdown_mode == mode:

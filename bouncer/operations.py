@@ -119,6 +119,17 @@ def wait_close(app: "App", database: Optional[str]) -> None:
         gevent.sleep(POLL)
 
 
+def refuse_new_transactions(app: "App", reason: str) -> None:
+    """Transactions in flight finish; a client that asks for a server now, or waits for one,
+    is closed with *reason* (SHUTDOWN WAIT_FOR_SERVERS, as PgBouncer)."""
+    refusal = ClientError(reason, sqlstate.PROTOCOL_VIOLATION)
+    for db in app.registry.databases.values():
+        db.refusal = refusal
+        db.resumed.clear()
+    for pool in app.registry.pools():
+        pool.refuse_waiting(refusal)
+
+
 def kill(app: "App", database: Optional[str]) -> None:
     """Drop every client and server of the database(s) at once."""
     names = {db.name for db in _targets(app, database)}

@@ -137,6 +137,15 @@ class Pool:
         """Connected servers (those still logging in have nothing to show yet)."""
         return [*self.active, *self.idle, *self.tested, *self.being_canceled]
 
+    def refuse_waiting(self, error: ClientError) -> None:
+        """Fail every client waiting for a server or for RESUME with *error* (shutdown)."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done:
+                waiter.fail(error)
+        for client in list(self.held):
+            client.end(error)
+
     def max_wait(self) -> float:
         if not self.waiters:
             return 0.0
@@ -209,6 +218,8 @@ class Pool:
 
     def _wait_for_resume(self, client: Any) -> None:
         """PAUSE: hold the client until RESUME (or until query_wait_timeout)."""
+        if self.database.refusal is not None:
+            raise self.database.refusal
         self.held[client] = time.monotonic()
         try:
             resumed = self.database.resumed.wait(self.limits.query_wait_timeout() or None)

@@ -36,6 +36,8 @@ class DatabaseState:
         #: Set while the database is not paused: acquiring a server waits on it (PAUSE).
         self.resumed = Event()
         self.resumed.set()
+        #: While paused, what a client asking for a server gets instead of waiting (shutdown).
+        self.refusal: Optional[BaseException] = None
         self.disabled = False
         self.pools: Dict[str, Pool] = {}
         self._host_cycle = itertools.count()

@@ -9,6 +9,7 @@ import subprocess
 import psycopg2
 import pytest
 
+from tests.support import pgwire
 from tests.support.inifile import common_ini
 from tests.support.observe import backend_pid, read_pid, scalar
 from tests.support.ports import wait_until
@@ -84,6 +85,28 @@ def test_sigint_waits_for_the_transaction_in_flight(bouncer) -> None:
         assert bouncer.wait(3) == 0  # no server in use any more: gone, client or not
     finally:
         client.close()
+
+
+def test_a_new_transaction_during_sigint_shutdown_is_refused_at_once(bouncer) -> None:
+    # PgBouncer closes such a client ("server shutting down") instead of holding it until
+    # query_wait_timeout: the transaction in flight still finishes.
+    # (A raw session: libpq reports only the closed connection, not the FATAL before it.)
+    busy = bouncer.connect()
+    idle, _ = pgwire.open_session(bouncer.host, bouncer.port, "md5user", "md5pass")
+    try:
+        assert pgwire.data_rows(pgwire.run_query(idle, "SELECT 1")) == [["1"]]
+        pid = backend_pid(busy)
+        signal_and_wait_for_log(bouncer, signal.SIGINT)
+        idle.sendall(pgwire.query("SELECT 2"))
+        error = pgwire.first_error(pgwire.messages_until_closed(idle, 3))
+        assert error is not None and (error["C"], error["M"]) == ("08P01", "server shutting down")
+        bouncer.wait_for_log(r"closing because: server shutting down \(age=\d+s\)")
+        assert backend_pid(busy) == pid
+        busy.commit()
+        assert bouncer.wait(3) == 0
+    finally:
+        busy.close()
+        idle.close()
 
 
 def test_sigint_does_not_wait_for_idle_clients(bouncer) -> None:
