@@ -193,8 +193,7 @@ _TABLE = (
     _s("client_idle_timeout", "time", 0.0, "close client connections idle longer than this"),
     _s("idle_transaction_timeout", "time", 0.0,
        "disconnect clients idle in a transaction this long"),
-    _s("transaction_timeout", "time", 0.0, "disconnect clients in a transaction this long",
-       supported=False),
+    _s("transaction_timeout", "time", 0.0, "disconnect clients in a transaction this long"),
     _s("suspend_timeout", "time", 10.0, "how long SUSPEND waits for buffers to flush"),
     # Low-level network
     _s("pkt_buf", "int", 4096, "internal packet buffer size", reload=False, supported=False,

@@ -165,6 +165,10 @@ class PoolLimits:
         return first_set(self._user_value("idle_transaction_timeout"),
                          self._config().idle_transaction_timeout)
 
+    def transaction_timeout(self) -> float:
+        return first_set(self._user_value("transaction_timeout"),
+                         self._config().transaction_timeout)
+
     def client_idle_timeout(self) -> float:
         return first_set(self._user_value("client_idle_timeout"),
                          self._config().client_idle_timeout)

@@ -111,7 +111,8 @@ class Link:
         self.engine.start_relay()
         self.timeouts = {"idle": limits.client_idle_timeout(),
                          "query": limits.query_timeout(),
-                         "idle_transaction": limits.idle_transaction_timeout()}
+                         "idle_transaction": limits.idle_transaction_timeout(),
+                         "transaction": limits.transaction_timeout()}
         self._timed = any(self.timeouts.values())
         self._timers: Dict[float, Any] = {}
         self.server: Optional["ServerConnection"] = None
@@ -193,12 +194,24 @@ class Link:
     def _timer(self) -> Optional[Any]:
         """The timer of the timeout that applies now, if one is set."""
         seconds = self.timeouts[self._timeout_kind()]
+        left = self._transaction_left()
+        if left is not None and (not seconds or left < seconds):
+            # The transaction's own deadline comes first: a timer of its own, made only when
+            # transaction_timeout is set and a transaction is open.
+            return self.hub.loop.timer(left, left)
         if not seconds:
             return None
         timer = self._timers.get(seconds)
         if timer is None:
             timer = self._timers[seconds] = self.hub.loop.timer(seconds, seconds)
         return timer
+
+    def _transaction_left(self) -> Optional[float]:
+        """Seconds until transaction_timeout ends the open transaction (None: no limit)."""
+        limit = self.timeouts["transaction"]
+        if not limit or not self.xact_start or self.server is None:
+            return None
+        return max(0.001, limit - (time.monotonic() - self.xact_start))
 
     def _timeout_kind(self) -> str:
         server = self.server
@@ -213,6 +226,10 @@ class Link:
     def _timeout_error(self) -> ClientError:
         kind = self._timeout_kind()
         server = self.server
+        limit = self.timeouts["transaction"]
+        if limit and self.xact_start and time.monotonic() - self.xact_start >= limit:
+            self._drop_server(server, "transaction timeout")
+            return ClientError("transaction timeout", sqlstate.PROTOCOL_VIOLATION)  # PgBouncer's
         if kind == "idle":
             # An idle server stays linked; the session's end gives it back (after the reset).
             return ClientError("client_idle_timeout", sqlstate.ADMIN_SHUTDOWN)

@@ -94,6 +94,27 @@ def test_idle_transaction_timeout(pg, start, mode: str) -> None:
     wait_for_server_pids(pg, USER, lambda pids: pid not in pids)  # its transaction is gone
 
 
+@pytest.mark.parametrize("where", ["global", "user"])
+def test_transaction_timeout_ends_a_busy_transaction_at_its_deadline(pg, start,
+                                                                     where: str) -> None:
+    # Counted from the transaction's first query, busy or idle: queries keep coming, and the
+    # transaction still ends on time (PgBouncer's transaction_timeout, global or per user).
+    settings = ({"transaction_timeout": 2} if where == "global" else
+                {"transaction_timeout": 100, "users": {USER: "transaction_timeout=2"}})
+    bouncer = start(**settings)
+    with session(bouncer) as sock:
+        started = time.monotonic()
+        pid = int(pgwire.data_rows(pgwire.run_query(sock, "BEGIN; SELECT pg_backend_pid()"))[0][0])
+        for _ in range(3):  # activity does not push the deadline back
+            time.sleep(0.4)
+            assert pgwire.run_query(sock, "SELECT 1")[-1] == (b"Z", b"T")
+        error = error_before_close(sock, 5)
+        assert 1.8 < elapsed_since(started) < 4
+    assert (error["M"], error["C"]) == ("transaction timeout", "08P01")
+    bouncer.wait_for_log(r"S-0x\w+: .* closing because: transaction timeout")
+    wait_for_server_pids(pg, USER, lambda pids: pid not in pids)
+
+
 def test_idle_transaction_timeout_spares_clients_outside_a_transaction(start) -> None:
     bouncer = start(idle_transaction_timeout=1)
     with session(bouncer) as sock:
