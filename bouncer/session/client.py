@@ -11,7 +11,7 @@ import random
 import socket
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Set, Tuple
 
 import gevent
 
@@ -22,6 +22,7 @@ from bouncer.proto import backend, sqlstate
 from bouncer.proto.client_engine import ClientEngine
 from bouncer.proto.constants import PROTOCOL_3_0, TXN_IDLE
 from bouncer.proto.framing import CancelRequest, GSSENCRequest, SSLRequest, StartupMessage
+from bouncer.proto.startup_options import OptionsError, parse_options
 from bouncer.admin.console import serve_admin
 from bouncer.session import client_auth, next_socket_id, relay, replication
 from bouncer.session.startup_checks import check_startup_names, quoted
@@ -251,10 +252,31 @@ class ClientSession:
                 continue
             if lower in tracked:
                 accepted[tracked[lower]] = value
-            elif lower not in ignored:
+            elif lower != "options" and lower not in ignored:
                 raise ClientError(f"unsupported startup parameter: {quoted(name)}",
                                   sqlstate.PROTOCOL_VIOLATION)
+        if "options" in params:
+            self._accept_options(params["options"], tracked, ignored, accepted)
         return accepted
+
+    def _accept_options(self, options: str, tracked: Dict[str, str], ignored: Set[str],
+                        accepted: Dict[str, str]) -> None:
+        """``-c name=value`` settings of ``options``: tracked ones as if sent on their own,
+        ignored ones (or all unknown ones, when ``options`` itself is ignored) dropped, as
+        PgBouncer 1.20+ does."""
+        try:
+            settings = parse_options(options)
+        except OptionsError as exc:
+            raise ClientError(str(exc), sqlstate.PROTOCOL_VIOLATION) from None
+        for name, value in settings:
+            lower = name.lower()
+            if lower in tracked:
+                accepted[tracked[lower]] = value
+            elif lower not in ignored and "options" not in ignored:
+                log.warning("%s unsupported startup parameter in options: %s=%s", self.prefix,
+                            name, value)
+                raise ClientError(f"unsupported startup parameter in options: {name[:64]}",
+                                  sqlstate.PROTOCOL_VIOLATION)
 
     def _attach_pool(self) -> None:
         db = self.app.registry.find_database(self.database)

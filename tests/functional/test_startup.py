@@ -93,12 +93,34 @@ def test_psycopg2_client_encoding_and_application_name(bouncer) -> None:
 
 
 def test_unknown_startup_parameter_is_refused(bouncer) -> None:
-    error = refusal_of(bouncer, {"user": USER, "database": "testdb", "options": "-c geqo=off"})
+    error = refusal_of(bouncer, {"user": USER, "database": "testdb", "geqo": "off"})
     assert (error["S"], error["C"], error["M"]) == ("FATAL", "08P01",
-                                                    "unsupported startup parameter: options")
-    with pytest.raises(psycopg2.OperationalError,
-                       match="unsupported startup parameter: options"):
-        bouncer.connect(options="-c geqo=off")
+                                                    "unsupported startup parameter: geqo")
+
+
+def test_options_settings_of_tracked_parameters_apply_on_every_server(bouncer) -> None:
+    # libpq's PGOPTIONS; in transaction mode each new server gets them too (pool_size=1 here,
+    # so the other client's server is the same one, set back and forth).
+    # (Not DateStyle: psycopg2 sets it back to ISO after logging in.)
+    conn = bouncer.connect(options=r"-c timezone=Europe/Lisbon --application_name=from\ options")
+    other = bouncer.connect()
+    try:
+        conn.autocommit = other.autocommit = True
+        assert scalar(other, "SHOW TimeZone") != "Europe/Lisbon"
+        assert (scalar(conn, "SHOW TimeZone"), scalar(conn, "SHOW application_name")) == \
+            ("Europe/Lisbon", "from options")
+    finally:
+        conn.close()
+        other.close()
+
+
+@pytest.mark.parametrize("options, message", [
+    ("-c geqo=off", "unsupported startup parameter in options: geqo"),
+    ("-d 5", "only '-c config=val' and '--config=val' are allowed"),
+])
+def test_options_that_cannot_be_kept_are_refused(bouncer, options: str, message: str) -> None:
+    with pytest.raises(psycopg2.OperationalError, match=message):
+        bouncer.connect(options=options)
 
 
 def test_ignore_startup_parameters_lets_the_client_in(pg, bouncer_factory) -> None:
