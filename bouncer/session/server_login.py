@@ -56,7 +56,7 @@ def login(app: "App", server: "ServerConnection", pool: "Pool",
     :param startup_params: sent besides the database's own (a replication client's).
     """
     _maybe_start_tls(app, server)
-    user, secret = _server_identity(pool)
+    user, secret = _server_identity(app, pool)
     params = {"user": user, "database": pool.database.definition.dbname or pool.database.name}
     params.update(pool.database.definition.startup_params)
     params.update(startup_params or {})
@@ -82,11 +82,17 @@ def login(app: "App", server: "ServerConnection", pool: "Pool",
             return
 
 
-def _server_identity(pool: "Pool"):
-    """(user, secret) to log in with: the database's forced user, or the client's user."""
+def _server_identity(app: "App", pool: "Pool"):
+    """(user, secret) to log in with: the database's forced user, or the client's user.
+
+    A forced user without ``password=`` logs in with its auth_file secret, as in PgBouncer.
+    """
     definition = pool.database.definition
     if definition.user and pool.user.name == definition.user:
-        return definition.user, definition.password
+        if definition.password is not None:
+            return definition.user, definition.password
+        stored = app.user_store.from_userlist(definition.user)
+        return definition.user, (stored.secret if stored is not None else None)
     credentials = pool.server_credentials
     return pool.user.name, (credentials.secret if credentials is not None else None)
 

@@ -20,6 +20,7 @@ from tests.support.bouncerproc import BouncerProcess
 from tests.support.inifile import common_ini
 from tests.support.observe import backend_pid, scalar
 from tests.support.passwords import md5_secret, scram_secret
+from tests.support.pgcluster import STANDARD_PASSWORDS
 
 PASSWORD = "s3cret"
 #: auth_file user -> secret; the user name says which kind of secret it holds.
@@ -234,6 +235,19 @@ def test_scram_passthrough_with_a_different_salt_is_refused_by_the_server(
                               {"scramuser": scram_secret("scrampass")})
     with pytest.raises(psycopg2.OperationalError, match=refusal("scramuser")):
         bouncer.connect(user="scramuser")
+
+
+@pytest.mark.parametrize("stored, outcome", [
+    (STANDARD_PASSWORDS["md5user"], "md5user"),
+    (md5_secret("md5user", STANDARD_PASSWORDS["md5user"]), "md5user"),
+    ("notthepassword", 'password authentication failed for user "md5user"'),
+])
+def test_a_forced_user_without_password_logs_in_with_its_auth_file_secret(
+        pg, bouncer_factory, stored: str, outcome: str) -> None:
+    forced = f"host=127.0.0.1 port={pg.port} dbname=testdb user=md5user"
+    bouncer = bouncer_factory(common_ini(pg, auth_type="trust", databases={FORCED_DB: forced}),
+                              {"md5user": stored, "trustuser": ""})
+    assert login_outcome(bouncer, "trustuser", "", dbname=FORCED_DB) == outcome
 
 
 def test_server_refusal_reaches_the_client(pg, bouncer_factory) -> None:
