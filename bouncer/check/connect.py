@@ -22,6 +22,7 @@ from bouncer.log import LogSetup
 from bouncer.pool.registry import AUTODB, DatabaseState
 from bouncer.proto import sqlstate
 from bouncer.session.server import ServerConnection, ServerError, connect_server
+from bouncer.session.server_login import forced_user_secret
 
 #: Attempts made at the same time (each holds a server connection only while it logs in).
 CONCURRENT_ATTEMPTS = 8
@@ -74,7 +75,8 @@ def _targets(app: App, database: DatabaseState) -> Tuple[List[Target], int]:
     auth_file users were left out."""
     definition = database.definition
     if definition.user:
-        return [Target(database.name, definition.user, definition.password, forced=True)], 0
+        return [Target(database.name, definition.user, forced_user_secret(app, definition),
+                       forced=True)], 0
     users = list(dict.fromkeys(_login_users(app, database)))
     chosen = users[:USERS_PER_DATABASE]
     targets = [Target(database.name, user, _auth_file_secret(app, user), forced=False)

@@ -192,8 +192,8 @@ def _login(target: Target, settings: Settings, attempt: Attempt):
 
 def _missing(target: Target, kind: str) -> str:
     if kind == "none":
-        where = ("password= on its [databases] line" if target.forced
-                 else "an auth_file entry for the user")
+        where = ("password= on its [databases] line or an auth_file entry for the user"
+                 if target.forced else "an auth_file entry for the user")
         return f"no secret is known (give it {where})"
     return f"only {_a(kind)} is known"
 

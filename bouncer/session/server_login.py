@@ -20,6 +20,7 @@ from bouncer.proto.constants import AuthCode, Backend
 
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.app import App
+    from bouncer.config.model import DatabaseDef
     from bouncer.pool.pool import Pool
     from bouncer.session.server import ServerConnection
 
@@ -83,18 +84,21 @@ def login(app: "App", server: "ServerConnection", pool: "Pool",
 
 
 def _server_identity(app: "App", pool: "Pool"):
-    """(user, secret) to log in with: the database's forced user, or the client's user.
-
-    A forced user without ``password=`` logs in with its auth_file secret, as in PgBouncer.
-    """
+    """(user, secret) to log in with: the database's forced user, or the client's user."""
     definition = pool.database.definition
     if definition.user and pool.user.name == definition.user:
-        if definition.password is not None:
-            return definition.user, definition.password
-        stored = app.user_store.from_userlist(definition.user)
-        return definition.user, (stored.secret if stored is not None else None)
+        return definition.user, forced_user_secret(app, definition)
     credentials = pool.server_credentials
     return pool.user.name, (credentials.secret if credentials is not None else None)
+
+
+def forced_user_secret(app: "App", definition: "DatabaseDef") -> Optional[str]:
+    """The secret a database's forced user logs in with: its ``password=``, else (as in
+    PgBouncer) its auth_file secret; None when neither is known."""
+    if definition.password is not None:
+        return definition.password
+    stored = app.user_store.from_userlist(definition.user)
+    return stored.secret if stored is not None else None
 
 
 class _AuthExchange:

@@ -176,7 +176,8 @@ def test_check_connect_gives_each_database_its_own_line(pg, tmp_path) -> None:
     path, _ = write_config(tmp_path, common_ini(pg, databases={
         "bench": None,
         "wrongpw": f"host=127.0.0.1 port={pg.port} dbname=testdb user=md5user password=wrong",
-        "nosecret": f"host=127.0.0.1 port={pg.port} dbname=testdb user=scramuser",
+        "fromfile": f"host=127.0.0.1 port={pg.port} dbname=testdb user=scramuser",
+        "nosecret": f"host=127.0.0.1 port={pg.port} dbname=testdb user=ghostuser",
         "down": f"host=127.0.0.1 port={down} dbname=testdb user=md5user password=md5pass",
         "*": f"port={pg.port}"}))
     result = run_cli(["--check", "--connect", path])
@@ -187,15 +188,19 @@ def test_check_connect_gives_each_database_its_own_line(pg, tmp_path) -> None:
     assert lines[0].startswith(f"OK database testdb (user md5user) {at}: reachable (PostgreSQL ")
     assert lines[0].endswith(f"{no_tls}; server asks md5 for user md5user, bouncer has a "
                              "plain password: logged in; N ms")
+    version = re.search(r"\(PostgreSQL (.*?)\);", lines[0]).group(1)
     assert lines[1].endswith("server asks SCRAM for user scramuser, bouncer has a plain "
                              "password: logged in; N ms")
     assert lines[2:] == [
         f"FAIL database wrongpw (user md5user) {at}: reachable; {no_tls}; server asks md5 for "
         "user md5user and refused bouncer's plain password (password authentication failed "
         'for user "md5user"); N ms',
-        f"FAIL database nosecret (user scramuser) {at}: reachable; {no_tls}; server asks SCRAM "
-        "for user scramuser but no secret is known (give it password= on its [databases] "
-        "line); N ms",
+        f"OK database fromfile (user scramuser) {at}: reachable (PostgreSQL {version}); "
+        f"{no_tls}; server asks SCRAM for user scramuser, bouncer has a plain password"
+        ": logged in; N ms",
+        f"FAIL database nosecret (user ghostuser) {at}: reachable; {no_tls}; server asks SCRAM "
+        "for user ghostuser but no secret is known (give it password= on its [databases] "
+        "line or an auth_file entry for the user); N ms",
         f"FAIL database down (user md5user) at 127.0.0.1 port {down}: unreachable: could not "
         "connect to server: Connection refused; N ms",
         "SKIP database *: not checked: it stands for any database name a client asks for"]
