@@ -1,5 +1,5 @@
 """Periodic maintenance in one place (PgBouncer's janitor.c): server lifetimes and idle
-timeouts, health checks of idle servers, min_pool_size, and the stats period."""
+timeouts, min_pool_size, and the stats period."""
 from __future__ import annotations
 
 import functools
@@ -9,8 +9,6 @@ from typing import TYPE_CHECKING, Optional
 
 import gevent
 
-from bouncer.errors import ClientError
-from bouncer.net.stream import ConnectionLost
 from bouncer.pool.stats import stats_line
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -65,35 +63,11 @@ class Janitor:
             pool.expire_waiters(pool.limits.query_wait_timeout())
             pool.launch_if_needed()  # the reserve pool opens once clients waited long enough
             pool.close_idle(expired)
-            self._check_idle(pool)
             self._fill_min(pool)
             while pool.over_size() and pool.idle:
                 pool.close_server(pool.idle[0], "too many servers in pool")
         self._free_idle_autodbs()
         self._maybe_roll_stats()
-
-    def _check_idle(self, pool: "Pool") -> None:
-        """Run server_check_query on servers idle longer than server_check_delay."""
-        config = self.app.config
-        query = config.server_check_query
-        if not query or config.server_check_delay <= 0:
-            return
-        for server in list(pool.idle):
-            if server.idle_for() > config.server_check_delay:
-                pool.idle.remove(server)
-                pool.tested.add(server)
-                gevent.spawn(self._test_server, pool, server, "" if query == "<empty>" else query)
-
-    @staticmethod
-    def _test_server(pool: "Pool", server: "ServerConnection", query: str) -> None:
-        try:
-            server.run_query(query)
-        except (ClientError, ConnectionLost) as err:
-            pool.close_server(server, f"server check query failed: {err}")
-            return
-        pool.tested.discard(server)
-        server.last_used = time.monotonic()
-        pool.give(server)
 
     @staticmethod
     def _fill_min(pool: "Pool") -> None:

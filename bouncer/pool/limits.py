@@ -177,6 +177,15 @@ class PoolLimits:
         return first_set(self._field(self._db(), "server_lifetime"),
                          self._config().server_lifetime)
 
+    def server_check(self) -> Tuple[Optional[str], float]:
+        """(query to check a reused server with, or None for no check; server_check_delay).
+        ``<empty>`` sends an empty query, PgBouncer's cheapest check."""
+        config = self._config()
+        query = config.server_check_query
+        if not query:
+            return None, config.server_check_delay
+        return ("" if query == "<empty>" else query), config.server_check_delay
+
     def login_retry(self) -> float:
         return self._config().server_login_retry
 

@@ -4,7 +4,7 @@ As in PgBouncer, a server connection's state *is* the collection it sits in: ``l
 (connecting), ``idle`` (ready), ``active`` (linked to a client), ``tested`` (running the check
 query) or ``being_canceled`` (released while cancel requests for it are still on their way:
 given to nobody until they are done, or a late cancel would hit the next client's query).  The pool never touches sockets: it opens connections through the ``connector`` it is
-given and closes them through ``server.close()``.
+given, checks them through ``server.run_query()`` and closes them through ``server.close()``.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from gevent import get_hub
 from gevent.event import Event
 from gevent.hub import Waiter as HubWaiter
 
-from bouncer.errors import ClientError
+from bouncer.errors import BouncerError, ClientError
 from bouncer.pool.limits import PoolLimits
 from bouncer.proto import sqlstate
 
@@ -120,6 +120,7 @@ class Pool:
         self.reserve = limits.reserve_size()
         self.round_robin = limits.round_robin()
         self.lifetime = limits.server_lifetime()
+        self.check_query, self.check_delay = limits.server_check()
         #: When a server was last closed for its lifetime (monotonic), to spread such closings.
         self.last_lifetime_close = 0.0
 
@@ -176,7 +177,9 @@ class Pool:
         if self.idle and not self.waiters:  # the common case, once per transaction
             # (An idle server that went away was closed when its socket said so.)
             server = self.idle.popleft() if self.round_robin else self.idle.pop()
-            return self._activate(server, client)
+            if not self._check_due(server):
+                return self._activate(server, client)
+            self._start_check(server)  # this client waits for it, or for another server
         waiter = Waiter(client)
         self.waiters.append(waiter)
         self.launch_if_needed()
@@ -284,6 +287,28 @@ class Pool:
         self.reserve = self.limits.reserve_size()
         self.round_robin = self.limits.round_robin()
         self.lifetime = self.limits.server_lifetime()
+        self.check_query, self.check_delay = self.limits.server_check()
+
+    # -- server_check_query ----------------------------------------------------------------------
+
+    def _check_due(self, server: Any) -> bool:
+        """As in PgBouncer, a server idle for server_check_delay (0: any released server) is
+        checked when a client wants it, not while nobody does."""
+        return self.check_query is not None and server.idle_for() >= self.check_delay
+
+    def _start_check(self, server: Any) -> None:
+        self.tested.add(server)
+        gevent.spawn(self._run_check, server)
+
+    def _run_check(self, server: Any) -> None:
+        try:
+            server.run_query(self.check_query)
+        except BouncerError as err:  # an error reply, or the connection broke
+            self.close_server(server, f"server check query failed: {err}")
+            self.launch_if_needed()
+            return
+        self.tested.discard(server)
+        self.give(server)
 
     def lifetime_close_due(self, server: Any) -> bool:
         """*server* is older than server_lifetime (0: it served once), and no other server of
@@ -306,7 +331,8 @@ class Pool:
 
     def launch_if_needed(self) -> None:
         """Open server connections for waiters that no connection in progress will serve."""
-        while len(self.waiters) > len(self.login) and self.may_open_another():
+        while (len(self.waiters) > len(self.login) + len(self.tested)
+               and self.may_open_another()):
             self.launch()
 
     def may_open_another(self) -> bool:

@@ -218,3 +218,51 @@ def test_server_idle_timeout_closes_unused_servers(pg, start) -> None:
 def test_server_in_use_outlives_server_idle_timeout(pg, start) -> None:
     bouncer = start(default_pool_size=1, server_idle_timeout=1)
     assert len(set(pids_over_time(bouncer, 5, 0.4))) == 1
+
+
+# -- server_check_query / server_check_delay -----------------------------------------------------
+@pytest.fixture
+def check_counter(pg):
+    """A sequence that a server_check_query can advance: its value counts the checks."""
+    pg.psql("CREATE SEQUENCE server_checks; GRANT USAGE ON server_checks TO md5user", db="testdb")
+    yield "SELECT nextval('public.server_checks')"
+    pg.psql("DROP SEQUENCE server_checks", db="testdb")
+
+
+def checks_run(pg) -> int:
+    return int(pg.psql("SELECT last_value FROM server_checks", db="testdb").strip())
+
+
+def test_server_check_delay_zero_checks_every_reused_server(start, pg, check_counter) -> None:
+    bouncer = start(default_pool_size=1, server_check_delay=0, server_check_query=check_counter)
+    conn = bouncer.connect()
+    conn.autocommit = True
+    pid = backend_pid(conn)
+    before = checks_run(pg)
+    for _ in range(5):
+        assert backend_pid(conn) == pid  # checked, then reused
+    assert checks_run(pg) == before + 5
+    conn.close()
+
+
+def test_a_recently_used_server_is_reused_unchecked(start, pg, check_counter) -> None:
+    bouncer = start(default_pool_size=1, server_check_delay=30, server_check_query=check_counter)
+    conn = bouncer.connect()
+    conn.autocommit = True
+    backend_pid(conn)
+    before = checks_run(pg)
+    for _ in range(5):
+        backend_pid(conn)
+    assert checks_run(pg) == before
+    conn.close()
+
+
+def test_a_server_failing_its_check_is_replaced(start) -> None:
+    bouncer = start(default_pool_size=1, server_check_delay=0,
+                    server_check_query="SELECT 1/0")
+    conn = bouncer.connect()
+    conn.autocommit = True
+    first = backend_pid(conn)
+    assert backend_pid(conn) != first  # the client got a new server, not an error
+    bouncer.wait_for_log(r"closing because: server check query failed: division by zero")
+    conn.close()
