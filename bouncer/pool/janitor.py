@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Optional
 
 import gevent
 
+from bouncer.errors import ClientError
 from bouncer.pool.stats import stats_line
+from bouncer.proto.constants import TXN_IDLE
 
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.app import App
@@ -20,6 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 TICK = 0.5
+FAST_CLOSE_REASON = "database configuration changed"  # PgBouncer's words, whatever the cause
 
 
 def expiry_reason(config: "Config", server: "ServerConnection") -> Optional[str]:
@@ -63,6 +66,8 @@ class Janitor:
             pool.expire_waiters(pool.limits.query_wait_timeout())
             pool.launch_if_needed()  # the reserve pool opens once clients waited long enough
             pool.close_idle(expired)
+            if self.app.config.server_fast_close:
+                _fast_close(pool)
             self._fill_min(pool)
             while pool.over_size() and pool.idle:
                 pool.close_server(pool.idle[0], "too many servers in pool")
@@ -103,3 +108,16 @@ class Janitor:
         self.app.notify_status(line)
         if config.log_stats:
             log.info("%s", line)
+
+
+def _fast_close(pool: "Pool") -> None:
+    """server_fast_close: a linked server marked close_needed (RECONNECT, a changed
+    [databases] line) that stands between transactions is closed now, with its client, as
+    PgBouncer does, instead of when the client leaves."""
+    for server in list(pool.active):
+        engine = server.engine
+        client = server.link
+        if (server.close_needed and client is not None and not client.close_reason
+                and engine.status == TXN_IDLE and engine.pipeline.idle and engine.at_boundary):
+            server.close_reason = FAST_CLOSE_REASON
+            client.end(ClientError(FAST_CLOSE_REASON))

@@ -17,6 +17,7 @@ import pytest
 from bouncer.proto import backend, frontend
 from bouncer.proto.constants import Backend
 from bouncer.proto.framing import MessageReader
+from tests.support import pgwire
 from tests.support.bouncerproc import BOUNCER_PROGRAM, REPO_ROOT, BouncerProcess
 from tests.support.inifile import common_ini
 from tests.support.observe import scalar
@@ -524,6 +525,29 @@ def test_reconnect_replaces_server_connections(bouncer: BouncerProcess, pg: PgCl
         assert wait_until(lambda: pg.psql(query) == "0", 5)
     finally:
         client.close()
+
+
+def test_server_fast_close_ends_sessions_between_transactions(pg: PgCluster,
+                                                               bouncer_factory) -> None:
+    proc = bouncer_factory(common_ini(pg, server_fast_close=1))
+    idle, _ = pgwire.open_session(proc.host, proc.port, "md5user", "md5pass")
+    busy, _ = pgwire.open_session(proc.host, proc.port, "md5user", "md5pass")
+    with idle, busy:
+        pgwire.run_query(idle, "SELECT 1")  # both sessions hold a server now
+        pgwire.run_query(busy, "BEGIN")
+        admin = console(proc)
+        run(admin, "RECONNECT testdb")
+        error = pgwire.first_error(pgwire.messages_until_closed(idle, 5))
+        assert error is not None and error["M"] == "database configuration changed"
+        assert error["C"] == "08P01"
+        # A session inside a transaction keeps its server until the transaction ends.
+        assert pgwire.first_error(pgwire.run_query(busy, "SELECT 1")) is None
+        pgwire.run_query(busy, "COMMIT")
+        assert pgwire.first_error(pgwire.messages_until_closed(busy, 5))["M"] == (
+            "database configuration changed")
+        admin.close()
+    proc.wait_for_log(r"S-0x[0-9a-f]+: testdb/md5user@\S+ closing because: database "
+                      r"configuration changed")
 
 
 # -- raw protocol, as the local pgbouncer user over the unix socket --------------------------

@@ -163,6 +163,24 @@ def test_a_message_no_client_may_send_never_reaches_postgres(start, pg, mode: st
     assert gives_its_server_back(bouncer)  # the server was never told anything wrong
 
 
+def extended_select(sql: str) -> bytes:
+    """Parse, Bind, Execute and Sync of an unnamed statement without parameters."""
+    return (pgwire.typed(b"P", b"\0" + sql.encode() + b"\0" + struct.pack("!H", 0))
+            + pgwire.typed(b"B", b"\0\0" + struct.pack("!HHH", 0, 0, 0))
+            + pgwire.typed(b"E", b"\0" + struct.pack("!I", 0)) + pgwire.typed(b"S"))
+
+
+def test_disable_pqexec_refuses_simple_queries_only(start) -> None:
+    bouncer = start(disable_pqexec=1)
+    sock = session(bouncer)
+    sock.sendall(extended_select("SELECT 7"))
+    assert pgwire.data_rows(pgwire.read_until(sock, b"Z")) == [["7"]]
+    sock.sendall(pgwire.query("SELECT 1"))
+    error = pgwire.first_error(pgwire.messages_until_closed(sock, timeout=5))
+    assert (error["S"], error["C"], error["M"]) == ("FATAL", "08P01", "PQexec disallowed")
+    bouncer.wait_for_log(r'closing because: client used "Query" packet type')
+
+
 def test_a_password_message_after_login_is_refused(start) -> None:
     bouncer = start()
     sock = session(bouncer)

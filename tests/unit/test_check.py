@@ -147,7 +147,8 @@ def test_a_good_login_is_one_ok_line() -> None:
     (AuthCode.SASL, md5_secret("bob", "pw"),
      "server asks SCRAM for user bob but only an md5 secret is known"),
     (AuthCode.SASL, None, "server asks SCRAM for user bob but no secret is known (give it "
-                          "password= on its [databases] line)"),
+                          "password= on its [databases] line or an auth_file entry for the "
+                          "user)"),
     (AuthCode.MD5_PASSWORD, SCRAM_SECRET,
      "server asks md5 for user bob but only a SCRAM secret is known"),
     (AuthCode.CLEARTEXT_PASSWORD, md5_secret("bob", "pw"),
