@@ -151,7 +151,8 @@ class Console:
         return backend.error_response("ERROR", err.sqlstate, err.message, err.detail, err.hint)
 
     def _reply(self, result: Result) -> None:
-        head = [backend.notice_response("NOTICE", "00000", notice.message, notice.detail)
+        head = [backend.notice_response("NOTICE", sqlstate.SUCCESSFUL_COMPLETION,
+                                        notice.message, notice.detail)
                 for notice in result.notices]
         if result.columns:
             head.append(backend.row_description(result.columns))

@@ -163,9 +163,8 @@ _TABLE = (
        supported=False),
     _s("resolv_conf", "str", "", "custom resolv.conf for DNS lookups", reload=False,
        supported=False),
-    _s("query_wait_notify", "time", 5.0, "notify a queued client after this wait (0 = never)",
-       supported=False),
-    _s("login_notify_message", "str", "", "NOTICE sent to a client after login", supported=False),
+    _s("query_wait_notify", "time", 5.0, "notify a queued client after this wait (0 = never)"),
+    _s("login_notify_message", "str", "", "NOTICE sent to a client after login"),
     # TLS
     _s("client_tls_sslmode", "enum", "disable", "TLS mode for client connections",
        choices=SSLMODES),

@@ -177,6 +177,10 @@ class PoolLimits:
         return first_set(self._field(self._db(), "server_lifetime"),
                          self._config().server_lifetime)
 
+    def wait_notify(self) -> float:
+        """query_wait_notify: seconds of queueing after which a client is told (0: never)."""
+        return self._config().query_wait_notify
+
     def server_check(self) -> Tuple[Optional[str], float]:
         """(query to check a reused server with, or None for no check; server_check_delay).
         ``<empty>`` sends an empty query, PgBouncer's cheapest check."""

@@ -49,6 +49,9 @@ class LoginFailing(ClientError):
                  "the server, or its [databases] line and RELOAD")
 
 
+_STILL_WAITING = object()  # what the query_wait_notify timer wakes a waiter with
+
+
 class Waiter:
     """A client waiting for a server; ``since`` drives maxwait and the reserve pool.
 
@@ -66,7 +69,21 @@ class Waiter:
         self.done = False
         self.server: Any = None
 
-    def wait(self) -> Any:
+    def wait(self, notify_after: float = 0.0, notify: Callable[[], None] = lambda: None) -> Any:
+        """The server handed over; after *notify_after* seconds (0: never) of waiting,
+        *notify* is called once, in the waiting greenlet, and the wait goes on."""
+        if not notify_after:
+            return self._hub_waiter.get()
+        timer = get_hub().loop.timer(notify_after)
+        timer.start(self._hub_waiter.switch, _STILL_WAITING)
+        try:
+            outcome = self._hub_waiter.get()
+        finally:
+            timer.close()
+        if outcome is not _STILL_WAITING:
+            return outcome
+        notify()
+        # A server handed over meanwhile is kept by the hub waiter: get() returns it at once.
         return self._hub_waiter.get()
 
     def give(self, server: Any) -> None:
@@ -185,7 +202,7 @@ class Pool:
         self.launch_if_needed()
         received = False
         try:
-            server = waiter.wait()
+            server = waiter.wait(self.limits.wait_notify(), client.tell_queued)
             received = True
         finally:
             if waiter in self.waiters:

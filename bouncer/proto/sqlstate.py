@@ -5,6 +5,9 @@ bouncer emits are listed, so a grep shows every place a code is used.
 """
 from __future__ import annotations
 
+# Class 00: successful completion (the code of bouncer's own NOTICEs)
+SUCCESSFUL_COMPLETION = "00000"
+
 # Class 08: connection exception
 CONNECTION_EXCEPTION = "08000"
 CONNECTION_FAILURE = "08006"

@@ -319,11 +319,7 @@ class ClientSession:
         params = dict(welcome)
         params.update(self.params)
         self.vars = {name: params[name] for name in tracked if name in params}
-        parts = [backend.authentication(0)]
-        parts += [backend.parameter_status(k, v) for k, v in params.items()]
-        parts += [backend.backend_key_data(*self.cancel_key), backend.ready_for_query(TXN_IDLE)]
-        send_all(self.sock, b"".join(parts))
-        self.logged_in = True
+        self._send_welcome_messages(params)
         self.app.cancels.register(self)
 
     def _send_admin_welcome(self) -> None:
@@ -331,11 +327,31 @@ class ClientSession:
                   "server_encoding": "UTF8", "DateStyle": "ISO", "TimeZone": "UTC",
                   "standard_conforming_strings": "on", "integer_datetimes": "on",
                   "application_name": self.application_name}
+        self._send_welcome_messages(params)
+
+    def _send_welcome_messages(self, params: Dict[str, str]) -> None:
+        """AuthenticationOk, ParameterStatus, BackendKeyData, login_notify_message as a NOTICE
+        (where PgBouncer puts it), ReadyForQuery: in one write."""
         parts = [backend.authentication(0)]
         parts += [backend.parameter_status(k, v) for k, v in params.items()]
-        parts += [backend.backend_key_data(*self.cancel_key), backend.ready_for_query(TXN_IDLE)]
+        parts.append(backend.backend_key_data(*self.cancel_key))
+        message = self.app.config.login_notify_message
+        if message:
+            parts.append(backend.notice_response("NOTICE", sqlstate.SUCCESSFUL_COMPLETION,
+                                                 message))
+        parts.append(backend.ready_for_query(TXN_IDLE))
         send_all(self.sock, b"".join(parts))
         self.logged_in = True
+
+    def tell_queued(self) -> None:
+        """query_wait_notify: this logged-in client has waited that long for a server; tell it
+        in PgBouncer's words.  Called in its own greenlet, where it waits: no other message
+        to it is under way."""
+        if not self.logged_in:
+            return
+        send_all(self.sock, backend.notice_response(
+            "NOTICE", sqlstate.SUCCESSFUL_COMPLETION,
+            "No server connection available in postgres backend, client being queued"))
 
 
 def _pq_options(params: Dict[str, str]) -> list:

@@ -57,6 +57,36 @@ def test_query_wait_timeout_refuses_the_waiting_client(start) -> None:
     holder.close()
 
 
+def test_a_client_queued_past_query_wait_notify_is_told_once(start) -> None:
+    bouncer = start(default_pool_size=1, query_wait_notify=1)
+    holder = bouncer.connect()
+    backend_pid(holder)  # holds the only server inside a transaction
+    waiter = session(bouncer)
+    with waiter:
+        started = time.monotonic()
+        waiter.sendall(pgwire.query("SELECT 1"))
+        kind, payload = pgwire.read_message(waiter)
+        assert kind == b"N" and 0.8 < elapsed_since(started) < 3
+        assert pgwire.error_fields(payload)["M"] == (
+            "No server connection available in postgres backend, client being queued")
+        time.sleep(1.5)  # past query_wait_notify again: still one notice for this wait
+        holder.commit()
+        replies = pgwire.read_until(waiter, b"Z")
+        assert b"N" not in [kind for kind, _ in replies]
+        assert pgwire.data_rows(replies) == [["1"]]
+    holder.close()
+
+
+def test_login_notify_message_comes_with_the_welcome(start) -> None:
+    bouncer = start(login_notify_message="Welcome to the pool")
+    sock, messages = pgwire.open_session(bouncer.host, bouncer.port, USER, PASSWORD)
+    sock.close()
+    kinds = [kind for kind, _ in messages]
+    notice = messages[kinds.index(b"N")]
+    assert pgwire.error_fields(notice[1])["M"] == "Welcome to the pool"
+    assert kinds.index(b"K") < kinds.index(b"N") < kinds.index(b"Z")
+
+
 # -- login ---------------------------------------------------------------------------------------
 def test_client_login_timeout_closes_a_silent_connection(start) -> None:
     bouncer = start(client_login_timeout=1)
