@@ -13,13 +13,19 @@ BASE_TRACKED = ("client_encoding", "DateStyle", "TimeZone", "standard_conforming
                 "application_name")
 
 
+#: The reported parameters whose names PostgreSQL spells in mixed case; it reports every other
+#: one in lower case.
+_MIXED_CASE = {name.lower(): name for name in ("DateStyle", "IntervalStyle", "TimeZone")}
+
+
 def tracked_names(extra: Iterable[str]) -> Dict[str, str]:
-    """Lower-case name -> the spelling servers report (GUC names are case-insensitive)."""
+    """Lower-case name -> the spelling servers report (GUC names are case-insensitive, so
+    ``track_extra_parameters = intervalstyle`` tracks what servers report as IntervalStyle)."""
     names = {name.lower(): name for name in BASE_TRACKED}
     for name in extra:
-        name = name.strip()
-        if name:
-            names.setdefault(name.lower(), name)
+        lower = name.strip().lower()
+        if lower:
+            names.setdefault(lower, _MIXED_CASE.get(lower, lower))
     return names
 
 

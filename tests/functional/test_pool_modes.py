@@ -281,8 +281,9 @@ def shown(conn, names) -> dict:
     return {name: scalar(conn, f"SHOW {name}") for name in names}
 
 
-def test_set_parameters_are_replayed_on_a_different_server(start) -> None:
-    bouncer = start("transaction", pool_size=2)
+@pytest.mark.parametrize("extra", ["IntervalStyle", "intervalstyle"])  # GUCs ignore case
+def test_set_parameters_are_replayed_on_a_different_server(start, extra: str) -> None:
+    bouncer = start("transaction", pool_size=2, track_extra_parameters=extra)
     client = autocommit(bouncer.connect(application_name="first"))
     blocker = bouncer.connect(application_name="blocker")
     try:
