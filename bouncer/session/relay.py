@@ -28,7 +28,7 @@ from bouncer.proto import sqlstate
 from bouncer.proto.client_engine import NEED_SERVER
 from bouncer.proto.constants import TXN_IDLE
 from bouncer.proto.prepared import PreparedStatements
-from bouncer.session.varcache import sync_query
+from bouncer.session.varcache import described, differing, settle, sync_query
 
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.session.client import ClientSession
@@ -428,14 +428,19 @@ def _closed_if_interrupted(client: "ClientSession", server: "ServerConnection",
 
 def _sync_parameters(client: "ClientSession", server: "ServerConnection") -> None:
     """SET the tracked parameters that differ between this client and its new server."""
-    query = sync_query(client.vars, server.params)
-    if query is None:
+    changes = differing(client.vars, server.params)
+    if not changes:
         return
+    log.debug("%s varcache_apply: %s", client.prefix, described(changes))
     try:
         with _closed_if_interrupted(client, server, "interrupted while setting parameters"):
-            server.run_query(query)
+            server.run_query(sync_query(changes))
     except ClientError as err:
         log.warning("%s could not set parameters on server: %s", client.prefix, err.message)
+        return
+    for name, value, canonical in settle(client.vars, server.params, changes):
+        log.debug("%s varcache_set_canonical: setting %s to its canonical version %s -> %s",
+                  client.prefix, name, value, canonical)
 
 
 def fetch_welcome_params(client: "ClientSession") -> None:

@@ -6,7 +6,7 @@ before the client's query (PgBouncer's varcache.c).
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, Mapping, Optional
+from typing import Dict, Iterable, List, Mapping, Tuple
 
 #: Always tracked; ``track_extra_parameters`` adds more (IntervalStyle by default).
 BASE_TRACKED = ("client_encoding", "DateStyle", "TimeZone", "standard_conforming_strings",
@@ -37,13 +37,45 @@ def quote_literal(value: str) -> str:
     return "'" + escaped + "'"
 
 
-def sync_query(wanted: Mapping[str, str], current: Mapping[str, str]) -> Optional[str]:
-    """The query that gives a server the client's values, or ``None`` if they match.
+def differing(wanted: Mapping[str, str], current: Mapping[str, str]) -> Dict[str, str]:
+    """The client's values that its new server does not have."""
+    return {name: value for name, value in wanted.items() if current.get(name) != value}
+
+
+def sync_query(changes: Mapping[str, str]) -> str:
+    """The query that gives a server the values in *changes* (from :func:`differing`).
 
     ``set_config()`` reads a value as the startup packet's value is read: a list-valued
     setting such as ``search_path=public,other`` stays a list of two schemas, where
     ``SET search_path = 'public,other'`` would name one schema "public,other".
     """
-    calls = [f"pg_catalog.set_config({quote_literal(name)}, {quote_literal(value)}, false)"
-             for name, value in wanted.items() if current.get(name) != value]
-    return "SELECT " + ", ".join(calls) if calls else None
+    return "SELECT " + ", ".join(
+        f"pg_catalog.set_config({quote_literal(name)}, {quote_literal(value)}, false)"
+        for name, value in changes.items())
+
+
+def described(changes: Mapping[str, str]) -> str:
+    """*changes* as the SET statements PgBouncer's log shows for them."""
+    return " ".join(f"SET {name}={quote_literal(value)};" for name, value in changes.items())
+
+
+def settle(client_vars: Dict[str, str], server_params: Dict[str, str],
+           applied: Mapping[str, str]) -> List[Tuple[str, str, str]]:
+    """After *applied* reached the server: make both sides agree, so that the next
+    transaction sets nothing again (PgBouncer's varcache_set_canonical).
+
+    A parameter the server reports holds the server's canonical spelling of the value
+    (``ISO`` is reported as ``ISO, MDY``; PostgreSQL 14+ reports nothing when a SET changes
+    nothing): the client takes it.  One the server never reported (search_path before
+    PostgreSQL 18) is recorded on the server side as set.  Returns (name, client's value,
+    canonical value) of each value the client took.
+    """
+    canonical = []
+    for name, value in applied.items():
+        reported = server_params.get(name)
+        if reported is None:
+            server_params[name] = value
+        elif reported != value:
+            canonical.append((name, value, reported))
+            client_vars[name] = reported
+    return canonical

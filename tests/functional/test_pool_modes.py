@@ -304,6 +304,19 @@ def test_set_parameters_are_replayed_on_a_different_server(start, extra: str) ->
         blocker.close()
 
 
+def test_a_value_the_server_spells_differently_is_set_once(start) -> None:
+    bouncer = start("transaction", pool_size=1, verbose=2)
+    client = autocommit(bouncer.connect(options="-c DateStyle=ISO"))
+    try:
+        for _ in range(3):
+            assert scalar(client, "SHOW DateStyle") == "ISO, MDY"
+    finally:
+        client.close()
+    log = bouncer.log_text()
+    assert log.count("varcache_apply: SET DateStyle='ISO';") == 1
+    assert "setting DateStyle to its canonical version ISO -> ISO, MDY" in log
+
+
 def test_startup_application_name_is_set_on_every_server(start) -> None:
     bouncer = start("transaction", pool_size=2)
     client = autocommit(bouncer.connect(application_name="from-startup"))
