@@ -240,7 +240,7 @@ class App:
         log.info("shutting down (%s)", mode.replace("_", " "))
         self.shutdown_mode = mode
         systemd.notify("STOPPING=1")
-        self.listeners.close()
+        self.listeners.close(keep_unix=mode != "immediate")
         if mode == "wait_for_servers":
             operations.refuse_new_transactions(self, "server shutting down")
         elif mode == "wait_for_clients":
@@ -249,6 +249,9 @@ class App:
         if mode != "immediate":
             while not self._shutdown_done(mode) and self.shutdown_mode == mode:
                 gevent.sleep(SHUTDOWN_POLL)
+            if self.shutdown_mode == mode:  # PgBouncer's lines
+                log.info("%s connections dropped, exiting",
+                         "server" if mode == "wait_for_servers" else "client")
         self._exit()
 
     def _shutdown_done(self, mode: str) -> bool:
@@ -257,6 +260,7 @@ class App:
         return not any(pool.active for pool in self.registry.pools())
 
     def _exit(self) -> None:
+        self.listeners.close()
         self.janitor.stop()
         self.hooks.shutdown(self)
         for pool in self.registry.pools():

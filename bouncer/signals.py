@@ -48,6 +48,6 @@ def _reload(app: "App") -> None:
 
 def _resume(app: "App") -> None:
     if app.shutdown_mode is not None:
-        log.info("ignoring SIGUSR2 during shutdown")
+        log.info("got SIGUSR2 while shutting down, ignoring")
         return
     app.resume(None)

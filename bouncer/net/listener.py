@@ -116,19 +116,28 @@ class Listeners:
         for server in self.servers:
             server.start_accepting()
 
-    def close(self) -> None:
+    def close(self, keep_unix: bool = False) -> None:
         """Stop listening (existing connections are not touched).
 
         Connections already queued on a socket are accepted and served first: in a rolling
         restart with ``so_reuseport`` they would otherwise be reset when the socket closes.
         (Connections the kernel queues during the final microseconds are only saved by
-        ``net.ipv4.tcp_migrate_req = 1``.)"""
+        ``net.ipv4.tcp_migrate_req = 1``.)
+
+        :param keep_unix: keep the unix socket open, unless it was handed over to a new
+            process: a shutdown that waits still lets the admin console in that way, as
+            PgBouncer does.
+        """
+        kept = [(server, sock) for server, sock in zip(self.servers, self._sockets)
+                if keep_unix and self.unix_path and sock.family == socket.AF_UNIX]
         for server, sock in zip(self.servers, self._sockets):
-            server.stop_accepting()
-            self._accept_queued(sock)
-            server.close()
-        self.servers, self._sockets = [], []
-        if self.unix_path:
+            if (server, sock) not in kept:
+                server.stop_accepting()
+                self._accept_queued(sock)
+                server.close()
+        self.servers = [server for server, _ in kept]
+        self._sockets = [sock for _, sock in kept]
+        if self.unix_path and not kept:
             self._remove_own_socket_file(self.unix_path)
             self.unix_path = None
 

@@ -56,6 +56,30 @@ def test_sigterm_waits_until_the_last_client_leaves(bouncer) -> None:
     assert bouncer.wait(3) == 0
 
 
+def test_a_waiting_shutdown_keeps_the_unix_socket_for_the_admin_console(bouncer) -> None:
+    client = idle_client(bouncer)
+    signal_and_wait_for_log(bouncer, signal.SIGTERM)
+    over_unix = {"host": bouncer.socket_dir}
+    assert_refuses_new_clients(bouncer)  # over TCP: nothing listens there now
+    with pytest.raises(psycopg2.OperationalError, match="pooler is shutting down"):
+        bouncer.connect(**over_unix)
+    assert bouncer.admin("SHOW VERSION", **over_unix)
+    client.close()
+    assert bouncer.wait(3) == 0
+    assert "client connections dropped, exiting" in bouncer.log_text()
+    assert not os.path.exists(os.path.join(bouncer.socket_dir, f".s.PGSQL.{bouncer.port}"))
+
+
+def test_sigusr2_during_a_shutdown_is_ignored(bouncer) -> None:
+    client = idle_client(bouncer)
+    signal_and_wait_for_log(bouncer, signal.SIGTERM)
+    bouncer.signal(signal.SIGUSR2)
+    bouncer.wait_for_log("got SIGUSR2 while shutting down, ignoring", timeout=5)
+    assert_refuses_new_clients(bouncer)
+    client.close()
+    assert bouncer.wait(3) == 0
+
+
 def test_sigterm_without_clients_exits_at_once(bouncer) -> None:
     bouncer.signal(signal.SIGTERM)
     assert bouncer.wait(3) == 0
