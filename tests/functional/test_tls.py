@@ -289,13 +289,26 @@ def test_server_verify_full_checks_chain_and_host_name(tls_pg: PgCluster, certs:
     assert servers and all(re.match(TLS_COLUMN, row["tls"]) for row in servers), servers
 
 
+def rejected_certificate_outcome(bouncer: BouncerProcess) -> str:
+    """What clients meet when the server's certificate fails the check: as in PgBouncer, the
+    first one waits (until its query_wait_timeout: these bouncers have 1 s) while the log says
+    why; the next one gets that reason at once, as the cached login error."""
+    since = len(bouncer.log_text())
+    assert "query_wait_timeout" in outcome(bouncer)
+    bouncer.wait_for_log(r"S-0x[0-9a-f]+: testdb/\S+ TLS handshake error: certificate verify "
+                         r"failed: ", since=since)
+    return outcome(bouncer)
+
+
 def test_server_certificate_from_another_ca_is_rejected(tls_pg: PgCluster, certs: CertPaths,
                                                         bouncer_factory: Any) -> None:
     bouncer = bouncer_factory(common_ini(tls_pg, server_tls_sslmode="verify-ca",
-                                         server_tls_ca_file=certs.other_ca_cert))
-    assert ("server certificate rejected (unable to get local issuer certificate): "
-            "server_tls_sslmode=verify-ca checks it against server_tls_ca_file; fix the "
-            "server's certificate or the setting") in outcome(bouncer)
+                                         server_tls_ca_file=certs.other_ca_cert,
+                                         query_wait_timeout=1))
+    assert ("server login has been failing, cached error: server certificate rejected (unable "
+            "to get local issuer certificate): server_tls_sslmode=verify-ca checks it against "
+            "server_tls_ca_file; fix the server's certificate or the setting"
+            ) in rejected_certificate_outcome(bouncer)
 
 
 def test_server_host_name_is_checked_only_by_verify_full(tls_pg: PgCluster, certs: CertPaths,
@@ -309,10 +322,11 @@ def test_server_host_name_is_checked_only_by_verify_full(tls_pg: PgCluster, cert
     tls_pg.enable_ssl(cert, key)
     try:
         full = bouncer_factory(common_ini(tls_pg, server_tls_sslmode="verify-full",
-                                          server_tls_ca_file=certs.ca_cert))
+                                          server_tls_ca_file=certs.ca_cert,
+                                          query_wait_timeout=1))
         assert ("server certificate rejected (IP address mismatch, certificate is not valid for "
                 "'127.0.0.1'.): server_tls_sslmode=verify-full checks it against "
-                "server_tls_ca_file and the host name") in outcome(full)
+                "server_tls_ca_file and the host name") in rejected_certificate_outcome(full)
         ca_only = bouncer_factory(common_ini(tls_pg, server_tls_sslmode="verify-ca",
                                              server_tls_ca_file=certs.ca_cert))
         assert server_uses_tls(ca_only)
