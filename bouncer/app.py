@@ -23,7 +23,7 @@ from bouncer.log import LogSetup
 from bouncer.net.dns import Resolver
 from bouncer.net.listener import Listeners
 from bouncer.net.stream import ConnectionLost, send_all
-from bouncer.net.tls import describe_connection
+from bouncer.net.tls import TlsSettings, describe_connection, servers_need_reconnect
 from bouncer.plugin.hooks import PluginHooks
 from bouncer.plugin.manager import make_plugin_manager
 from bouncer.pool.janitor import Janitor
@@ -56,13 +56,16 @@ def load_and_check(path: str, hooks: Optional[PluginHooks] = None) -> Config:
 
 
 class TlsContexts(NamedTuple):
-    """The contexts in force; a reload swaps the pair, so existing connections are untouched.
+    """The contexts in force; a reload swaps them, so existing client connections are
+    untouched (server connections are recycled when the server settings change).
 
     ``client`` is anything with ``wrap_socket(sock, server_side=True)``: the built-in policy
-    wraps clients with pyOpenSSL so it can explain a rejected certificate in words."""
+    wraps clients with pyOpenSSL so it can explain a rejected certificate in words.
+    ``server_settings`` are the ``server_tls_*`` settings ``server`` was built from."""
 
     client: Optional[Any]
     server: Optional[ssl.SSLContext]
+    server_settings: TlsSettings
 
 
 class App:
@@ -162,7 +165,18 @@ class App:
 
     def _build_tls(self, config: Config) -> TlsContexts:
         return TlsContexts(self.hooks.client_tls_context(self, config),
-                           self.hooks.server_tls_context(self, config))
+                           self.hooks.server_tls_context(self, config),
+                           TlsSettings.from_config(config, "server"))
+
+    def _use_tls(self, tls: TlsContexts) -> None:
+        """Put *tls* in force.  Servers opened under other server TLS settings are recycled,
+        as PgBouncer does, so that old (possibly weaker) settings do not live on in pooled
+        connections; their cached login failure goes too: it was a failure of the old
+        settings, and the next client should try the new ones at once."""
+        old, self.tls = self.tls, tls
+        if servers_need_reconnect(old.server_settings, tls.server_settings):
+            for pool in self.registry.pools():
+                pool.recycle("database configuration changed")
 
     def start_client_tls(self, client: ClientSession) -> None:
         """Answer an SSLRequest: ``N`` without a client context, else ``S`` and the handshake."""
@@ -217,7 +231,7 @@ class App:
         self.logs.reopen()
         self.registry.apply_config(new)
         self.resolver.max_ttl, self.resolver.nxdomain_ttl = new.dns_max_ttl, new.dns_nxdomain_ttl
-        self.tls = tls if tls is not None else self._build_tls(new)
+        self._use_tls(tls if tls is not None else self._build_tls(new))
         self.admin_commands = self.hooks.admin_commands(self)
         self.hooks.reload(self, old, new)
 

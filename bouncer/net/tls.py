@@ -82,6 +82,12 @@ def setting_name(side: str, field: str) -> str:
     return f"{side}_tls13_ciphers" if field == "tls13_ciphers" else f"{side}_tls_{field}"
 
 
+def servers_need_reconnect(old: TlsSettings, new: TlsSettings) -> bool:
+    """Whether server connections opened under *old* must be replaced to honour *new*: any
+    change does, unless TLS to servers was off and stays off (PgBouncer's rule)."""
+    return old != new and not old.sslmode == new.sslmode == "disable"
+
+
 # -- protocol and cipher settings ---------------------------------------------------------------
 
 def protocol_range(text: str) -> Tuple[str, str]:

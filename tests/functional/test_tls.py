@@ -265,7 +265,9 @@ def tls_pg(certs: CertPaths) -> Iterator[PgCluster]:
 
 
 def server_uses_tls(bouncer: BouncerProcess) -> bool:
+    """Whether a server connection uses TLS; it stays idle in the pool (session mode)."""
     conn = bouncer.connect()
+    conn.autocommit = True
     try:
         with conn.cursor() as cursor:
             cursor.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
@@ -332,6 +334,55 @@ def test_server_host_name_is_checked_only_by_verify_full(tls_pg: PgCluster, cert
         assert server_uses_tls(ca_only)
     finally:
         tls_pg.enable_ssl(certs.server_cert, certs.server_key)
+
+
+def test_fixing_the_server_tls_setting_lets_the_next_client_in_at_once(
+        tls_pg: PgCluster, certs: CertPaths, bouncer_factory: Any) -> None:
+    bouncer = bouncer_factory(common_ini(tls_pg, server_tls_sslmode="verify-ca",
+                                         server_tls_ca_file=certs.other_ca_cert,
+                                         query_wait_timeout=1, server_login_retry=60))
+    assert "server login has been failing" in rejected_certificate_outcome(bouncer)
+    bouncer.admin(f"SET server_tls_ca_file = '{certs.ca_cert}'")
+    assert server_uses_tls(bouncer)  # the cached failure was the old setting's
+
+
+def test_set_of_a_server_tls_setting_recycles_servers(tls_pg: PgCluster, certs: CertPaths,
+                                                      bouncer_factory: Any) -> None:
+    bouncer = bouncer_factory(common_ini(tls_pg, server_tls_sslmode="require"))
+    idle, holding = bouncer.connect(), bouncer.connect()
+    for conn in (idle, holding):
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT 1")  # each gets a server (session mode)
+    idle.close()  # its server stays, idle
+    closed = (r"S-0x[0-9a-f]+: testdb/md5user@127\.0\.0\.1:\d+ closing because: database "
+              r"configuration changed")
+    try:
+        since = len(bouncer.log_text())
+        bouncer.admin("SET server_tls_sslmode = 'verify-ca'")
+        bouncer.wait_for_log(closed, since=since)  # the idle one, at once
+        assert [row["close_needed"] for row in show(bouncer, "SHOW SERVERS")] == [1]
+        since = len(bouncer.log_text())
+    finally:
+        holding.close()  # the linked one, when it is released
+    bouncer.wait_for_log(closed, since=since)
+    assert not show(bouncer, "SHOW SERVERS")
+
+
+def test_reload_recycles_servers_only_when_server_tls_changes(pg: PgCluster,
+                                                              bouncer_factory: Any) -> None:
+    ini = common_ini(pg, server_tls_sslmode="disable", server_tls_protocols="secure")
+    bouncer = bouncer_factory(ini)
+    assert not server_uses_tls(bouncer)
+    bouncer.write_ini(ini.replace("server_tls_protocols = secure", "server_tls_protocols = all"))
+    bouncer.admin("RELOAD")  # TLS to servers stays off: nothing to recycle
+    assert len(show(bouncer, "SHOW SERVERS")) == 1
+    since = len(bouncer.log_text())
+    bouncer.write_ini(ini.replace("server_tls_sslmode = disable", "server_tls_sslmode = prefer"))
+    bouncer.admin("RELOAD")
+    bouncer.wait_for_log(r"testdb/md5user@127\.0\.0\.1:\d+ closing because: database "
+                         r"configuration changed", since=since)
+    assert not show(bouncer, "SHOW SERVERS")
 
 
 def test_require_against_a_server_without_tls_says_so(pg: PgCluster,
