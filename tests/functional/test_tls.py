@@ -491,7 +491,8 @@ BROKEN_CONFIGS = {
         "client_tls_sslmode = verify-full needs client_tls_ca_file"),
     "missing key file": (
         lambda c: _client(c, client_tls_key_file="/nonexistent/server.key"),
-        "client_tls_key_file: /nonexistent/server.key does not exist: fix the path"),
+        "client_tls_key_file: /nonexistent/server.key does not exist (No such file or "
+        "directory): fix the path"),
     "key of another certificate": (
         lambda c: _client(c, client_tls_key_file=c.client_key),
         "client_tls_key_file: {client_key} does not match client_tls_cert_file {server_cert}"),
@@ -518,7 +519,8 @@ BROKEN_CONFIGS = {
     "server CA file missing": (
         lambda c: {"server_tls_sslmode": "verify-full",
                    "server_tls_ca_file": "/nonexistent/root.crt"},
-        "server_tls_ca_file: /nonexistent/root.crt does not exist: fix the path"),
+        "server_tls_ca_file: /nonexistent/root.crt does not exist (No such file or "
+        "directory): fix the path"),
     "server certificate without key": (
         lambda c: {"server_tls_cert_file": c.client_cert},
         "server_tls_cert_file and server_tls_key_file go together"),

@@ -137,7 +137,8 @@ def test_disabled_side_is_not_checked(certs: CertPaths) -> None:
 
 def test_missing_file_names_setting_path_and_fix(certs: CertPaths) -> None:
     assert errors_of(client_settings(certs, key_file="/nonexistent/server.key")) == (
-        "client_tls_key_file: /nonexistent/server.key does not exist: fix the path")
+        "client_tls_key_file: /nonexistent/server.key does not exist (No such file or "
+        "directory): fix the path")
 
 
 def test_directory_instead_of_file(certs: CertPaths) -> None:
@@ -219,7 +220,8 @@ def test_server_side_checks(certs: CertPaths) -> None:
     assert errors_of(server_settings(tls13_ciphers="TLS_AES_256_GCM_SHA384")).startswith(
         "server_tls13_ciphers: Python's ssl module cannot choose TLS 1.3 cipher suites")
     assert errors_of(server_settings(ca_file="/nonexistent/root.crt")) == (
-        "server_tls_ca_file: /nonexistent/root.crt does not exist: fix the path")
+        "server_tls_ca_file: /nonexistent/root.crt does not exist (No such file or "
+        "directory): fix the path")
 
 
 def test_every_problem_is_reported_not_just_the_first(certs: CertPaths) -> None:
@@ -523,7 +525,8 @@ def test_validate_config_returns_errors_and_logs_warnings(certs: CertPaths, tmp_
                          server_tls_ca_file="/nonexistent/root.crt")
     with caplog.at_level(logging.WARNING, logger="bouncer.builtin.tls"):
         errors = policy.bouncer_validate_config(config=config)
-    assert errors == ["server_tls_ca_file: /nonexistent/root.crt does not exist: fix the path"]
+    assert errors == ["server_tls_ca_file: /nonexistent/root.crt does not exist (No such file "
+                      "or directory): fix the path"]
     assert [record.getMessage().split(" holds ")[0] for record in caplog.records] == [
         f"client_tls_cert_file: {cert}"]
 
