@@ -82,6 +82,11 @@ def setting_name(side: str, field: str) -> str:
     return f"{side}_tls13_ciphers" if field == "tls13_ciphers" else f"{side}_tls_{field}"
 
 
+def is_tls_setting(name: str) -> bool:
+    """Whether setting *name* is one the TLS contexts are built from (PgBouncer's test)."""
+    return "_tls_" in name or "_tls13_" in name
+
+
 def servers_need_reconnect(old: TlsSettings, new: TlsSettings) -> bool:
     """Whether server connections opened under *old* must be replaced to honour *new*: any
     change does, unless TLS to servers was off and stays off (PgBouncer's rule)."""

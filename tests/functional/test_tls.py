@@ -597,6 +597,7 @@ def test_reload_rotates_the_certificate_without_dropping_tls_clients(
         since = len(bouncer.log_text())
         bouncer.write_file("tls.key", b"not a key\n")
         bouncer.reload()
+        bouncer.wait_for_log(r"ERROR TLS setup failed: client_tls_key_file: ", since=since)
         bouncer.wait_for_log(r"config reload failed, keeping the old configuration: .*"
                              r"client_tls_key_file", since=since)
         assert presented_certificate(bouncer) == new_der
@@ -609,6 +610,76 @@ def _still_works(conn: Any) -> bool:
     with conn.cursor() as cursor:
         cursor.execute("SELECT 42")
         return cursor.fetchone() == (42,) and bool(conn.info.ssl_in_use)
+
+
+def test_reload_with_a_missing_certificate_says_why(pg: PgCluster, certs: CertPaths,
+                                                   bouncer_factory: Any) -> None:
+    ini = common_ini(pg)
+    bouncer = bouncer_factory(ini)
+    since = len(bouncer.log_text())
+    bouncer.write_ini(common_ini(pg, **tls_settings(certs, "require",
+                                                    client_tls_cert_file="/nonexistent.crt")))
+    with pytest.raises(psycopg2.Error, match="RELOAD failed"):
+        bouncer.admin("RELOAD")
+    bouncer.wait_for_log(r"ERROR TLS setup failed: client_tls_cert_file: /nonexistent\.crt does "
+                         r"not exist \(No such file or directory\)", since=since)
+    assert outcome(bouncer) == PLAIN
+
+
+# -- SET -----------------------------------------------------------------------------------------
+
+TLS_NOT_APPLIED = "TLS settings could not be applied, still using old configuration"
+
+
+def set_notices(bouncer: BouncerProcess, command: str) -> List[str]:
+    """The notices a SET on the admin console got (it succeeded)."""
+    conn = bouncer.connect(dbname="pgbouncer", user="scramuser")
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            cursor.execute(command)
+            assert cursor.statusmessage == "SET"
+        return [notice.strip().split("  ", 1)[-1] for notice in conn.notices]
+    finally:
+        conn.close()
+
+
+def test_set_takes_a_key_and_its_certificate_one_after_the_other(
+        pg: PgCluster, certs: CertPaths, bouncer_factory: Any) -> None:
+    bouncer = bouncer_factory(common_ini(pg, **tls_settings(certs, "require")))
+    since = len(bouncer.log_text())
+    assert set_notices(bouncer, f"SET client_tls_key_file = '{certs.client_key}'") == [
+        TLS_NOT_APPLIED]
+    bouncer.wait_for_log(rf"ERROR TLS setup failed: client_tls_key_file: "
+                         rf"{re.escape(certs.client_key)} does not match client_tls_cert_file",
+                         since=since)
+    assert row_value(bouncer, "client_tls_key_file") == certs.client_key  # taken all the same
+    assert presented_certificate(bouncer) == der(certs.server_cert)  # the pair in force stays
+    assert outcome(bouncer, sslmode="require") == TLS
+    assert set_notices(bouncer, f"SET client_tls_cert_file = '{certs.client_cert}'") == []
+    assert presented_certificate(bouncer) == der(certs.client_cert)
+
+
+def test_set_takes_the_server_key_and_certificate_one_after_the_other(
+        tls_pg: PgCluster, certs: CertPaths, bouncer_factory: Any) -> None:
+    bouncer = bouncer_factory(common_ini(tls_pg, server_tls_sslmode="require"))
+    since = len(bouncer.log_text())
+    assert set_notices(bouncer, f"SET server_tls_key_file = '{certs.client_key}'") == [
+        TLS_NOT_APPLIED]
+    bouncer.wait_for_log(r"ERROR TLS setup failed: server_tls_cert_file and server_tls_key_file "
+                         r"go together", since=since)
+    assert set_notices(bouncer, f"SET server_tls_cert_file = '{certs.client_cert}'") == []
+    assert server_uses_tls(bouncer)
+    since = len(bouncer.log_text())
+    assert set_notices(bouncer, f"SET server_tls_key_file = '{certs.someoneelse_key}'") == [
+        TLS_NOT_APPLIED]  # a pair that does not match: reported, and the one in force stays
+    bouncer.wait_for_log(r"ERROR TLS setup failed: server_tls_key_file: .* does not match "
+                         r"server_tls_cert_file", since=since)
+    assert server_uses_tls(bouncer)
+
+
+def row_value(bouncer: BouncerProcess, key: str) -> str:
+    return next(row["value"] for row in show(bouncer, "SHOW CONFIG") if row["key"] == key)
 
 
 # -- verify-full with a user map -------------------------------------------------------------------

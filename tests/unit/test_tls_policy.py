@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bouncer.builtin import tls as policy
-from bouncer.config import SETTINGS
+from bouncer.config import SETTINGS, ConfigProblems
 from bouncer.errors import ConfigError
 from bouncer.net import certs as certfiles
 from bouncer.net.tls import (CIPHER_SHORTCUTS, ClientTlsContext, TlsSettings,
@@ -512,8 +512,8 @@ def config_with(**settings: Any) -> Any:
     return SimpleNamespace(settings=values)
 
 
-def test_validate_config_returns_errors_and_logs_warnings(certs: CertPaths, tmp_path: Any,
-                                                          caplog: Any) -> None:
+def test_context_hooks_raise_every_problem_and_log_warnings(certs: CertPaths, tmp_path: Any,
+                                                            caplog: Any) -> None:
     ca = make_ca("short-lived test CA")
     leaf = issue(ca, "localhost", server=True, not_after=NOW + datetime.timedelta(days=5))
     cert = write_pem(str(tmp_path), "soon.crt", leaf.cert.public_bytes(serialization.Encoding.PEM))
@@ -524,9 +524,13 @@ def test_validate_config_returns_errors_and_logs_warnings(certs: CertPaths, tmp_
                          client_tls_key_file=key, server_tls_sslmode="verify-ca",
                          server_tls_ca_file="/nonexistent/root.crt")
     with caplog.at_level(logging.WARNING, logger="bouncer.builtin.tls"):
-        errors = policy.bouncer_validate_config(config=config)
-    assert errors == ["server_tls_ca_file: /nonexistent/root.crt does not exist (No such file "
-                      "or directory): fix the path"]
+        assert isinstance(policy.bouncer_client_tls_context(app=None, config=config),
+                          ClientTlsContext)
+        with pytest.raises(ConfigProblems) as refused:
+            policy.bouncer_server_tls_context(app=None, config=config)
+    assert [str(problem) for problem in refused.value.problems] == [
+        "server_tls_ca_file: /nonexistent/root.crt does not exist (No such file or directory): "
+        "fix the path"]
     assert [record.getMessage().split(" holds ")[0] for record in caplog.records] == [
         f"client_tls_cert_file: {cert}"]
 
