@@ -236,9 +236,10 @@ def _openssl_tls13_ciphers(context: SSL.Context, settings: TlsSettings) -> None:
     try:
         setter(settings.tls13_ciphers.strip().encode())
     except SSL.Error as exc:
-        raise ConfigError(f"{settings.tls13_ciphers!r}: OpenSSL accepts no suite from it "
-                          f"({openssl_reason(exc)}): use names such as "
-                          "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256", key=key) from None
+        raise ConfigError(f"failed to set the TLSv1.3 cipher suites to "
+                          f"{settings.tls13_ciphers!r} ({openssl_reason(exc)}): use names such "
+                          "as TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256",
+                          key=key) from None
 
 
 def _openssl_ecdh_curve(context: SSL.Context, settings: TlsSettings) -> None:

@@ -678,6 +678,19 @@ def test_set_takes_the_server_key_and_certificate_one_after_the_other(
     assert server_uses_tls(bouncer)
 
 
+def test_set_of_tls13_suites_openssl_rejects_keeps_the_ones_in_force(
+        pg: PgCluster, certs: CertPaths, bouncer_factory: Any) -> None:
+    bouncer = bouncer_factory(common_ini(pg, **tls_settings(
+        certs, "require", client_tls_protocols="tlsv1.3",
+        client_tls13_ciphers="TLS_CHACHA20_POLY1305_SHA256")))
+    since = len(bouncer.log_text())
+    assert set_notices(bouncer, "SET client_tls13_ciphers = 'unknown'") == [TLS_NOT_APPLIED]
+    bouncer.wait_for_log(r"ERROR TLS setup failed: client_tls13_ciphers: failed to set the "
+                         r"TLSv1\.3 cipher suites to 'unknown'", since=since)
+    assert outcome(bouncer, sslmode="require") == TLS
+    bouncer.wait_for_log(r"tls=TLSv1\.3/TLS_CHACHA20_POLY1305_SHA256", since=since)
+
+
 def row_value(bouncer: BouncerProcess, key: str) -> str:
     return next(row["value"] for row in show(bouncer, "SHOW CONFIG") if row["key"] == key)
 

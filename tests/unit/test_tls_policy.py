@@ -201,6 +201,9 @@ def test_certificate_expiring_within_30_days_is_a_warning(tmp_path: Any) -> None
     ("ciphers", "nonsense", "client_tls_ciphers: 'nonsense': OpenSSL accepts no cipher from it"),
     ("ecdhcurve", "nocurve", "client_tls_ecdhcurve: 'nocurve' is not a curve OpenSSL knows"),
     ("dheparams", "legacy", "client_tls_dheparams: 'legacy' is not supported: use auto or none"),
+    # PgBouncer's words, which its tests and operators' log watches look for
+    ("tls13_ciphers", "unknown",
+     "client_tls13_ciphers: failed to set the TLSv1.3 cipher suites to 'unknown'"),
 ])
 def test_client_options_openssl_rejects(certs: CertPaths, field: str, value: str,
                                         complaint: str) -> None:
