@@ -10,6 +10,10 @@
 * ``bouncer --check`` on broken TLS configurations; an invalid one refuses to start.
 * Certificate rotation by RELOAD while a TLS client stays connected, and a broken rotation
   that is refused while the running certificate stays.
+* SET of a key and then its certificate (either side): taken, with PgBouncer's notice and a
+  ``TLS setup failed`` line while the pair does not match; the contexts in force stay.
+* Server connections recycled, and a cached login failure forgotten, when the server TLS
+  settings change; clients waiting while a server certificate is rejected.
 """
 from __future__ import annotations
 

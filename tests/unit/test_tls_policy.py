@@ -24,7 +24,8 @@ from bouncer.errors import ConfigError
 from bouncer.net import certs as certfiles
 from bouncer.net.tls import (CIPHER_SHORTCUTS, ClientTlsContext, TlsSettings,
                              build_client_context, build_server_context, cipher_string,
-                             describe_connection, peer_certificate_problem, protocol_range)
+                             describe_connection, is_tls_setting, peer_certificate_problem,
+                             protocol_range, servers_need_reconnect)
 from bouncer.net.tls_check import check_settings
 from bouncer.net.tls_socket import TlsError, TlsSocket
 from tests.support.certgen import CertPaths, issue, make_ca, write_pem
@@ -225,6 +226,30 @@ def test_server_side_checks(certs: CertPaths) -> None:
     assert errors_of(server_settings(ca_file="/nonexistent/root.crt")) == (
         "server_tls_ca_file: /nonexistent/root.crt does not exist (No such file or "
         "directory): fix the path")
+
+
+@pytest.mark.parametrize("old, new, reconnect", [
+    ({}, {}, False),
+    ({}, {"protocols": "all"}, False),  # TLS to servers off before and after
+    ({}, {"sslmode": "prefer"}, True),
+    ({"sslmode": "require"}, {"sslmode": "disable"}, True),
+    ({"sslmode": "require"}, {"sslmode": "require", "ca_file": "/ca.crt"}, True),
+    ({"sslmode": "require"}, {"sslmode": "require"}, False),
+])
+def test_servers_reconnect_when_the_server_tls_settings_change(old: Dict[str, str],
+                                                               new: Dict[str, str],
+                                                               reconnect: bool) -> None:
+    defaults = {"sslmode": "disable"}
+    assert servers_need_reconnect(server_settings(**{**defaults, **old}),
+                                  server_settings(**{**defaults, **new})) is reconnect
+
+
+@pytest.mark.parametrize("name, tls", [
+    ("client_tls_key_file", True), ("server_tls_sslmode", True), ("client_tls13_ciphers", True),
+    ("server_tls13_ciphers", True), ("auth_type", False), ("server_login_retry", False),
+])
+def test_tls_settings_are_told_apart_as_pgbouncer_does(name: str, tls: bool) -> None:
+    assert is_tls_setting(name) is tls
 
 
 def test_every_problem_is_reported_not_just_the_first(certs: CertPaths) -> None:
