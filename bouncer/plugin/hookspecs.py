@@ -133,9 +133,9 @@ def bouncer_client_tls_context(app: "App", config: "Config") -> Optional[Any]:
         If no implementation returns a context, clients' SSLRequests are answered ``N``.
         Raise :class:`~bouncer.errors.ConfigError` (:class:`~bouncer.config.ConfigProblems`
         for several problems) when TLS cannot be set up with *config*: at start bouncer
-        exits, on RELOAD the reload is refused, on SET the value is kept; in both the running
-        contexts stay.  This is where key/certificate files are best checked: SET changes a
-        key and its certificate one after the other.
+        exits; on RELOAD the reload is refused and on SET the value is kept, the running
+        contexts staying in both cases.  This is where key/certificate files are best
+        checked: SET changes a key and its certificate one after the other.
 
     Called from: the main greenlet at start, the reloading greenlet on RELOAD, the admin
     console's greenlet on SET of a ``*_tls_*`` setting.
