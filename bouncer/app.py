@@ -23,7 +23,7 @@ from bouncer.log import LogSetup
 from bouncer.net.dns import Resolver
 from bouncer.net.listener import Listeners
 from bouncer.net.stream import ConnectionLost, send_all
-from bouncer.net.tls import describe_connection
+from bouncer.net.tls import TlsSettings, describe_connection, servers_need_reconnect
 from bouncer.plugin.hooks import PluginHooks
 from bouncer.plugin.manager import make_plugin_manager
 from bouncer.pool.janitor import Janitor
@@ -56,13 +56,16 @@ def load_and_check(path: str, hooks: Optional[PluginHooks] = None) -> Config:
 
 
 class TlsContexts(NamedTuple):
-    """The contexts in force; a reload swaps the pair, so existing connections are untouched.
+    """The contexts in force; a reload swaps them, so existing client connections are
+    untouched (server connections are recycled when the server settings change).
 
     ``client`` is anything with ``wrap_socket(sock, server_side=True)``: the built-in policy
-    wraps clients with pyOpenSSL so it can explain a rejected certificate in words."""
+    wraps clients with pyOpenSSL so it can explain a rejected certificate in words.
+    ``server_settings`` are the ``server_tls_*`` settings ``server`` was built from."""
 
     client: Optional[Any]
     server: Optional[ssl.SSLContext]
+    server_settings: TlsSettings
 
 
 class App:
@@ -161,8 +164,28 @@ class App:
     # -- TLS: contexts come from the TLS policy plugins ------------------------------------
 
     def _build_tls(self, config: Config) -> TlsContexts:
-        return TlsContexts(self.hooks.client_tls_context(self, config),
-                           self.hooks.server_tls_context(self, config))
+        """:raises ConfigError: TLS cannot be set up with *config* (every problem listed)."""
+        client, server = self.hooks.tls_contexts(self, config)
+        return TlsContexts(client, server, TlsSettings.from_config(config, "server"))
+
+    def _setup_tls(self, config: Config) -> TlsContexts:
+        """:meth:`_build_tls` in a running pooler, each problem logged as PgBouncer logs it."""
+        try:
+            return self._build_tls(config)
+        except ConfigError as err:
+            for problem in getattr(err, "problems", (err,)):
+                log.error("TLS setup failed: %s", problem)
+            raise
+
+    def _use_tls(self, tls: TlsContexts) -> None:
+        """Put *tls* in force.  Servers opened under other server TLS settings are recycled,
+        as PgBouncer does, so that old (possibly weaker) settings do not live on in pooled
+        connections; their cached login failure goes too: it was a failure of the old
+        settings, and the next client should try the new ones at once."""
+        old, self.tls = self.tls, tls
+        if servers_need_reconnect(old.server_settings, tls.server_settings):
+            for pool in self.registry.pools():
+                pool.recycle("database configuration changed")
 
     def start_client_tls(self, client: ClientSession) -> None:
         """Answer an SSLRequest: ``N`` without a client context, else ``S`` and the handshake."""
@@ -194,7 +217,7 @@ class App:
             new = load_and_check(self.config_path, self.hooks)
             if new.auth_file:
                 load_userlist(new.auth_file)  # fail before changing anything
-            tls = self._build_tls(new)
+            tls = self._setup_tls(new)
         except (ConfigError, OSError, ssl.SSLError) as exc:
             log.error("config reload failed, keeping the old configuration: %s", exc)
             systemd.notify("READY=1")
@@ -205,11 +228,25 @@ class App:
         systemd.notify("READY=1")
         return []
 
+    def apply_tls_setting(self, new: Config) -> bool:
+        """SET of a TLS setting, as PgBouncer does it: the value is taken even when TLS cannot
+        be set up with it (a key and its certificate are SET one after the other), and the
+        contexts in force then stay until a SET or RELOAD makes a usable configuration.
+
+        :return: whether contexts built from *new* are now in force.
+        """
+        try:
+            tls: Optional[TlsContexts] = self._setup_tls(new)
+        except ConfigError:
+            tls = None
+        self.apply_settings(new, tls)
+        return tls is not None
+
     def apply_settings(self, new: Config, tls: Optional[TlsContexts] = None) -> None:
         """Put a new configuration in force (RELOAD, or SET on the admin console).
 
-        :param tls: contexts already built from *new* (RELOAD builds them first so a bad
-            certificate refuses the reload); built here when not given.
+        :param tls: contexts built from *new* (RELOAD builds them first so a bad certificate
+            refuses the reload); without them the contexts in force stay.
         """
         old, self.config = self.config, new
         self._warn_unreloadable(old, new)
@@ -217,7 +254,8 @@ class App:
         self.logs.reopen()
         self.registry.apply_config(new)
         self.resolver.max_ttl, self.resolver.nxdomain_ttl = new.dns_max_ttl, new.dns_nxdomain_ttl
-        self.tls = tls if tls is not None else self._build_tls(new)
+        if tls is not None:
+            self._use_tls(tls)
         self.admin_commands = self.hooks.admin_commands(self)
         self.hooks.reload(self, old, new)
 

@@ -19,6 +19,7 @@ from bouncer.admin.commands import (AdminError, InvalidCommand, Notice, Result,
 from bouncer.admin.show import FAKE_PARAMETERS
 from bouncer.config import SETTINGS_BY_NAME, Config, parse_setting, validate
 from bouncer.config.sections import ADMIN_DATABASE
+from bouncer.net.tls import is_tls_setting
 from bouncer.proto import sqlstate
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -26,6 +27,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from bouncer.app import App
 
 log = logging.getLogger(__name__)
+
+#: PgBouncer's notice for a TLS setting that was SET but could not be used (yet).
+TLS_NOT_APPLIED = "TLS settings could not be applied, still using old configuration"
 
 #: SHUTDOWN's optional argument -> the App's shutdown mode.
 SHUTDOWN_MODES = {None: "immediate", "WAIT_FOR_SERVERS": "wait_for_servers",
@@ -67,9 +71,14 @@ def set_setting(console: "Console", args: str) -> Result:
     if not console.is_admin():
         raise admin_access_needed()
     app = console.app
-    app.apply_settings(changed_config(app, key, raw))
+    new = changed_config(app, key, raw)
+    notices = _unsupported_notice(key)
+    if not is_tls_setting(key.lower()):
+        app.apply_settings(new)
+    elif not app.apply_tls_setting(new):
+        notices.append(Notice(TLS_NOT_APPLIED))
     log.info("SET %s = %s", key, raw)
-    return Result("SET", notices=_unsupported_notice(key))
+    return Result("SET", notices=notices)
 
 
 def changed_config(app: "App", key: str, raw: str) -> Config:

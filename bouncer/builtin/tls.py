@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import datetime
 import logging
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, Optional
 
 from bouncer.builtin.auth_hba import usermap_for
-from bouncer.errors import ClientError
+from bouncer.config import ConfigProblems
+from bouncer.errors import ClientError, ConfigError
 from bouncer.net.certs import Rejection, common_name
 from bouncer.net.tls import (VERIFYING_MODES, ClientTlsContext, TlsSettings,
                              build_client_context, build_server_context,
@@ -38,29 +39,34 @@ log = logging.getLogger(__name__)
 _PLAINTEXT_ALLOWED = ("disable", "allow", "prefer")
 
 
-@hookimpl
-def bouncer_validate_config(config: "Config") -> List[str]:
-    """Both sides' TLS files and options; warnings (certificates expiring soon) are logged."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-    errors: List[str] = []
-    for side in ("client", "server"):
-        side_errors, warnings = check_settings(TlsSettings.from_config(config, side), now)
-        errors += side_errors
-        for warning in warnings:
-            log.warning("%s", warning)
-    return errors
-
-
 @hookimpl(trylast=True)
 def bouncer_client_tls_context(app: "App", config: "Config") -> Optional[ClientTlsContext]:
-    settings = TlsSettings.from_config(config, "client")
+    settings = _checked_settings(config, "client")
     return None if settings.sslmode == "disable" else build_client_context(settings)
 
 
 @hookimpl(trylast=True)
 def bouncer_server_tls_context(app: "App", config: "Config") -> Optional["ssl.SSLContext"]:
-    settings = TlsSettings.from_config(config, "server")
+    settings = _checked_settings(config, "server")
     return None if settings.sslmode == "disable" else build_server_context(settings)
+
+
+def _checked_settings(config: "Config", side: str) -> TlsSettings:
+    """One side's settings once every file and option is checked; the warnings (certificates
+    expiring soon) are logged.
+
+    The checks belong to building the context, not to validating the configuration: SET
+    takes a key and its certificate one after the other, and only the pair must match.
+
+    :raises ConfigProblems: every error found, each naming the setting and file.
+    """
+    settings = TlsSettings.from_config(config, side)
+    errors, warnings = check_settings(settings, datetime.datetime.now(datetime.timezone.utc))
+    for warning in warnings:
+        log.warning("%s", warning)
+    if errors:
+        raise ConfigProblems([ConfigError(error) for error in errors])
+    return settings
 
 
 @hookimpl(trylast=True)

@@ -57,9 +57,19 @@ def check_config(path: str) -> ConfigCheck:
     result.errors += [f"{path}: {problem}" for problem in validate(config)]
     result.errors += plugin_errors
     result.errors += [f"{path}: {problem}" for problem in result.hooks.validate_config(config)]
+    result.errors += [f"{path}: {problem}" for problem in _tls_setup_problems(result.hooks, config)]
     result.warnings += config.warnings
     _read_userlist(config, result)
     return result
+
+
+def _tls_setup_problems(hooks: PluginHooks, config: Config) -> List[ConfigError]:
+    """What would stop bouncer from setting up TLS with *config*: every file and option."""
+    try:
+        hooks.tls_contexts(None, config)
+    except ConfigError as err:
+        return list(getattr(err, "problems", (err,)))
+    return []
 
 
 def _plugin_hooks(config: Config, errors: List[str]) -> PluginHooks:

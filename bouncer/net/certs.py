@@ -75,8 +75,8 @@ def read_file(path: str) -> bytes:
     try:
         with open(path, "rb") as handle:
             return handle.read()
-    except FileNotFoundError:
-        raise CertificateFileError("does not exist: fix the path") from None
+    except FileNotFoundError as exc:
+        raise CertificateFileError(f"does not exist ({exc.strerror}): fix the path") from None
     except PermissionError:
         raise CertificateFileError(
             f"cannot be read by uid {os.geteuid()}: make it readable by the user bouncer "

@@ -82,6 +82,17 @@ def setting_name(side: str, field: str) -> str:
     return f"{side}_tls13_ciphers" if field == "tls13_ciphers" else f"{side}_tls_{field}"
 
 
+def is_tls_setting(name: str) -> bool:
+    """Whether setting *name* is one the TLS contexts are built from (PgBouncer's test)."""
+    return "_tls_" in name or "_tls13_" in name
+
+
+def servers_need_reconnect(old: TlsSettings, new: TlsSettings) -> bool:
+    """Whether server connections opened under *old* must be replaced to honour *new*: any
+    change does, unless TLS to servers was off and stays off (PgBouncer's rule)."""
+    return old != new and not old.sslmode == new.sslmode == "disable"
+
+
 # -- protocol and cipher settings ---------------------------------------------------------------
 
 def protocol_range(text: str) -> Tuple[str, str]:
@@ -225,9 +236,10 @@ def _openssl_tls13_ciphers(context: SSL.Context, settings: TlsSettings) -> None:
     try:
         setter(settings.tls13_ciphers.strip().encode())
     except SSL.Error as exc:
-        raise ConfigError(f"{settings.tls13_ciphers!r}: OpenSSL accepts no suite from it "
-                          f"({openssl_reason(exc)}): use names such as "
-                          "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256", key=key) from None
+        raise ConfigError(f"failed to set the TLSv1.3 cipher suites to "
+                          f"{settings.tls13_ciphers!r} ({openssl_reason(exc)}): use names such "
+                          "as TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256",
+                          key=key) from None
 
 
 def _openssl_ecdh_curve(context: SSL.Context, settings: TlsSettings) -> None:

@@ -8,11 +8,11 @@ are logged and ignored.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import pluggy
 
-from bouncer.config import merge_declarations
+from bouncer.config import ConfigProblems, merge_declarations
 from bouncer.errors import ClientError, ConfigError
 from bouncer.plugin.context import PluginContext
 from bouncer.proto import sqlstate
@@ -62,6 +62,25 @@ class PluginHooks:
 
     def server_tls_context(self, app: "App", config: "Config") -> Optional["ssl.SSLContext"]:
         return self._relay.bouncer_server_tls_context(app=app, config=config)
+
+    def tls_contexts(self, app: Optional["App"],
+                     config: "Config") -> Tuple[Optional[Any], Optional["ssl.SSLContext"]]:
+        """The client and server contexts for *config* (PgBouncer's TLS setup); *app* is None
+        under ``bouncer --check``.
+
+        :raises ConfigProblems: every problem of both sides (one failing does not hide the
+            other's).
+        """
+        contexts: List[Any] = []
+        problems: List[ConfigError] = []
+        for build in (self.client_tls_context, self.server_tls_context):
+            try:
+                contexts.append(build(app, config))
+            except ConfigError as err:
+                problems.extend(getattr(err, "problems", (err,)))
+        if problems:
+            raise ConfigProblems(problems)
+        return contexts[0], contexts[1]
 
     def check_client_tls(self, app: "App", client: "ClientSession") -> Optional[ClientError]:
         return self._decide("bouncer_check_client_tls", app=app, client=client)

@@ -123,15 +123,22 @@ def bouncer_shutdown(app: "App", context: "PluginContext") -> None:
 def bouncer_client_tls_context(app: "App", config: "Config") -> Optional[Any]:
     """Build the TLS context offered to clients (``client_tls_*`` settings).
 
-    :param app: the application (during start, before it listens).
-    :param config: the configuration being applied (at start or RELOAD).
+    :param app: the application (during start, before it listens); ``None`` under
+        ``bouncer --check``, which builds the contexts to report what would stop them.
+    :param config: the configuration being applied (at start, RELOAD or SET of a TLS
+        setting).
     :return: an object with ``wrap_socket(sock, server_side=True)`` returning a socket-like
         object (a server-side :class:`ssl.SSLContext` will do; the built-in returns a
-        pyOpenSSL-based context), or ``None`` when this implementation does not build it.  If no implementation returns a context, clients' SSLRequests are answered
-        ``N``.  Raise :class:`~bouncer.errors.ConfigError` to refuse the configuration; on
-        RELOAD the running contexts stay.
+        pyOpenSSL-based context), or ``None`` when this implementation does not build it.
+        If no implementation returns a context, clients' SSLRequests are answered ``N``.
+        Raise :class:`~bouncer.errors.ConfigError` (:class:`~bouncer.config.ConfigProblems`
+        for several problems) when TLS cannot be set up with *config*: at start bouncer
+        exits; on RELOAD the reload is refused and on SET the value is kept, the running
+        contexts staying in both cases.  This is where key/certificate files are best
+        checked: SET changes a key and its certificate one after the other.
 
-    Called from: the main greenlet at start, the reloading greenlet on RELOAD.
+    Called from: the main greenlet at start, the reloading greenlet on RELOAD, the admin
+    console's greenlet on SET of a ``*_tls_*`` setting.
     """
 
 
@@ -139,13 +146,14 @@ def bouncer_client_tls_context(app: "App", config: "Config") -> Optional[Any]:
 def bouncer_server_tls_context(app: "App", config: "Config") -> Optional["ssl.SSLContext"]:
     """Build the TLS context used towards PostgreSQL servers (``server_tls_*`` settings).
 
-    :param app: the application.
+    :param app: the application (``None`` under ``bouncer --check``).
     :param config: the configuration being applied.
     :return: a client-side :class:`ssl.SSLContext`, or ``None`` when this implementation does
         not build it; with no context at all, servers are never asked for TLS.  Raise
-        :class:`~bouncer.errors.ConfigError` to refuse the configuration.
+        :class:`~bouncer.errors.ConfigError` as for :func:`bouncer_client_tls_context`.  When
+        the ``server_tls_*`` settings change, server connections are recycled.
 
-    Called from: the main greenlet at start, the reloading greenlet on RELOAD.
+    Called from: as :func:`bouncer_client_tls_context`.
     """
 
 

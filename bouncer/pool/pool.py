@@ -519,6 +519,12 @@ class Pool:
             server.close_reason = reason
         self.close_idle(lambda s: reason)
 
+    def recycle(self, reason: str) -> None:
+        """The settings servers are opened with changed: servers close as for RECONNECT, and
+        the cached login failure is forgotten, since it says nothing of the new settings."""
+        self.last_login_failure = None
+        self.mark_close_needed(reason)
+
 
 class _Connecting:
     """Stands in the ``login`` set for a connection being opened."""

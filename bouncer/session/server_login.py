@@ -204,13 +204,26 @@ def _maybe_start_tls(app: "App", server: "ServerConnection") -> None:
         try:
             server.sock = context.wrap_socket(server.sock, server_hostname=hostname)
         except ssl.SSLCertVerificationError as exc:
-            checked = "server_tls_ca_file" + (" and the host name" if hostname else "")
-            raise ServerLoginError(
-                f"server certificate rejected ({exc.verify_message}): server_tls_sslmode={mode} "
-                f"checks it against {checked}; fix the server's certificate or the setting",
-                sqlstate.CONNECTION_FAILURE) from exc
+            raise _certificate_rejected(server, mode, hostname, exc) from exc
         server.tls = describe_connection(server.sock)
     elif mode in ("require", "verify-ca", "verify-full"):
         raise ServerLoginError(
             f"server refused TLS but server_tls_sslmode={mode} requires it",
             sqlstate.CONNECTION_FAILURE)
+
+
+def _certificate_rejected(server: "ServerConnection", mode: str, hostname: Optional[str],
+                          exc: ssl.SSLCertVerificationError) -> ClientError:
+    """The error for a server certificate that fails the check, logged PgBouncer's way.
+
+    A connection failure rather than a :class:`ServerLoginError`: as in PgBouncer, the clients
+    waiting for the pool go on waiting (the server may get a good certificate, or the setting
+    may be fixed, within their query_wait_timeout); new clients get it as the cached error.
+    """
+    log.warning("%s TLS handshake error: certificate verify failed: %s", server.prefix,
+                exc.verify_message)
+    checked = "server_tls_ca_file" + (" and the host name" if hostname else "")
+    return ClientError(
+        f"server certificate rejected ({exc.verify_message}): server_tls_sslmode={mode} "
+        f"checks it against {checked}; fix the server's certificate or the setting",
+        sqlstate.CONNECTION_FAILURE)

@@ -10,6 +10,10 @@
 * ``bouncer --check`` on broken TLS configurations; an invalid one refuses to start.
 * Certificate rotation by RELOAD while a TLS client stays connected, and a broken rotation
   that is refused while the running certificate stays.
+* SET of a key and then its certificate (either side): taken, with PgBouncer's notice and a
+  ``TLS setup failed`` line while the pair does not match; the contexts in force stay.
+* Server connections recycled, and a cached login failure forgotten, when the server TLS
+  settings change; clients waiting while a server certificate is rejected.
 """
 from __future__ import annotations
 
@@ -265,7 +269,9 @@ def tls_pg(certs: CertPaths) -> Iterator[PgCluster]:
 
 
 def server_uses_tls(bouncer: BouncerProcess) -> bool:
+    """Whether a server connection uses TLS; it stays idle in the pool (session mode)."""
     conn = bouncer.connect()
+    conn.autocommit = True
     try:
         with conn.cursor() as cursor:
             cursor.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
@@ -289,13 +295,26 @@ def test_server_verify_full_checks_chain_and_host_name(tls_pg: PgCluster, certs:
     assert servers and all(re.match(TLS_COLUMN, row["tls"]) for row in servers), servers
 
 
+def rejected_certificate_outcome(bouncer: BouncerProcess) -> str:
+    """What clients meet when the server's certificate fails the check: as in PgBouncer, the
+    first one waits (until its query_wait_timeout: these bouncers have 1 s) while the log says
+    why; the next one gets that reason at once, as the cached login error."""
+    since = len(bouncer.log_text())
+    assert "query_wait_timeout" in outcome(bouncer)
+    bouncer.wait_for_log(r"S-0x[0-9a-f]+: testdb/\S+ TLS handshake error: certificate verify "
+                         r"failed: ", since=since)
+    return outcome(bouncer)
+
+
 def test_server_certificate_from_another_ca_is_rejected(tls_pg: PgCluster, certs: CertPaths,
                                                         bouncer_factory: Any) -> None:
     bouncer = bouncer_factory(common_ini(tls_pg, server_tls_sslmode="verify-ca",
-                                         server_tls_ca_file=certs.other_ca_cert))
-    assert ("server certificate rejected (unable to get local issuer certificate): "
-            "server_tls_sslmode=verify-ca checks it against server_tls_ca_file; fix the "
-            "server's certificate or the setting") in outcome(bouncer)
+                                         server_tls_ca_file=certs.other_ca_cert,
+                                         query_wait_timeout=1))
+    assert ("server login has been failing, cached error: server certificate rejected (unable "
+            "to get local issuer certificate): server_tls_sslmode=verify-ca checks it against "
+            "server_tls_ca_file; fix the server's certificate or the setting"
+            ) in rejected_certificate_outcome(bouncer)
 
 
 def test_server_host_name_is_checked_only_by_verify_full(tls_pg: PgCluster, certs: CertPaths,
@@ -309,15 +328,65 @@ def test_server_host_name_is_checked_only_by_verify_full(tls_pg: PgCluster, cert
     tls_pg.enable_ssl(cert, key)
     try:
         full = bouncer_factory(common_ini(tls_pg, server_tls_sslmode="verify-full",
-                                          server_tls_ca_file=certs.ca_cert))
+                                          server_tls_ca_file=certs.ca_cert,
+                                          query_wait_timeout=1))
         assert ("server certificate rejected (IP address mismatch, certificate is not valid for "
                 "'127.0.0.1'.): server_tls_sslmode=verify-full checks it against "
-                "server_tls_ca_file and the host name") in outcome(full)
+                "server_tls_ca_file and the host name") in rejected_certificate_outcome(full)
         ca_only = bouncer_factory(common_ini(tls_pg, server_tls_sslmode="verify-ca",
                                              server_tls_ca_file=certs.ca_cert))
         assert server_uses_tls(ca_only)
     finally:
         tls_pg.enable_ssl(certs.server_cert, certs.server_key)
+
+
+def test_fixing_the_server_tls_setting_lets_the_next_client_in_at_once(
+        tls_pg: PgCluster, certs: CertPaths, bouncer_factory: Any) -> None:
+    bouncer = bouncer_factory(common_ini(tls_pg, server_tls_sslmode="verify-ca",
+                                         server_tls_ca_file=certs.other_ca_cert,
+                                         query_wait_timeout=1, server_login_retry=60))
+    assert "server login has been failing" in rejected_certificate_outcome(bouncer)
+    bouncer.admin(f"SET server_tls_ca_file = '{certs.ca_cert}'")
+    assert server_uses_tls(bouncer)  # the cached failure was the old setting's
+
+
+def test_set_of_a_server_tls_setting_recycles_servers(tls_pg: PgCluster, certs: CertPaths,
+                                                      bouncer_factory: Any) -> None:
+    bouncer = bouncer_factory(common_ini(tls_pg, server_tls_sslmode="require"))
+    idle, holding = bouncer.connect(), bouncer.connect()
+    for conn in (idle, holding):
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT 1")  # each gets a server (session mode)
+    idle.close()  # its server stays, idle
+    closed = (r"S-0x[0-9a-f]+: testdb/md5user@127\.0\.0\.1:\d+ closing because: database "
+              r"configuration changed")
+    try:
+        since = len(bouncer.log_text())
+        bouncer.admin("SET server_tls_sslmode = 'verify-ca'")
+        bouncer.wait_for_log(closed, since=since)  # the idle one, at once
+        assert [row["close_needed"] for row in show(bouncer, "SHOW SERVERS")] == [1]
+        since = len(bouncer.log_text())
+    finally:
+        holding.close()  # the linked one, when it is released
+    bouncer.wait_for_log(closed, since=since)
+    assert not show(bouncer, "SHOW SERVERS")
+
+
+def test_reload_recycles_servers_only_when_server_tls_changes(pg: PgCluster,
+                                                              bouncer_factory: Any) -> None:
+    ini = common_ini(pg, server_tls_sslmode="disable", server_tls_protocols="secure")
+    bouncer = bouncer_factory(ini)
+    assert not server_uses_tls(bouncer)
+    bouncer.write_ini(ini.replace("server_tls_protocols = secure", "server_tls_protocols = all"))
+    bouncer.admin("RELOAD")  # TLS to servers stays off: nothing to recycle
+    assert len(show(bouncer, "SHOW SERVERS")) == 1
+    since = len(bouncer.log_text())
+    bouncer.write_ini(ini.replace("server_tls_sslmode = disable", "server_tls_sslmode = prefer"))
+    bouncer.admin("RELOAD")
+    bouncer.wait_for_log(r"testdb/md5user@127\.0\.0\.1:\d+ closing because: database "
+                         r"configuration changed", since=since)
+    assert not show(bouncer, "SHOW SERVERS")
 
 
 def test_require_against_a_server_without_tls_says_so(pg: PgCluster,
@@ -426,7 +495,8 @@ BROKEN_CONFIGS = {
         "client_tls_sslmode = verify-full needs client_tls_ca_file"),
     "missing key file": (
         lambda c: _client(c, client_tls_key_file="/nonexistent/server.key"),
-        "client_tls_key_file: /nonexistent/server.key does not exist: fix the path"),
+        "client_tls_key_file: /nonexistent/server.key does not exist (No such file or "
+        "directory): fix the path"),
     "key of another certificate": (
         lambda c: _client(c, client_tls_key_file=c.client_key),
         "client_tls_key_file: {client_key} does not match client_tls_cert_file {server_cert}"),
@@ -453,7 +523,8 @@ BROKEN_CONFIGS = {
     "server CA file missing": (
         lambda c: {"server_tls_sslmode": "verify-full",
                    "server_tls_ca_file": "/nonexistent/root.crt"},
-        "server_tls_ca_file: /nonexistent/root.crt does not exist: fix the path"),
+        "server_tls_ca_file: /nonexistent/root.crt does not exist (No such file or "
+        "directory): fix the path"),
     "server certificate without key": (
         lambda c: {"server_tls_cert_file": c.client_cert},
         "server_tls_cert_file and server_tls_key_file go together"),
@@ -530,6 +601,7 @@ def test_reload_rotates_the_certificate_without_dropping_tls_clients(
         since = len(bouncer.log_text())
         bouncer.write_file("tls.key", b"not a key\n")
         bouncer.reload()
+        bouncer.wait_for_log(r"ERROR TLS setup failed: client_tls_key_file: ", since=since)
         bouncer.wait_for_log(r"config reload failed, keeping the old configuration: .*"
                              r"client_tls_key_file", since=since)
         assert presented_certificate(bouncer) == new_der
@@ -542,6 +614,89 @@ def _still_works(conn: Any) -> bool:
     with conn.cursor() as cursor:
         cursor.execute("SELECT 42")
         return cursor.fetchone() == (42,) and bool(conn.info.ssl_in_use)
+
+
+def test_reload_with_a_missing_certificate_says_why(pg: PgCluster, certs: CertPaths,
+                                                   bouncer_factory: Any) -> None:
+    ini = common_ini(pg)
+    bouncer = bouncer_factory(ini)
+    since = len(bouncer.log_text())
+    bouncer.write_ini(common_ini(pg, **tls_settings(certs, "require",
+                                                    client_tls_cert_file="/nonexistent.crt")))
+    with pytest.raises(psycopg2.Error, match="RELOAD failed"):
+        bouncer.admin("RELOAD")
+    bouncer.wait_for_log(r"ERROR TLS setup failed: client_tls_cert_file: /nonexistent\.crt does "
+                         r"not exist \(No such file or directory\)", since=since)
+    assert outcome(bouncer) == PLAIN
+
+
+# -- SET -----------------------------------------------------------------------------------------
+
+TLS_NOT_APPLIED = "TLS settings could not be applied, still using old configuration"
+
+
+def set_notices(bouncer: BouncerProcess, command: str) -> List[str]:
+    """The notices a SET on the admin console got (it succeeded)."""
+    conn = bouncer.connect(dbname="pgbouncer", user="scramuser")
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            cursor.execute(command)
+            assert cursor.statusmessage == "SET"
+        return [notice.strip().split("  ", 1)[-1] for notice in conn.notices]
+    finally:
+        conn.close()
+
+
+def test_set_takes_a_key_and_its_certificate_one_after_the_other(
+        pg: PgCluster, certs: CertPaths, bouncer_factory: Any) -> None:
+    bouncer = bouncer_factory(common_ini(pg, **tls_settings(certs, "require")))
+    since = len(bouncer.log_text())
+    assert set_notices(bouncer, f"SET client_tls_key_file = '{certs.client_key}'") == [
+        TLS_NOT_APPLIED]
+    bouncer.wait_for_log(rf"ERROR TLS setup failed: client_tls_key_file: "
+                         rf"{re.escape(certs.client_key)} does not match client_tls_cert_file",
+                         since=since)
+    assert row_value(bouncer, "client_tls_key_file") == certs.client_key  # taken all the same
+    assert presented_certificate(bouncer) == der(certs.server_cert)  # the pair in force stays
+    assert outcome(bouncer, sslmode="require") == TLS
+    assert set_notices(bouncer, f"SET client_tls_cert_file = '{certs.client_cert}'") == []
+    assert presented_certificate(bouncer) == der(certs.client_cert)
+
+
+def test_set_takes_the_server_key_and_certificate_one_after_the_other(
+        tls_pg: PgCluster, certs: CertPaths, bouncer_factory: Any) -> None:
+    bouncer = bouncer_factory(common_ini(tls_pg, server_tls_sslmode="require"))
+    since = len(bouncer.log_text())
+    assert set_notices(bouncer, f"SET server_tls_key_file = '{certs.client_key}'") == [
+        TLS_NOT_APPLIED]
+    bouncer.wait_for_log(r"ERROR TLS setup failed: server_tls_cert_file and server_tls_key_file "
+                         r"go together", since=since)
+    assert set_notices(bouncer, f"SET server_tls_cert_file = '{certs.client_cert}'") == []
+    assert server_uses_tls(bouncer)
+    since = len(bouncer.log_text())
+    assert set_notices(bouncer, f"SET server_tls_key_file = '{certs.someoneelse_key}'") == [
+        TLS_NOT_APPLIED]  # a pair that does not match: reported, and the one in force stays
+    bouncer.wait_for_log(r"ERROR TLS setup failed: server_tls_key_file: .* does not match "
+                         r"server_tls_cert_file", since=since)
+    assert server_uses_tls(bouncer)
+
+
+def test_set_of_tls13_suites_openssl_rejects_keeps_the_ones_in_force(
+        pg: PgCluster, certs: CertPaths, bouncer_factory: Any) -> None:
+    bouncer = bouncer_factory(common_ini(pg, **tls_settings(
+        certs, "require", client_tls_protocols="tlsv1.3",
+        client_tls13_ciphers="TLS_CHACHA20_POLY1305_SHA256")))
+    since = len(bouncer.log_text())
+    assert set_notices(bouncer, "SET client_tls13_ciphers = 'unknown'") == [TLS_NOT_APPLIED]
+    bouncer.wait_for_log(r"ERROR TLS setup failed: client_tls13_ciphers: failed to set the "
+                         r"TLSv1\.3 cipher suites to 'unknown'", since=since)
+    assert outcome(bouncer, sslmode="require") == TLS
+    bouncer.wait_for_log(r"tls=TLSv1\.3/TLS_CHACHA20_POLY1305_SHA256", since=since)
+
+
+def row_value(bouncer: BouncerProcess, key: str) -> str:
+    return next(row["value"] for row in show(bouncer, "SHOW CONFIG") if row["key"] == key)
 
 
 # -- verify-full with a user map -------------------------------------------------------------------

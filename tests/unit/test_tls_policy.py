@@ -19,12 +19,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bouncer.builtin import tls as policy
-from bouncer.config import SETTINGS
+from bouncer.config import SETTINGS, ConfigProblems
 from bouncer.errors import ConfigError
 from bouncer.net import certs as certfiles
 from bouncer.net.tls import (CIPHER_SHORTCUTS, ClientTlsContext, TlsSettings,
                              build_client_context, build_server_context, cipher_string,
-                             describe_connection, peer_certificate_problem, protocol_range)
+                             describe_connection, is_tls_setting, peer_certificate_problem,
+                             protocol_range, servers_need_reconnect)
 from bouncer.net.tls_check import check_settings
 from bouncer.net.tls_socket import TlsError, TlsSocket
 from tests.support.certgen import CertPaths, issue, make_ca, write_pem
@@ -137,7 +138,8 @@ def test_disabled_side_is_not_checked(certs: CertPaths) -> None:
 
 def test_missing_file_names_setting_path_and_fix(certs: CertPaths) -> None:
     assert errors_of(client_settings(certs, key_file="/nonexistent/server.key")) == (
-        "client_tls_key_file: /nonexistent/server.key does not exist: fix the path")
+        "client_tls_key_file: /nonexistent/server.key does not exist (No such file or "
+        "directory): fix the path")
 
 
 def test_directory_instead_of_file(certs: CertPaths) -> None:
@@ -200,6 +202,9 @@ def test_certificate_expiring_within_30_days_is_a_warning(tmp_path: Any) -> None
     ("ciphers", "nonsense", "client_tls_ciphers: 'nonsense': OpenSSL accepts no cipher from it"),
     ("ecdhcurve", "nocurve", "client_tls_ecdhcurve: 'nocurve' is not a curve OpenSSL knows"),
     ("dheparams", "legacy", "client_tls_dheparams: 'legacy' is not supported: use auto or none"),
+    # PgBouncer's words, which its tests and operators' log watches look for
+    ("tls13_ciphers", "unknown",
+     "client_tls13_ciphers: failed to set the TLSv1.3 cipher suites to 'unknown'"),
 ])
 def test_client_options_openssl_rejects(certs: CertPaths, field: str, value: str,
                                         complaint: str) -> None:
@@ -219,7 +224,32 @@ def test_server_side_checks(certs: CertPaths) -> None:
     assert errors_of(server_settings(tls13_ciphers="TLS_AES_256_GCM_SHA384")).startswith(
         "server_tls13_ciphers: Python's ssl module cannot choose TLS 1.3 cipher suites")
     assert errors_of(server_settings(ca_file="/nonexistent/root.crt")) == (
-        "server_tls_ca_file: /nonexistent/root.crt does not exist: fix the path")
+        "server_tls_ca_file: /nonexistent/root.crt does not exist (No such file or "
+        "directory): fix the path")
+
+
+@pytest.mark.parametrize("old, new, reconnect", [
+    ({}, {}, False),
+    ({}, {"protocols": "all"}, False),  # TLS to servers off before and after
+    ({}, {"sslmode": "prefer"}, True),
+    ({"sslmode": "require"}, {"sslmode": "disable"}, True),
+    ({"sslmode": "require"}, {"sslmode": "require", "ca_file": "/ca.crt"}, True),
+    ({"sslmode": "require"}, {"sslmode": "require"}, False),
+])
+def test_servers_reconnect_when_the_server_tls_settings_change(old: Dict[str, str],
+                                                               new: Dict[str, str],
+                                                               reconnect: bool) -> None:
+    defaults = {"sslmode": "disable"}
+    assert servers_need_reconnect(server_settings(**{**defaults, **old}),
+                                  server_settings(**{**defaults, **new})) is reconnect
+
+
+@pytest.mark.parametrize("name, tls", [
+    ("client_tls_key_file", True), ("server_tls_sslmode", True), ("client_tls13_ciphers", True),
+    ("server_tls13_ciphers", True), ("auth_type", False), ("server_login_retry", False),
+])
+def test_tls_settings_are_told_apart_as_pgbouncer_does(name: str, tls: bool) -> None:
+    assert is_tls_setting(name) is tls
 
 
 def test_every_problem_is_reported_not_just_the_first(certs: CertPaths) -> None:
@@ -510,8 +540,8 @@ def config_with(**settings: Any) -> Any:
     return SimpleNamespace(settings=values)
 
 
-def test_validate_config_returns_errors_and_logs_warnings(certs: CertPaths, tmp_path: Any,
-                                                          caplog: Any) -> None:
+def test_context_hooks_raise_every_problem_and_log_warnings(certs: CertPaths, tmp_path: Any,
+                                                            caplog: Any) -> None:
     ca = make_ca("short-lived test CA")
     leaf = issue(ca, "localhost", server=True, not_after=NOW + datetime.timedelta(days=5))
     cert = write_pem(str(tmp_path), "soon.crt", leaf.cert.public_bytes(serialization.Encoding.PEM))
@@ -522,8 +552,13 @@ def test_validate_config_returns_errors_and_logs_warnings(certs: CertPaths, tmp_
                          client_tls_key_file=key, server_tls_sslmode="verify-ca",
                          server_tls_ca_file="/nonexistent/root.crt")
     with caplog.at_level(logging.WARNING, logger="bouncer.builtin.tls"):
-        errors = policy.bouncer_validate_config(config=config)
-    assert errors == ["server_tls_ca_file: /nonexistent/root.crt does not exist: fix the path"]
+        assert isinstance(policy.bouncer_client_tls_context(app=None, config=config),
+                          ClientTlsContext)
+        with pytest.raises(ConfigProblems) as refused:
+            policy.bouncer_server_tls_context(app=None, config=config)
+    assert [str(problem) for problem in refused.value.problems] == [
+        "server_tls_ca_file: /nonexistent/root.crt does not exist (No such file or directory): "
+        "fix the path"]
     assert [record.getMessage().split(" holds ")[0] for record in caplog.records] == [
         f"client_tls_cert_file: {cert}"]
 
