@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Iterator, List, Optional, Sequence
 
 from bouncer.auth.store import SOURCE_AUTH_QUERY, Credentials
-from bouncer.config.model import Config
+from bouncer.config.model import Config, DatabaseDef
+from bouncer.config.sections import ADMIN_DATABASE
 from bouncer.errors import BouncerError
 from bouncer.proto import frontend, sqlstate
 from bouncer.proto.codec import decode_text, encode_text
@@ -55,10 +56,11 @@ def resolve_spec(config: Config, database: str) -> Optional[AuthQuerySpec]:
     """The auth_query setup for logins to *database*, or ``None`` when no auth_user applies.
 
     A database's own ``auth_user``, ``auth_query`` and ``auth_dbname`` override the
-    ``[pgbouncer]`` values; an unlisted database takes the ``*`` entry's.  Without
+    ``[pgbouncer]`` values; an unlisted database takes the ``*`` entry's, except the admin
+    console, which has only the ``[pgbouncer]`` ones (as in PgBouncer).  Without
     ``auth_dbname`` the query runs in the database the client asked for.
     """
-    definition = config.databases.get(database) or config.databases.get(AUTODB)
+    definition = _definition(config, database)
     auth_user = (definition and definition.auth_user) or config.auth_user
     if not auth_user:
         return None
@@ -67,27 +69,48 @@ def resolve_spec(config: Config, database: str) -> Optional[AuthQuerySpec]:
     return AuthQuerySpec(auth_user, query, dbname)
 
 
+def _definition(config: Config, database: str) -> Optional[DatabaseDef]:
+    if database == ADMIN_DATABASE:
+        return None
+    return config.databases.get(database) or config.databases.get(AUTODB)
+
+
+def reserved_auth_dbname_problem(dbname: str) -> str:
+    """PgBouncer's words for an auth_dbname naming the admin console, whose "server" cannot
+    run a query."""
+    return f'cannot use the reserved "{dbname}" database as an auth_dbname'
+
+
 def config_problems(config: Config) -> List[str]:
     """What would make every lookup fail, where an auth_user makes auth_query run: a query
-    without ``$1``, or an ``auth_dbname`` that names no ``[databases]`` entry (and no ``*``
-    entry could create it)."""
+    without ``$1``, an ``auth_dbname`` that names no ``[databases]`` entry (and no ``*``
+    entry could create it), or a global ``auth_dbname`` naming the admin console (refused by
+    PgBouncer as it loads the setting; a database's own is refused at login, as there)."""
     return list(_problems(config))
 
 
 def _problems(config: Config) -> Iterator[str]:
+    if config.auth_dbname == ADMIN_DATABASE:
+        yield reserved_auth_dbname_problem(config.auth_dbname)
     if config.auth_user:
-        yield from _spec_problems(config, "", config.auth_query, config.auth_dbname)
-    for name, definition in config.databases.items():
-        if definition.auth_user or config.auth_user:
-            yield from _spec_problems(config, f"database {name}: ", definition.auth_query,
-                                      definition.auth_dbname)
+        yield from _spec_problems(config, "", None, config.auth_dbname)
+    looked_up = {name: definition for name, definition in config.databases.items()
+                 if definition.auth_user or config.auth_user}
+    for name, definition in looked_up.items():
+        yield from _spec_problems(config, f"database {name}: ", definition.auth_query,
+                                  definition.auth_dbname)
+    # The global query only matters where a database has none of its own: PgBouncer's tests
+    # set "auth_query = SELECT 1" next to databases that all override it.
+    if any(not definition.auth_query for definition in looked_up.values()):
+        yield from _spec_problems(config, "", config.auth_query, None)
 
 
 def _spec_problems(config: Config, where: str, query: Optional[str],
                    dbname: Optional[str]) -> Iterator[str]:
     if query and "$1" not in query:
         yield f"{where}auth_query must use $1 where the user name goes"
-    if dbname and dbname not in config.databases and AUTODB not in config.databases:
+    if dbname and dbname != ADMIN_DATABASE and dbname not in config.databases \
+            and AUTODB not in config.databases:
         yield f"{where}auth_dbname = {dbname} names no database in [databases]"
 
 

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from bouncer.auth.query import (AuthQueryFailed, AuthQuerySpec, config_problems,
                                 credentials_from_rows, failure_hint, lookup_request,
-                                resolve_spec)
+                                reserved_auth_dbname_problem, resolve_spec)
 from bouncer.auth.store import Credentials
 from bouncer.builtin.auth_connections import AuthConnections
-from bouncer.errors import AuthFailed, ClientError, ProtocolError
+from bouncer.config.sections import ADMIN_DATABASE
+from bouncer.errors import ClientError, ProtocolError
 from bouncer.net.stream import ConnectionLost
 from bouncer.plugin import hookimpl
 from bouncer.proto import sqlstate
@@ -26,6 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from bouncer.app import App
     from bouncer.config import Config
     from bouncer.pool.pool import Pool
+    from bouncer.pool.registry import DatabaseState
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +49,28 @@ def bouncer_shutdown(app: "App") -> None:
 
 @hookimpl(trylast=True)
 def bouncer_get_credentials(app: "App", user: str, database: str) -> Optional[Credentials]:
-    """Run auth_query for *user*; ``None`` when no auth_user applies or no role matched."""
+    """Run auth_query for *user*; ``None`` when no auth_user applies or the client's database
+    does not exist (PgBouncer runs no query then either).
+
+    :raises ClientError: no role matched (``no such user``, told to the client as PgBouncer
+        tells it), the auth database is unusable, or the lookup failed.
+    """
     spec = resolve_spec(app.config, database)
     if spec is None:
         return None
-    pool = _auth_pool(app, spec)
-    if pool is None:  # the client asked for a database that does not exist
-        log.debug("auth_query for user %r: no database %r to run it in", user, spec.dbname)
+    if database != ADMIN_DATABASE and app.registry.find_database(database) is None:
+        log.debug("auth_query for user %r: no database %r", user, database)
         return None
+    pool = _auth_pool(app, spec)
     try:
         rows = _auth_connections(app, spec).run(app, pool, lookup_request(spec.query, user))
-        return credentials_from_rows(user, rows)
+        credentials = credentials_from_rows(user, rows)
     except (ClientError, ConnectionLost, ProtocolError, AuthQueryFailed) as exc:
         raise _lookup_failed(user, spec, exc) from exc
+    if credentials is None:
+        # PgBouncer tells the client so (it has no mock exchange after an auth_query).
+        raise ClientError("no such user", sqlstate.PROTOCOL_VIOLATION)
+    return credentials
 
 
 def _auth_connections(app: "App", spec: AuthQuerySpec) -> AuthConnections:
@@ -70,13 +81,10 @@ def _auth_connections(app: "App", spec: AuthQuerySpec) -> AuthConnections:
     return targets[key]
 
 
-def _auth_pool(app: "App", spec: AuthQuerySpec) -> Optional["Pool"]:
+def _auth_pool(app: "App", spec: AuthQuerySpec) -> "Pool":
     """The auth_user's pool in the query's database, logging in with auth_user's own secret:
     the auth connections log in as its servers do."""
-    database = app.registry.find_database(spec.dbname)
-    if database is None:
-        return None
-    pool = app.registry.pool(database, spec.auth_user)
+    pool = app.registry.pool(_auth_database(app, spec.dbname), spec.auth_user)
     # Read at every lookup so a RELOAD of auth_file reaches the next new server connection.
     own_secret = app.user_store.from_userlist(spec.auth_user)
     if own_secret is not None:
@@ -84,8 +92,32 @@ def _auth_pool(app: "App", spec: AuthQuerySpec) -> Optional["Pool"]:
     return pool
 
 
+def _auth_database(app: "App", dbname: str) -> "DatabaseState":
+    """The database the query runs in, refused as PgBouncer refuses it: the admin console
+    (checked first, or a ``*`` entry would create a database of that name), one that is not
+    configured, or a disabled one."""
+    if dbname == ADMIN_DATABASE:
+        log.error(reserved_auth_dbname_problem(dbname))
+        raise config_error()
+    database = app.registry.find_database(dbname)
+    if database is None:
+        log.error('authentication database "%s" is not configured.', dbname)
+        raise config_error()
+    if database.refuses_logins:
+        raise ClientError(f'authentication database "{dbname}" is disabled',
+                          sqlstate.PROTOCOL_VIOLATION)
+    return database
+
+
+def config_error(log_reason: str = "") -> ClientError:
+    """What PgBouncer tells a client whose login its configuration cannot serve; the log
+    says why."""
+    return ClientError("bouncer config error", sqlstate.PROTOCOL_VIOLATION,
+                       log_reason=log_reason)
+
+
 def _lookup_failed(user: str, spec: AuthQuerySpec, exc: Exception) -> ClientError:
-    """Fail closed: the client learns only that authentication failed, the log says why;
+    """Fail closed, with PgBouncer's words to the client and the server's reason in the log;
     except that the database it asked for does not exist, which PostgreSQL would tell it too."""
     if isinstance(exc, ClientError) and exc.sqlstate == sqlstate.INVALID_CATALOG_NAME:
         return exc
@@ -93,5 +125,4 @@ def _lookup_failed(user: str, spec: AuthQuerySpec, exc: Exception) -> ClientErro
         getattr(exc, "sqlstate", ""))
     log.error("auth_query for user %r as %r in database %r failed: %s", user, spec.auth_user,
               spec.dbname, reason)
-    return AuthFailed(f'authentication failed for user "{user}"', sqlstate.INVALID_AUTHORIZATION,
-                      log_reason=f"auth_query failed: {reason}")
+    return config_error(f"auth_query failed: {reason}")

@@ -397,12 +397,17 @@ class Pool:
         they get its error at once, as from PgBouncer."""
         self.last_login_failure = (time.monotonic(), err)
         self.last_failure = (time.time(), err)
-        if not getattr(err, "fails_waiters", False) or self.idle or self.active:
+        if not getattr(err, "fails_waiters", False) or self._usable_server_left():
             return
         while self.waiters:
             waiter = self.waiters.popleft()
             if not waiter.done:
                 waiter.fail(err)
+
+    def _usable_server_left(self) -> bool:
+        """A server that will serve a waiter: idle, or active and not to close when released
+        (RECONNECT, a changed config).  PgBouncer counts a pool tagged dirty as having none."""
+        return bool(self.idle) or any(not server.close_needed for server in self.active)
 
     def _fail_fast_if_login_failing(self) -> None:
         retry_in = self.refusing_logins_for()

@@ -38,7 +38,11 @@ class DatabaseState:
         self.resumed.set()
         #: While paused, what a client asking for a server gets instead of waiting (shutdown).
         self.refusal: Optional[BaseException] = None
+        #: DISABLE on the admin console (ENABLE undoes it; a RELOAD does not).
         self.disabled = False
+        #: Left the configuration at a RELOAD, but still has pools: its clients stay, new ones
+        #: are refused until a RELOAD brings it back.
+        self.removed = False
         self.pools: Dict[str, Pool] = {}
         self._host_cycle = itertools.count()
         #: Since when an auto-database has had no clients (the janitor frees it later).
@@ -52,6 +56,10 @@ class DatabaseState:
         if len(hosts) == 1 or self.definition.load_balance_hosts == "disable":
             return hosts[0]
         return hosts[next(self._host_cycle) % len(hosts)]
+
+    @property
+    def refuses_logins(self) -> bool:
+        return self.disabled or self.removed
 
     @property
     def paused(self) -> bool:
@@ -169,6 +177,7 @@ class Registry:
                         pool.mark_close_needed("database configuration changed")
                 state.definition = definition
                 state.autodb = False
+                state.removed = False
         fallback = config.databases.get(AUTODB)
         for name, state in list(self.databases.items()):
             if name in config.databases:
@@ -178,7 +187,7 @@ class Registry:
             elif not state.pools:
                 del self.databases[name]
             else:
-                state.disabled = True
+                state.removed = True
         for name in config.users:
             self.user(name)
         for pool in self.pools():

@@ -286,7 +286,7 @@ class ClientSession:
                 detail="bouncer's [databases] section has no such entry and no * entry",
                 hint="connect to a database it lists (SHOW DATABASES on the admin console), or "
                      "add the database to [databases] and RELOAD")
-        if db.disabled:
+        if db.refuses_logins:
             raise ClientError(
                 f'database "{self.database}" is disabled', sqlstate.CONNECTION_FAILURE,
                 hint=f"an admin ran DISABLE {self.database} (or its [databases] line was "

@@ -91,9 +91,9 @@ def authenticate_admin(client: "ClientSession") -> None:
     if client.user not in allowed and config.auth_type not in ("trust", "any"):
         raise not_allowed
     # The method as for any database (auth_type, or the HBA line for database "pgbouncer");
-    # console users' secrets come from auth_file only, as in PgBouncer.
+    # secrets as for any database too: auth_file first, then auth_query, as in PgBouncer.
     method = app.hooks.auth_method(app, client)
-    _run_method(client, method, app.user_store.from_userlist(client.user))
+    _run_method(client, method, app.hooks.get_credentials(app, client.user, client.database))
     if client.user not in allowed:
         raise not_allowed
 

@@ -212,7 +212,12 @@ def connect_server(app: "App", pool: "Pool",
                 server = ServerConnection(pool, sock, host, addr, port)
                 if on_connected is not None:
                     on_connected(server)
-                login(app, server, pool, startup_params)
+                try:
+                    login(app, server, pool, startup_params)
+                except ServerLoginError as err:
+                    # PgBouncer's closing line for the refused server, in the server's words.
+                    server.close(err.message)
+                    raise
                 logged_in = True
             finally:
                 if not logged_in:  # a refused or broken login: nothing else will close it

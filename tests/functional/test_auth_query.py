@@ -1,6 +1,6 @@
 """auth_query against a real PostgreSQL: md5 and SCRAM secrets, SCRAM passthrough, no caching,
 the ``[users]``-without-auth_file regression, expired and non-login roles, hostile user names,
-per-database overrides, failures, and no secret in the log.
+per-database overrides, failures, the admin console, and no secret in the log.
 
 The auth_user is ``scramuser`` (a superuser, plain password in the standard userlist); every
 user looked up is a throwaway role that auth_file does not list.
@@ -19,6 +19,8 @@ from tests.support.pgcluster import STANDARD_PASSWORDS
 
 #: PostgreSQL's words after a password or md5 exchange, PgBouncer's after a SCRAM one.
 REFUSED_PASSWORD = "refused: .*(password authentication failed for user|SASL authentication failed)"
+#: PgBouncer's words when auth_query returns no row: it tells the client, before any password.
+NO_SUCH_USER = "refused: .*FATAL:  no such user$"
 
 
 @pytest.fixture
@@ -83,17 +85,18 @@ def test_auth_user_logs_in_with_its_auth_file_password_and_standard_users_still_
     assert login_outcome(bouncer.connect, user=user, password="chain-pw") == user
 
 
-@pytest.mark.parametrize("role", [{"valid_until": "2000-01-01"}, {"login": False}],
-                         ids=["expired", "nologin"])
-def test_expired_or_non_login_role_is_refused(roles, start, role) -> None:
-    # CVE-2025-2291: the default query hands bouncer no password for a role past VALID UNTIL,
-    # so bouncer itself refuses it (PostgreSQL's own refusal, after a server login, would read
-    # the same to the client: the log tells them apart).
+@pytest.mark.parametrize("role, refusal, logged", [
+    ({"valid_until": "2000-01-01"}, REFUSED_PASSWORD, "no such user: {user}"),
+    ({"login": False}, NO_SUCH_USER, "closing because: no such user"),
+], ids=["expired", "nologin"])
+def test_expired_or_non_login_role_is_refused(roles, start, role, refusal, logged) -> None:
+    # CVE-2025-2291: the default query hands bouncer no password for a role past VALID UNTIL
+    # (so the password fails, as PostgreSQL's own refusal would read) and no row at all for
+    # one without LOGIN (so the user is unknown).  Either way no server login is tried.
     user = roles.create("h10_refused", "refused-pw", **role)
     bouncer = start()
-    assert re.match(REFUSED_PASSWORD,
-                    login_outcome(bouncer.connect, user=user, password="refused-pw"))
-    bouncer.wait_for_log(rf"testdb/{user}@.* no such user: {user}$")
+    assert re.match(refusal, login_outcome(bouncer.connect, user=user, password="refused-pw"))
+    bouncer.wait_for_log(rf"testdb/{user}@.* {logged.format(user=user)}")
     assert not re.search(rf"S-0x\w+: testdb/{user}@", bouncer.log_text())
 
 
@@ -122,7 +125,7 @@ def test_user_name_with_quotes_and_semicolons_only_fails_to_log_in(pg, start, ca
     bouncer = start()
     # Spliced into the SQL, the first name would fetch scramuser's secret for this password.
     outcome = login_outcome(bouncer.connect, user=hostile, password="scrampass")
-    assert re.match(REFUSED_PASSWORD, outcome), outcome
+    assert re.match(NO_SUCH_USER, outcome), outcome
     assert pg.psql(f"SELECT to_regclass('public.{canary}') IS NOT NULL", db="testdb") == "t"
     assert login_outcome(bouncer.connect, user="md5user") == "md5user"
 
@@ -161,7 +164,7 @@ def test_database_auth_query_and_auth_dbname_override_the_global_ones(
                                "WHERE rolname = $1 AND false")
     assert login_outcome(bouncer.connect, user=user, password="dbquery-pw",
                          dbname="viatable") == user
-    assert re.match(REFUSED_PASSWORD,
+    assert re.match(NO_SUCH_USER,
                     login_outcome(bouncer.connect, user=user, password="dbquery-pw"))
 
 
@@ -170,10 +173,71 @@ def test_failing_auth_query_refuses_the_client_and_the_log_says_why(roles, start
     bouncer = start(auth_query="SELECT rolname, no_such_column FROM pg_catalog.pg_authid "
                                "WHERE rolname = $1")
     outcome = login_outcome(bouncer.connect, user=user, password="broken-pw")
-    assert re.match(f'refused: .*authentication failed for user "{user}"', outcome), outcome
+    assert re.match("refused: .*FATAL:  bouncer config error$", outcome), outcome
     assert "no_such_column" not in outcome
     bouncer.wait_for_log(r"auth_query .* failed: .*no_such_column")
     assert login_outcome(bouncer.connect, user="md5user") == "md5user"
+
+
+# -- the auth database, refused as PgBouncer refuses it -------------------------------------------
+CONFIG_ERROR = "refused: .*FATAL:  bouncer config error$"
+RESERVED = 'cannot use the reserved "pgbouncer" database as an auth_dbname'
+
+
+@pytest.mark.parametrize("dbname, databases", [
+    ("pgbouncer", None),  # the admin console itself, without a global auth_dbname
+    ("viaconsole", {"viaconsole": "host=127.0.0.1 port=@PGPORT@ dbname=testdb "
+                                  "auth_dbname=pgbouncer"}),
+], ids=["admin-console", "database-auth_dbname"])
+def test_the_admin_console_as_the_auth_database_refuses_the_login(pg, roles, start, dbname,
+                                                                  databases) -> None:
+    user = roles.create("h10_reserved", "reserved-pw")
+    databases = {name: line.replace("@PGPORT@", str(pg.port))
+                 for name, line in (databases or {}).items()}
+    bouncer = start(databases=databases, stats_users=user)
+    outcome = login_outcome(bouncer.connect, user=user, password="reserved-pw", dbname=dbname)
+    assert re.match(CONFIG_ERROR, outcome), outcome
+    bouncer.wait_for_log(RESERVED)
+
+
+def test_a_global_auth_dbname_naming_the_admin_console_is_refused_by_reload(start) -> None:
+    bouncer = start()
+    bouncer.write_ini(bouncer.ini_text.replace("[pgbouncer]\n",
+                                               "[pgbouncer]\nauth_dbname = pgbouncer\n", 1))
+    bouncer.reload()
+    bouncer.wait_for_log(f"config reload failed.*{RESERVED}")
+
+
+def test_an_auth_dbname_set_to_no_database_refuses_the_login(pg, roles, start) -> None:
+    # A database's own auth_user with the global auth_dbname: only a login can tell the
+    # database is missing (a global auth_user would have made the SET itself fail).
+    user = roles.create("h10_nowhere", "nowhere-pw")
+    databases = {"viadb": f"host=127.0.0.1 port={pg.port} dbname=testdb auth_user=scramuser"}
+    bouncer = start(databases=databases, auth_user=None)
+    bouncer.admin("SET auth_dbname = 'h10_no_such_db'")
+    outcome = login_outcome(bouncer.connect, user=user, password="nowhere-pw", dbname="viadb")
+    assert re.match(CONFIG_ERROR, outcome), outcome
+    bouncer.wait_for_log('authentication database "h10_no_such_db" is not configured.')
+
+
+def test_a_disabled_auth_database_refuses_the_login(roles, start) -> None:
+    user = roles.create("h10_disabled", "disabled-pw")
+    bouncer = start(auth_dbname="bench")
+    assert login_outcome(bouncer.connect, user=user, password="disabled-pw") == user
+    bouncer.admin("DISABLE bench")
+    outcome = login_outcome(bouncer.connect, user=user, password="disabled-pw")
+    assert re.match('refused: .*FATAL:  authentication database "bench" is disabled$',
+                    outcome), outcome
+
+
+# -- the admin console ---------------------------------------------------------------------------
+def test_an_admin_console_user_missing_from_auth_file_is_looked_up(roles, start) -> None:
+    # In the global auth_dbname, as PgBouncer does; the console has no database of its own.
+    user = roles.create("h10_console", "console-pw")
+    bouncer = start(auth_dbname="bench", stats_users=user)
+    assert bouncer.admin("SHOW VERSION", user=user, password="console-pw")
+    outcome = login_outcome(bouncer.connect, user=user, password="wrong", dbname="pgbouncer")
+    assert re.match(REFUSED_PASSWORD, outcome), outcome
 
 
 def test_no_password_or_secret_in_the_log_at_any_verbosity(pg, roles, start) -> None:

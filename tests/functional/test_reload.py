@@ -118,6 +118,25 @@ def test_removed_database_keeps_its_clients_but_takes_no_new_ones(bouncer_factor
         client.close()
 
 
+def test_removed_database_takes_logins_again_once_a_reload_brings_it_back(bouncer_factory,
+                                                                         ini) -> None:
+    # Its pools outlived the removal (a client held one); the database came back all the same.
+    bouncer = bouncer_factory(ini())
+    client = bouncer.connect(dbname="bench")
+    try:
+        bouncer.write_ini(ini(databases={"bench": None}))
+        reload_and_wait(bouncer)
+        with pytest.raises(psycopg2.OperationalError, match='database "bench" is disabled'):
+            bouncer.connect(dbname="bench")
+        bouncer.write_ini(ini())
+        reload_and_wait(bouncer)
+        again = bouncer.connect(dbname="bench")
+        assert scalar(again, "SELECT current_database()") == "bench"
+        again.close()
+    finally:
+        client.close()
+
+
 def test_auth_file_is_reread(bouncer_factory, ini) -> None:
     bouncer = bouncer_factory(ini(), {"md5user": "md5pass"})
     with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):

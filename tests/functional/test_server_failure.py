@@ -17,6 +17,7 @@ from typing import List
 import psycopg2
 import pytest
 
+from tests.functional.pgroles import roles  # noqa: F401 (a fixture)
 from tests.support import pgwire
 from tests.support.inifile import common_ini
 from tests.support.observe import Background, backend_pid, scalar, wait_for_server_pids
@@ -205,6 +206,33 @@ def test_a_client_waits_while_an_unreachable_server_comes_back(pg, bouncer_facto
         conn.close()
     assert 1.5 < time.monotonic() - started < 10
     assert "connect failed" in bouncer.log_text()
+
+
+def test_a_refused_login_fails_the_waiters_at_once_when_only_reconnecting_servers_are_left(
+        pg, roles, bouncer_factory) -> None:
+    # PgBouncer's kill_pool_logins: a server RECONNECT marked will close when released, so
+    # it is no reason to keep the waiters waiting for query_wait_timeout.
+    user = roles.create("h13_changed", "before-pw")
+    forced = f"host=127.0.0.1 port={pg.port} dbname=testdb user={user} password=before-pw"
+    bouncer = bouncer_factory(common_ini(pg, databases={"forced": forced},
+                                         pool_mode="transaction", default_pool_size=1,
+                                         query_wait_timeout=30))
+    holder = bouncer.connect(dbname="forced")
+    try:
+        backend_pid(holder)  # inside a transaction: its server stays linked
+        roles.set_password(user, "after-pw")
+        bouncer.admin("RECONNECT forced")
+        bouncer.admin("SET default_pool_size = 2")
+        started = time.monotonic()
+        with pytest.raises(psycopg2.OperationalError):
+            scalar(bouncer.connect(dbname="forced"), "SELECT 1")
+        assert time.monotonic() - started < 10
+    finally:
+        holder.close()
+    # The waiter got the server's words, and the refused server has its closing line too.
+    refused = rf'closing because: password authentication failed for user "{user}"'
+    bouncer.wait_for_log(rf"C-0x\w+: forced/md5user@\S+ {refused}")
+    bouncer.wait_for_log(rf"S-0x\w+: forced/{user}@\S+ {refused}")
 
 
 # -- where servers are opened -------------------------------------------------------------------

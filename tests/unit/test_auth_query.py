@@ -61,14 +61,24 @@ def test_unlisted_database_takes_the_fallback_entry_values() -> None:
         "star_lookup", DEFAULT_AUTH_QUERY, "anything")
 
 
+def test_admin_console_takes_only_the_global_values() -> None:
+    fallback = DatabaseDef("*", auth_user="star_lookup", auth_dbname="star_authdb")
+    assert resolve_spec(config(**{"*": fallback}), "pgbouncer") is None
+    assert resolve_spec(config(auth_user="lookup", auth_dbname="authdb", **{"*": fallback}),
+                        "pgbouncer") == AuthQuerySpec("lookup", DEFAULT_AUTH_QUERY, "authdb")
+
+
 def test_default_query_is_schema_qualified_and_refuses_expired_and_nologin_roles() -> None:
     assert "pg_catalog.pg_authid" in DEFAULT_AUTH_QUERY
     assert "rolvaliduntil" in DEFAULT_AUTH_QUERY and "rolcanlogin" in DEFAULT_AUTH_QUERY
 
 
 def test_configurations_that_would_fail_every_lookup_are_refused() -> None:
-    assert config_problems(config(auth_user="lookup", auth_query="SELECT 'x', 'y'")) == [
+    assert config_problems(config(auth_user="lookup", auth_query="SELECT 'x', 'y'",
+                                  app=DatabaseDef("app"))) == [
         "auth_query must use $1 where the user name goes"]
+    assert config_problems(config(auth_user="lookup", auth_dbname="pgbouncer")) == [
+        'cannot use the reserved "pgbouncer" database as an auth_dbname']
     assert config_problems(config(auth_user="lookup", auth_dbname="authdb",
                                   app=DatabaseDef("app"))) == [
         "auth_dbname = authdb names no database in [databases]"]
@@ -79,6 +89,12 @@ def test_configurations_that_would_fail_every_lookup_are_refused() -> None:
 
 def test_settings_that_never_run_or_can_be_created_are_accepted() -> None:
     assert config_problems(config(auth_query="SELECT 'unused'")) == []
+    # Every database that looks users up has a query of its own (as in PgBouncer's tests).
+    own = DatabaseDef("app", auth_query="SELECT usename, passwd FROM pg_shadow WHERE usename=$1")
+    assert config_problems(config(auth_user="lookup", auth_query="SELECT 1", app=own)) == []
+    # A database's auth_dbname = pgbouncer is refused at login, as PgBouncer refuses it.
+    assert config_problems(config(auth_user="lookup",
+                                  app=DatabaseDef("app", auth_dbname="pgbouncer"))) == []
     assert config_problems(config(auth_user="lookup", auth_dbname="any",
                                   **{"*": DatabaseDef("*")})) == []
 

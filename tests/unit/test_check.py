@@ -30,13 +30,14 @@ def write(tmp_path: Path, text: str) -> str:
 
 def test_the_issues_three_problems_are_three_lines(tmp_path: Path) -> None:
     """A misspelt pool_mode, verify-full without a CA and an auth_query without $1: one run."""
-    path = write(tmp_path, "[pgbouncer]\npool_mode = transactoin\n"
+    path = write(tmp_path, "[databases]\napp = host=db.example\n"
+                           "[pgbouncer]\npool_mode = transactoin\n"
                            "client_tls_sslmode = verify-full\nclient_tls_key_file = k\n"
                            "client_tls_cert_file = c\nauth_user = bob\n"
                            "auth_query = SELECT usename, passwd FROM pg_shadow\n")
     result = check_config(path)
     assert len(result.errors) == 5, result.errors  # + the two missing TLS files
-    assert result.errors[0].startswith(f"{path}:2: pool_mode: invalid value 'transactoin'")
+    assert result.errors[0].startswith(f"{path}:4: pool_mode: invalid value 'transactoin'")
     assert result.errors[1].startswith(f"{path}: client_tls_sslmode = verify-full needs "
                                        "client_tls_ca_file")
     assert f"{path}: auth_query must use $1 where the user name goes" in result.errors
@@ -45,7 +46,8 @@ def test_the_issues_three_problems_are_three_lines(tmp_path: Path) -> None:
 
 def test_an_unloadable_plugin_is_a_problem_and_the_built_in_checks_still_run(
         tmp_path: Path) -> None:
-    path = write(tmp_path, "[pgbouncer]\nplugins = no_such_module_here\nauth_user = bob\n"
+    path = write(tmp_path, "[databases]\napp = host=db.example\n[pgbouncer]\n"
+                           "plugins = no_such_module_here\nauth_user = bob\n"
                            "auth_query = SELECT 1\n")
     errors = check_config(path).errors
     assert [error.split(": ")[1] for error in errors] == [
