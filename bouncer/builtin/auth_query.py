@@ -98,18 +98,18 @@ def _auth_database(app: "App", dbname: str) -> "DatabaseState":
     configured, or a disabled one."""
     if dbname == ADMIN_DATABASE:
         log.error(reserved_auth_dbname_problem(dbname))
-        raise config_error()
+        raise _config_error()
     database = app.registry.find_database(dbname)
     if database is None:
         log.error('authentication database "%s" is not configured.', dbname)
-        raise config_error()
+        raise _config_error()
     if database.refuses_logins:
         raise ClientError(f'authentication database "{dbname}" is disabled',
                           sqlstate.PROTOCOL_VIOLATION)
     return database
 
 
-def config_error(log_reason: str = "") -> ClientError:
+def _config_error(log_reason: str = "") -> ClientError:
     """What PgBouncer tells a client whose login its configuration cannot serve; the log
     says why."""
     return ClientError("bouncer config error", sqlstate.PROTOCOL_VIOLATION,
@@ -125,4 +125,4 @@ def _lookup_failed(user: str, spec: AuthQuerySpec, exc: Exception) -> ClientErro
         getattr(exc, "sqlstate", ""))
     log.error("auth_query for user %r as %r in database %r failed: %s", user, spec.auth_user,
               spec.dbname, reason)
-    return config_error(f"auth_query failed: {reason}")
+    return _config_error(f"auth_query failed: {reason}")
