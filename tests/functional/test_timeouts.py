@@ -41,14 +41,20 @@ def elapsed_since(started: float) -> float:
 
 
 # -- waiting for a server -------------------------------------------------------------------------
+def queued_behind_a_holder(bouncer):
+    """(holder, waiter, when): the holder keeps the only server inside a transaction; the
+    waiter's raw session has just sent a query that must wait for it."""
+    holder = bouncer.connect()
+    backend_pid(holder)
+    waiter = session(bouncer)
+    waiter.sendall(pgwire.query("SELECT 1"))
+    return holder, waiter, time.monotonic()
+
+
 def test_query_wait_timeout_refuses_the_waiting_client(start) -> None:
     bouncer = start(default_pool_size=1, query_wait_timeout=1)
-    holder = bouncer.connect()
-    backend_pid(holder)  # holds the only server inside a transaction
-    waiter = session(bouncer)
+    holder, waiter, started = queued_behind_a_holder(bouncer)
     with waiter:
-        started = time.monotonic()
-        waiter.sendall(pgwire.query("SELECT 1"))
         error = error_before_close(waiter, 5)
         assert 0.8 < elapsed_since(started) < 3
     assert "query_wait_timeout" in error["M"]
@@ -59,12 +65,8 @@ def test_query_wait_timeout_refuses_the_waiting_client(start) -> None:
 
 def test_a_client_queued_past_query_wait_notify_is_told_once(start) -> None:
     bouncer = start(default_pool_size=1, query_wait_notify=1)
-    holder = bouncer.connect()
-    backend_pid(holder)  # holds the only server inside a transaction
-    waiter = session(bouncer)
+    holder, waiter, started = queued_behind_a_holder(bouncer)
     with waiter:
-        started = time.monotonic()
-        waiter.sendall(pgwire.query("SELECT 1"))
         kind, payload = pgwire.read_message(waiter)
         assert kind == b"N" and 0.8 < elapsed_since(started) < 3
         assert pgwire.error_fields(payload)["M"] == (
