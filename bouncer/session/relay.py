@@ -431,7 +431,8 @@ def _sync_parameters(client: "ClientSession", server: "ServerConnection") -> Non
     changes = differing(client.vars, server.params)
     if not changes:
         return
-    log.debug("%s varcache_apply: %s", client.prefix, described(changes))
+    if log.isEnabledFor(logging.DEBUG):  # described() is not built when nobody reads it
+        log.debug("%s varcache_apply: %s", client.prefix, described(changes))
     try:
         with _closed_if_interrupted(client, server, "interrupted while setting parameters"):
             server.run_query(sync_query(changes))
