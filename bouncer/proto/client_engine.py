@@ -215,7 +215,7 @@ class ClientEngine:
                 raise _bad_length(kind, length)
             end = pos + 1 + length
             if kind == _COPY_DATA:
-                if not pipeline.client_copy:
+                if not pipeline.copy_rows_sent:
                     pipeline.copy_data_sent()
             elif kind == _FLUSH:
                 pass

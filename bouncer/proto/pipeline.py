@@ -66,7 +66,7 @@ class Pipeline:
     """
 
     __slots__ = ("queue", "fakes", "_special", "_seq", "skipping", "copy_in", "client_copy",
-                 "unsynced", "lost", "mid_reply", "statements", "names")
+                 "copy_rows_sent", "unsynced", "lost", "mid_reply", "statements", "names")
 
     def __init__(self) -> None:
         #: The requests owed, oldest first (read it; change it through the methods).
@@ -81,6 +81,8 @@ class Pipeline:
         self.copy_in = False
         #: The client was told to copy in and has not sent CopyDone/CopyFail yet.
         self.client_copy = False
+        #: CopyData was sent since the server asked for it (a row may have failed the copy).
+        self.copy_rows_sent = False
         #: An extended-protocol message was sent since the last Sync: the server holds the
         #: client's unnamed statement, portal or implicit transaction even once it answered.
         self.unsynced = False
@@ -110,9 +112,11 @@ class Pipeline:
 
     def sent(self, kind: int) -> None:
         """A client message the server will answer was forwarded."""
-        if kind == SYNC:
-            if self.copy_in and self.client_copy:
+        if self.copy_in and self.client_copy:
+            if kind == SYNC:
                 return  # PostgreSQL ignores Sync during COPY IN (not after CopyDone)
+            self._copy_broken()
+        if kind == SYNC:
             self.unsynced = self.skipping = False
         elif kind in EXTENDED:
             self.unsynced = True
@@ -122,9 +126,10 @@ class Pipeline:
             self.queue.append(kind)
 
     def copy_data_sent(self) -> None:
-        """CopyData was forwarded (the client engine checks ``client_copy`` itself first)."""
+        """CopyData was forwarded (the client engine calls this until ``copy_rows_sent``)."""
         if not self.client_copy:
             self.lost = True
+        self.copy_rows_sent = True
 
     def copy_end_sent(self, kind: int) -> None:
         """CopyDone or CopyFail was forwarded: answered only if the server is still copying."""
@@ -139,6 +144,8 @@ class Pipeline:
         """A request whose success matters (``effect`` on the server's statements once it
         succeeds, ``undo`` if it fails or is skipped); ``injected``: bouncer's own, its reply
         is swallowed."""
+        if self.copy_in and self.client_copy:
+            self._copy_broken()
         seq = next(self._seq)
         self._special[seq] = (effect, undo)
         self.unsynced = True
@@ -225,8 +232,12 @@ class Pipeline:
         return self.answered(EXECUTE)
 
     def copy_started(self) -> None:
-        """CopyInResponse or CopyBothResponse: the client now sends CopyData."""
-        self.copy_in = self.client_copy = True
+        """CopyInResponse or CopyBothResponse: the client now sends CopyData, unless it
+        already sent (before this reply came) a message that will break the copy."""
+        self.copy_in = True
+        self.copy_rows_sent = False
+        sent_behind = itertools.islice(self.queue, 1, None)
+        self.client_copy = all(entry & KIND == SYNC for entry in sent_behind)
 
     def due_fakes(self) -> bytes:
         """The made-up replies that are next in line (sent after the current reply)."""
@@ -250,8 +261,19 @@ class Pipeline:
         self._dropped(list(self.queue))
         self.queue.clear()
         self.skipping = self.copy_in = self.client_copy = self.unsynced = self.lost = False
+        self.copy_rows_sent = False
 
     # -- bookkeeping -----------------------------------------------------------------------
+
+    def _copy_broken(self) -> None:
+        """A message other than copy data, Sync or Flush was sent during COPY IN: PostgreSQL
+        fails the copy on it, so the Syncs after it are answered.  Copy messages the client
+        sends later are out of turn.  If rows went before it, one of them may have failed the
+        copy already, and then PostgreSQL runs this message instead: the replies can no longer
+        tell which (``lost``)."""
+        self.client_copy = False
+        if self.copy_rows_sent:
+            self.lost = True
 
     def _end_copy(self) -> None:
         """The copy is over: drop what copy mode consumed after the request that started it

@@ -382,6 +382,30 @@ def test_copy_data_before_the_copy_in_response_keeps_the_server_with_its_client(
     assert talk.server.pipeline.lost and not releasable(talk.server, talk.client)
 
 
+@pytest.mark.parametrize("cut", [0, len(query("COPYIN"))], ids=["sent-ahead", "sent-after-the-reply"])
+def test_a_message_that_breaks_a_copy_in_is_answered_after_the_copy(cut) -> None:
+    """PostgreSQL fails the copy on the first message that is not copy data, Sync or Flush,
+    and answers what follows normally: the Sync behind it gets its ReadyForQuery, whether the
+    client sent it before or after the CopyInResponse reached bouncer."""
+    talk = Conversation()
+    talk.send(query("COPYIN") + query("SELECT") + msg(b"P", b"\0SELECT\0\0\0") + SYNC,
+              [cut], [10**6])
+    talk.deliver_all([])
+    assert talk.server.pipeline.kinds() == [] and not talk.server.pipeline.client_copy
+    assert releasable(talk.server, talk.client) and could_serve_another(talk.backend)
+
+
+def test_a_query_after_copy_rows_keeps_the_server_with_its_client() -> None:
+    """A row may have failed the copy before the query came (then PostgreSQL runs the query)
+    or not (then the query is what failed it): the replies cannot tell which."""
+    talk = Conversation()
+    talk.send(query("COPYIN"), [], [])
+    talk.deliver_all([])
+    talk.send(msg(b"d", b"bad") + msg(b"P", b"\0SELECT\0\0\0"), [], [])
+    talk.deliver_all([])
+    assert talk.server.pipeline.lost and not releasable(talk.server, talk.client)
+
+
 # -- the pipeline's own accounting ------------------------------------------------------------------
 
 def test_the_sync_libpq_sends_before_copy_data_is_not_answered() -> None:
