@@ -262,10 +262,13 @@ class Pool:
         """Return a server that finished its transaction/session, or hand it to a waiter.
 
         :param served: False when it only told a new client the server's parameters: that is
-            not a use that server_lifetime counts.
+            not a use that server_lifetime counts, nor a server assignment in SHOW STATS
+            (PgBouncer's session client keeps the server it got at login, one assignment).
         """
         self.active.discard(server)
         server.link = None
+        if not served:
+            self.database.stats.server_assignment_count -= 1
         if server.close_needed or (self.size and self.over_size()):
             self.close_server(server, server.close_reason or "too many servers in pool")
             return

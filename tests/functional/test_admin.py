@@ -118,8 +118,9 @@ def bouncer_admin_commands(app):
 
 @pytest.fixture(scope="module")
 def bouncer(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BouncerProcess]:
-    ini = common_ini(pg, pool_mode="transaction", admin_users=ADMIN, stats_users=STATS_USER,
-                     plugins="admin_test_plugin", stats_period=1)
+    sessions = {"sessiondb": f"host=127.0.0.1 port={pg.port} dbname=testdb pool_mode=session"}
+    ini = common_ini(pg, sessions, pool_mode="transaction", admin_users=ADMIN,
+                     stats_users=STATS_USER, plugins="admin_test_plugin", stats_period=1)
     with BouncerProcess(tmp_path_factory.mktemp("admin"), ini,
                         extra_files={"admin_test_plugin.py": PLUGIN}) as proc:
         yield proc
@@ -226,6 +227,15 @@ def test_xact_count_moves_by_the_number_of_transactions(bouncer: BouncerProcess)
     assert totals["total_xact_count"] >= after["xact_count"]
 
 
+def test_a_session_client_is_one_server_assignment(bouncer: BouncerProcess) -> None:
+    """The first client of a pool also logs a server in to learn its parameters: that is not
+    an assignment of its own (PgBouncer's session client keeps the server it got at login)."""
+    for _ in range(3):
+        xacts(bouncer, 2, dbname="sessiondb")
+    stats = row_for(bouncer, "SHOW STATS_TOTALS", database="sessiondb")
+    assert (stats["server_assignment_count"], stats["xact_count"]) == (3, 6)
+
+
 def test_averages_over_the_stats_period_reach_the_console(bouncer: BouncerProcess) -> None:
     def averaged() -> bool:
         xacts(bouncer, 3)
@@ -282,7 +292,7 @@ def test_show_state_and_lists(bouncer: BouncerProcess) -> None:
     assert {row["key"]: row["value"] for row in as_dicts(bouncer, "SHOW STATE")} == {
         "active": "yes", "paused": "no", "suspended": "no"}
     lists = {row["list"]: row["items"] for row in as_dicts(bouncer, "SHOW LISTS")}
-    assert lists["databases"] == 3  # testdb, bench and the console's own
+    assert lists["databases"] == 4  # testdb, bench, sessiondb and the console's own
     assert lists["used_clients"] >= 1
 
 
