@@ -28,7 +28,7 @@ from bouncer.plugin.hooks import PluginHooks
 from bouncer.plugin.manager import make_plugin_manager
 from bouncer.pool.janitor import Janitor
 from bouncer.pool.registry import Registry
-from bouncer.pool.stats import StatsPeriod
+from bouncer.pool.stats import Counters, StatsPeriod
 from bouncer.session.cancel import CancelRegistry
 from bouncer.session.client import ClientSession
 from bouncer.session.server import connect_server
@@ -90,6 +90,8 @@ class App:
                                      pool.database.name, pool.user.name, seconds))
         self.cancels = CancelRegistry(self)
         self.stats_period = StatsPeriod()
+        #: The admin console's own counters (its logins and commands), as a database's.
+        self.admin_stats = Counters()
         self.clients: Set[ClientSession] = set()
         self.group = Group()
         self.listeners = Listeners(self._handle_connection, self.group)

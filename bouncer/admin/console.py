@@ -106,6 +106,9 @@ class Console:
 
     def _run(self, query: str) -> None:
         log.debug("%s got admin query: %s", self.client.prefix, query)
+        stats = self.app.admin_stats  # each command is a transaction of its own, as in PgBouncer
+        stats.xact_count += 1
+        stats.query_count += 1
         if not grammar.strip_terminator(query):
             self._send(backend.empty_query_response() + _READY)
             return

@@ -218,7 +218,7 @@ def _database_stats(app: "App") -> Iterator[Sequence[Any]]:
     """``(name, totals, averages)`` per database, sorted, the console's own included."""
     zeros = dict.fromkeys(FIELDS, 0)
     found = [(db.name, db.stats.snapshot()) for db in app.registry.databases.values()]
-    found.append((ADMIN_DATABASE, tuple(zeros.values())))
+    found.append((ADMIN_DATABASE, app.admin_stats.snapshot()))
     for name, totals in sorted(found):
         averages = app.stats_period.current_averages.get(name, zeros)
         yield name, totals, [averages[field] for field in FIELDS]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Optional
 
 import gevent
 
+from bouncer.config.sections import ADMIN_DATABASE
 from bouncer.errors import ClientError
 from bouncer.pool.stats import stats_line
 from bouncer.proto.constants import TXN_IDLE
@@ -17,6 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from bouncer.app import App
     from bouncer.config import Config
     from bouncer.pool.pool import Pool
+    from bouncer.pool.registry import DatabaseState
     from bouncer.session.server import ServerConnection
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ class Janitor:
 
     def tick(self) -> None:
         expired = functools.partial(expiry_reason, self.app.config)
+        self._make_min_size_pools()
         for pool in self.app.registry.pools():
             pool.refresh_limits()
             pool.expire_waiters(pool.limits.query_wait_timeout())
@@ -71,8 +74,36 @@ class Janitor:
             self._fill_min(pool)
             while pool.over_size() and pool.idle:
                 pool.close_server(pool.idle[0], "too many servers in pool")
+        self._free_idle_pools()
         self._free_idle_autodbs()
         self._maybe_roll_stats()
+
+    def _make_min_size_pools(self) -> None:
+        """A database with a forced user and min_pool_size gets its pool before any client
+        comes, so that its servers are opened in advance (as PgBouncer does).  Only forced
+        users: with many users, connections would be opened in ways nobody expects."""
+        registry, config = self.app.registry, self.app.config
+        for db in list(registry.databases.values()):
+            user = db.definition.user
+            if user and not db.removed and _min_pool_size(config, db) and user not in db.pools:
+                registry.pool(db, user)
+
+    def _free_idle_pools(self) -> None:
+        """pool_idle_timeout: forget pools that had no client and no server for that long.
+        A forced-user pool kept at min_pool_size stays: it would only be made again."""
+        timeout = self.app.config.pool_idle_timeout
+        if not timeout:
+            return
+        now = time.monotonic()
+        for pool in list(self.app.registry.pools()):
+            if not pool.unused() or (pool.database.definition.user
+                                     and pool.limits.min_pool_size()):
+                pool.unused_since = None
+            elif pool.unused_since is None:
+                pool.unused_since = now
+            elif now - pool.unused_since >= timeout:  # ">=": the tick is as coarse as 0.5 s
+                age = now - pool.unused_since
+                self.app.registry.forget_pool(pool, f"pool idle timeout (age= {age:.0f}s)")  # sic
 
     @staticmethod
     def _fill_min(pool: "Pool") -> None:
@@ -104,10 +135,17 @@ class Janitor:
             return
         self.period_start = time.monotonic()
         totals = [(db.name, db.stats) for db in self.app.registry.databases.values()]
+        totals.append((ADMIN_DATABASE, self.app.admin_stats))
         line = stats_line(self.app.stats_period.roll(totals, elapsed))
         self.app.notify_status(line)
         if config.log_stats:
             log.info("%s", line)
+
+
+def _min_pool_size(config: "Config", db: "DatabaseState") -> int:
+    """The database's min_pool_size, or the global one (no pool exists to ask yet)."""
+    own = db.definition.min_pool_size
+    return config.min_pool_size if own is None else own
 
 
 def _fast_close(pool: "Pool") -> None:

@@ -140,6 +140,8 @@ class Pool:
         self.check_query, self.check_delay = limits.server_check()
         #: When a server was last closed for its lifetime (monotonic), to spread such closings.
         self.last_lifetime_close = 0.0
+        #: Since when (monotonic) the janitor has seen the pool without clients and servers.
+        self.unused_since: Optional[float] = None
 
     # -- names and counts ----------------------------------------------------------------------
 
@@ -150,6 +152,10 @@ class Pool:
     def server_count(self) -> int:
         return (len(self.idle) + len(self.active) + len(self.tested) + len(self.login)
                 + len(self.being_canceled))
+
+    def unused(self) -> bool:
+        """No client, nobody waiting, no server: the pool could be freed (pool_idle_timeout)."""
+        return not (self.clients or self.waiters or self.held or self.server_count())
 
     def all_servers(self) -> List[Any]:
         """Connected servers (those still logging in have nothing to show yet)."""

@@ -140,6 +140,16 @@ class Registry:
         for database in list(self.databases.values()):
             yield from list(database.pools.values())
 
+    def forget_pool(self, pool: Pool, reason: str) -> None:
+        """Drop an unused pool (pool_idle_timeout); the next client makes a new one."""
+        database, user = pool.database, pool.user
+        if database.pools.get(user.name) is pool:
+            del database.pools[user.name]
+        if user.pools.get(database.name) is pool:
+            del user.pools[database.name]
+        log.info("cleaning up idle pool for user %s on db %s because: %s", user.name,
+                 database.name, reason)
+
     def forget_database(self, database: DatabaseState, reason: str) -> None:
         """Close a database's servers and drop it with its pools (a free auto-database)."""
         for user_name, pool in list(database.pools.items()):

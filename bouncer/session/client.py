@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Set, Tuple
 import gevent
 
 from bouncer import VERSION_STRING
+from bouncer.config.sections import ADMIN_DATABASE
 from bouncer.errors import ClientError, ProtocolError
 from bouncer.net.stream import ConnectionLost, recv_some, send_all
 from bouncer.proto import backend, sqlstate
@@ -34,8 +35,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from bouncer.pool.registry import DatabaseState
 
 log = logging.getLogger(__name__)
-
-ADMIN_DATABASE = "pgbouncer"
 
 #: Startup parameters every pooler accepts without tracking them.
 _ALWAYS_ACCEPTED = {"user", "database", "replication"}
@@ -194,6 +193,7 @@ class ClientSession:
             if self.database == ADMIN_DATABASE:
                 self.is_admin = True
                 client_auth.authenticate_admin(self)
+                self.app.admin_stats.client_login_count += 1
                 self._send_admin_welcome()
                 return True
             client_auth.authenticate(self)

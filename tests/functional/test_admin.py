@@ -236,6 +236,22 @@ def test_a_session_client_is_one_server_assignment(bouncer: BouncerProcess) -> N
     assert (stats["server_assignment_count"], stats["xact_count"]) == (3, 6)
 
 
+def test_console_logins_and_commands_are_counted_as_its_own_database(
+        bouncer: BouncerProcess) -> None:
+    """As in PgBouncer, the pgbouncer row counts console logins, and each command as one
+    transaction and one query (the SHOW that reads them included)."""
+    before = row_for(bouncer, "SHOW STATS_TOTALS", database="pgbouncer")
+    conn = console(bouncer)
+    try:
+        run(conn, "SHOW VERSION")
+        run(conn, "SHOW LISTS")
+    finally:
+        conn.close()
+    after = row_for(bouncer, "SHOW STATS_TOTALS", database="pgbouncer")
+    assert [after[key] - before[key] for key in ("client_login_count", "xact_count",
+                                                  "query_count")] == [2, 3, 3]
+
+
 def test_averages_over_the_stats_period_reach_the_console(bouncer: BouncerProcess) -> None:
     def averaged() -> bool:
         xacts(bouncer, 3)

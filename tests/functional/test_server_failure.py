@@ -20,7 +20,8 @@ import pytest
 from tests.functional.pgroles import roles  # noqa: F401 (a fixture)
 from tests.support import pgwire
 from tests.support.inifile import common_ini
-from tests.support.observe import Background, backend_pid, scalar, wait_for_server_pids
+from tests.support.observe import (Background, backend_pid, scalar, server_pids,
+                                   wait_for_server_pids)
 from tests.support.ports import free_port, wait_until
 
 POOL_SIZE = 2
@@ -291,6 +292,18 @@ def test_min_pool_size_opens_servers_ahead_of_demand(pg, bouncer_factory) -> Non
         wait_for_server_pids(pg, "md5user", lambda pids: len(pids) == 3, timeout=5)
     finally:
         conn.close()
+
+
+def test_min_pool_size_of_a_forced_user_opens_servers_before_any_client(pg, bouncer_factory) -> None:
+    databases = {"forced": f"host=127.0.0.1 port={pg.port} dbname=testdb user=md5user "
+                           "min_pool_size=2"}
+    bouncer = bouncer_factory(common_ini(pg, databases, pool_mode="transaction",
+                                         pool_idle_timeout=1))
+    wait_for_server_pids(pg, "md5user", lambda pids: len(pids) == 2, timeout=5)
+    time.sleep(1.5)  # ... and pool_idle_timeout does not free that pool
+    assert [row[:2] for row in bouncer.admin("SHOW POOLS") if row[0] == "forced"] == [
+        ("forced", "md5user")]
+    assert len(server_pids(pg, "md5user")) == 2
 
 
 def test_fallback_database_entry_serves_unlisted_databases(pg, bouncer_factory) -> None:

@@ -252,6 +252,36 @@ def test_server_in_use_outlives_server_idle_timeout(pg, start) -> None:
     assert len(set(pids_over_time(bouncer, 5, 0.4))) == 1
 
 
+def pool_names(bouncer) -> List[str]:
+    return [f"{row[0]}/{row[1]}" for row in bouncer.admin("SHOW POOLS") if row[0] != "pgbouncer"]
+
+
+def test_pool_idle_timeout_frees_an_empty_pool(pg, start) -> None:
+    bouncer = start(server_idle_timeout=1, pool_idle_timeout=1)
+    pid = pids_over_time(bouncer, 1, 0)[0]
+    assert pool_names(bouncer) == [f"testdb/{USER}"]
+    wait_for_server_pids(pg, USER, lambda pids: not pids, timeout=5)  # server_idle_timeout
+    bouncer.wait_for_log(rf"cleaning up idle pool for user {USER} on db testdb because: "
+                         r"pool idle timeout \(age= \d+s\)", timeout=5)
+    assert pool_names(bouncer) == []
+    assert pids_over_time(bouncer, 1, 0)[0] != pid  # the next client makes a new pool
+    assert pool_names(bouncer) == [f"testdb/{USER}"]
+
+
+def test_pool_idle_timeout_spares_a_pool_with_a_client(pg, start) -> None:
+    bouncer = start(server_idle_timeout=1, pool_idle_timeout=1)
+    conn = bouncer.connect()
+    try:
+        backend_pid(conn)
+        conn.commit()
+        wait_for_server_pids(pg, USER, lambda pids: not pids, timeout=5)
+        time.sleep(1.5)
+        assert pool_names(bouncer) == [f"testdb/{USER}"]
+    finally:
+        conn.close()
+    assert "cleaning up idle pool" not in bouncer.log_text()
+
+
 # -- server_check_query / server_check_delay -----------------------------------------------------
 @pytest.fixture
 def check_counter(pg):
