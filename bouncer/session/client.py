@@ -7,7 +7,6 @@ exchanges live in :mod:`bouncer.session.client_auth`; the traffic after login in
 from __future__ import annotations
 
 import logging
-import random
 import socket
 import sys
 import time
@@ -19,6 +18,7 @@ from bouncer import VERSION_STRING
 from bouncer.errors import ClientError, ProtocolError
 from bouncer.net.stream import ConnectionLost, recv_some, send_all
 from bouncer.proto import backend, sqlstate
+from bouncer.proto.cancel_key import CancelKey, new_key
 from bouncer.proto.client_engine import ClientEngine
 from bouncer.proto.constants import PROTOCOL_3_0, TXN_IDLE
 from bouncer.proto.framing import CancelRequest, GSSENCRequest, SSLRequest, StartupMessage
@@ -72,7 +72,7 @@ class ClientSession:
         self.logged_in = False
         self.is_admin = False
         self.wait_time_us = 0
-        self.cancel_key: Tuple[int, int] = (random.getrandbits(31), random.getrandbits(32))
+        self.cancel_key: CancelKey = new_key(app.config.peer_id)
         self.close_reason = ""
         self.closing_logged = False
         self.greenlet = gevent.getcurrent()
