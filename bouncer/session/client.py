@@ -213,7 +213,7 @@ class ClientSession:
                 engine.start_authentication()
                 return packet
             if isinstance(packet, CancelRequest):
-                self.app.cancels.forward(packet.pid, packet.secret)
+                self.app.cancels.request(packet.pid, packet.secret)
                 self.close_reason = "cancel request"
                 return None
             if engine.buffered:
