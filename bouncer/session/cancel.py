@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Dict
 
 import gevent
 
+from bouncer.pool.peer_pool import PeerPool, peer_pool_size
 from bouncer.proto import frontend
 from bouncer.proto.cancel_key import CancelKey, route
 
@@ -25,6 +26,8 @@ class CancelRegistry:
     def __init__(self, app: "App") -> None:
         self.app = app
         self._clients: Dict[CancelKey, "ClientSession"] = {}
+        #: Peer id -> its pool, from the first cancel forwarded there (SHOW PEER_POOLS).
+        self.peer_pools: Dict[int, PeerPool] = {}
 
     def register(self, client: "ClientSession") -> None:
         self._clients[client.cancel_key] = client
@@ -49,17 +52,27 @@ class CancelRegistry:
             self._forward_to_server(target.key)
 
     def _forward_to_peer(self, peer_id: int, key: CancelKey) -> None:
-        peer = self.app.config.peers.get(peer_id)
+        config = self.app.config
+        peer = config.peers.get(peer_id)
         if peer is None:
             log.debug("cancel request for unknown peer %d ignored", peer_id)
             return
         # No host means a unix socket in unix_socket_dir, as for [databases].
-        host = peer.host or self.app.config.unix_socket_dir or "/tmp"
+        host = peer.host or config.unix_socket_dir or "/tmp"
+        pool = self._peer_pool(peer_id)
         log.debug("forwarding cancel request to peer %d", peer_id)
         try:
-            self._deliver(host, peer.port, key)
+            # cancel_wait_timeout covers the wait for a slot as well as the delivery.
+            with self._cancel_timeout(), pool.turn(peer_pool_size(config, peer)):
+                self._deliver(host, peer.port, key)
         except OSError as exc:
             log.warning("cancel request to peer %d failed: %s", peer_id, exc)
+
+    def _peer_pool(self, peer_id: int) -> PeerPool:
+        pool = self.peer_pools.get(peer_id)
+        if pool is None:
+            pool = self.peer_pools[peer_id] = PeerPool(peer_id)
+        return pool
 
     def _forward_to_server(self, key: CancelKey) -> None:
         client = self._clients.get(key)
@@ -83,7 +96,8 @@ class CancelRegistry:
 
     def _send_cancel(self, server, prefix: str) -> None:
         try:
-            self._deliver(server.host, server.port, server.cancel_key)
+            with self._cancel_timeout():
+                self._deliver(server.host, server.port, server.cancel_key)
         except OSError as exc:
             log.warning("%s cancel request to server failed: %s", prefix, exc)
         finally:
@@ -91,17 +105,20 @@ class CancelRegistry:
             if not server.cancels_in_flight:
                 server.pool.cancels_done(server)
 
+    def _cancel_timeout(self) -> gevent.Timeout:
+        """cancel_wait_timeout, raising OSError as a failed connection would."""
+        timeout = self.app.config.cancel_wait_timeout or None
+        return gevent.Timeout(timeout, OSError("cancel_wait_timeout"))
+
     def _deliver(self, host: str, port: int, key: CancelKey) -> None:
         """Send a CancelRequest from a new connection and wait until the other end closes it
         (the postmaster does once it has signalled the backend, a peer once it has passed the
-        cancel on), for at most cancel_wait_timeout.
+        cancel on).
 
-        :raises OSError: it could not be delivered in time.
+        :raises OSError: it could not be delivered.
         """
-        timeout = self.app.config.cancel_wait_timeout or None
-        with gevent.Timeout(timeout, OSError("cancel_wait_timeout")):
-            family, sockaddr = self.app.resolver.resolve(host, port)[0]
-            with socket.socket(family, socket.SOCK_STREAM) as sock:
-                sock.connect(sockaddr)
-                sock.sendall(frontend.cancel_request(*key))
-                sock.recv(1)
+        family, sockaddr = self.app.resolver.resolve(host, port)[0]
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.connect(sockaddr)
+            sock.sendall(frontend.cancel_request(*key))
+            sock.recv(1)

@@ -117,3 +117,13 @@ def test_a_cancel_passed_round_a_misrouted_group_gets_home(pg, group) -> None:
     with sock:
         send_cancel(group[2], key)
         assert sqlstate(outcome(sock, 5)) == QUERY_CANCELED
+
+
+def test_show_peer_pools_has_a_row_for_each_peer_a_cancel_went_to(group) -> None:
+    receiver = group[2]
+    assert receiver.admin("SHOW PEER_POOLS", host=receiver.workdir) == []
+    sock, key = sleeping_session(group[1])
+    with sock:
+        send_cancel(receiver, key)
+        assert sqlstate(outcome(sock, 5)) == QUERY_CANCELED
+    assert receiver.admin("SHOW PEER_POOLS", host=receiver.workdir) == [(1, 0, 0, 0, 0)]
