@@ -22,6 +22,7 @@ from bouncer.config.sections import ADMIN_DATABASE
 from bouncer.net.tls import TlsSettings
 from bouncer.net.tls_check import describe_policy
 from bouncer.pool.limits import database_cap, first_set, user_cap, user_value
+from bouncer.pool.peer_pool import peer_pool_size
 from bouncer.pool.stats import FIELDS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -367,17 +368,20 @@ def show_dns_zones(console: "Console", args: str) -> Result:
 def show_peers(console: "Console", args: str) -> Result:
     grammar.no_arguments(args)
     config = console.app.config
-    rows = [[peer.peer_id, peer.host, peer.port,
-             first_set(peer.pool_size, config.default_pool_size)]
+    rows = [[peer.peer_id, peer.host, peer.port, peer_pool_size(config, peer)]
             for _, peer in sorted(config.peers.items())]
     return show(PEERS_COLUMNS, rows)
 
 
 @stats_allowed
 def show_peer_pools(console: "Console", args: str) -> Result:
-    """Cancel requests are never queued for peers, so there are no peer pools to show."""
+    """One row per peer a cancel was forwarded to.  Each forward has a connection of its own
+    from the moment it holds a slot, so the active columns agree and none is logging in."""
     grammar.no_arguments(args)
-    return show(PEER_POOLS_COLUMNS, [])
+    pools = console.app.cancels.peer_pools
+    rows = [[peer_id, pool.active, pool.waiting, pool.active, 0]
+            for peer_id, pool in sorted(pools.items())]
+    return show(PEER_POOLS_COLUMNS, rows)
 
 
 # -- CONFIG, VERSION, parameters -------------------------------------------------------------

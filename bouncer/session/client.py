@@ -7,7 +7,6 @@ exchanges live in :mod:`bouncer.session.client_auth`; the traffic after login in
 from __future__ import annotations
 
 import logging
-import random
 import socket
 import sys
 import time
@@ -20,6 +19,7 @@ from bouncer.config.sections import ADMIN_DATABASE
 from bouncer.errors import ClientError, ProtocolError
 from bouncer.net.stream import ConnectionLost, recv_some, send_all
 from bouncer.proto import backend, sqlstate
+from bouncer.proto.cancel_key import CancelKey, new_key
 from bouncer.proto.client_engine import ClientEngine
 from bouncer.proto.constants import PROTOCOL_3_0, TXN_IDLE
 from bouncer.proto.framing import CancelRequest, GSSENCRequest, SSLRequest, StartupMessage
@@ -71,7 +71,7 @@ class ClientSession:
         self.logged_in = False
         self.is_admin = False
         self.wait_time_us = 0
-        self.cancel_key: Tuple[int, int] = (random.getrandbits(31), random.getrandbits(32))
+        self.cancel_key: CancelKey = new_key(app.config.peer_id)
         self.close_reason = ""
         self.closing_logged = False
         self.greenlet = gevent.getcurrent()
@@ -213,7 +213,7 @@ class ClientSession:
                 engine.start_authentication()
                 return packet
             if isinstance(packet, CancelRequest):
-                self.app.cancels.forward(packet.pid, packet.secret)
+                self.app.cancels.request(packet.pid, packet.secret)
                 self.close_reason = "cancel request"
                 return None
             if engine.buffered:

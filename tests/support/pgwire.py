@@ -57,9 +57,23 @@ def md5_answer(user: str, plain: str, salt: bytes) -> str:
 
 
 def connect(host: str, port: int, timeout: float = 5.0) -> socket.socket:
-    sock = socket.create_connection((host, port), timeout=timeout)
+    """TCP to ``host``, or, as libpq reads a ``host`` starting with ``/``, the unix socket in
+    that directory."""
+    if not host.startswith("/"):
+        sock = socket.create_connection((host, port), timeout=timeout)
+        sock.settimeout(timeout)
+        return sock
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
+    sock.connect(f"{host}/.s.PGSQL.{port}")
     return sock
+
+
+def backend_key(messages: List[Message]) -> Tuple[int, int]:
+    """The (pid, secret) of the BackendKeyData among a login's messages."""
+    payload = next(payload for kind, payload in messages if kind == b"K")
+    pid, secret = struct.unpack("!II", payload)
+    return pid, secret
 
 
 def recv_exactly(sock: socket.socket, count: int) -> bytes:

@@ -92,9 +92,9 @@ def test_bouncer_own_settings_exist() -> None:
 
 def test_unfinished_features_are_marked_unsupported() -> None:
     unsupported = {s.name for s in SETTINGS if not s.supported}
-    assert {"peer_id", "pkt_buf", "auth_ldap_options"} <= unsupported
+    assert {"pkt_buf", "auth_ldap_options"} <= unsupported
     assert {"max_prepared_statements", "transaction_timeout", "server_fast_close",
-            "disable_pqexec"}.isdisjoint(unsupported)
+            "disable_pqexec", "peer_id"}.isdisjoint(unsupported)
     assert "listen_port" not in unsupported
 
 
