@@ -95,7 +95,7 @@ class ClientSession:
         if self.unix:
             where = f"unix({self.peer_uid})" if self.peer_uid is not None else "unix"
         else:
-            where = f"[{self.addr}]:{self.port}" if ":" in self.addr else f"{self.addr}:{self.port}"
+            where = self._tcp_address()
         return f"C-{id(self):#x}: {self.database}/{self.user}@{where}"
 
     # -- the whole life ------------------------------------------------------------------------
@@ -238,7 +238,20 @@ class ClientSession:
             # Its server is its own: the options go there as they are (PgBouncer does so).
             self.startup_options = params.pop("options")
         self.params = self._check_parameters(params)
+        if self.app.config.application_name_add_host:
+            named = self.params.get("application_name", "app")
+            self.params["application_name"] = f"{named} - {self._address_details()}"
         self.application_name = self.params.get("application_name", "")
+
+    def _address_details(self) -> str:
+        """Where the client is, as application_name_add_host appends it (PgBouncer's form)."""
+        if self.unix:
+            pid = f"({self.peer_pid}@{socket.gethostname()})" if self.peer_pid else ""
+            return f"unix{pid}:{self.app.config.listen_port}"
+        return self._tcp_address()
+
+    def _tcp_address(self) -> str:
+        return f"[{self.addr}]:{self.port}" if ":" in self.addr else f"{self.addr}:{self.port}"
 
     def _check_parameters(self, params: Dict[str, str]) -> Dict[str, str]:
         """Keep tracked parameters; refuse unknown ones unless ignore_startup_parameters lists them."""

@@ -2,6 +2,7 @@
 socket clients, and hostile startup packets sent over a real socket."""
 from __future__ import annotations
 
+import re
 import socket
 import struct
 from typing import Dict, List
@@ -191,6 +192,28 @@ def test_libpq_prefers_and_then_goes_without_tls(bouncer) -> None:
 
 
 # -- unix socket clients ------------------------------------------------------------------------
+def test_application_name_add_host_appends_where_the_client_is(pg, bouncer_factory) -> None:
+    bouncer = bouncer_factory(common_ini(pg, application_name_add_host=1))
+    named, unnamed = bouncer.connect(application_name="job"), bouncer.connect()
+    local = bouncer.connect(host=bouncer.socket_dir)
+    try:
+        for conn in (named, unnamed, local):
+            conn.autocommit = True
+        client_ports = {row[6] for row in bouncer.admin("SHOW CLIENTS") if row[1] == USER}
+        name = scalar(named, "SHOW application_name")
+        assert re.fullmatch(r"job - 127\.0\.0\.1:(\d+)", name), name
+        assert int(name.rsplit(":", 1)[1]) in client_ports
+        assert re.fullmatch(r"app - 127\.0\.0\.1:\d+", scalar(unnamed, "SHOW application_name"))
+        assert re.fullmatch(rf"app - unix\(\d+@[^)]+\):{bouncer.port}",
+                            scalar(local, "SHOW application_name"))
+        # only at login: a later SET is the client's own
+        named.cursor().execute("SET application_name = 'renamed'")
+        assert scalar(named, "SHOW application_name") == "renamed"
+    finally:
+        for conn in (named, unnamed, local):
+            conn.close()
+
+
 def test_client_over_the_unix_socket(bouncer) -> None:
     conn = bouncer.connect(host=bouncer.socket_dir)
     try:
