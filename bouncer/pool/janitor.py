@@ -63,7 +63,7 @@ class Janitor:
         expired = functools.partial(expiry_reason, self.app.config)
         for pool in self.app.registry.pools():
             pool.refresh_limits()
-            pool.expire_waiters(pool.limits.query_wait_timeout())
+            pool.expire_waiters()
             pool.launch_if_needed()  # the reserve pool opens once clients waited long enough
             pool.close_idle(expired)
             if self.app.config.server_fast_close:

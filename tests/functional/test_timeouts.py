@@ -63,6 +63,19 @@ def test_query_wait_timeout_refuses_the_waiting_client(start) -> None:
     holder.close()
 
 
+def test_query_timeout_counts_the_wait_for_a_server(start) -> None:
+    # As PgBouncer's janitor: a queued client past query_timeout is ended, before
+    # query_wait_timeout would.
+    bouncer = start(default_pool_size=1, query_timeout=1, query_wait_timeout=30)
+    holder, waiter, started = queued_behind_a_holder(bouncer)
+    with waiter:
+        error = error_before_close(waiter, 5)
+        assert 0.8 < elapsed_since(started) < 3
+    assert error["M"] == "query_timeout"
+    holder.commit()
+    holder.close()
+
+
 def test_a_client_queued_past_query_wait_notify_is_told_once(start) -> None:
     bouncer = start(default_pool_size=1, query_wait_notify=1)
     holder, waiter, started = queued_behind_a_holder(bouncer)
