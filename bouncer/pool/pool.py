@@ -365,6 +365,8 @@ class Pool:
     def may_open_another(self) -> bool:
         if self.last_login_failure is not None and self._retry_pending():
             return False
+        if self.login and self._probing():
+            return False
         size = self.size
         from_reserve = False
         if size:
@@ -380,6 +382,12 @@ class Pool:
         if from_reserve:  # PgBouncer's line, for the client waiting longest
             log.warning("%s taking connection from reserve_pool", self.waiters[0].client.prefix)
         return True
+
+    def _probing(self) -> bool:
+        """No connection has worked yet, or the last one failed: then one connects at a time
+        (PgBouncer's rule at all times), so that clients arriving at a server that is down,
+        or at a host list's bad entry, cost one failed attempt, not one each."""
+        return self.welcome_params is None or self.last_login_failure is not None
 
     def launch(self) -> None:
         placeholder = _Connecting()
@@ -399,6 +407,7 @@ class Pool:
         if self.welcome_params is None:
             self.welcome_params = dict(server.params)
         self.give(server)
+        self.launch_if_needed()  # for the waiters held back while this one probed
 
     def _login_failed(self, err: ClientError) -> None:
         """A connection could not be opened.  New ones are tried again after
