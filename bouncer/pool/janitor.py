@@ -66,7 +66,7 @@ class Janitor:
         self._make_min_size_pools()
         for pool in self.app.registry.pools():
             pool.refresh_limits()
-            pool.expire_waiters(pool.limits.query_wait_timeout())
+            pool.expire_waiters()
             pool.launch_if_needed()  # the reserve pool opens once clients waited long enough
             pool.close_idle(expired)
             if self.app.config.server_fast_close:

@@ -29,11 +29,12 @@ log = logging.getLogger(__name__)
 
 
 class WaitTimeout(ClientError):
-    """PgBouncer's ``query_wait_timeout``, with why the client waited and what to change."""
+    """PgBouncer's ``query_wait_timeout`` (or ``query_timeout``, which counts the wait too),
+    with why the client waited and what to change."""
 
-    def __init__(self, detail: str, hint: str) -> None:
-        super().__init__("query_wait_timeout", sqlstate.CONNECTION_FAILURE, "FATAL",
-                         detail=detail, hint=hint)
+    def __init__(self, detail: str, hint: str, setting: str = "query_wait_timeout") -> None:
+        super().__init__(setting, sqlstate.CONNECTION_FAILURE, "FATAL", detail=detail,
+                         hint=hint)
 
 
 class LoginFailing(ClientError):
@@ -222,25 +223,31 @@ class Pool:
         self.database.registry.client_waited(self, waited / 1e6)
         return server
 
-    def expire_waiters(self, timeout: float) -> None:
-        """Fail clients that waited longer than *timeout* seconds (0 = wait for ever)."""
-        if not timeout:
-            return
+    def expire_waiters(self) -> None:
+        """Fail clients that waited longer than query_timeout or query_wait_timeout (0: no
+        limit); as in PgBouncer's janitor, query_timeout is looked at first."""
+        limits = [(timeout, setting) for timeout, setting in (
+            (self.limits.query_timeout(), "query_timeout"),
+            (self.limits.query_wait_timeout(), "query_wait_timeout")) if timeout]
         now = time.monotonic()
-        while self.waiters and now - self.waiters[0].since > timeout:
+        while self.waiters:
+            waited = now - self.waiters[0].since
+            expired = next(((t, name) for t, name in limits if waited > t), None)
+            if expired is None:
+                return  # the others came later
             waiter = self.waiters.popleft()
             if not waiter.done:
-                waiter.fail(self._no_server_in_time(timeout))
+                waiter.fail(self._no_server_in_time(*expired))
 
-    def _no_server_in_time(self, timeout: float) -> WaitTimeout:
+    def _no_server_in_time(self, timeout: float, setting: str) -> WaitTimeout:
         blocked = f"; no new one may open: {self.blocked_by} reached" if self.blocked_by else ""
         return WaitTimeout(
-            f"no server connection of pool {self.name} became free within query_wait_timeout "
+            f"no server connection of pool {self.name} became free within {setting} "
             f"({timeout:g} s): {len(self.active)} in use, {len(self.login)} being opened, "
             f"pool_size {self.size}{blocked}",
-            "raise pool_size (or the limit named) or query_wait_timeout, or shorten the "
-            "transactions that hold servers; SHOW POOLS and SHOW CHECKS on the admin console "
-            "show the pool and its server logins")
+            f"raise pool_size (or the limit named) or {setting}, or shorten the transactions "
+            "that hold servers; SHOW POOLS and SHOW CHECKS on the admin console show the pool "
+            "and its server logins", setting)
 
     def _wait_for_resume(self, client: Any) -> None:
         """PAUSE: hold the client until RESUME (or until query_wait_timeout)."""
@@ -364,6 +371,8 @@ class Pool:
     def may_open_another(self) -> bool:
         if self.last_login_failure is not None and self._retry_pending():
             return False
+        if self.login and self._probing():
+            return False
         size = self.size
         from_reserve = False
         if size:
@@ -379,6 +388,12 @@ class Pool:
         if from_reserve:  # PgBouncer's line, for the client waiting longest
             log.warning("%s taking connection from reserve_pool", self.waiters[0].client.prefix)
         return True
+
+    def _probing(self) -> bool:
+        """No connection has worked yet, or the last one failed: then one connects at a time
+        (PgBouncer's rule at all times), so that clients arriving at a server that is down,
+        or at a host list's bad entry, cost one failed attempt, not one each."""
+        return self.welcome_params is None or self.last_login_failure is not None
 
     def launch(self) -> None:
         placeholder = _Connecting()
@@ -398,6 +413,7 @@ class Pool:
         if self.welcome_params is None:
             self.welcome_params = dict(server.params)
         self.give(server)
+        self.launch_if_needed()  # for the waiters held back while this one probed
 
     def _login_failed(self, err: ClientError) -> None:
         """A connection could not be opened.  New ones are tried again after

@@ -6,9 +6,8 @@ about sockets: pools open server connections through the connector the App gives
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional
 
 from gevent.event import Event
 
@@ -44,18 +43,32 @@ class DatabaseState:
         #: are refused until a RELOAD brings it back.
         self.removed = False
         self.pools: Dict[str, Pool] = {}
-        self._host_cycle = itertools.count()
+        #: Where the next connection starts in a comma list of hosts (PgBouncer's rrcounter).
+        self._host_index = 0
         #: Since when an auto-database has had no clients (the janitor frees it later).
         self.idle_since: Optional[float] = None
 
-    def next_host(self) -> Optional[str]:
-        """Round-robin over a comma list of hosts (``None``: the default unix socket)."""
+    def hosts_in_order(self) -> List[str]:
+        """The hosts a new connection tries, first to last (empty: the default unix socket).
+
+        As PgBouncer, a comma list starts at the next entry for each connection
+        (round-robin), or at the current one, which only a failure moves on (disable).
+        """
         hosts = self.definition.host
-        if not hosts:
-            return None
-        if len(hosts) == 1 or self.definition.load_balance_hosts == "disable":
-            return hosts[0]
-        return hosts[next(self._host_cycle) % len(hosts)]
+        if len(hosts) < 2:
+            return list(hosts)
+        start = self._host_index % len(hosts)
+        if self.definition.load_balance_hosts != "disable":
+            self._host_index += 1
+        return list(hosts[start:] + hosts[:start])
+
+    def host_failed(self, host: str) -> None:
+        """A connection to *host* failed: with load_balance_hosts=disable, new connections
+        move on to the next host (unless another failure moved them already)."""
+        hosts = self.definition.host
+        if (self.definition.load_balance_hosts == "disable" and len(hosts) > 1
+                and hosts[self._host_index % len(hosts)] == host):
+            self._host_index += 1
 
     @property
     def refuses_logins(self) -> bool:

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple, Type
 
 import gevent
 
@@ -33,6 +33,12 @@ _READ = 1  # libev's EV_READ
 
 class ServerError(ClientError):
     """A server connection failed or misbehaved; the message is for the client."""
+
+
+def server_prefix(ident: int, pool: "Pool", addr: str, port: int) -> str:
+    """``S-0x...: db/user@addr:port`` for log lines, as PgBouncer prints it."""
+    host = f"[{addr}]" if ":" in addr else addr
+    return f"S-{ident:#x}: {pool.database.name}/{pool.user.name}@{host}:{port}"
 
 
 class ServerConnection:
@@ -80,10 +86,7 @@ class ServerConnection:
 
     @property
     def prefix(self) -> str:
-        """``S-0x...: db/user@addr:port`` for log lines, as PgBouncer prints it."""
-        host = f"[{self.addr}]" if ":" in self.addr else self.addr
-        return (f"S-{id(self):#x}: {self.pool.database.name}/{self.pool.user.name}"
-                f"@{host}:{self.port}")
+        return server_prefix(id(self), self.pool, self.addr, self.port)
 
     def age(self) -> float:
         return time.monotonic() - self.created
@@ -188,40 +191,105 @@ def connect_server(app: "App", pool: "Pool",
                    startup_params: Optional[Dict[str, str]] = None) -> ServerConnection:
     """Open and log in a new server connection for *pool* (the pool's connector).
 
+    The hosts of a comma list are tried in the order the database gives; one that does not
+    resolve or take the connection gives way to the next at once (PgBouncer waits for
+    server_login_retry first, keeping clients waiting although another host could serve).
+
     :param on_connected: called with the connection once its socket is open, before the login
         (``bouncer --check --connect`` keeps it to report TLS and the auth request even when
         the login then fails).
     :param startup_params: more startup parameters (a replication client's own).
     :raises ClientError: connect or login failed; the message says why, for the client.
     """
-    database = pool.database
-    definition = database.definition
     # No host means a unix socket in unix_socket_dir, which PgBouncer uses for both sides.
-    host = database.next_host() or app.config.unix_socket_dir or "/tmp"
-    port = definition.port
-    timeout = app.config.server_connect_timeout or None
-    target = f"{host}:{port} (database {database.name})"
+    *others, last = pool.database.hosts_in_order() or [app.config.unix_socket_dir or "/tmp"]
+    for host in others:
+        try:
+            return _connect_host(app, pool, host, on_connected, startup_params)
+        except _Unreachable:
+            pass  # logged; the next host is tried
+    return _connect_host(app, pool, last, on_connected, startup_params)
+
+
+class _Unreachable(ServerError):
+    """The host did not resolve or did not take the connection: no server was talked to."""
+
+
+def _connect_host(app: "App", pool: "Pool", host: str,
+                  on_connected: Optional[Callable[[ServerConnection], None]],
+                  startup_params: Optional[Dict[str, str]]) -> ServerConnection:
     try:
-        with gevent.Timeout(timeout, ServerError(
-                "server connect timeout", sqlstate.CONNECTION_FAILURE,
-                detail=f"{target} did not complete the login within server_connect_timeout "
-                       f"({app.config.server_connect_timeout:g} s)", hint=_CONNECT_HINT)):
-            sock, addr = _open_socket(app, host, port)
-            logged_in = False
-            try:
-                server = ServerConnection(pool, sock, host, addr, port)
-                if on_connected is not None:
-                    on_connected(server)
-                try:
-                    login(app, server, pool, startup_params)
-                except ServerLoginError as err:
-                    # PgBouncer's closing line for the refused server, in the server's words.
-                    server.close(err.message)
-                    raise
-                logged_in = True
-            finally:
-                if not logged_in:  # a refused or broken login: nothing else will close it
-                    sock.close()
+        server = _open_and_log_in(app, pool, host, on_connected, startup_params)
+    except ClientError:
+        pool.database.host_failed(host)  # load_balance_hosts=disable moves on only now
+        raise
+    if app.config.log_connections:
+        log.info("%s new connection to server (from %s:%s)", server.prefix,
+                 server.local_addr, server.local_port)
+    _run_connect_query(server, pool.database.definition.connect_query)
+    server.arm()
+    return server
+
+
+def _open_and_log_in(app: "App", pool: "Pool", host: str,
+                     on_connected: Optional[Callable[[ServerConnection], None]],
+                     startup_params: Optional[Dict[str, str]]) -> ServerConnection:
+    """Connect and log in, both within server_connect_timeout."""
+    port = pool.database.definition.port
+    # Our own Timeout instance, so that a timeout of the caller's is not taken for ours.
+    timer = gevent.Timeout(app.config.server_connect_timeout or None)
+    timer.start()
+    try:
+        sock, addr = _reach(app, pool, host, port, timer)
+        server = ServerConnection(pool, sock, host, addr, port)
+        _log_in(app, server, on_connected, startup_params, timer)
+        return server
+    finally:
+        timer.close()
+
+
+def _reach(app: "App", pool: "Pool", host: str, port: int,
+           timer: gevent.Timeout) -> Tuple[socket.socket, str]:
+    """Open the socket.  A failure is logged as PgBouncer logs it, as a server closing."""
+    attempt = _Attempt()
+    try:
+        return _open_socket(app, host, port)
+    except socket.gaierror as exc:
+        reason = f"server DNS lookup failed: {_why(exc)}"
+        error = _connect_error(_Unreachable, pool, host, port, exc)
+    except OSError as exc:
+        reason = f"connect failed: {_why(exc)}"
+        error = _connect_error(_Unreachable, pool, host, port, exc)
+    except gevent.Timeout as exc:
+        if exc is not timer:
+            raise
+        reason = "connect failed: timed out"
+        error = _timeout_error(_Unreachable, app, pool, host, port)
+    if app.config.log_disconnections:
+        log.info("%s closing because: %s (age=%ds)", server_prefix(id(attempt), pool, host, port),
+                 reason, attempt.age())
+    raise error
+
+
+def _log_in(app: "App", server: ServerConnection,
+            on_connected: Optional[Callable[[ServerConnection], None]],
+            startup_params: Optional[Dict[str, str]], timer: gevent.Timeout) -> None:
+    logged_in = False
+    try:
+        if on_connected is not None:
+            on_connected(server)
+        login(app, server, server.pool, startup_params)
+        logged_in = True
+    except ServerLoginError as err:
+        server.close(err.message)  # PgBouncer's closing line, in the server's words
+        raise
+    except gevent.Timeout as exc:
+        if exc is not timer:
+            raise
+        # Connected but not logged in in time: a network-type failure (clients wait on
+        # while bouncer retries), closed with the line of PgBouncer's janitor.
+        server.close("connect timeout")
+        raise _timeout_error(ServerError, app, server.pool, server.host, server.port) from None
     except ConnectionLost as exc:
         raise ServerError(f"server connection lost during login: {exc}",
                           sqlstate.CONNECTION_FAILURE) from exc
@@ -230,17 +298,47 @@ def connect_server(app: "App", pool: "Pool",
         # waiting for it get the error now rather than after query_wait_timeout.
         raise ServerLoginError(f"server sent a malformed message during login: {exc}",
                                sqlstate.PROTOCOL_VIOLATION) from exc
-    except OSError as exc:
-        _log_connect_failure(app, pool, host, port, exc)
-        raise ServerError(f"could not connect to server: {exc.strerror or exc}",
-                          sqlstate.CONNECTION_FAILURE, detail=f"bouncer tried {target}",
-                          hint=_CONNECT_HINT) from exc
-    if app.config.log_connections:
-        log.info("%s new connection to server (from %s:%s)", server.prefix,
-                 server.local_addr, server.local_port)
-    _run_connect_query(server, definition.connect_query)
-    server.arm()
-    return server
+    except OSError as exc:  # a broken connection, or TLS refused
+        server.close(f"connect failed: {_why(exc)}")
+        raise _connect_error(ServerError, server.pool, server.host, server.port, exc) from exc
+    finally:
+        if not logged_in:  # nothing else will close it
+            server.sock.close()
+
+
+class _Attempt:
+    """Stands for the server object PgBouncer has before the socket connects: its id is the
+    pointer of the log line, as PgBouncer logs a failed connect as a server closing."""
+
+    __slots__ = ("started",)
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def age(self) -> float:
+        return time.monotonic() - self.started
+
+
+def _target(pool: "Pool", host: str, port: int) -> str:
+    return f"{host}:{port} (database {pool.database.name})"
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _connect_error(cls: Type[ServerError], pool: "Pool", host: str, port: int,
+                   exc: OSError) -> ServerError:
+    return cls(f"could not connect to server: {_why(exc)}", sqlstate.CONNECTION_FAILURE,
+               detail=f"bouncer tried {_target(pool, host, port)}", hint=_CONNECT_HINT)
+
+
+def _timeout_error(cls: Type[ServerError], app: "App", pool: "Pool", host: str,
+                   port: int) -> ServerError:
+    return cls("server connect timeout", sqlstate.CONNECTION_FAILURE,
+               detail=f"{_target(pool, host, port)} did not complete the login within "
+                      f"server_connect_timeout ({app.config.server_connect_timeout:g} s)",
+               hint=_CONNECT_HINT)
 
 
 _CONNECT_HINT = ("check that the server runs and accepts connections there, and the host= and "
@@ -261,17 +359,12 @@ def _open_socket(app: "App", host: str, port: int) -> Tuple[socket.socket, str]:
             sock.close()
             last_error = exc
             continue
+        except BaseException:  # the connect timeout: nothing else will close the socket
+            sock.close()
+            raise
         addr = sockaddr[0] if isinstance(sockaddr, tuple) else "unix"
         return sock, addr
     raise last_error or OSError(f"no address for {host}")
-
-
-def _log_connect_failure(app: "App", pool: "Pool", host: str, port: int, exc: OSError) -> None:
-    # PgBouncer logs a failed connect as a closed server ("closing because: connect failed"):
-    # log_disconnections decides; log_pooler_errors is for the errors sent to clients.
-    if app.config.log_disconnections:
-        log.warning("S-: %s/%s@%s:%s connect failed: %s", pool.database.name, pool.user.name,
-                    host, port, exc)
 
 
 def _run_connect_query(server: ServerConnection, connect_query: Optional[str]) -> None:

@@ -270,6 +270,32 @@ def test_host_list_with_a_name_and_an_address(pg, bouncer_factory) -> None:
     assert set(client_addrs_of_concurrent_servers(bouncer, 4)) <= {"127.0.0.1", "::1"}
 
 
+def test_a_host_that_does_not_resolve_gives_way_to_the_next_at_once(pg, bouncer_factory) -> None:
+    """load_balance_hosts=disable: the connect that meets the bad first host goes on to the
+    next one at once (no wait for server_login_retry), the connections after it stay there,
+    and clients arriving together cost one failed lookup, not one each."""
+    databases = {"testdb": f"host=unresolvable-hostname,127.0.0.1 port={pg.port} "
+                           "dbname=testdb load_balance_hosts=disable"}
+    bouncer = bouncer_factory(common_ini(pg, databases=databases, pool_mode="transaction",
+                                         default_pool_size=4, server_login_retry=30))
+    started = time.monotonic()
+    logins = [Background(bouncer.connect) for _ in range(3)]
+    conns = [login.result() for login in logins]
+    try:
+        # Each inside a transaction: three servers, each asked where it was reached from.
+        addrs = [scalar(conn, "SELECT host(inet_client_addr())") for conn in conns]
+        assert len({backend_pid(conn) for conn in conns}) == 3
+    finally:
+        for conn in conns:
+            conn.close()
+    assert addrs == ["127.0.0.1"] * 3
+    assert time.monotonic() - started < 5
+    log = bouncer.log_text()
+    assert len(re.findall(r"S-0x[0-9a-f]+: testdb/md5user@unresolvable-hostname:\d+ closing "
+                          r"because: server DNS lookup failed", log)) == 1, log
+    assert len(re.findall(r"@127\.0\.0\.1:\d+ new connection to server", log)) == 3, log
+
+
 def test_connect_query_runs_on_every_new_server(pg, bouncer_factory) -> None:
     databases = {"testdb": f"host=127.0.0.1 port={pg.port} dbname=testdb "
                            f"connect_query='SET work_mem TO 1234'"}

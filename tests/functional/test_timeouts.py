@@ -5,9 +5,11 @@ server-side ones (server_lifetime, server_idle_timeout) in pg_stat_activity.
 """
 from __future__ import annotations
 
+import socket
 import time
 from typing import Dict, List
 
+import psycopg2
 import pytest
 
 from tests.support import pgwire
@@ -60,6 +62,19 @@ def test_query_wait_timeout_refuses_the_waiting_client(start) -> None:
     assert "query_wait_timeout" in error["M"]
     holder.commit()
     assert scalar(holder, "SELECT 1") == 1  # the holder was not disturbed
+    holder.close()
+
+
+def test_query_timeout_counts_the_wait_for_a_server(start) -> None:
+    # As PgBouncer's janitor: a queued client past query_timeout is ended, before
+    # query_wait_timeout would.
+    bouncer = start(default_pool_size=1, query_timeout=1, query_wait_timeout=30)
+    holder, waiter, started = queued_behind_a_holder(bouncer)
+    with waiter:
+        error = error_before_close(waiter, 5)
+        assert 0.8 < elapsed_since(started) < 3
+    assert error["M"] == "query_timeout"
+    holder.commit()
     holder.close()
 
 
@@ -328,3 +343,21 @@ def test_a_server_failing_its_check_is_replaced(start) -> None:
     assert backend_pid(conn) != first  # the client got a new server, not an error
     bouncer.wait_for_log(r"closing because: server check query failed: division by zero")
     conn.close()
+
+
+def test_a_server_that_never_answers_the_login_leaves_the_client_to_query_timeout(start) -> None:
+    """server_connect_timeout closes the silent server; that is a network failure, not a
+    refused login, so the client waits on (bouncer retries) until query_timeout, which counts
+    the wait too, ends it with PgBouncer's words."""
+    with socket.socket() as silent:  # the kernel accepts the connection; nobody answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        bouncer = start(databases={"silent": f"host=127.0.0.1 port={port} dbname=testdb"},
+                        server_connect_timeout=1, query_timeout=3)
+        started = time.monotonic()
+        with pytest.raises(psycopg2.OperationalError, match="query_timeout"):
+            bouncer.connect(dbname="silent", connect_timeout=10)
+        assert 2.5 < elapsed_since(started) < 6
+    bouncer.wait_for_log(r"S-0x[0-9a-f]+: silent/md5user@127\.0\.0\.1:\d+ closing because: "
+                         r"connect timeout \(age=\d+s\)")
