@@ -484,7 +484,10 @@ class Pool:
                 continue
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                raise WaitTimeout()
+                raise WaitTimeout(
+                    f"pool {self.name} is full ({len(self.active)} servers in use, pool_size "
+                    f"{self.size}) and a replication client needs a server of its own",
+                    "raise pool_size or query_wait_timeout, or end a client that holds one")
             self._room.clear()
             self._room.wait(remaining)
         placeholder = _Connecting()

@@ -106,10 +106,10 @@ class TestSettings:
         assert fragment in str(error) and f"bouncer.ini:3: {error.key}:" in str(error)
 
     def test_unsupported_settings_give_one_warning_naming_each(self, tmp_path: Path) -> None:
-        config = load(tmp_path, "[pgbouncer]\napplication_name_add_host = 1\npkt_buf = 8192\n"
+        config = load(tmp_path, "[pgbouncer]\nsbuf_loopcnt = 10\npkt_buf = 8192\n"
                                 "max_prepared_statements = 0\nserver_fast_close = 0\n")
         assert config.warnings == ("settings accepted but not honoured by bouncer yet: "
-                                   "application_name_add_host, pkt_buf",)
+                                   "pkt_buf, sbuf_loopcnt",)
 
     def test_prepared_statements_are_honoured_without_a_warning(self, tmp_path: Path) -> None:
         config = load(tmp_path, "[pgbouncer]\nmax_prepared_statements = 100\n")
