@@ -3,8 +3,10 @@
 As in PgBouncer, a server connection's state *is* the collection it sits in: ``login``
 (connecting), ``idle`` (ready), ``active`` (linked to a client), ``tested`` (running the check
 query) or ``being_canceled`` (released while cancel requests for it are still on their way:
-given to nobody until they are done, or a late cancel would hit the next client's query).  The pool never touches sockets: it opens connections through the ``connector`` it is
-given, checks them through ``server.run_query()`` and closes them through ``server.close()``.
+given to nobody until they are done, or a late cancel would hit the next client's query).
+
+The pool never touches sockets: it opens connections through the ``connector`` it is given,
+checks them through ``server.run_query()`` and closes them through ``server.close()``.
 """
 from __future__ import annotations
 

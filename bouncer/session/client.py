@@ -178,7 +178,8 @@ class ClientSession:
     def _login(self) -> bool:
         """Everything up to ReadyForQuery; False when the connection was only a cancel."""
         timeout = self.app.config.client_login_timeout or None
-        with gevent.Timeout(timeout, ClientError("client_login_timeout", sqlstate.PROTOCOL_VIOLATION)):
+        expired = ClientError("client_login_timeout", sqlstate.PROTOCOL_VIOLATION)
+        with gevent.Timeout(timeout, expired):
             startup = self._read_startup()
             if startup is None:
                 return False
@@ -241,7 +242,7 @@ class ClientSession:
         self.application_name = self.params.get("application_name", "")
 
     def _check_parameters(self, params: Dict[str, str]) -> Dict[str, str]:
-        """Keep tracked parameters; refuse unknown ones unless ignore_startup_parameters lists them."""
+        """Keep tracked parameters; refuse others unless ignore_startup_parameters lists them."""
         config = self.app.config
         tracked = tracked_names(config.track_extra_parameters)
         ignored = {name.strip().lower() for name in config.ignore_startup_parameters}
@@ -307,7 +308,7 @@ class ClientSession:
         db.stats.client_login_count += 1
 
     def _send_welcome(self) -> None:
-        """AuthenticationOk, the server's parameters (with this client's own), key, ReadyForQuery."""
+        """AuthenticationOk, the server's parameters (with the client's own), key, ReadyForQuery."""
         pool = self.pool
         if self.replication != replication.NONE:
             welcome = replication.open_server(self).params

@@ -124,7 +124,8 @@ class _AuthExchange:
         elif code == AuthCode.SASL:
             self._start_scram(data)
         elif code == AuthCode.SASL_CONTINUE and self.scram is not None:
-            self._send(frontend.sasl_response(self._scram_step(self.scram.handle_server_first, data)))
+            response = self._scram_step(self.scram.handle_server_first, data)
+            self._send(frontend.sasl_response(response))
         elif code == AuthCode.SASL_FINAL and self.scram is not None:
             self._scram_step(self.scram.handle_server_final, data)
         else:
