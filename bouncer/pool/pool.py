@@ -122,9 +122,9 @@ class Pool:
         self.held: Dict[Any, float] = {}
         self.clients: Set[Any] = set()
         #: ParameterStatus values a server sent at login: what new clients are told.
-        self.welcome_params: Optional[dict] = None
+        self.welcome_params: Optional[Dict[str, str]] = None
         #: (monotonic time, error) of the last failed server login, for server_login_retry.
-        self.last_login_failure: Optional[tuple] = None
+        self.last_login_failure: Optional[Tuple[float, ClientError]] = None
         #: For SHOW CHECKS: (wall-clock time, error) of the latest failed server connect or
         #: login, kept after a success, and the wall-clock time of the latest success.
         self.last_failure: Optional[Tuple[float, ClientError]] = None
@@ -364,14 +364,14 @@ class Pool:
             self.launch()
 
     def may_open_another(self) -> bool:
-        if self.last_login_failure is not None and self._retry_pending():
+        if self._retry_pending():
             return False
         size = self.size
         from_reserve = False
         if size:
             count = self.server_count()
             if count >= size:
-                from_reserve = (self.waiters and count < size + self.reserve
+                from_reserve = (bool(self.waiters) and count < size + self.reserve
                                 and self.max_wait() >= self.limits.reserve_timeout())
                 if not from_reserve:
                     return False
@@ -422,13 +422,15 @@ class Pool:
 
     def _fail_fast_if_login_failing(self) -> None:
         retry_in = self.refusing_logins_for()
-        if retry_in > 0:
-            raise LoginFailing(self.last_login_failure[1], retry_in)
+        failure = self.last_login_failure
+        if retry_in > 0 and failure is not None:  # (a retry_in implies a failure)
+            raise LoginFailing(failure[1], retry_in)
 
     def _retry_pending(self) -> bool:
         """The last connection failed less than server_login_retry ago."""
-        when, _ = self.last_login_failure
-        return time.monotonic() - when < self.limits.login_retry()
+        failure = self.last_login_failure
+        return (failure is not None
+                and time.monotonic() - failure[0] < self.limits.login_retry())
 
     def refusing_logins_for(self) -> float:
         """Seconds during which new clients still get the cached login error (0: none)."""

@@ -10,7 +10,7 @@ import logging
 import socket
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Dict, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Set, Tuple, cast
 
 import gevent
 
@@ -46,11 +46,15 @@ class ClientSession:
     def __init__(self, app: "App", sock: socket.socket, addr: Any, unix: bool) -> None:
         self.app = app
         self.id = next_socket_id()
-        self.sock = sock
+        #: A socket.socket; after an SSLRequest, what the TLS policy's wrap_socket() returned
+        #: (a TlsSocket from the built-in one).
+        self.sock: Any = sock
         #: Everything the client sent and bouncer has not consumed yet, from the startup
         #: packet to Terminate.
         self.engine = ClientEngine(app.config.max_packet_size)
         self.unix = unix
+        self.addr: str
+        self.port: int
         self.addr, self.port = ("unix", 0) if unix else (addr[0], addr[1])
         self.local_addr, self.local_port = self._local_address(sock, unix)
         self.user = "(nouser)"
@@ -309,13 +313,13 @@ class ClientSession:
 
     def _send_welcome(self) -> None:
         """AuthenticationOk, the server's parameters (with the client's own), key, ReadyForQuery."""
-        pool = self.pool
+        pool = cast("Pool", self.pool)  # (admitted)
         if self.replication != replication.NONE:
             welcome = replication.open_server(self).params
         else:
             if pool.welcome_params is None:
                 relay.fetch_welcome_params(self)
-            welcome = pool.welcome_params
+            welcome = cast(Dict[str, str], pool.welcome_params)  # set by the line above
         tracked = tracked_names(self.app.config.track_extra_parameters).values()
         params = dict(welcome)
         params.update(self.params)

@@ -97,6 +97,8 @@ def forced_user_secret(app: "App", definition: "DatabaseDef") -> Optional[str]:
     PgBouncer) its auth_file secret; None when neither is known."""
     if definition.password is not None:
         return definition.password
+    if not definition.user:  # no forced user: nobody's secret
+        return None
     stored = app.user_store.from_userlist(definition.user)
     return stored.secret if stored is not None else None
 
