@@ -464,15 +464,15 @@ class Pool:
 
         :raises WaitTimeout: no room became free in time.
         """
-        wait = self.limits.query_wait_timeout() or None
-        deadline = None if wait is None else time.monotonic() + wait
+        wait = self.limits.query_wait_timeout()
+        deadline = time.monotonic() + wait if wait else None
         while self.size and self.server_count() >= self.size:
             if self.idle:
                 self.close_server(self.idle[0], "evicted")
                 continue
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                raise WaitTimeout()
+                raise self._no_server_in_time(wait)
             self._room.clear()
             self._room.wait(remaining)
         placeholder = _Connecting()

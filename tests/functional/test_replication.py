@@ -151,3 +151,12 @@ def test_an_invalid_replication_value_is_refused(start) -> None:
     bouncer = start()
     with pytest.raises(psycopg2.OperationalError, match='invalid value for parameter "replication"'):
         bouncer.connect(user=REPLICATOR, replication="sometimes")
+
+
+def test_a_replication_client_waits_for_room_at_most_query_wait_timeout(start) -> None:
+    bouncer = start(pool_mode="transaction", default_pool_size=1, query_wait_timeout=1)
+    busy = bouncer.connect(user=REPLICATOR)
+    scalar(busy, "SELECT 1")  # psycopg2 leaves the transaction open: the one server is taken
+    with pytest.raises(psycopg2.OperationalError, match="query_wait_timeout"):
+        bouncer.connect(user=REPLICATOR, replication="database")
+    busy.close()
