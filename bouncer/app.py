@@ -154,11 +154,11 @@ class App:
         if not config.tcp_keepalive:
             return
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        for option, value in (("TCP_KEEPIDLE", config.tcp_keepidle),
-                              ("TCP_KEEPINTVL", config.tcp_keepintvl),
-                              ("TCP_KEEPCNT", config.tcp_keepcnt)):
-            if value and hasattr(socket, option):
-                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), int(value))
+        for name, value in (("TCP_KEEPIDLE", config.tcp_keepidle),
+                            ("TCP_KEEPINTVL", config.tcp_keepintvl),
+                            ("TCP_KEEPCNT", config.tcp_keepcnt)):
+            if value and hasattr(socket, name):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), int(value))
         if config.tcp_user_timeout and hasattr(socket, "TCP_USER_TIMEOUT"):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
                             int(config.tcp_user_timeout))  # milliseconds, as the kernel wants

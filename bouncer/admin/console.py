@@ -123,8 +123,8 @@ class Console:
             return
         except Exception as exc:  # a plugin's bug must not cost the operator the console
             log.exception("admin command failed: %s", query)
-            self._send(self._error(AdminError(f"admin command failed: {exc}", sqlstate.INTERNAL_ERROR))
-                       + _READY)
+            error = AdminError(f"admin command failed: {exc}", sqlstate.INTERNAL_ERROR)
+            self._send(self._error(error) + _READY)
             return
         self._reply(result)
         if result.after is not None:

@@ -135,9 +135,9 @@ def _pool_row(pool: "Pool") -> List[Any]:
     longest = time.monotonic() - min(waiting.values()) if waiting else 0.0
     seconds, micros = split_seconds(longest)
     # Cancel requests are forwarded at once, never queued, so their lists are always empty.
-    return [pool.database.name, pool.user.name, len(pool.clients - waiting.keys()), len(waiting), 0, 0,
-            len(pool.active), 0, len(pool.being_canceled), len(pool.idle), 0, len(pool.tested),
-            len(pool.login),
+    return [pool.database.name, pool.user.name, len(pool.clients - waiting.keys()), len(waiting),
+            0, 0, len(pool.active), 0, len(pool.being_canceled), len(pool.idle), 0,
+            len(pool.tested), len(pool.login),
             seconds, micros, pool.limits.pool_mode(), _load_balance_hosts(pool.database),
             pool.limits.pool_size()]
 

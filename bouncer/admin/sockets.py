@@ -107,7 +107,8 @@ def _server_row(server: Any, state: str, debug: bool) -> List[Any]:
            server.local_addr, server.local_port, timestamp(server.connect_time),
            timestamp(last_request), 0, 0, int(server.close_needed), pointer(server),
            pointer(server.link), server.cancel_key[0], server.tls,
-           server.params.get("application_name", ""), len(server.engine.pipeline.statements), server.id]
+           server.params.get("application_name", ""), len(server.engine.pipeline.statements),
+           server.id]
     return row + [0] * len(_BUFFER_NAMES) if debug else row
 
 

@@ -8,9 +8,10 @@ from bouncer.admin.builtins import BUILTIN_COMMANDS
 from bouncer.plugin import hookimpl
 
 if TYPE_CHECKING:  # pragma: no cover
+    from bouncer.admin.commands import Result
     from bouncer.app import App
 
 
 @hookimpl
-def bouncer_admin_commands(app: "App") -> Dict[str, Callable[..., object]]:
+def bouncer_admin_commands(app: "App") -> Dict[str, Callable[..., "Result"]]:
     return BUILTIN_COMMANDS

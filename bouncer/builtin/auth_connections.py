@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from bouncer.config import DatabaseDef
     from bouncer.pool.pool import Pool
 
-Rows = List[Sequence[Optional[bytes]]]
+Rows = Sequence[Sequence[Optional[bytes]]]
 
 #: Lookups in flight at once per (auth database, auth_user); more logins wait their turn.
 CONNECTIONS_PER_TARGET = 2

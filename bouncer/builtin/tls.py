@@ -40,13 +40,15 @@ _PLAINTEXT_ALLOWED = ("disable", "allow", "prefer")
 
 
 @hookimpl(trylast=True)
-def bouncer_client_tls_context(app: "App", config: "Config") -> Optional[ClientTlsContext]:
+def bouncer_client_tls_context(app: Optional["App"],
+                               config: "Config") -> Optional[ClientTlsContext]:
     settings = _checked_settings(config, "client")
     return None if settings.sslmode == "disable" else build_client_context(settings)
 
 
 @hookimpl(trylast=True)
-def bouncer_server_tls_context(app: "App", config: "Config") -> Optional["ssl.SSLContext"]:
+def bouncer_server_tls_context(app: Optional["App"],
+                               config: "Config") -> Optional["ssl.SSLContext"]:
     settings = _checked_settings(config, "server")
     return None if settings.sslmode == "disable" else build_server_context(settings)
 

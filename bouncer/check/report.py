@@ -7,7 +7,7 @@ anything would fail.
 from __future__ import annotations
 
 import sys
-from typing import List, TextIO
+from typing import TYPE_CHECKING, List, TextIO, cast
 
 from cryptography import x509
 
@@ -16,6 +16,10 @@ from bouncer.check.summary import Facts, describe
 from bouncer.check.verdict import FAIL
 from bouncer.errors import ConfigError
 from bouncer.net.certs import CertificateFileError, load_certificates
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bouncer.config import Config
+    from bouncer.plugin.hooks import PluginHooks
 
 #: Built-in plugins are described by the summary itself, not named as plugins.
 _BUILTIN_PREFIX = "bouncer.builtin."
@@ -33,7 +37,8 @@ def run_check(path: str, connect: bool = False, out: TextIO = sys.stdout,
     if not result.ok:
         print(f"{path}: {len(result.errors)} problem(s) found", file=err)
         return 1
-    for line in describe(result.config, _facts(result)):
+    config = cast("Config", result.config)  # (result.ok: the file was read)
+    for line in describe(config, _facts(result, config)):
         print(line, file=out)
     print(f"{path}: configuration OK", file=out)
     if not connect:
@@ -57,18 +62,18 @@ def _connect(path: str, out: TextIO, err: TextIO) -> int:
     return 0
 
 
-def _facts(result: ConfigCheck) -> Facts:
-    config = result.config
+def _facts(result: ConfigCheck, config: "Config") -> Facts:
+    hooks = cast("PluginHooks", result.hooks)  # (loaded before the file was read)
     return Facts(auth_file_users=len(result.userlist) if config.auth_file else None,
-                 credential_plugins=_credential_plugins(result),
+                 credential_plugins=_credential_plugins(hooks),
                  certificate_names=_certificate_names(config.client_tls_cert_file)
                  if config.client_tls_sslmode != "disable" else ())
 
 
-def _credential_plugins(result: ConfigCheck) -> List[str]:
+def _credential_plugins(hooks: "PluginHooks") -> List[str]:
     """Third-party credentials backends, in the order pluggy asks them (last registered
     first, tryfirst/trylast respected: the reverse of ``get_hookimpls()``)."""
-    impls = result.hooks.pm.hook.bouncer_get_credentials.get_hookimpls()
+    impls = hooks.pm.hook.bouncer_get_credentials.get_hookimpls()
     return [impl.plugin_name for impl in reversed(impls)
             if not impl.plugin_name.startswith(_BUILTIN_PREFIX)]
 
@@ -83,7 +88,8 @@ def _certificate_names(path: str) -> List[str]:
     try:
         names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        return [attr.value for attr in leaf.subject.get_attributes_for_oid(
+        # (A common name is a str: only an X.500 unique identifier's value is bytes.)
+        return [str(attr.value) for attr in leaf.subject.get_attributes_for_oid(
             x509.oid.NameOID.COMMON_NAME)]
     return [str(value) for kind in (x509.DNSName, x509.IPAddress)
             for value in names.get_values_for_type(kind)]

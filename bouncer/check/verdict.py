@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
-from typing import Optional
+from typing import Dict, Optional, Tuple
 
 from bouncer.auth.md5 import is_md5_secret
 from bouncer.auth.scram import parse_scram_secret
@@ -21,12 +21,14 @@ OK, FAIL, WARN, SKIP = "OK", "FAIL", "WARN", "SKIP"
 #: auth_type values whose client logins give bouncer the client's SCRAM keys.
 SCRAM_PASSTHROUGH_AUTH_TYPES = ("md5", "scram-sha-256", "hba")
 
+# Keyed by AuthCode, looked up with the int a server sent (an IntEnum hashes as its value).
 #: The method a server asks for, as the lines name it.
-_METHOD_NAMES = {AuthCode.CLEARTEXT_PASSWORD: "a cleartext password", AuthCode.MD5_PASSWORD: "md5",
-                 AuthCode.SASL: "SCRAM"}
+_METHOD_NAMES: Dict[int, str] = {AuthCode.CLEARTEXT_PASSWORD: "a cleartext password",
+                                 AuthCode.MD5_PASSWORD: "md5", AuthCode.SASL: "SCRAM"}
 #: Which kinds of stored secret can answer each method.
-_ANSWERS = {AuthCode.CLEARTEXT_PASSWORD: ("plain",), AuthCode.MD5_PASSWORD: ("plain", "md5"),
-            AuthCode.SASL: ("plain", "scram")}
+_ANSWERS: Dict[int, Tuple[str, ...]] = {AuthCode.CLEARTEXT_PASSWORD: ("plain",),
+                                         AuthCode.MD5_PASSWORD: ("plain", "md5"),
+                                         AuthCode.SASL: ("plain", "scram")}
 _SECRET_NAMES = {"plain": "plain password", "md5": "md5 secret", "scram": "SCRAM secret"}
 _ARTICLES = {"plain": "a", "md5": "an", "scram": "a"}
 

@@ -244,7 +244,8 @@ def _read_key(cursor: _Cursor) -> str:
     quote = cursor.peek()
     if quote in ("'", '"'):
         return _read_quoted_key(cursor, quote)
-    key = _BARE_KEY.match(cursor.text, cursor.pos).group()
+    # (The pattern matches the empty string, so there is always a match.)
+    key = _BARE_KEY.match(cursor.text, cursor.pos).group()  # type: ignore[union-attr]
     if not key:
         raise cursor.error("syntax error: expected a key")
     cursor.pos += len(key)

@@ -70,7 +70,7 @@ def canonical_keys(lines: Iterable[IniLine], declarations: Declarations) -> List
     result = []
     for line in lines:
         name = section_name(line.section)
-        if name in declarations and not line.is_section_header:
+        if name is not None and name in declarations and not line.is_section_header:
             key = line.key.lower()
             key = next((s.name for s in declarations[name] if key in s.aliases), key)
             line = replace(line, key=key)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple, TypedDict
 
 from bouncer.config.kinds import KINDS, format_value, parse_value
 
@@ -71,8 +71,15 @@ def _s(name: str, kind: str, default: Any, doc: str, *, reload: bool = True,
     return Setting(name=name, kind=kind, default=default, reloadable=reload, doc=doc, **extra)
 
 
-_COUNT = {"min": 0}
-_PORT = {"min": 1, "max": 65535}
+class _Bounds(TypedDict, total=False):
+    """Setting's min and max, as keyword arguments of _s()."""
+
+    min: float
+    max: float
+
+
+_COUNT: _Bounds = {"min": 0}
+_PORT: _Bounds = {"min": 1, "max": 65535}
 
 _TABLE = (
     # Generic

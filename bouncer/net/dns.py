@@ -9,9 +9,10 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
-Address = Tuple[int, object]  # (family, sockaddr)
+#: (family, sockaddr): a unix socket's path, or an (address, port, ...) tuple.
+Address = Tuple[int, Union[str, Tuple[Any, ...]]]
 
 
 class Resolver:
@@ -20,7 +21,8 @@ class Resolver:
     def __init__(self, max_ttl: float = 15.0, nxdomain_ttl: float = 15.0) -> None:
         self.max_ttl = max_ttl
         self.nxdomain_ttl = nxdomain_ttl
-        self._cache: Dict[Tuple[str, int], Tuple[float, object]] = {}
+        #: (host, port) -> (expiry, the addresses or the failure)
+        self._cache: Dict[Tuple[str, int], Tuple[float, Union[List[Address], OSError]]] = {}
 
     def resolve(self, host: str, port: int) -> List[Address]:
         """Addresses to try, in order.  A host starting with ``/`` is a unix socket dir.
@@ -40,13 +42,13 @@ class Resolver:
         if hit is not None and hit[0] > time.monotonic():
             if isinstance(hit[1], OSError):
                 raise hit[1]
-            return hit[1]  # type: ignore[return-value]
+            return hit[1]
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError as exc:
             self._cache[key] = (time.monotonic() + self.nxdomain_ttl, exc)
             raise
-        addresses = [(family, sockaddr) for family, _, _, _, sockaddr in infos]
+        addresses: List[Address] = [(family, sockaddr) for family, _, _, _, sockaddr in infos]
         self._cache[key] = (time.monotonic() + self.max_ttl, addresses)
         return addresses
 
@@ -57,7 +59,7 @@ class Resolver:
                 in self._cache.items() if not isinstance(value, OSError)]
 
 
-def _ip_literal(host: str, port: int):
+def _ip_literal(host: str, port: int) -> Optional[Address]:
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:

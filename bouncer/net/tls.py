@@ -134,7 +134,8 @@ def _protocols(settings: TlsSettings) -> Tuple[str, str]:
     try:
         return protocol_range(settings.protocols)
     except ValueError as exc:
-        raise ConfigError(f"{settings.protocols!r}: {exc}", key=settings.name("protocols")) from None
+        raise ConfigError(f"{settings.protocols!r}: {exc}",
+                          key=settings.name("protocols")) from None
 
 
 def _bad_ciphers(settings: TlsSettings, reason: str) -> ConfigError:

@@ -81,6 +81,7 @@ def _file_findings(settings: TlsSettings, now: datetime.datetime) -> List[Findin
 
 def _option_problems(settings: TlsSettings) -> List[str]:
     scratch: Any
+    steps: Sequence[Callable[[Any, TlsSettings], None]]
     if settings.side == "client":
         scratch, steps = SSL.Context(SSL.TLS_SERVER_METHOD), CLIENT_OPTION_STEPS
     else:

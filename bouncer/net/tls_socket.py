@@ -10,7 +10,7 @@ wrapper: the plain-TCP path is untouched.
 from __future__ import annotations
 
 import socket
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 from gevent import get_hub
 from gevent.socket import cancel_wait_ex, wait, wait_read, wait_write
@@ -73,7 +73,7 @@ class TlsSocket:
         except SSL.Error as exc:
             raise TlsError(openssl_reason(exc)) from None
 
-    def send(self, data: bytes) -> int:
+    def send(self, data: Union[bytes, memoryview]) -> int:
         """Write what OpenSSL takes at once (it may be less than *data*); the count written."""
         try:
             return self._drive(self._conn.send, data, reading=False)

@@ -57,10 +57,12 @@ class PluginHooks:
             log.error("plugin hook %s failed: %r", name, exc, exc_info=True)
             raise PluginFailure(name, exc) from exc
 
-    def client_tls_context(self, app: "App", config: "Config") -> Optional["ssl.SSLContext"]:
+    def client_tls_context(self, app: Optional["App"],
+                           config: "Config") -> Optional["ssl.SSLContext"]:
         return self._relay.bouncer_client_tls_context(app=app, config=config)
 
-    def server_tls_context(self, app: "App", config: "Config") -> Optional["ssl.SSLContext"]:
+    def server_tls_context(self, app: Optional["App"],
+                           config: "Config") -> Optional["ssl.SSLContext"]:
         return self._relay.bouncer_server_tls_context(app=app, config=config)
 
     def tls_contexts(self, app: Optional["App"],

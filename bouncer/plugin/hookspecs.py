@@ -120,7 +120,7 @@ def bouncer_shutdown(app: "App", context: "PluginContext") -> None:
 # --------------------------------------------------------------------------------------------
 
 @hookspec(firstresult=True)
-def bouncer_client_tls_context(app: "App", config: "Config") -> Optional[Any]:
+def bouncer_client_tls_context(app: Optional["App"], config: "Config") -> Optional[Any]:
     """Build the TLS context offered to clients (``client_tls_*`` settings).
 
     :param app: the application (during start, before it listens); ``None`` under
@@ -143,7 +143,8 @@ def bouncer_client_tls_context(app: "App", config: "Config") -> Optional[Any]:
 
 
 @hookspec(firstresult=True)
-def bouncer_server_tls_context(app: "App", config: "Config") -> Optional["ssl.SSLContext"]:
+def bouncer_server_tls_context(app: Optional["App"],
+                               config: "Config") -> Optional["ssl.SSLContext"]:
     """Build the TLS context used towards PostgreSQL servers (``server_tls_*`` settings).
 
     :param app: the application (``None`` under ``bouncer --check``).

@@ -6,10 +6,21 @@ do, so runtime overrides (SET USER, SET POOL) and reloads only have to change th
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Tuple, TypeVar, overload
 
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.config import Config
+
+T = TypeVar("T")
+
+
+# Ending with a value that is never None (a [pgbouncer] default, say), the result is set.
+@overload
+def first_set(first: Optional[T], last: T, /) -> T: ...
+@overload
+def first_set(first: Optional[T], second: Optional[T], last: T, /) -> T: ...
+@overload
+def first_set(*values: Optional[T]) -> Optional[T]: ...
 
 
 def first_set(*values: Optional[Any]) -> Optional[Any]:

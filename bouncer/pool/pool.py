@@ -3,8 +3,10 @@
 As in PgBouncer, a server connection's state *is* the collection it sits in: ``login``
 (connecting), ``idle`` (ready), ``active`` (linked to a client), ``tested`` (running the check
 query) or ``being_canceled`` (released while cancel requests for it are still on their way:
-given to nobody until they are done, or a late cancel would hit the next client's query).  The pool never touches sockets: it opens connections through the ``connector`` it is
-given, checks them through ``server.run_query()`` and closes them through ``server.close()``.
+given to nobody until they are done, or a late cancel would hit the next client's query).
+
+The pool never touches sockets: it opens connections through the ``connector`` it is given,
+checks them through ``server.run_query()`` and closes them through ``server.close()``.
 """
 from __future__ import annotations
 
@@ -121,9 +123,9 @@ class Pool:
         self.held: Dict[Any, float] = {}
         self.clients: Set[Any] = set()
         #: ParameterStatus values a server sent at login: what new clients are told.
-        self.welcome_params: Optional[dict] = None
+        self.welcome_params: Optional[Dict[str, str]] = None
         #: (monotonic time, error) of the last failed server login, for server_login_retry.
-        self.last_login_failure: Optional[tuple] = None
+        self.last_login_failure: Optional[Tuple[float, ClientError]] = None
         #: For SHOW CHECKS: (wall-clock time, error) of the latest failed server connect or
         #: login, kept after a success, and the wall-clock time of the latest success.
         self.last_failure: Optional[Tuple[float, ClientError]] = None
@@ -369,7 +371,7 @@ class Pool:
             self.launch()
 
     def may_open_another(self) -> bool:
-        if self.last_login_failure is not None and self._retry_pending():
+        if self._retry_pending():
             return False
         if self.login and self._probing():
             return False
@@ -378,7 +380,7 @@ class Pool:
         if size:
             count = self.server_count()
             if count >= size:
-                from_reserve = (self.waiters and count < size + self.reserve
+                from_reserve = (bool(self.waiters) and count < size + self.reserve
                                 and self.max_wait() >= self.limits.reserve_timeout())
                 if not from_reserve:
                     return False
@@ -436,13 +438,15 @@ class Pool:
 
     def _fail_fast_if_login_failing(self) -> None:
         retry_in = self.refusing_logins_for()
-        if retry_in > 0:
-            raise LoginFailing(self.last_login_failure[1], retry_in)
+        failure = self.last_login_failure
+        if retry_in > 0 and failure is not None:  # (a retry_in implies a failure)
+            raise LoginFailing(failure[1], retry_in)
 
     def _retry_pending(self) -> bool:
         """The last connection failed less than server_login_retry ago."""
-        when, _ = self.last_login_failure
-        return time.monotonic() - when < self.limits.login_retry()
+        failure = self.last_login_failure
+        return (failure is not None
+                and time.monotonic() - failure[0] < self.limits.login_retry())
 
     def refusing_logins_for(self) -> float:
         """Seconds during which new clients still get the cached login error (0: none)."""
@@ -476,18 +480,15 @@ class Pool:
 
         :raises WaitTimeout: no room became free in time.
         """
-        wait = self.limits.query_wait_timeout() or None
-        deadline = None if wait is None else time.monotonic() + wait
+        wait = self.limits.query_wait_timeout()
+        deadline = time.monotonic() + wait if wait else None
         while self.size and self.server_count() >= self.size:
             if self.idle:
                 self.close_server(self.idle[0], "evicted")
                 continue
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                raise WaitTimeout(
-                    f"pool {self.name} is full ({len(self.active)} servers in use, pool_size "
-                    f"{self.size}) and a replication client needs a server of its own",
-                    "raise pool_size or query_wait_timeout, or end a client that holds one")
+                raise self._no_server_in_time(wait, "query_wait_timeout")
             self._room.clear()
             self._room.wait(remaining)
         placeholder = _Connecting()

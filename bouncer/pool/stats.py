@@ -17,6 +17,19 @@ class Counters:
     """Totals since start for one database (all its pools)."""
 
     __slots__ = FIELDS
+    # For the type checker only (annotations make no class attributes): one per FIELDS name.
+    server_assignment_count: int
+    xact_count: int
+    query_count: int
+    bytes_received: int
+    bytes_sent: int
+    xact_time: int
+    query_time: int
+    wait_time: int
+    client_parse_count: int
+    server_parse_count: int
+    bind_count: int
+    client_login_count: int
 
     def __init__(self) -> None:
         for name in FIELDS:

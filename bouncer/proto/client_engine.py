@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import struct
 from enum import IntEnum
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union, cast
 
 from bouncer.errors import ClientError, ProtocolError
 from bouncer.proto import sqlstate
@@ -198,7 +198,8 @@ class ClientEngine:
     def _walk(self, data: Bytes, pos: int) -> Bytes:
         """Walk the headers from ``pos``; return what to send the server."""
         size = len(data)
-        pipeline = self.pipeline
+        # A server is linked: without one, receive() answers NEED_SERVER instead.
+        pipeline = cast(Pipeline, self.pipeline)
         prepared = self.prepared
         max_length = self.max_length
         out: Optional[List[Bytes]] = None

@@ -150,7 +150,7 @@ class MessageReader:
     __slots__ = ("max_length", "_buf", "_pos")
 
     def __init__(self, max_length: int = 2**31 - 1) -> None:
-        """:param max_length: largest accepted length field (it counts itself, not the type byte)."""
+        """:param max_length: largest accepted length field (counting itself, not the type byte)."""
         self.max_length = max_length
         self._buf = bytearray()
         self._pos = 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import weakref
 from collections import OrderedDict
-from typing import Iterable, Iterator, List, Optional, Set, Tuple
+from typing import Iterable, Iterator, List, Set, Tuple
 
 from bouncer.proto.extended import parse_message
 
@@ -66,7 +66,7 @@ REGISTRY = StatementRegistry()
 
 #: What a request sent to a server does to its statements once it succeeds.
 ADD, REMOVE, CLEAR = 1, 2, 3
-Effect = Tuple[int, Optional[Statement]]
+Effect = Tuple[int, Statement]
 
 
 class ServerStatements:

@@ -10,7 +10,7 @@ import logging
 import socket
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Dict, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Set, Tuple, cast
 
 import gevent
 
@@ -46,11 +46,15 @@ class ClientSession:
     def __init__(self, app: "App", sock: socket.socket, addr: Any, unix: bool) -> None:
         self.app = app
         self.id = next_socket_id()
-        self.sock = sock
+        #: A socket.socket; after an SSLRequest, what the TLS policy's wrap_socket() returned
+        #: (a TlsSocket from the built-in one).
+        self.sock: Any = sock
         #: Everything the client sent and bouncer has not consumed yet, from the startup
         #: packet to Terminate.
         self.engine = ClientEngine(app.config.max_packet_size)
         self.unix = unix
+        self.addr: str
+        self.port: int
         self.addr, self.port = ("unix", 0) if unix else (addr[0], addr[1])
         self.local_addr, self.local_port = self._local_address(sock, unix)
         self.user = "(nouser)"
@@ -178,7 +182,8 @@ class ClientSession:
     def _login(self) -> bool:
         """Everything up to ReadyForQuery; False when the connection was only a cancel."""
         timeout = self.app.config.client_login_timeout or None
-        with gevent.Timeout(timeout, ClientError("client_login_timeout", sqlstate.PROTOCOL_VIOLATION)):
+        expired = ClientError("client_login_timeout", sqlstate.PROTOCOL_VIOLATION)
+        with gevent.Timeout(timeout, expired):
             startup = self._read_startup()
             if startup is None:
                 return False
@@ -254,7 +259,7 @@ class ClientSession:
         return f"[{self.addr}]:{self.port}" if ":" in self.addr else f"{self.addr}:{self.port}"
 
     def _check_parameters(self, params: Dict[str, str]) -> Dict[str, str]:
-        """Keep tracked parameters; refuse unknown ones unless ignore_startup_parameters lists them."""
+        """Keep tracked parameters; refuse others unless ignore_startup_parameters lists them."""
         config = self.app.config
         tracked = tracked_names(config.track_extra_parameters)
         ignored = {name.strip().lower() for name in config.ignore_startup_parameters}
@@ -320,14 +325,14 @@ class ClientSession:
         db.stats.client_login_count += 1
 
     def _send_welcome(self) -> None:
-        """AuthenticationOk, the server's parameters (with this client's own), key, ReadyForQuery."""
-        pool = self.pool
+        """AuthenticationOk, the server's parameters (with the client's own), key, ReadyForQuery."""
+        pool = cast("Pool", self.pool)  # (admitted)
         if self.replication != replication.NONE:
             welcome = replication.open_server(self).params
         else:
             if pool.welcome_params is None:
                 relay.fetch_welcome_params(self)
-            welcome = pool.welcome_params
+            welcome = cast(Dict[str, str], pool.welcome_params)  # set by the line above
         tracked = tracked_names(self.app.config.track_extra_parameters).values()
         params = dict(welcome)
         params.update(self.params)

@@ -9,7 +9,7 @@ import functools
 import hmac
 import logging
 import os
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, cast
 
 from bouncer.auth.md5 import is_md5_secret, md5_secret, verify_md5_response
 from bouncer.auth.scram import (ScramAuthFailed, ScramError, ScramSecret, ScramServer,
@@ -172,7 +172,8 @@ def _secret_for_plain(password: str, iterations: int) -> ScramSecret:
     """Deriving a SCRAM secret takes milliseconds and blocks the hub: do it once per password
     (PgBouncer 1.25 caches it too).  Keyed by the password itself, which the userlist already
     holds in memory."""
-    return parse_scram_secret(make_scram_secret(password, iterations=iterations))
+    # (A secret make_scram_secret() made always parses.)
+    return cast(ScramSecret, parse_scram_secret(make_scram_secret(password, iterations=iterations)))
 
 
 def _check_scram(client: "ClientSession", credentials: Optional[Credentials]) -> Optional[tuple]:

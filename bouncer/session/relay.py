@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Dict, Iterator, NoReturn, Optional, cast
 
 from gevent import get_hub, getcurrent
 
@@ -31,6 +31,7 @@ from bouncer.proto.prepared import PreparedStatements
 from bouncer.session.varcache import described, differing, settle, sync_query
 
 if TYPE_CHECKING:  # pragma: no cover
+    from bouncer.pool.pool import Pool
     from bouncer.session.client import ClientSession
     from bouncer.session.server import ServerConnection
 
@@ -92,7 +93,7 @@ class Link:
     """The relay state of one client: its linked server, timers and what wakes it."""
 
     def __init__(self, client: "ClientSession") -> None:
-        pool = client.pool
+        pool = cast("Pool", client.pool)  # a logged-in client has one
         limits = pool.limits
         config = client.app.config
         self.client = client
@@ -184,8 +185,8 @@ class Link:
         """The linked server's socket is readable (its watch calls this from the hub)."""
         if self._waiting:
             self.greenlet.switch(_SERVER)
-        else:
-            self.server.watch.stop()
+        else:  # (only a linked server's watch calls this)
+            cast("ServerConnection", self.server).watch.stop()
 
     def _timer_fired(self) -> None:
         if self._waiting:
@@ -225,7 +226,8 @@ class Link:
 
     def _timeout_error(self) -> ClientError:
         kind = self._timeout_kind()
-        server = self.server
+        # Every kind but "idle" implies a linked server, and so does an open transaction.
+        server = cast("ServerConnection", self.server)
         limit = self.timeouts["transaction"]
         if limit and self.xact_start and time.monotonic() - self.xact_start >= limit:
             self._drop_server(server, "transaction timeout")
@@ -285,7 +287,7 @@ class Link:
             self.xact_start = now
 
     def _to_server(self, data: Any) -> None:
-        server = self.server
+        server = cast("ServerConnection", self.server)  # the engine asked for one first
         try:
             _send(server.sock, server.raw, data)
         except OSError:
@@ -314,7 +316,7 @@ class Link:
     # -- server -> client ----------------------------------------------------------------------
 
     def _from_server(self) -> None:
-        server = self.server
+        server = cast("ServerConnection", self.server)  # _wait() said it is readable
         data = _read(server.sock, server.raw)
         if data is None:
             return
@@ -399,7 +401,7 @@ class Link:
         self.unlink_server()
         self.pool.close_server(server, reason)
 
-    def _server_lost(self, server: "ServerConnection") -> None:
+    def _server_lost(self, server: "ServerConnection") -> NoReturn:
         """The server went away: close it and end the client's session with PgBouncer's error."""
         log.warning("%s server conn crashed?", self.client.prefix)
         self._drop_server(server, "server conn crashed?")
@@ -423,7 +425,7 @@ def _closed_if_interrupted(client: "ClientSession", server: "ServerConnection",
     finally:
         if not finished and not server.closed:
             client.app.cancels.cancel_server(server, client.prefix)
-            client.pool.close_server(server, reason)
+            cast("Pool", client.pool).close_server(server, reason)
 
 
 def _sync_parameters(client: "ClientSession", server: "ServerConnection") -> None:
@@ -446,7 +448,7 @@ def _sync_parameters(client: "ClientSession", server: "ServerConnection") -> Non
 
 def fetch_welcome_params(client: "ClientSession") -> None:
     """Log in one server so the pool knows what to tell clients (ParameterStatus)."""
-    pool = client.pool
+    pool = cast("Pool", client.pool)  # (logged in)
     server = pool.acquire(client)
     if pool.welcome_params is None:
         pool.welcome_params = dict(server.params)
@@ -478,12 +480,13 @@ def unlink_on_exit(client: "ClientSession") -> None:
 
 
 def _reset_and_release(client: "ClientSession", server: "ServerConnection") -> None:
+    pool = cast("Pool", client.pool)  # (logged in)
     reset = client.app.config.server_reset_query
     try:
         if reset:
             with _closed_if_interrupted(client, server, "interrupted in server_reset_query"):
                 server.run_query(reset)
     except (ClientError, ConnectionLost) as err:
-        client.pool.close_server(server, f"server_reset_query failed: {err}")
+        pool.close_server(server, f"server_reset_query failed: {err}")
         return
-    client.pool.release(server)
+    pool.release(server)

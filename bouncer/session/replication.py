@@ -14,7 +14,7 @@ logins still work.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Dict, List
+from typing import TYPE_CHECKING, Dict, List, cast
 
 from bouncer.config.kinds import parse_bool
 from bouncer.errors import ClientError
@@ -23,6 +23,7 @@ from bouncer.session.server import ServerConnection, connect_server
 from bouncer.session.server_login import ServerLoginError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from bouncer.pool.pool import Pool
     from bouncer.session.client import ClientSession
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def open_server(client: "ClientSession") -> ServerConnection:
     :raises ClientError: no room in the pool in time, the server unreachable, or the server
         refused the login (``login failed``, its reason in the log).
     """
-    pool = client.pool
+    pool = cast("Pool", client.pool)  # (admitted)
     placeholder = pool.reserve_dedicated()
     opened: List[ServerConnection] = []
     try:

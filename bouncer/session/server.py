@@ -81,6 +81,8 @@ class ServerConnection:
         #: for nothing), or None before one came: ``bouncer --check --connect`` reports it.
         self.auth_request: Optional[int] = None
         local = sock.getsockname()
+        self.local_addr: str
+        self.local_port: int
         self.local_addr, self.local_port = (local[0], local[1]) if isinstance(local, tuple) \
             else ("unix", 0)
 

@@ -97,6 +97,8 @@ def forced_user_secret(app: "App", definition: "DatabaseDef") -> Optional[str]:
     PgBouncer) its auth_file secret; None when neither is known."""
     if definition.password is not None:
         return definition.password
+    if not definition.user:  # no forced user: nobody's secret
+        return None
     stored = app.user_store.from_userlist(definition.user)
     return stored.secret if stored is not None else None
 
@@ -124,7 +126,8 @@ class _AuthExchange:
         elif code == AuthCode.SASL:
             self._start_scram(data)
         elif code == AuthCode.SASL_CONTINUE and self.scram is not None:
-            self._send(frontend.sasl_response(self._scram_step(self.scram.handle_server_first, data)))
+            response = self._scram_step(self.scram.handle_server_first, data)
+            self._send(frontend.sasl_response(response))
         elif code == AuthCode.SASL_FINAL and self.scram is not None:
             self._scram_step(self.scram.handle_server_final, data)
         else:

@@ -30,7 +30,7 @@ def tracked_names(extra: Iterable[str]) -> Dict[str, str]:
 
 
 def quote_literal(value: str) -> str:
-    """A SQL string literal (E'' form when a backslash is present, as PostgreSQL's quote_literal)."""
+    """A SQL string literal (E'' form when there is a backslash, as PostgreSQL's quote_literal)."""
     escaped = value.replace("'", "''")
     if "\\" in value:
         return "E'" + escaped.replace("\\", "\\\\") + "'"

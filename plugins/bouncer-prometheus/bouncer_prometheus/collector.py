@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple,
+                    Union)
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -165,7 +166,8 @@ def _client_connections(clients: List[Dict[str, Any]]) -> Metric:
 
 
 def _labelled(table: Columns, rows: List[Dict[str, Any]], labels: Sequence[str],
-              family: Callable[..., Metric], scale: Callable[[str], float]) -> Iterator[Metric]:
+              family: Callable[..., Union[GaugeMetricFamily, CounterMetricFamily]],
+              scale: Callable[[str], float]) -> Iterator[Metric]:
     """One family per column of *table*, one sample per row."""
     for column, metric, help_text in table:
         metrics = family(f"{NAMESPACE}_{metric}", help_text, labels=list(labels))

@@ -45,8 +45,11 @@ class MetricsServer:
                                                         error_log=log)
 
     def start(self) -> None:
-        self._server.start()
-        self.port = self._server.server_port  # the one chosen when port 0 was asked for
+        server = self._server
+        if server is None:  # (a WSGIServer is not restartable: stop() dropped it)
+            raise RuntimeError("prometheus: this listener was stopped")
+        server.start()
+        self.port = server.server_port  # the one chosen when port 0 was asked for
         log.info("prometheus: listening on %s port %d (/metrics, /healthz)", self.address,
                  self.port)
 
