@@ -32,7 +32,7 @@ from bouncer.pool.stats import Counters, StatsPeriod
 from bouncer.session.cancel import CancelRegistry
 from bouncer.session.client import ClientSession
 from bouncer.session.server import connect_server
-from bouncer import operations, systemd
+from bouncer import fd_limit, operations, systemd
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,7 @@ class App:
         config = self.config
         log.info("process up: %s, gevent %s, tls: %s", VERSION_STRING, gevent.__version__,
                  ssl.OPENSSL_VERSION)
+        fd_limit.apply(config, len(self.user_store.names()))
         self.hooks.startup(self)
         if not inherited_sockets:
             self.listeners.open(config.listen_addr, config.listen_port, config.unix_socket_dir,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -275,6 +276,20 @@ def test_daemon_mode_needs_a_pidfile(pg, tmp_path) -> None:
 
 
 # -- -q -----------------------------------------------------------------------------------------
+def test_the_file_descriptor_limit_is_raised_to_the_hard_limit(pg, bouncer_factory) -> None:
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY or hard <= 256:
+        pytest.skip(f"needs a finite hard RLIMIT_NOFILE above 256, this machine has {hard}")
+    bouncer = bouncer_factory(common_ini(pg, max_client_conn=5000),
+                              program=["prlimit", f"--nofile=256:{hard}", *BOUNCER_PROGRAM])
+    bouncer.wait_for_log(rf"raised the file descriptor limit from 256 to {hard}")
+    found = bouncer.wait_for_log(rf"kernel file descriptor limit: {hard} \(hard: {hard}\); "
+                                 r"max_client_conn: 5000, max expected fd use: (\d+)")
+    assert int(found.group(1)) > 5000
+    with open(f"/proc/{bouncer.pid}/limits", encoding="ascii") as limits:
+        assert re.search(rf"Max open files\s+{hard}\s+{hard}", limits.read())
+
+
 def test_quiet_keeps_stderr_empty_but_still_writes_the_logfile(pg, bouncer_factory) -> None:
     bouncer = bouncer_factory(common_ini(pg), flags=["-q"])
     bouncer.connect().close()
