@@ -8,7 +8,7 @@ import socket
 import ssl
 import sys
 import time
-from typing import Any, List, NamedTuple, Optional, Set
+from typing import Any, List, NamedTuple, Optional, Set, Tuple
 
 import gevent
 from gevent.pool import Group
@@ -31,6 +31,8 @@ from bouncer.pool.registry import Registry
 from bouncer.pool.stats import Counters, StatsPeriod
 from bouncer.session.cancel import CancelRegistry
 from bouncer.session.client import ClientSession
+from bouncer.session import handover
+from bouncer.session.handover import HandedOver
 from bouncer.session.server import connect_server
 from bouncer import fd_limit, operations, systemd
 
@@ -93,6 +95,8 @@ class App:
         #: The admin console's own counters (its logins and commands), as a database's.
         self.admin_stats = Counters()
         self.clients: Set[ClientSession] = set()
+        #: Clients listed in SHOW FDS, parked until SHUTDOWN (or RESUME: no takeover).
+        self.handing_over: List[ClientSession] = []
         self.group = Group()
         self.listeners = Listeners(self._handle_connection, self.group)
         self.janitor = Janitor(self)
@@ -141,6 +145,17 @@ class App:
         client = ClientSession(self, sock, address, unix)
         self.clients.add(client)
         client.run()
+
+    def serve_handed_over(self, clients: List[Tuple[socket.socket, HandedOver]]) -> None:
+        """Serve the clients an online restart took over, each in its own greenlet."""
+        for sock, state in clients:
+            self.group.spawn(self._serve_handed_over, sock, state)
+
+    def _serve_handed_over(self, sock: socket.socket, state: HandedOver) -> None:
+        unix = sock.family == socket.AF_UNIX
+        client = ClientSession(self, sock, (state.addr, state.port), unix)
+        self.clients.add(client)
+        client.run_handed_over(state)
 
     def forget_client(self, client: ClientSession) -> None:
         self.clients.discard(client)
@@ -280,6 +295,7 @@ class App:
             mode = "immediate"
         log.info("shutting down (%s)", mode.replace("_", " "))
         self.shutdown_mode = mode
+        handover.end_handed_over(self)
         systemd.notify("STOPPING=1")
         self.listeners.close(keep_unix=mode != "immediate")
         if mode == "wait_for_servers":

@@ -84,10 +84,12 @@ def run(args: argparse.Namespace) -> int:
         log.critical("-d needs pidfile to be set in the config")
         return 1
     signals.install(app)  # before listening: a signal right after start must not kill us
+    taken = None
     try:
         if args.reboot:
             from bouncer.takeover import take_over
-            app.start(take_over(app))
+            taken = take_over(app)
+            app.start(taken.listening)
         else:
             app.start()
     except (ConfigError, OSError, BouncerError) as err:
@@ -98,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
     if args.daemon:
         _daemonize(logs)
     _write_pidfile(app.config.pidfile)
+    if taken is not None:  # once daemonized: their greenlets must not cross the fork
+        app.serve_handed_over(taken.clients)
     import gevent
     gevent.wait()  # returns only if every greenlet ended; shutdown() normally exits first
     return 0

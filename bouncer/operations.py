@@ -13,6 +13,7 @@ import gevent
 
 from bouncer.errors import ClientError
 from bouncer.proto import sqlstate
+from bouncer.session import handover
 
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.app import App
@@ -69,6 +70,7 @@ def resume(app: "App", database: Optional[str]) -> None:
     if app.suspended and database is None:
         app.suspended = False
         app.listeners.start_accepting()
+        handover.resume_handed_over(app)
     if not any(db.paused for db in targets) and database is not None:
         raise OperationError(f"database {database} is not paused")
     for db in targets:

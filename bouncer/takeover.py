@@ -1,24 +1,27 @@
-"""Online restart (``-R``): take the listening sockets over from a running bouncer.
+"""Online restart (``-R``): take the listening sockets and the idle clients over from a
+running bouncer.
 
 The new process logs in to the old one's admin console over the unix socket as ``pgbouncer``,
-sends ``SUSPEND`` (the old one stops accepting), ``SHOW FDS`` (each row arrives with a listening
-socket attached, SCM_RIGHTS), starts serving those sockets, then sends ``SHUTDOWN
-WAIT_FOR_CLIENTS``: the old process serves its existing clients until they leave.  Unlike
-PgBouncer's ``-R``, client connections are not moved; a rolling restart with ``so_reuseport``
-is the preferred way to upgrade.
+sends ``SUSPEND`` (the old one stops accepting and holds new transactions), ``SHOW FDS`` (each
+row arrives with its socket attached, SCM_RIGHTS: the listening sockets, then the clients
+idle between two messages, which the old process stops serving), starts serving those
+sockets, then sends ``SHUTDOWN WAIT_FOR_CLIENTS``: the old process serves the clients it kept
+(in a transaction, say) until they leave.
 """
 from __future__ import annotations
 
 import array
 import logging
 import socket
-from typing import TYPE_CHECKING, List, Tuple
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from bouncer.errors import BouncerError
 from bouncer.net.listener import unix_socket_path
 from bouncer.proto import backend, frontend
 from bouncer.proto.constants import Backend
 from bouncer.proto.framing import MessageReader
+from bouncer.session.handover import HandedOver, parse_client_row
 
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.app import App
@@ -27,13 +30,23 @@ log = logging.getLogger(__name__)
 
 MAX_FDS = 64
 
+Message = Tuple[int, bytes]
+
 
 class TakeoverError(BouncerError):
     """The running bouncer could not be taken over."""
 
 
-def take_over(app: "App") -> List[socket.socket]:
-    """Suspend the running bouncer and return its listening sockets."""
+@dataclass
+class Takeover:
+    """What the running bouncer handed over."""
+
+    listening: List[socket.socket]
+    clients: List[Tuple[socket.socket, HandedOver]] = field(default_factory=list)
+
+
+def take_over(app: "App") -> Takeover:
+    """Suspend the running bouncer and take its listening sockets and idle clients."""
     config = app.config
     if not config.unix_socket_dir:
         raise TakeoverError("-R needs unix_socket_dir: the takeover talks over the unix socket")
@@ -43,14 +56,51 @@ def take_over(app: "App") -> List[socket.socket]:
         conn.connect(path)
         _login(conn)
         _command(conn, "SUSPEND")
-        _, fds = _command(conn, "SHOW FDS")
-        sockets = [socket.socket(fileno=fd) for fd in fds]
-        if not sockets:
+        taken = _sockets(*_command(conn, "SHOW FDS"))
+        if not taken.listening:
             raise TakeoverError("the running bouncer passed no listening sockets")
-        app.listeners.adopt(sockets)
+        app.listeners.adopt(taken.listening)
         _command(conn, "SHUTDOWN WAIT_FOR_CLIENTS")
-    log.info("took over %d listening sockets from the running bouncer", len(sockets))
-    return sockets
+    log.info("took over %d listening sockets and %d clients from the running bouncer",
+             len(taken.listening), len(taken.clients))
+    return taken
+
+
+def _sockets(messages: List[Message], fds: List[int]) -> Takeover:
+    """SHOW FDS's rows, each with the descriptor that came with it."""
+    rows = _rows(messages)
+    if len(rows) != len(fds):
+        raise TakeoverError(f"the running bouncer passed {len(fds)} descriptors for "
+                            f"{len(rows)} rows")
+    taken = Takeover([])
+    for row, fd in zip(rows, fds):
+        sock = socket.socket(fileno=fd)
+        if row.get("task") == "client":
+            taken.clients.append((sock, _client_state(row, sock)))
+        else:
+            taken.listening.append(sock)
+    return taken
+
+
+def _client_state(row: Dict[str, Optional[str]], sock: socket.socket) -> HandedOver:
+    try:
+        return parse_client_row(row)
+    except (ValueError, KeyError, TypeError) as exc:
+        sock.close()
+        raise TakeoverError(f"unreadable client row in SHOW FDS: {exc}") from None
+
+
+def _rows(messages: List[Message]) -> List[Dict[str, Optional[str]]]:
+    names: List[str] = []
+    rows = []
+    for kind, payload in messages:
+        if kind == Backend.ROW_DESCRIPTION:
+            names = backend.parse_row_description(payload)
+        elif kind == Backend.DATA_ROW:
+            values = [None if value is None else value.decode()
+                      for value in backend.parse_data_row(payload)]
+            rows.append(dict(zip(names, values)))
+    return rows
 
 
 def _login(conn: socket.socket) -> None:
@@ -58,16 +108,16 @@ def _login(conn: socket.socket) -> None:
     _read_until_ready(conn)
 
 
-def _command(conn: socket.socket, sql: str) -> Tuple[List[bytes], List[int]]:
+def _command(conn: socket.socket, sql: str) -> Tuple[List[Message], List[int]]:
     conn.sendall(frontend.query(sql))
     return _read_until_ready(conn)
 
 
-def _read_until_ready(conn: socket.socket) -> Tuple[List[bytes], List[int]]:
+def _read_until_ready(conn: socket.socket) -> Tuple[List[Message], List[int]]:
     """Messages up to ReadyForQuery, with any descriptors that came along."""
     reader = MessageReader()
     fds: List[int] = []
-    payloads: List[bytes] = []
+    messages: List[Message] = []
     while True:
         message = reader.next_message()
         if message is None:
@@ -82,8 +132,8 @@ def _read_until_ready(conn: socket.socket) -> Tuple[List[bytes], List[int]]:
             fields = backend.parse_error_fields(payload)
             raise TakeoverError(f"the running bouncer refused: {fields.get('M', '?')}")
         if kind == Backend.READY_FOR_QUERY:
-            return payloads, fds
-        payloads.append(payload)
+            return messages, fds
+        messages.append((kind, payload))
 
 
 def _recv_with_fds(conn: socket.socket) -> Tuple[bytes, List[int]]:

@@ -21,6 +21,7 @@ from bouncer.config import SETTINGS_BY_NAME, Config, parse_setting, validate
 from bouncer.config.sections import ADMIN_DATABASE
 from bouncer.net.tls import is_tls_setting
 from bouncer.proto import sqlstate
+from bouncer.session import handover
 
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.admin.console import Console
@@ -133,6 +134,9 @@ def shutdown(console: "Console", args: str) -> Result:
         raise InvalidCommand()
     log.info("SHUTDOWN%s command issued", f" {key}" if key else "")
     app, mode = console.app, SHUTDOWN_MODES[key]
+    # Now, not in the shutdown's greenlet: the new process closes this console once it has
+    # the reply, and the RESUME that follows must not serve the clients it took.
+    handover.end_handed_over(app)
     # The reply goes out first; the shutdown runs in its own greenlet, so a waiting
     # shutdown leaves this console usable (SHOW CLIENTS while clients drain).
     return Result("SHUTDOWN", after=lambda: gevent.spawn(app.shutdown, mode))

@@ -8,6 +8,7 @@ buffers (``recv_pos`` ... ``send_avail``) have no counterpart in bouncer and are
 """
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Tuple
@@ -15,10 +16,13 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Tuple
 from bouncer.admin import grammar
 from bouncer.admin.commands import Result, columns, show, stats_allowed
 from bouncer.admin.show import split_seconds
+from bouncer.session import handover
 
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.admin.console import Console
     from bouncer.app import App
+
+log = logging.getLogger(__name__)
 
 _SOCKET_LETTERS = "ssssssisiTTiiississii"
 _SOCKET_NAMES = ("type", "user", "database", "replication", "state", "addr", "port",
@@ -30,9 +34,11 @@ _BUFFER_NAMES = ("recv_pos", "pkt_pos", "pkt_remain", "send_pos", "send_remain",
 SOCKET_COLUMNS = columns(_SOCKET_LETTERS, *_SOCKET_NAMES)
 DEBUG_SOCKET_COLUMNS = columns(_SOCKET_LETTERS + "i" * len(_BUFFER_NAMES),
                                *_SOCKET_NAMES, *_BUFFER_NAMES)
-FDS_COLUMNS = columns("issssiqisssssbb", "fd", "task", "user", "database", "addr", "port",
+#: PgBouncer's columns, then bouncer's own state of a client being handed over (JSON).
+FDS_COLUMNS = columns("issssiqisssssbbs", "fd", "task", "user", "database", "addr", "port",
                       "cancel", "link", "client_encoding", "std_strings", "datestyle",
-                      "timezone", "password", "scram_client_key", "scram_server_key")
+                      "timezone", "password", "scram_client_key", "scram_server_key",
+                      "bouncer_state")
 
 #: The ``replication`` column, from the startup value (session.replication's constants).
 _REPLICATION = {"no": "none", "database": "logical", "yes": "physical"}
@@ -155,23 +161,41 @@ def show_active_sockets(console: "Console", args: str) -> Result:
 
 
 def show_fds(console: "Console", args: str) -> Result:
-    """The listening sockets, each passed with its row over the unix socket to the local
-    ``pgbouncer`` user (online restart).  Client and server connections are not listed: their
-    state lives in this process and cannot be handed over."""
+    """The listening sockets, then (when suspended, for an online restart) the idle clients
+    that can be moved, each passed with its row over the unix socket to the local
+    ``pgbouncer`` user.  Listed clients are handed over: this process serves them no more.
+    Server connections are not listed: the new process opens its own."""
     grammar.no_arguments(args)
     app = console.app
     listening = app.listeners.sockets()
     rows = [_pooler_row(sock, app.config.listen_port) for sock in listening]
-    fds = [sock.fileno() for sock in listening] if console.may_pass_fds() else []
-    if fds:
-        app.listeners.handed_over()
+    if not console.may_pass_fds():
+        return Result("SHOW", FDS_COLUMNS, rows)
+    fds = [sock.fileno() for sock in listening]
+    app.listeners.handed_over()
+    if app.suspended:
+        _hand_over_clients(app, rows, fds)
     return Result("SHOW", FDS_COLUMNS, rows, row_fds=fds)
+
+
+def _hand_over_clients(app: "App", rows: List[List[Any]], fds: List[int]) -> None:
+    """Add a row and a descriptor for each movable client.  No yield between the check and
+    the handover: a client cannot send anything in between that this process would read."""
+    moved = 0
+    for client in list(app.clients):
+        if handover.movable(client):
+            handover.hand_over(client)
+            rows.append(handover.client_row(client))
+            fds.append(client.sock.fileno())
+            moved += 1
+    if moved:
+        log.info("handing %d idle clients over to the new process", moved)
 
 
 def _pooler_row(sock: socket.socket, listen_port: int) -> List[Any]:
     addr, port = _listening_address(sock, listen_port)
     return [sock.fileno(), "pooler", None, None, addr, port, 0, 0,
-            None, None, None, None, None, None, None]
+            None, None, None, None, None, None, None, None]
 
 
 def _listening_address(sock: socket.socket, listen_port: int) -> Tuple[str, int]:

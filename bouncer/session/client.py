@@ -10,7 +10,7 @@ import logging
 import socket
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Dict, Optional, Set, Tuple, cast
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Set, Tuple, cast
 
 import gevent
 
@@ -26,6 +26,7 @@ from bouncer.proto.framing import CancelRequest, GSSENCRequest, SSLRequest, Star
 from bouncer.proto.startup_options import OptionsError, parse_options
 from bouncer.admin.console import serve_admin
 from bouncer.session import client_auth, next_socket_id, relay, replication
+from bouncer.session.handover import HandedOver, TakenOver
 from bouncer.session.startup_checks import check_startup_names, quoted
 from bouncer.session.varcache import tracked_names
 
@@ -85,6 +86,8 @@ class ClientSession:
         self.replication = replication.NONE
         #: A replication client's ``options`` startup parameter, for its own server.
         self.startup_options: Optional[str] = None
+        #: The new process of an online restart serves it now (nothing more is said here).
+        self.handed_over = False
 
     @staticmethod
     def _local_address(sock: socket.socket, unix: bool) -> Tuple[str, int]:
@@ -106,12 +109,24 @@ class ClientSession:
 
     def run(self) -> None:
         """Serve this client until it leaves; never raises (the greenlet's top level)."""
+        self._serve(self._login_and_serve)
+
+    def run_handed_over(self, state: HandedOver) -> None:
+        """Serve a client the old process logged in (online restart); never raises."""
+        self._serve(lambda: self._resume(state))
+
+    def _login_and_serve(self) -> None:
+        if self._login():
+            if self.is_admin:
+                serve_admin(self)
+            else:
+                relay.serve(self)
+
+    def _serve(self, body: Callable[[], None]) -> None:
         try:
-            if self._login():
-                if self.is_admin:
-                    serve_admin(self)
-                else:
-                    relay.serve(self)
+            body()
+        except TakenOver:
+            pass  # the new process serves the client: _cleanup says so, the client hears nothing
         except ClientError as err:
             self.fail(err)
         except ProtocolError as err:
@@ -152,17 +167,28 @@ class ClientSession:
     def end(self, err: ClientError) -> None:
         """End this session from another greenlet (KILL, a timeout, shutdown): the client's
         own greenlet stops where it waits and sends *err* itself."""
+        if self.link is not None and self.link.parked:
+            return  # being handed over: not a word to the client from here, the new process has it
         self.close_reason = err.log_reason
         greenlet = self.greenlet
         if greenlet is not None and greenlet is not gevent.getcurrent():
             greenlet.kill(err, block=False)
+
+    def end_handed_over(self) -> None:
+        """The new process serves this client now: its greenlet (parked by
+        :func:`handover.hand_over`) ends without a word to the client."""
+        self.handed_over = True
+        self.greenlet.kill(TakenOver(), block=False)
 
     def _cleanup(self) -> None:
         relay.unlink_on_exit(self)
         if self.pool is not None:
             self.pool.clients.discard(self)
         self.app.forget_client(self)
-        self._log_closing()
+        if self.handed_over:
+            log.info("%s handed over to the new process (online restart)", self.prefix)
+        else:
+            self._log_closing()
         try:
             self.sock.close()
         except OSError:
@@ -176,6 +202,20 @@ class ClientSession:
         self.closing_logged = True
         log.info("%s closing because: %s (age=%ds)", self.prefix,
                  self.close_reason or "client close request", time.time() - self.connect_time)
+
+    def _resume(self, state: HandedOver) -> None:
+        """Take the session up where the old process left it: logged in, idle."""
+        self.user, self.database = state.user, state.database
+        self.vars, self.params = state.vars, state.params
+        self.application_name = state.application_name
+        self.cancel_key = state.cancel_key
+        self.credentials, self.scram_keys = state.credentials, state.scram_keys
+        self.connect_time = state.connect_time
+        log.info("%s taken over from the old process", self.prefix)
+        self._attach_pool()
+        self.logged_in = True
+        self.app.cancels.register(self)
+        relay.serve(self)
 
     # -- login -----------------------------------------------------------------------------
 

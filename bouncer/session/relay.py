@@ -122,6 +122,8 @@ class Link:
         self.client_raw = raw_socket(client.sock)
         self.client_watch = self.hub.loop.io(client.sock.fileno(), _READ)
         self._waiting = False
+        #: Listed in SHOW FDS for a new process: nothing more is read or written here.
+        self.parked = False
         # Bound once: the watchers call them at every wakeup.
         self._on_client = self._client_ready
         self._on_server = self.server_ready
@@ -174,6 +176,23 @@ class Link:
             self._waiting = False
             if timer is not None:
                 timer.stop()
+
+    def parked_idle(self) -> bool:
+        """Waiting for the client's next message, no server linked (a handover may take it)."""
+        return self._waiting and self.server is None
+
+    def park(self) -> None:
+        """Read nothing more from the client: every wakeup is ignored from now, until its
+        greenlet is killed (the client was handed over to a new process) or unparked."""
+        self.parked = True
+        self._waiting = False
+        self.client_watch.stop()
+
+    def unpark(self) -> None:
+        """Serve the client again (the online restart that parked it did not happen)."""
+        self.parked = False
+        self._waiting = True
+        self.client_watch.start(self._on_client)
 
     def _client_ready(self) -> None:
         if self._waiting:
