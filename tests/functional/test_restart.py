@@ -5,14 +5,17 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import threading
 import time
 from typing import Iterator, List
 
 import psycopg2
+import psycopg2.errors
+import pytest
 
 from tests.support.inifile import common_ini
-from tests.support.observe import Background
+from tests.support.observe import Background, scalar
 from tests.support.pgbench import run_pgbench
 from tests.support.ports import free_port, wait_until
 
@@ -109,26 +112,124 @@ def test_sigterm_keeps_serving_an_open_client_until_it_leaves(pg, bouncer_factor
     assert bouncer.wait(10) == 0
 
 
+def restart_online(pg, bouncer_factory, old, **settings: object):
+    """Start a bouncer with -R that takes *old*'s sockets and idle clients over."""
+    # The new process finds the old one through the unix socket, so it shares its directory.
+    new = bouncer_factory(common_ini(pg, listen_port=old.port, unix_socket_dir=old.workdir,
+                                     **settings), flags=("-R",))
+    new.wait_for_log("took over")
+    return new
+
+
+def local_port(conn) -> int:
+    """The client side's port of a psycopg2 connection, as the pooler lists it."""
+    with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+        return sock.getsockname()[1]
+
+
+def listed_ports(bouncer) -> List[int]:
+    return [row[6] for row in bouncer.admin("SHOW CLIENTS")]  # (addr, port are 5 and 6)
+
+
 def test_online_restart_takes_the_sockets_over(pg, bouncer_factory) -> None:
     port = free_port()
     old = bouncer_factory(common_ini(pg, listen_port=port, pool_mode="transaction"))
-    held = old.connect()
-    held.autocommit = True
-    # The new process finds the old one through the unix socket, so it shares its directory.
-    new = bouncer_factory(common_ini(pg, listen_port=port, pool_mode="transaction",
-                                     unix_socket_dir=old.workdir), flags=("-R",))
-    new.wait_for_log("took over")
-    with held.cursor() as cur:  # the old process still serves the client it had
-        cur.execute("SELECT 'old'")
-        assert cur.fetchone() == ("old",)
+    new = restart_online(pg, bouncer_factory, old, pool_mode="transaction")
     fresh = psycopg2.connect(host="127.0.0.1", port=port, dbname="testdb", user="md5user",
                              password="md5pass", connect_timeout=5)
     with fresh.cursor() as cur:
         cur.execute("SELECT 'new'")
         assert cur.fetchone() == ("new",)
     fresh.close()
-    held.close()
     assert old.wait(10) == 0
     assert new.alive
     assert os.path.exists(os.path.join(old.workdir, f".s.PGSQL.{port}")), \
         "the old process left the unix socket file to the new one"
+
+
+def test_online_restart_moves_an_idle_client(pg, bouncer_factory) -> None:
+    old = bouncer_factory(common_ini(pg, listen_port=free_port(), pool_mode="transaction"))
+    held = old.connect(application_name="moved")
+    held.autocommit = True
+    with held.cursor() as cur:  # a tracked parameter moves along
+        cur.execute("SET TimeZone = 'Asia/Tokyo'")
+    new = restart_online(pg, bouncer_factory, old, pool_mode="transaction")
+    assert old.wait(10) == 0, "nobody left to serve: the old process exits at once"
+    assert "handed over to the new process" in old.log_text()
+    assert scalar(held, "SELECT current_setting('TimeZone')") == "Asia/Tokyo"
+    assert scalar(held, "SELECT current_setting('application_name')") == "moved"
+    assert local_port(held) in listed_ports(new)
+    held.close()
+
+
+def test_online_restart_moves_a_scram_passthrough_client(pg, bouncer_factory) -> None:
+    # No forced user, only PostgreSQL's own SCRAM secret: servers log in with the client's
+    # SCRAM keys, which must move with it, as its server is gone by the time it asks again.
+    stored = pg.psql("SELECT rolpassword FROM pg_authid WHERE rolname = 'scramuser'")
+    settings = {"auth_type": "scram-sha-256", "pool_mode": "transaction",
+                "server_lifetime": 1}
+    old = bouncer_factory(common_ini(pg, listen_port=free_port(), **settings),
+                          {"scramuser": stored})
+    held = old.connect(user="scramuser")
+    held.autocommit = True
+    assert scalar(held, "SELECT current_user") == "scramuser"
+    new = bouncer_factory(common_ini(pg, listen_port=old.port, unix_socket_dir=old.workdir,
+                                     **settings), {"scramuser": stored}, flags=("-R",))
+    new.wait_for_log("took over")
+    assert old.wait(10) == 0
+    time.sleep(1.5)  # past server_lifetime: no server the new process could reuse
+    assert scalar(held, "SELECT current_user") == "scramuser"
+    held.close()
+
+
+def test_online_restart_waits_for_an_open_transaction(pg, bouncer_factory) -> None:
+    old = bouncer_factory(common_ini(pg, listen_port=free_port(), pool_mode="transaction"))
+    held = old.connect()
+    with held.cursor() as cur:  # psycopg2 opens a transaction
+        cur.execute("CREATE TEMP TABLE t AS SELECT 1 AS x")
+    # SUSPEND waits for the transaction to end, served by the old process meanwhile.
+    starting = Background(lambda: restart_online(pg, bouncer_factory, old,
+                                                 pool_mode="transaction"))
+    time.sleep(0.5)
+    assert scalar(held, "SELECT x FROM t") == 1
+    held.commit()
+    new = starting.result(timeout=20)
+    assert old.wait(10) == 0
+    assert scalar(held, "SELECT 'after'") == "after"
+    assert local_port(held) in listed_ports(new)
+    held.close()
+
+
+def test_online_restart_moves_the_cancel_key(pg, bouncer_factory) -> None:
+    old = bouncer_factory(common_ini(pg, listen_port=free_port(), pool_mode="transaction"))
+    held = old.connect()
+    held.autocommit = True
+    restart_online(pg, bouncer_factory, old, pool_mode="transaction")
+    assert old.wait(10) == 0
+    timer = threading.Timer(0.5, held.cancel)  # psycopg2 sends the key it got at login
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(psycopg2.errors.QueryCanceled):
+        scalar(held, "SELECT pg_sleep(10)")
+    timer.join()
+    assert time.monotonic() - started < 5
+    held.close()
+
+
+def test_a_takeover_that_does_not_finish_leaves_the_clients_served(pg, bouncer_factory) -> None:
+    old = bouncer_factory(common_ini(pg, listen_port=free_port(), pool_mode="transaction"))
+    held = old.connect()
+    held.autocommit = True
+    # What -R does up to SHOW FDS, then its console goes away without SHUTDOWN: the RESUME
+    # that follows serves the listed client again (the descriptors libpq got are dropped).
+    console = psycopg2.connect(host=old.workdir, port=old.port, dbname="pgbouncer",
+                               user="pgbouncer")
+    console.autocommit = True
+    with console.cursor() as cur:
+        cur.execute("SUSPEND")
+        cur.execute("SHOW FDS")
+        assert "client" in [row[1] for row in cur.fetchall()]
+    console.close()
+    old.wait_for_log("serving again 1 clients")
+    assert scalar(held, "SELECT 'still old'") == "still old"
+    held.close()
