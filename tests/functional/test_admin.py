@@ -73,7 +73,8 @@ EXPECTED_COLUMNS = {
     "SHOW LISTS": ["list", "items"],
     "SHOW FDS": ["fd", "task", "user", "database", "addr", "port", "cancel", "link",
                  "client_encoding", "std_strings", "datestyle", "timezone", "password",
-                 "scram_client_key", "scram_server_key"],
+                 "scram_client_key", "scram_server_key",
+                 "bouncer_state"],  # PgBouncer's columns, then bouncer's own (-R's client state)
     "SHOW MEM": ["name", "size", "used", "free", "memtotal"],
     "SHOW STATE": ["key", "value"],
     "SHOW DNS_HOSTS": ["hostname", "ttl", "addrs"],
@@ -191,7 +192,8 @@ def test_show_has_pgbouncers_columns_in_order(bouncer: BouncerProcess, command: 
     ("SHOW POOLS", [TEXT, TEXT] + [INT4] * 13 + [TEXT, TEXT, INT4]),
     ("SHOW STATS_TOTALS", [TEXT] + [NUMERIC] * 12),
     ("SHOW DNS_HOSTS", [TEXT, INT8, TEXT]),
-    ("SHOW FDS", [INT4, TEXT, TEXT, TEXT, TEXT, INT4, INT8, INT4] + [TEXT] * 5 + [BYTEA] * 2),
+    ("SHOW FDS", [INT4, TEXT, TEXT, TEXT, TEXT, INT4, INT8, INT4] + [TEXT] * 5 + [BYTEA] * 2
+     + [TEXT]),
     ("SHOW CLIENTS", [TEXT] * 6 + [INT4, TEXT, INT4, TEXT, TEXT, INT4, INT4, INT4, TEXT, TEXT,
                                    INT4, TEXT, TEXT, INT4, INT4]),
 ])
