@@ -29,6 +29,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
+#: auth_type values that no built-in verifies: a plugin's bouncer_verify_client must.
+PLUGIN_AUTH_TYPES = ("ldap", "pam")
+
 
 class PluginFailure(ClientError):
     """A decision hook raised: the client is refused (fail closed)."""
@@ -118,10 +121,22 @@ class PluginHooks:
             raise ConfigError(f"plugin settings: {exc}", key="plugins") from None
 
     def validate_config(self, config: "Config") -> List[str]:
+        """Every plugin's problems with *config*, and an auth_type that only a plugin could
+        verify when none is loaded (every login would fail)."""
         problems: List[str] = []
         for result in self._relay.bouncer_validate_config(config=config):
             problems.extend(result or ())
+        if config.auth_type in PLUGIN_AUTH_TYPES and not self._third_party_verifiers():
+            problems.append(
+                f"auth_type = {config.auth_type}: no loaded plugin verifies {config.auth_type} "
+                "logins (bouncer has no built-in one), so every login would fail; choose "
+                "another auth_type, or load a plugin that implements bouncer_verify_client "
+                "(plugins = ...)")
         return problems
+
+    def _third_party_verifiers(self) -> List[str]:
+        return [impl.plugin_name for impl in self._relay.bouncer_verify_client.get_hookimpls()
+                if not impl.plugin_name.startswith("bouncer.builtin.")]
 
     def admin_commands(self, app: "App") -> Dict[str, Callable[..., Any]]:
         merged: Dict[str, Callable[..., Any]] = {}

@@ -134,6 +134,19 @@ def test_check_names_every_problem_of_a_file_in_one_run(pg, certs, tmp_path) -> 
     assert result.stderr.splitlines()[-1] == f"{path}: 7 problem(s) found"
 
 
+@pytest.mark.parametrize("auth_type", ["ldap", "pam"])
+def test_an_auth_type_no_loaded_plugin_verifies_is_refused(pg, tmp_path, auth_type: str) -> None:
+    """Accepted, it would fail every login; PgBouncer builds with LDAP and PAM, bouncer has
+    them only through a plugin."""
+    path, port = write_config(tmp_path, common_ini(pg, auth_type=auth_type))
+    for args in (["--check", path], [path]):
+        result = run_cli(args)
+        assert result.returncode == 1, result.stderr
+        assert (f"auth_type = {auth_type}: no loaded plugin verifies {auth_type} logins"
+                in result.stderr), result.stderr
+    assert not accepts_connections(socket.AF_INET, ("127.0.0.1", port))
+
+
 BAD_CONFIGS = {
     "bad-enum": ({"pool_mode": "sometimes"}, None, "pool_mode ="),
     "bad-number": ({"max_client_conn": "lots"}, None, "max_client_conn ="),
