@@ -11,6 +11,7 @@ import gevent
 
 from bouncer.config.sections import ADMIN_DATABASE
 from bouncer.errors import ClientError
+from bouncer.pool.limits import database_min_pool_size
 from bouncer.pool.stats import stats_line
 from bouncer.proto.constants import TXN_IDLE
 
@@ -18,7 +19,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from bouncer.app import App
     from bouncer.config import Config
     from bouncer.pool.pool import Pool
-    from bouncer.pool.registry import DatabaseState
     from bouncer.session.server import ServerConnection
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,8 @@ class Janitor:
         registry, config = self.app.registry, self.app.config
         for db in list(registry.databases.values()):
             user = db.definition.user
-            if user and not db.removed and _min_pool_size(config, db) and user not in db.pools:
+            if (user and not db.removed and user not in db.pools
+                    and database_min_pool_size(config, db.definition)):
                 registry.pool(db, user)
 
     def _free_idle_pools(self) -> None:
@@ -140,12 +141,6 @@ class Janitor:
         self.app.notify_status(line)
         if config.log_stats:
             log.info("%s", line)
-
-
-def _min_pool_size(config: "Config", db: "DatabaseState") -> int:
-    """The database's min_pool_size, or the global one (no pool exists to ask yet)."""
-    own = db.definition.min_pool_size
-    return config.min_pool_size if own is None else own
 
 
 def _fast_close(pool: "Pool") -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Tuple, TypeVar, overload
 
 if TYPE_CHECKING:  # pragma: no cover
-    from bouncer.config import Config
+    from bouncer.config import Config, DatabaseDef
 
 T = TypeVar("T")
 
@@ -105,6 +105,11 @@ def _positive_or(value: Optional[int], default: int) -> int:
     return value if value is not None and value > 0 else default
 
 
+def database_min_pool_size(config: "Config", definition: "DatabaseDef") -> int:
+    """The servers each pool of a database keeps: its own min_pool_size, or the global one."""
+    return first_set(definition.min_pool_size, config.min_pool_size)
+
+
 class PoolLimits:
     """Reads the current config (through *get_config*, so a reload is seen at once)."""
 
@@ -158,7 +163,7 @@ class PoolLimits:
         return self._config().reserve_pool_timeout
 
     def min_pool_size(self) -> int:
-        return first_set(self._field(self._db(), "min_pool_size"), self._config().min_pool_size)
+        return database_min_pool_size(self._config(), self._db())
 
     def pool_mode(self) -> str:
         return first_set(self._user_value("pool_mode"), self._field(self._db(), "pool_mode"),

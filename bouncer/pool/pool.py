@@ -270,20 +270,16 @@ class Pool:
     def _activate(self, server: Any, client: Any) -> Any:
         self.active.add(server)
         server.link = client
-        self.database.stats.server_assignment_count += 1
         return server
 
     def release(self, server: Any, served: bool = True) -> None:
         """Return a server that finished its transaction/session, or hand it to a waiter.
 
         :param served: False when it only told a new client the server's parameters: that is
-            not a use that server_lifetime counts, nor a server assignment in SHOW STATS
-            (PgBouncer's session client keeps the server it got at login, one assignment).
+            not a use that server_lifetime counts.
         """
         self.active.discard(server)
         server.link = None
-        if not served:
-            self.database.stats.server_assignment_count -= 1
         if server.close_needed or (self.size and self.over_size()):
             self.close_server(server, server.close_reason or "too many servers in pool")
             return
@@ -500,6 +496,7 @@ class Pool:
         self.login.discard(placeholder)
         server.dedicated = True
         self._activate(server, client)
+        self.database.stats.server_assignment_count += 1
 
     def unreserve(self, placeholder: "_Connecting") -> None:
         """The connection could not be opened."""

@@ -316,6 +316,10 @@ class Link:
         client = self.client
         client.request_time = time.time()
         server = self.pool.acquire(client)
+        # SHOW STATS counts here, where a client's traffic gets a server: not the login-time
+        # parameter fetch (a session client is one assignment, as in PgBouncer), nor bouncer's
+        # own auth_query lookups.
+        self.stats.server_assignment_count += 1
         self._link(server)
         if not client.vars.items() <= server.params.items():  # (checked in C)
             _sync_parameters(client, server)
