@@ -95,7 +95,7 @@ def test_bouncer5_states_default_restart_and_support(setting: Setting, setting_d
         else "Default: empty."
     assert default in doc
     assert ("Needs a restart." in doc) == (not setting.reloadable)
-    assert ("Accepted, not yet honoured." in doc) == (not setting.supported)
+    assert ("Refused unless off." in doc) == bool(setting.unsupported)
     for alias in setting.aliases:
         assert f"Alias: ``{alias}``" in doc
 

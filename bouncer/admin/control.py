@@ -73,7 +73,7 @@ def set_setting(console: "Console", args: str) -> Result:
         raise admin_access_needed()
     app = console.app
     new = changed_config(app, key, raw)
-    notices = _unsupported_notice(key)
+    notices: List[Notice] = []
     if not is_tls_setting(key.lower()):
         app.apply_settings(new)
     elif not app.apply_tls_setting(new):
@@ -105,14 +105,6 @@ def changed_config(app: "App", key: str, raw: str) -> Config:
     if problems:
         raise AdminError("SET failed", detail="; ".join(problems))
     return new
-
-
-def _unsupported_notice(key: str) -> List[Notice]:
-    setting = SETTINGS_BY_NAME[key.lower()]
-    if setting.supported:
-        return []
-    return [Notice(f"{setting.name} is accepted but not implemented by bouncer: "
-                   "the value has no effect")]
 
 
 # -- RELOAD, SHUTDOWN ------------------------------------------------------------------------

@@ -110,7 +110,7 @@ def read_config_report(path: str, declarations: Optional[Declarations] = None
         users=MappingProxyType(users),
         pools=MappingProxyType({(pool.user, pool.database): pool for pool in pools.values()}),
         peers=MappingProxyType({peer.peer_id: peer for peer in peers.values()}),
-        warnings=_unsupported_warnings(settings, explicit) + plugin_warnings,
+        warnings=plugin_warnings,
         explicit=explicit | plugin_explicit,
         plugin_declarations=MappingProxyType(dict(declarations or {})),
         plugin_settings=MappingProxyType(plugin_values),
@@ -193,13 +193,3 @@ def _setting_value(key: str, raw: str) -> Any:
     if key not in SETTINGS_BY_NAME:
         raise ValueError("unknown parameter")  # PgBouncer's word for it in a file
     return parse_setting(key, raw)
-
-
-def _unsupported_warnings(settings: Mapping[str, Any], explicit: frozenset) -> Tuple[str, ...]:
-    # Zero or empty switches these features off, and off is what bouncer does anyway.
-    ignored: List[str] = [setting.name for setting in SETTINGS
-                          if not setting.supported and setting.name in explicit
-                          and settings[setting.name]]
-    if not ignored:
-        return ()
-    return (f"settings accepted but not honoured by bouncer yet: {', '.join(ignored)}",)

@@ -32,8 +32,8 @@ class Setting:
         ``octal`` (a file mode) or ``list`` (comma-separated, a tuple of str).
     :param default: the typed default.
     :param reloadable: False when PgBouncer needs a restart to apply it (``CF_NO_RELOAD``).
-    :param supported: False when bouncer accepts and types the key but does not honour it
-        yet; the loader warns when a file sets it to anything but zero/empty.
+    :param unsupported: why bouncer cannot honour the key, when it cannot: a value other
+        than zero/empty is then refused (``--check``, start, RELOAD, SET) with this sentence.
     :param default_text: SHOW CONFIG's rendering of the default, when the plain
         formatting of ``default`` would not match PgBouncer's.
     :param aliases: other names PgBouncer accepts for this key.
@@ -47,7 +47,7 @@ class Setting:
     choices: Tuple[str, ...] = ()
     min: Optional[float] = None
     max: Optional[float] = None
-    supported: bool = True
+    unsupported: str = ""
     default_text: Optional[str] = None
     aliases: Tuple[str, ...] = ()
 
@@ -79,6 +79,7 @@ class _Bounds(TypedDict, total=False):
 
 
 _COUNT: _Bounds = {"min": 0}
+_SYSTEM_RESOLVER = "bouncer looks host names up with the system resolver (getaddrinfo)"
 _PORT: _Bounds = {"min": 1, "max": 65535}
 
 _TABLE = (
@@ -116,8 +117,8 @@ _TABLE = (
     _s("disable_pqexec", "bool", False, "refuse the simple query protocol", reload=False),
     _s("application_name_add_host", "bool", False, "append client address to application_name"),
     _s("conffile", "str", "", "the configuration file read on RELOAD (default: the one loaded)"),
-    _s("service_name", "str", "pgbouncer", "Windows service name", reload=False,
-       aliases=("job_name",), supported=False),
+    _s("service_name", "str", "pgbouncer", "Windows service name (no effect elsewhere)",
+       reload=False, aliases=("job_name",)),
     _s("stats_period", "int", 60, "seconds between statistics averages and log lines", min=1),
     _s("max_prepared_statements", "int", 200,
        "protocol-level prepared statements tracked per server connection (0 = off)", **_COUNT),
@@ -130,7 +131,8 @@ _TABLE = (
     _s("auth_user", "str", "", "user that runs auth_query for users not in auth_file"),
     _s("auth_query", "str", DEFAULT_AUTH_QUERY, "query returning a user's name and password"),
     _s("auth_dbname", "str", "", "database in which auth_query runs"),
-    _s("auth_ldap_options", "str", "", "LDAP options for auth_type ldap", supported=False),
+    _s("auth_ldap_options", "str", "", "LDAP options for auth_type ldap (read by the plugin "
+       "that verifies ldap logins)"),
     # Logging
     _s("syslog", "bool", False, "also log to syslog"),
     _s("syslog_ident", "str", "pgbouncer", "program name sent to syslog"),
@@ -164,9 +166,13 @@ _TABLE = (
     _s("dns_max_ttl", "time", 15.0, "how long DNS answers are cached"),
     _s("dns_nxdomain_ttl", "time", 15.0, "how long DNS errors and NXDOMAIN are cached"),
     _s("dns_zone_check_period", "time", 0.0, "period of DNS zone serial checks (0 = off)",
-       supported=False),
+       unsupported=f"{_SYSTEM_RESOLVER}, which cannot ask for a zone's serial (PgBouncer needs "
+                   "c-ares for it); set it to 0: new server connections use a changed address "
+                   "once dns_max_ttl has passed"),
     _s("resolv_conf", "str", "", "custom resolv.conf for DNS lookups", reload=False,
-       supported=False),
+       unsupported=f"{_SYSTEM_RESOLVER}, which reads only /etc/resolv.conf (PgBouncer needs "
+                   "c-ares or evdns for another file); remove the setting and list the name "
+                   "servers in /etc/resolv.conf"),
     _s("query_wait_notify", "time", 5.0, "notify a queued client after this wait (0 = never)"),
     _s("login_notify_message", "str", "", "NOTICE sent to a client after login"),
     # TLS
@@ -198,17 +204,16 @@ _TABLE = (
     _s("transaction_timeout", "time", 0.0, "disconnect clients in a transaction this long"),
     _s("suspend_timeout", "time", 10.0, "how long SUSPEND waits for buffers to flush"),
     # Low-level network
-    _s("pkt_buf", "int", 4096, "internal packet buffer size", reload=False, supported=False,
-       **_COUNT),
+    _s("pkt_buf", "int", 4096, "read buffer size: the most bytes read from a socket at once",
+       reload=False, min=1),
     _s("max_packet_size", "int", 2147483647, "largest PostgreSQL packet let through",
        min=0, max=2147483647),
     _s("listen_backlog", "int", 128, "backlog argument of listen(2)", reload=False,
        **_COUNT),
-    _s("sbuf_loopcnt", "int", 5, "packets processed per connection before switching",
-       supported=False, **_COUNT),
+    _s("sbuf_loopcnt", "int", 5,
+       "full reads of one connection before serving others (0 = no limit)", **_COUNT),
     _s("so_reuseport", "bool", False, "set SO_REUSEPORT on listening sockets", reload=False),
-    _s("tcp_defer_accept", "bool", True, "set TCP_DEFER_ACCEPT on listening sockets",
-       supported=False),
+    _s("tcp_defer_accept", "bool", True, "set TCP_DEFER_ACCEPT on listening sockets"),
     _s("tcp_socket_buffer", "int", 0, "socket buffer size (0 = OS default)", **_COUNT),
     _s("tcp_keepalive", "bool", True, "enable TCP keepalive"),
     _s("tcp_keepcnt", "int", 0, "TCP_KEEPCNT (0 = OS default)", **_COUNT),

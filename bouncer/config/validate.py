@@ -10,7 +10,7 @@ from typing import Callable, Iterator, List
 from bouncer.config.kinds import format_value, parse_value
 from bouncer.config.model import Config
 from bouncer.config.plugin_settings import all_settings
-from bouncer.config.settings import POOL_MODES
+from bouncer.config.settings import POOL_MODES, SETTINGS
 
 _VERIFYING_SSLMODES = ("verify-ca", "verify-full")
 
@@ -32,6 +32,14 @@ def _table_constraints(config: Config) -> Iterator[str]:
             parse_value(setting, format_value(setting, value))
         except (ValueError, TypeError) as exc:
             yield f"{name}: {exc}"
+
+
+def _unhonoured(config: Config) -> Iterator[str]:
+    # Zero or empty switches these features off, and off is what bouncer does: only a value
+    # asking for the feature is refused, never silently accepted.
+    for setting in SETTINGS:
+        if setting.unsupported and config.settings.get(setting.name):
+            yield f"{setting.name}: {setting.unsupported}"
 
 
 def _database_pool_modes(config: Config) -> Iterator[str]:
@@ -68,6 +76,7 @@ def _cert_auth(config: Config) -> Iterator[str]:
 
 _CHECKS: List[Callable[[Config], Iterator[str]]] = [
     _table_constraints,
+    _unhonoured,
     _database_pool_modes,
     _hba_file,
     _client_tls_files,

@@ -108,6 +108,19 @@ class Listeners:
         self._unix_inode = os.stat(path).st_ino
         return sock
 
+    def defer_accept(self, on: bool) -> None:
+        """TCP_DEFER_ACCEPT on the TCP sockets, as PgBouncer sets it (1 second when on): the
+        kernel hands over a connection once its first bytes arrive, so a client that never
+        sends costs no accepted socket until then."""
+        for sock in self._sockets:
+            if sock.family == socket.AF_UNIX:
+                continue
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, int(on))
+            except OSError as exc:  # PgBouncer's words
+                log.warning("tune_accept: %s TCP_DEFER_ACCEPT: %s",
+                            "install" if on else "uninstall", exc.strerror)
+
     def stop_accepting(self) -> None:
         for server in self.servers:
             server.stop_accepting()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import time
 from typing import TYPE_CHECKING, Any, Dict, Iterator, NoReturn, Optional, cast
 
@@ -37,13 +38,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-CHUNK = 64 * 1024  # below glibc's mmap threshold: a bigger recv buffer costs 3 syscalls
 SESSION, TRANSACTION, STATEMENT = "session", "transaction", "statement"
 STATEMENT_REFUSAL = "transaction blocks not allowed in statement pooling mode"
 
-# One read buffer for every relay of this process: a chunk is consumed (walked and sent)
-# before its greenlet can yield, and what must outlive that is copied.
-_buffer = bytearray(CHUNK)
+# One read buffer for every relay of this process, of pkt_buf bytes (PgBouncer's buffer size
+# and so its largest read): a chunk is consumed (walked and sent) before its greenlet can
+# yield, and what must outlive that is copied.
+_buffer = bytearray(0)
 _view = memoryview(_buffer)
 
 # What woke the client's greenlet up.
@@ -60,12 +61,20 @@ def serve(client: "ClientSession") -> None:
     client.link.run()
 
 
+def _size_buffer(size: int) -> None:
+    """Make the shared read buffer *size* bytes (pkt_buf cannot change while running)."""
+    global _buffer, _view
+    if len(_buffer) != size:
+        _buffer = bytearray(size)
+        _view = memoryview(_buffer)
+
+
 def _read(sock: Any, raw: Any) -> Optional[Any]:
-    """What is there to read: a view of the shared buffer (empty at end of stream), or None
-    when the wakeup was spurious."""
+    """What is there to read, at most pkt_buf bytes: a view of the shared buffer (empty at end
+    of stream), or None when the wakeup was spurious."""
     if raw is None:
         try:
-            return sock.recv(CHUNK)
+            return sock.recv(len(_buffer))
         except OSError:
             return b""
     try:
@@ -109,6 +118,9 @@ class Link:
             self.engine.prepared = PreparedStatements(
                 lambda: app.config.max_prepared_statements, self.stats)
         self.engine.disable_pqexec = config.disable_pqexec
+        _size_buffer(config.pkt_buf)
+        #: sbuf_loopcnt: full reads of one socket in a row before the others are served.
+        self.loops = range(config.sbuf_loopcnt or sys.maxsize)
         self.engine.start_relay()
         self.timeouts = {"idle": limits.client_idle_timeout(),
                          "query": limits.query_timeout(),
@@ -265,14 +277,25 @@ class Link:
 
     def _from_client(self) -> bool:
         """Forward what the client sent; False when the client is done."""
-        data = _read(self.client.sock, self.client_raw)
-        if data is None:
-            return True
-        if not data:
-            self.client.close_reason = self.client.close_reason or "client unexpected eof"
-            return False
-        self.stats.bytes_received += len(data)
-        return self._client_bytes(data)
+        for _ in self.loops:
+            data = _read(self.client.sock, self.client_raw)
+            if data is None:
+                return True
+            if not data:
+                self.client.close_reason = self.client.close_reason or "client unexpected eof"
+                return False
+            self.stats.bytes_received += len(data)
+            if not self._client_bytes(data):
+                return False
+            if not self._more_waiting(data, self.client_raw):
+                return True
+        return True
+
+    @staticmethod
+    def _more_waiting(data: Any, raw: Any) -> bool:
+        """A read that filled the buffer likely left more behind: read again before waiting
+        (not through TLS, whose recv would block rather than say there is nothing)."""
+        return raw is not None and len(data) == len(_buffer)
 
     def _client_bytes(self, data: Any) -> bool:
         engine = self.engine
@@ -340,9 +363,15 @@ class Link:
 
     def _from_server(self) -> None:
         server = cast("ServerConnection", self.server)  # _wait() said it is readable
-        data = _read(server.sock, server.raw)
-        if data is None:
-            return
+        for _ in self.loops:
+            data = _read(server.sock, server.raw)
+            if data is None:
+                return
+            self._server_bytes(server, data)
+            if self.server is not server or not self._more_waiting(data, server.raw):
+                return
+
+    def _server_bytes(self, server: "ServerConnection", data: Any) -> None:
         if not data:
             self._server_lost(server)
         engine = server.engine

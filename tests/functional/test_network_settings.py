@@ -3,17 +3,22 @@ outside: the socket file's group, the kernel's buffer sizes, oversized packets, 
 auto-databases and SUSPEND's timeout."""
 from __future__ import annotations
 
+import contextlib
 import grp
+import io
 import os
 import shutil
+import socket
 import subprocess
 import threading
 import time
 
+import psycopg2
 import pytest
 
 from tests.support import pgwire
 from tests.support.inifile import common_ini
+from tests.support.pgbench import run_pgbench
 from tests.support.ports import wait_until
 
 USER, PASSWORD = "md5user", "md5pass"
@@ -40,6 +45,61 @@ def test_tcp_socket_buffer_sizes_the_kernel_buffers(pg, bouncer_factory) -> None
         sock.close()
     # Linux doubles the value it is given (room for bookkeeping).
     assert "rb131072" in out and "tb131072" in out, out
+
+
+def _sockets(pid: int) -> set:
+    fd_dir = f"/proc/{pid}/fd"
+    links = set()
+    for fd in os.listdir(fd_dir):
+        with contextlib.suppress(FileNotFoundError):  # closed meanwhile
+            links.add(os.readlink(os.path.join(fd_dir, fd)))
+    return {link for link in links if link.startswith("socket:")}
+
+
+def _accepted_while_silent(bouncer) -> bool:
+    """Whether the pooler accepts a TCP connection that has sent nothing yet."""
+    before = _sockets(bouncer.pid)
+    with socket.create_connection((bouncer.host, bouncer.port)):
+        # Deferred, the kernel holds it for a second (then resends its SYN-ACK).
+        return wait_until(lambda: bool(_sockets(bouncer.pid) - before), 0.5)
+
+
+def test_tcp_defer_accept_keeps_a_silent_connection_in_the_kernel(pg, bouncer_factory) -> None:
+    bouncer = bouncer_factory(common_ini(pg))  # on by default, as PgBouncer's on Linux
+    assert not _accepted_while_silent(bouncer)
+    conn = bouncer.connect()  # a client that speaks first is accepted at once
+    conn.close()
+    bouncer.admin("SET tcp_defer_accept = 0")
+    assert _accepted_while_silent(bouncer)
+    # A setting bouncer cannot honour is refused, with why, and nothing changes.
+    with pytest.raises(psycopg2.Error) as refused:
+        bouncer.admin("SET dns_zone_check_period = 60")
+    assert "system resolver" in str(refused.value.pgerror or refused.value)
+    assert ("dns_zone_check_period", "0") in [row[:2] for row in bouncer.admin("SHOW CONFIG")]
+
+
+@pytest.mark.parametrize("loops", [1, 0])
+def test_a_tiny_pkt_buf_relays_every_protocol_intact(pg, bouncer_factory, loops: int) -> None:
+    """pkt_buf bytes at most per read (cutting messages anywhere), sbuf_loopcnt reads in a row
+    (0: no limit): results, COPY both ways and prepared statements arrive whole."""
+    bouncer = bouncer_factory(common_ini(pg, pool_mode="transaction", pkt_buf=61,
+                                         sbuf_loopcnt=loops))
+    conn = bouncer.connect()
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SELECT repeat('x', i) FROM generate_series(1, 300) AS i")
+        assert [len(row[0]) for row in cur.fetchall()] == list(range(1, 301))
+        cur.execute("CREATE TEMP TABLE t (n int, s text)")  # (one transaction: kept below)
+        cur.execute("BEGIN")
+        rows = "".join(f"{n}\t{'y' * n}\n" for n in range(500))
+        cur.copy_expert("COPY t FROM STDIN", io.StringIO(rows))
+        out = io.StringIO()
+        cur.copy_expert("COPY t TO STDOUT", out)
+        assert out.getvalue() == rows
+        cur.execute("COMMIT")
+    conn.close()
+    bench = run_pgbench(bouncer, ["-M", "prepared", "-S", "-c", "4", "-t", "50"], user=USER)
+    assert (bench.returncode, bench.processed) == (0, 200), bench.output
 
 
 def test_max_packet_size_refuses_a_larger_message(pg, bouncer_factory) -> None:

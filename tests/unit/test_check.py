@@ -54,6 +54,22 @@ def test_an_unloadable_plugin_is_a_problem_and_the_built_in_checks_still_run(
         "plugins", "auth_query must use $1 where the user name goes"]
 
 
+def test_a_setting_bouncer_cannot_honour_is_refused_with_the_reason(tmp_path: Path) -> None:
+    path = write(tmp_path, "[databases]\napp = host=db.example\n[pgbouncer]\n"
+                           "resolv_conf = /etc/bouncer/resolv.conf\n"
+                           "dns_zone_check_period = 60\n")
+    errors = check_config(path).errors
+    assert [error.split(": ")[1] for error in errors] == ["dns_zone_check_period",
+                                                          "resolv_conf"]
+    assert "list the name servers in /etc/resolv.conf" in errors[1]
+
+
+def test_the_resolver_settings_switched_off_are_fine(tmp_path: Path) -> None:
+    path = write(tmp_path, "[databases]\napp = host=db.example\n[pgbouncer]\n"
+                           "resolv_conf =\ndns_zone_check_period = 0\n")
+    assert check_config(path).ok
+
+
 def test_an_unreadable_file_is_one_problem(tmp_path: Path) -> None:
     result = check_config(str(tmp_path / "absent.ini"))
     assert (result.config, len(result.errors)) == (None, 1)

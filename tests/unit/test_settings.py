@@ -90,12 +90,9 @@ def test_bouncer_own_settings_exist() -> None:
     assert not SETTINGS_BY_NAME["disable_plugins"].reloadable
 
 
-def test_unfinished_features_are_marked_unsupported() -> None:
-    unsupported = {s.name for s in SETTINGS if not s.supported}
-    assert {"pkt_buf", "auth_ldap_options"} <= unsupported
-    assert {"max_prepared_statements", "transaction_timeout", "server_fast_close",
-            "disable_pqexec", "peer_id"}.isdisjoint(unsupported)
-    assert "listen_port" not in unsupported
+def test_only_the_c_ares_resolver_settings_cannot_be_honoured() -> None:
+    assert {s.name for s in SETTINGS if s.unsupported} == {"dns_zone_check_period",
+                                                          "resolv_conf"}
 
 
 @pytest.mark.parametrize("raw, seconds", [
