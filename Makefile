@@ -25,7 +25,7 @@ install-test:
 
 # The same lookup the test fixtures use (/usr/lib/postgresql/*/bin, then pg_config).
 postgres:
-	@if $(PYTHON) -c 'from tests.support.pgcluster import find_pg_bindir; find_pg_bindir()' \
+	@if $(PYTHON) -c 'from bouncer.testing.pgcluster import find_pg_bindir; find_pg_bindir()' \
 	    2>/dev/null; then :; else \
 	  echo "PostgreSQL server binaries not found: installing them with apt-get"; \
 	  $(SUDO) apt-get update && \

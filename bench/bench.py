@@ -21,7 +21,7 @@ from harness import (DIRECT, POOL_SIZE, POOLER_NAMES, Target, environment_line,
                      markdown_table, pooler_ini, progress, start_postgres, start_targets)
 from procstat import cpu_seconds
 from syscalls import SyscallCount, counting_syscalls, strace_available, top_calls
-from tests.support.pgcluster import STANDARD_PASSWORDS, PgCluster
+from bouncer.testing.pgcluster import STANDARD_PASSWORDS, PgCluster
 
 BENCH_DB = "bench"
 BENCH_USER = "md5user"  # md5 from the client to the pooler and from the pooler to PostgreSQL

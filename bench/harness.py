@@ -18,11 +18,11 @@ from typing import List, Optional, Sequence
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bouncer import __version__ as bouncer_version  # noqa: E402
-from tests.support.bouncerproc import (BouncerProcess, find_pgbouncer,  # noqa: E402
+from bouncer.testing.process import (BouncerProcess, find_pgbouncer,  # noqa: E402
                                        pgbouncer_user)
-from tests.support.inifile import BASE_SETTINGS, common_ini  # noqa: E402
-from tests.support.pgcluster import PgCluster, make_shared_tempdir  # noqa: E402
-from tests.support.ports import wait_until  # noqa: E402
+from bouncer.testing.ini import BASE_SETTINGS, common_ini  # noqa: E402
+from bouncer.testing.pgcluster import PgCluster, make_shared_tempdir  # noqa: E402
+from bouncer.testing.ports import wait_until  # noqa: E402
 
 from procstat import process_tree  # noqa: E402
 

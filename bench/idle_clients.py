@@ -21,7 +21,7 @@ from harness import (POOLER_NAMES, Target, environment_line, markdown_table, poo
                      progress, start_postgres, start_targets)
 from procstat import open_descriptors, rss_kib
 from tests.support import pgwire
-from tests.support.pgcluster import STANDARD_PASSWORDS, PgCluster
+from bouncer.testing.pgcluster import STANDARD_PASSWORDS, PgCluster
 
 DEFAULT_CLIENTS = 5000
 MAX_CLIENT_CONN = 20000

@@ -1,7 +1,7 @@
-"""Registers the fixture modules (tests/fixtures); plain helpers live in tests/support."""
+"""Registers the fixtures: bouncer's own (bouncer.testing, as plugin authors use them) and the
+suite's test PKI (tests/fixtures); plain helpers live in tests/support."""
 
 pytest_plugins = [
-    "tests.fixtures.postgres",
-    "tests.fixtures.bouncer",
+    "bouncer.testing.fixtures",
     "tests.fixtures.certs",
 ]

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator, List, Optional
 import psycopg2
 import pytest
 
-from tests.support.pgcluster import PgCluster
+from bouncer.testing.pgcluster import PgCluster
 
 
 def unique_name(prefix: str) -> str:

@@ -18,11 +18,11 @@ from bouncer.proto import backend, frontend
 from bouncer.proto.constants import Backend
 from bouncer.proto.framing import MessageReader
 from tests.support import pgwire
-from tests.support.bouncerproc import BOUNCER_PROGRAM, REPO_ROOT, BouncerProcess
-from tests.support.inifile import common_ini
+from bouncer.testing.process import BOUNCER_PROGRAM, REPO_ROOT, BouncerProcess
+from bouncer.testing.ini import common_ini
 from tests.support.observe import scalar
-from tests.support.pgcluster import PgCluster
-from tests.support.ports import wait_until
+from bouncer.testing.pgcluster import PgCluster
+from bouncer.testing.ports import wait_until
 
 # Oids by the type letters of PgBouncer's admin.c.
 TEXT, INT4, INT8, NUMERIC, BYTEA = 25, 23, 20, 1700, 17

@@ -15,9 +15,9 @@ import pytest
 
 from tests.functional.pgroles import login_outcome
 from tests.support import pgwire
-from tests.support.bouncerproc import BouncerStartError
-from tests.support.inifile import common_ini
-from tests.support.ports import ipv6_loopback_works
+from bouncer.testing.process import BouncerStartError
+from bouncer.testing.ini import common_ini
+from bouncer.testing.ports import ipv6_loopback_works
 
 HBA_FILE = "hba.conf"
 IDENT_FILE = "ident.conf"

@@ -14,8 +14,8 @@ from typing import Iterator, List
 import pytest
 
 from tests.functional.pgroles import literal, login_outcome, roles, unique_name  # roles: a fixture
-from tests.support.inifile import common_ini
-from tests.support.pgcluster import STANDARD_PASSWORDS
+from bouncer.testing.ini import common_ini
+from bouncer.testing.pgcluster import STANDARD_PASSWORDS
 
 #: PostgreSQL's words after a password or md5 exchange, PgBouncer's after a SCRAM one.
 REFUSED_PASSWORD = "refused: .*(password authentication failed for user|SASL authentication failed)"

@@ -20,8 +20,8 @@ import pytest
 
 from tests.functional.pgroles import login_outcome, roles, unique_name  # roles: a fixture
 from tests.support import pgwire
-from tests.support.inifile import common_ini
-from tests.support.ports import wait_until
+from bouncer.testing.ini import common_ini
+from bouncer.testing.ports import wait_until
 
 VICTIM = "trustuser"
 ATTACKER_PASSWORD = "chosen-by-the-attacker"

@@ -14,13 +14,13 @@ from typing import Callable, Dict, Iterator
 import psycopg2
 import pytest
 
-from tests.fixtures.bouncer import STARTED
+from bouncer.testing.fixtures import STARTED
 from tests.support import pgwire
-from tests.support.bouncerproc import BouncerProcess
-from tests.support.inifile import common_ini
+from bouncer.testing.process import BouncerProcess
+from bouncer.testing.ini import common_ini
 from tests.support.observe import backend_pid, scalar
 from tests.support.passwords import md5_secret, scram_secret
-from tests.support.pgcluster import STANDARD_PASSWORDS
+from bouncer.testing.pgcluster import STANDARD_PASSWORDS
 
 PASSWORD = "s3cret"
 #: auth_file user -> secret; the user name says which kind of secret it holds.

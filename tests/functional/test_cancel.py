@@ -10,7 +10,7 @@ import psycopg2.errors
 import pytest
 
 from tests.support import pgwire
-from tests.support.inifile import common_ini
+from bouncer.testing.ini import common_ini
 from tests.support.observe import Background, scalar
 
 LONG_SLEEP = "SELECT pg_sleep(10)"

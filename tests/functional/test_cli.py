@@ -15,11 +15,11 @@ import psycopg2
 import pytest
 
 from tests.support import pgwire
-from tests.support.bouncerproc import BOUNCER_PROGRAM, REPO_ROOT, userlist_text
-from tests.support.inifile import common_ini
+from bouncer.testing.process import BOUNCER_PROGRAM, REPO_ROOT, userlist_text
+from bouncer.testing.ini import common_ini
 from tests.support.observe import read_pid, read_text
-from tests.support.pgcluster import STANDARD_PASSWORDS
-from tests.support.ports import accepts_connections, free_port, wait_until
+from bouncer.testing.pgcluster import STANDARD_PASSWORDS
+from bouncer.testing.ports import accepts_connections, free_port, wait_until
 
 #: PgBouncer's prefix: time with milliseconds and zone, [pid], level.
 LINE_START = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} \S+ \[\d+\] "

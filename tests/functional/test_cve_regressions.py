@@ -17,7 +17,7 @@ from tests.functional.pgroles import login_outcome
 from tests.support import pgwire
 from tests.support.fakeserver import (AUTH_SASL_CONTINUE, FakeConnection, FakeServer,
                                       client_nonce, parse_sasl_initial_response)
-from tests.support.inifile import common_ini
+from bouncer.testing.ini import common_ini
 
 SCRAM = b"SCRAM-SHA-256"
 STATS_USER = "md5user"

@@ -25,8 +25,8 @@ import pytest
 
 from bouncer import VERSION_STRING, __version__
 from bouncer.config import SETTINGS, load_config
-from tests.support.pgcluster import PgCluster, make_shared_tempdir
-from tests.support.ports import accepts_connections, free_port, wait_until
+from bouncer.testing.pgcluster import PgCluster, make_shared_tempdir
+from bouncer.testing.ports import accepts_connections, free_port, wait_until
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLE_INI = os.path.join(REPO_ROOT, "etc", "bouncer.ini")

@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any, Dict
 
 from tests.support import pgwire
-from tests.support.bouncerproc import BouncerProcess
-from tests.support.inifile import common_ini
-from tests.support.pgcluster import STANDARD_PASSWORDS, PgCluster
-from tests.support.ports import free_port
+from bouncer.testing.process import BouncerProcess
+from bouncer.testing.ini import common_ini
+from bouncer.testing.pgcluster import STANDARD_PASSWORDS, PgCluster
+from bouncer.testing.ports import free_port
 
 
 def checks(bouncer: BouncerProcess) -> Dict[tuple, Dict[str, Any]]:

@@ -7,7 +7,7 @@ from typing import Dict, List
 import pytest
 
 from tests.support import pgwire
-from tests.support.inifile import common_ini
+from bouncer.testing.ini import common_ini
 
 #: PgBouncer's limits: a user name may have 127 bytes, a database name 63.
 LONGEST_USER, LONGEST_DB = 127, 63

@@ -15,12 +15,12 @@ from typing import Any, Iterator, Optional
 import psycopg2
 import pytest
 
-from tests.support.bouncerproc import (BouncerProcess, BouncerStartError, find_pgbouncer,
+from bouncer.testing.process import (BouncerProcess, BouncerStartError, find_pgbouncer,
                                        pgbouncer_user, userlist_text)
 from tests.support.certgen import CertPaths
-from tests.support.inifile import common_ini
-from tests.support.pgcluster import PgCluster, make_shared_tempdir
-from tests.support.ports import accepts_connections
+from bouncer.testing.ini import common_ini
+from bouncer.testing.pgcluster import PgCluster, make_shared_tempdir
+from bouncer.testing.ports import accepts_connections
 
 FAKE_POOLER = (sys.executable, "-m", "tests.support.fakepooler")
 FAKE_INI = "[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = @PORT@\nunix_socket_dir = @DIR@\n"

@@ -19,11 +19,11 @@ import pytest
 
 from tests.functional.pgroles import Roles, literal
 from tests.support import pgwire
-from tests.support.bouncerproc import BouncerProcess
-from tests.support.inifile import common_ini
+from bouncer.testing.process import BouncerProcess
+from bouncer.testing.ini import common_ini
 from tests.support.observe import Background, scalar
-from tests.support.pgcluster import STANDARD_PASSWORDS, PgCluster
-from tests.support.ports import wait_until
+from bouncer.testing.pgcluster import STANDARD_PASSWORDS, PgCluster
+from bouncer.testing.ports import wait_until
 
 PASSWORD = "limits-pw"
 ADMIN = "scramuser"

@@ -11,7 +11,7 @@ import psycopg2
 import pytest
 
 from tests.support import pgwire
-from tests.support.inifile import common_ini
+from bouncer.testing.ini import common_ini
 from tests.support.observe import scalar
 
 REFUSAL = "no more connections allowed (max_client_conn)"

@@ -17,9 +17,9 @@ import psycopg2
 import pytest
 
 from tests.support import pgwire
-from tests.support.inifile import common_ini
+from bouncer.testing.ini import common_ini
 from tests.support.pgbench import run_pgbench
-from tests.support.ports import wait_until
+from bouncer.testing.ports import wait_until
 
 USER, PASSWORD = "md5user", "md5pass"
 

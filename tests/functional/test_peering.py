@@ -14,9 +14,9 @@ import pytest
 
 from bouncer.proto.cancel_key import TTL_MASK, key_peer
 from tests.support import pgwire
-from tests.support.bouncerproc import BouncerProcess
-from tests.support.inifile import common_ini
-from tests.support.ports import free_port
+from bouncer.testing.process import BouncerProcess
+from bouncer.testing.ini import common_ini
+from bouncer.testing.ports import free_port
 
 QUERY_CANCELED = "57014"
 PEER_IDS = (1, 2, 3)

@@ -14,10 +14,10 @@ import pytest
 
 from tests.functional.pgroles import Roles, login_outcome
 from tests.plugins import recorder
-from tests.support.bouncerproc import BouncerProcess, BouncerStartError
-from tests.support.inifile import common_ini
+from bouncer.testing.process import BouncerProcess, BouncerStartError
+from bouncer.testing.ini import common_ini
 from tests.support.plugininstall import install_plugin
-from tests.support.ports import wait_until
+from bouncer.testing.ports import wait_until
 
 RECORDER = "tests.plugins.recorder"
 

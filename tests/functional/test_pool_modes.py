@@ -15,7 +15,7 @@ import psycopg2
 import psycopg2.errors
 import pytest
 
-from tests.support.inifile import common_ini
+from bouncer.testing.ini import common_ini
 from tests.support.observe import Background, backend_pid, execute, scalar, server_pids
 from tests.support.pgbench import run_pgbench
 

@@ -15,9 +15,9 @@ from typing import Any, Dict, List, Sequence
 import pytest
 
 from tests.support import pgwire
-from tests.support.inifile import common_ini
+from bouncer.testing.ini import common_ini
 from tests.support.pgbench import run_pgbench
-from tests.support.pgcluster import STANDARD_PASSWORDS
+from bouncer.testing.pgcluster import STANDARD_PASSWORDS
 
 USER = "md5user"
 

@@ -10,7 +10,7 @@ import tempfile
 
 import pytest
 
-from tests.support.inifile import common_ini
+from bouncer.testing.ini import common_ini
 
 
 def receive_until(sock: socket.socket, wanted: str, timeout: float = 10) -> str:

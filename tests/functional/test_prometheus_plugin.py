@@ -22,10 +22,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.functional.pgroles import login_outcome
-from tests.support.bouncerproc import BouncerProcess, BouncerStartError
-from tests.support.inifile import common_ini
+from bouncer.testing.process import BouncerProcess, BouncerStartError
+from bouncer.testing.ini import common_ini
 from tests.support.plugininstall import install_plugin
-from tests.support.ports import free_port, wait_until
+from bouncer.testing.ports import free_port, wait_until
 
 Samples = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
 

@@ -18,9 +18,9 @@ from typing import Any, Iterator, List, Tuple
 import pytest
 
 from tests.support import pgwire
-from tests.support.inifile import common_ini
-from tests.support.pgcluster import STANDARD_PASSWORDS
-from tests.support.ports import wait_until
+from bouncer.testing.ini import common_ini
+from bouncer.testing.pgcluster import STANDARD_PASSWORDS
+from bouncer.testing.ports import wait_until
 
 USER = "md5user"
 

@@ -8,9 +8,9 @@ import time
 import psycopg2
 import pytest
 
-from tests.support.inifile import common_ini
+from bouncer.testing.ini import common_ini
 from tests.support.observe import Background, backend_pid, read_text, scalar
-from tests.support.ports import wait_until
+from bouncer.testing.ports import wait_until
 
 NEWDB = "newdb"
 

@@ -12,9 +12,9 @@ import psycopg2
 import pytest
 
 from tests.support import pgwire
-from tests.support.inifile import common_ini
+from bouncer.testing.ini import common_ini
 from tests.support.observe import scalar
-from tests.support.pgcluster import STANDARD_PASSWORDS, find_pg_bindir
+from bouncer.testing.pgcluster import STANDARD_PASSWORDS, find_pg_bindir
 
 #: scramuser is a superuser; md5user has no REPLICATION attribute.
 REPLICATOR = "scramuser"

@@ -14,10 +14,10 @@ import psycopg2
 import psycopg2.errors
 import pytest
 
-from tests.support.inifile import common_ini
+from bouncer.testing.ini import common_ini
 from tests.support.observe import Background, scalar
 from tests.support.pgbench import run_pgbench
-from tests.support.ports import free_port, wait_until
+from bouncer.testing.ports import free_port, wait_until
 
 MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req"
 

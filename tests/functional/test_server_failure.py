@@ -19,10 +19,10 @@ import pytest
 
 from tests.functional.pgroles import roles  # noqa: F401 (a fixture)
 from tests.support import pgwire
-from tests.support.inifile import common_ini
+from bouncer.testing.ini import common_ini
 from tests.support.observe import (Background, backend_pid, scalar, server_pids,
                                    wait_for_server_pids)
-from tests.support.ports import free_port, wait_until
+from bouncer.testing.ports import free_port, wait_until
 
 POOL_SIZE = 2
 #: What psql may print when its server dies: PostgreSQL's own FATAL, passed on, or

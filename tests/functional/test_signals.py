@@ -10,9 +10,9 @@ import psycopg2
 import pytest
 
 from tests.support import pgwire
-from tests.support.inifile import common_ini
+from bouncer.testing.ini import common_ini
 from tests.support.observe import backend_pid, read_pid, scalar
-from tests.support.ports import wait_until
+from bouncer.testing.ports import wait_until
 
 SHUTDOWN_LOG = "shutting down"
 

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.support import pgwire
-from tests.support.inifile import common_ini
+from bouncer.testing.ini import common_ini
 from tests.support.observe import scalar
 from tests.support.passwords import md5_secret, scram_secret
 

@@ -13,7 +13,7 @@ import psycopg2
 import pytest
 
 from tests.support import pgwire
-from tests.support.inifile import common_ini
+from bouncer.testing.ini import common_ini
 from tests.support.observe import backend_pid, scalar, server_pids, wait_for_server_pids
 
 USER, PASSWORD = "md5user", "md5pass"

@@ -35,12 +35,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.fixtures.bouncer import STARTED
-from tests.support.bouncerproc import REPO_ROOT, BouncerProcess, BouncerStartError
+from bouncer.testing.fixtures import STARTED
+from bouncer.testing.process import REPO_ROOT, BouncerProcess, BouncerStartError
 from tests.support.certgen import CertPaths, Issued, issue, write_pem
-from tests.support.inifile import common_ini
-from tests.support.pgcluster import PgCluster, make_shared_tempdir
-from tests.support.ports import wait_until
+from bouncer.testing.ini import common_ini
+from bouncer.testing.pgcluster import PgCluster, make_shared_tempdir
+from bouncer.testing.ports import wait_until
 
 MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 TLS_COLUMN = r"^TLSv1\.[23]/[A-Z0-9_-]+(/(ECDH|DH)=\w+)?$"

@@ -11,9 +11,9 @@ import sys
 import time
 from typing import Optional
 
-from tests.support.bouncerproc import BouncerProcess, BouncerStartError
-from tests.support.inifile import common_ini
-from tests.support.pgcluster import STANDARD_PASSWORDS, PgCluster, make_shared_tempdir
+from bouncer.testing.process import BouncerProcess, BouncerStartError
+from bouncer.testing.ini import common_ini
+from bouncer.testing.pgcluster import STANDARD_PASSWORDS, PgCluster, make_shared_tempdir
 
 
 def instructions(pg: PgCluster, bouncer: BouncerProcess) -> str:

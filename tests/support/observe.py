@@ -8,8 +8,8 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Optional, Set
 
-from tests.support.pgcluster import PgCluster
-from tests.support.ports import wait_until
+from bouncer.testing.pgcluster import PgCluster
+from bouncer.testing.ports import wait_until
 
 
 def scalar(conn: Any, sql: str, params: Optional[tuple] = None) -> Any:

@@ -7,8 +7,8 @@ import subprocess
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from tests.support.bouncerproc import BouncerProcess
-from tests.support.pgcluster import STANDARD_PASSWORDS, find_pg_bindir
+from bouncer.testing.process import BouncerProcess
+from bouncer.testing.pgcluster import STANDARD_PASSWORDS, find_pg_bindir
 
 
 @dataclass(frozen=True)

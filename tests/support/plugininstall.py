@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 
-from tests.support.bouncerproc import REPO_ROOT
+from bouncer.testing.process import REPO_ROOT
 
 
 def plugin_dir(distribution: str) -> str:

@@ -1,6 +1,6 @@
 """proto/, auth/ and config/ are sans-IO (issue #14): none of their modules, nor any bouncer
 module they import in turn, imports gevent or bouncer.net, so they run and are tested without
-an event loop or a socket.
+an event loop or a socket.  And the daemon never imports bouncer.testing (pytest, psycopg2).
 
 Read from the source (the AST), not by importing: an import inside a function counts too,
 one under ``if TYPE_CHECKING:`` does not (it never runs).
@@ -109,3 +109,9 @@ def test_sans_io_module_imports_no_gevent_and_no_net(module: str) -> None:
 def test_the_check_sees_a_module_that_does_import_gevent() -> None:
     found = forbidden_imports("bouncer.session.relay")
     assert "gevent <- bouncer.session.relay" in found
+
+
+@pytest.mark.parametrize("module", [module for module in package_modules("bouncer")
+                                    if not module.startswith("bouncer.testing")])
+def test_the_daemon_never_imports_the_testing_package(module: str) -> None:
+    assert not [name for name in imported_modules(module) if name.startswith("bouncer.testing")]

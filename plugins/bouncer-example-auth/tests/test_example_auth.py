@@ -1,6 +1,6 @@
 """The example plugin on its own, and chained behind bouncer's auth_file through the real
-plugin manager, configured by its own ini section (no PostgreSQL needed; bouncer's suite runs
-it end to end)."""
+plugin manager, configured by its own ini section (no PostgreSQL needed; the end-to-end tests
+are in test_example_auth_end_to_end.py)."""
 from __future__ import annotations
 
 from types import SimpleNamespace

@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 from typing import Dict, List, Optional, Sequence
 
-from tests.support.ports import free_port, ipv6_loopback_works, wait_until
+from bouncer.testing.ports import free_port, ipv6_loopback_works, wait_until
 
 PG_OWNER = "postgres"
 STANDARD_PASSWORDS: Dict[str, str] = {"md5user": "md5pass", "scramuser": "scrampass"}

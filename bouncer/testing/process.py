@@ -14,9 +14,9 @@ import subprocess
 import sys
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
-from tests.support.pgcluster import (PG_OWNER, STANDARD_PASSWORDS, find_pg_bindir,
+from bouncer.testing.pgcluster import (PG_OWNER, STANDARD_PASSWORDS, find_pg_bindir,
                                      running_as_root)
-from tests.support.ports import accepts_connections, free_port, wait_until
+from bouncer.testing.ports import accepts_connections, free_port, wait_until
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BOUNCER_PROGRAM = (sys.executable, "-m", "bouncer")

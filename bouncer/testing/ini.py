@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Dict, Mapping, Optional
 
-from tests.support.bouncerproc import USERLIST_NAME
-from tests.support.pgcluster import STANDARD_DATABASES, PgCluster
+from bouncer.testing.process import USERLIST_NAME
+from bouncer.testing.pgcluster import STANDARD_DATABASES, PgCluster
 
 BASE_SETTINGS: Dict[str, str] = {
     "listen_addr": "127.0.0.1",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -25,7 +25,7 @@ def ipv6_loopback_works() -> bool:
     return True
 
 
-def accepts_connections(family: int, address: object) -> bool:
+def accepts_connections(family: int, address: Any) -> bool:
     """True when a stream socket of ``family`` can connect to ``address`` right now."""
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.settimeout(1.0)
