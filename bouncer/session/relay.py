@@ -117,6 +117,12 @@ def _send(sock: Any, raw: Any, data: Any) -> None:
 class Link:
     """The relay state of one client: its linked server, timers and what wakes it."""
 
+    # One per client, read at every wakeup: slots are smaller and quicker to read.
+    __slots__ = ("client", "pool", "stats", "mode", "releasing", "engine", "timeouts", "_timed",
+                 "_timers", "server", "hub", "greenlet", "_thrown", "closed", "client_raw",
+                 "client_watch", "_waiting", "parked", "_on_client", "_on_server",
+                 "client_at_boundary", "query_start", "xact_start")
+
     def __init__(self, client: "ClientSession") -> None:
         pool = cast("Pool", client.pool)  # a logged-in client has one
         limits = pool.limits
