@@ -1,8 +1,9 @@
 """A client connection's life: startup packet, admission, authentication, welcome, relay.
 
-One greenlet per client runs :meth:`ClientSession.run` (PgBouncer's client.c).  The password
-exchanges live in :mod:`bouncer.session.client_auth`; the traffic after login in
-:mod:`bouncer.session.relay`.
+One greenlet per client runs :meth:`ClientSession.run` (PgBouncer's client.c); a logged-in
+client that waits idle sleeps without one, and :meth:`ClientSession.run_woken` goes on in
+another.  The password exchanges live in :mod:`bouncer.session.client_auth`; the traffic
+after login in :mod:`bouncer.session.relay`.
 """
 from __future__ import annotations
 

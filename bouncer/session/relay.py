@@ -13,10 +13,11 @@ way.  Reads go into one buffer shared by all clients, consumed before the greenl
 a send that cannot finish at once copies what is left first.  Only this greenlet writes to
 its client, so replies never interleave.  No plugin calls and no per-message objects here.
 
-A client that waits idle, with no server linked, has no greenlet: a greenlet blocked in a
-wait holds about 7 KB (its slice of the C stack and a page of Python frames), five times the
-rest of an idle client.  Its watcher (or timer) wakes it in a spare greenlet, which goes back
-to the spares when the client sleeps again, so the wakeup costs one switch, as before.
+A client that waits idle, with no server linked, has no greenlet: a greenlet blocked in a wait
+holds about 7 KiB (its slice of the C stack and a page of Python frames), twice what the rest
+of an idle client costs (bench/README.md, "Memory per idle client"). Its watcher (or timer)
+wakes it in a spare greenlet, which goes back to the spares when the client sleeps again, so
+the wakeup costs one switch, as before.
 """
 from __future__ import annotations
 
