@@ -139,11 +139,16 @@ class App:
     # -- clients -----------------------------------------------------------------------------
 
     def _handle_connection(self, sock: socket.socket, address: Any) -> None:
+        """Serve a new connection; its session closes the socket (the listener does not)."""
         unix = sock.family == socket.AF_UNIX
-        if not unix:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.tune_socket(sock)
-        client = ClientSession(self, sock, address, unix)
+        try:
+            if not unix:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self.tune_socket(sock)
+            client = ClientSession(self, sock, address, unix)
+        except Exception:  # the peer has gone already (setsockopt, getsockname), or a bug
+            sock.close()
+            raise
         self.clients.add(client)
         client.run()
 

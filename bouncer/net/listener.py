@@ -1,7 +1,9 @@
 """Listening sockets: one gevent StreamServer per TCP address, plus the unix socket.
 
 Handlers run in an unbounded Group: ``max_client_conn`` is enforced by sending the client a
-PostgreSQL error after accepting it, never by stalling the accept queue.
+PostgreSQL error after accepting it, never by stalling the accept queue.  The handler owns
+the accepted socket and closes it: a client session outlives its first greenlet when it
+sleeps (see :mod:`bouncer.session.relay`).
 """
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import grp
 import logging
 import os
 import socket
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 from gevent.pool import Group
 from gevent.server import StreamServer
@@ -33,6 +35,13 @@ def expand_addresses(listen_addr: Sequence[str]) -> List[str]:
 
 def unix_socket_path(directory: str, port: int) -> str:
     return os.path.join(directory, f".s.PGSQL.{port}")
+
+
+class _StreamServer(StreamServer):
+    """A StreamServer that leaves the socket open when the handler returns."""
+
+    def do_close(self, sock: socket.socket, *args: Any) -> None:
+        pass  # the handler closes it (see the module's docstring)
 
 
 class Listeners:
@@ -65,7 +74,7 @@ class Listeners:
             log.info("listening on %s (taken over)", _describe(sock))
 
     def _serve(self, sock: socket.socket) -> None:
-        server = StreamServer(sock, self._handle, spawn=self._group.spawn)
+        server = _StreamServer(sock, self._handle, spawn=self._group.spawn)
         server.start()
         self.servers.append(server)
         self._sockets.append(sock)
@@ -171,13 +180,7 @@ class Listeners:
             except OSError:
                 return  # the queue is empty (or the socket already failed)
             conn.settimeout(None)
-            self._group.spawn(self._serve_and_close, conn, address)
-
-    def _serve_and_close(self, conn: socket.socket, address: object) -> None:
-        try:
-            self._handle(conn, address)
-        finally:
-            conn.close()
+            self._group.spawn(self._handle, conn, address)
 
     def handed_over(self) -> None:
         """The sockets now belong to a new process too: leave the socket file to it."""

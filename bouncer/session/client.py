@@ -1,8 +1,9 @@
 """A client connection's life: startup packet, admission, authentication, welcome, relay.
 
-One greenlet per client runs :meth:`ClientSession.run` (PgBouncer's client.c).  The password
-exchanges live in :mod:`bouncer.session.client_auth`; the traffic after login in
-:mod:`bouncer.session.relay`.
+One greenlet per client runs :meth:`ClientSession.run` (PgBouncer's client.c); a logged-in
+client that waits idle sleeps without one, and :meth:`ClientSession.run_woken` goes on in
+another.  The password exchanges live in :mod:`bouncer.session.client_auth`; the traffic
+after login in :mod:`bouncer.session.relay`.
 """
 from __future__ import annotations
 
@@ -44,6 +45,16 @@ _ALWAYS_ACCEPTED = {"user", "database", "replication"}
 class ClientSession:
     """State of one client connection (shown by SHOW CLIENTS)."""
 
+    # Slots, because there is one of these per client and more than 30 attributes: past
+    # that, Python gives each instance a dict of its own (about 1.5 KB of an idle client).
+    __slots__ = ("app", "id", "sock", "engine", "unix", "addr", "port", "local_addr",
+                 "local_port", "user", "database", "params", "vars", "application_name", "tls",
+                 "peer_cert", "peer_pid", "peer_uid", "connect_time", "request_time", "db",
+                 "pool", "server", "link", "logged_in", "is_admin", "wait_time_us",
+                 "cancel_key", "close_reason", "closing_logged", "greenlet", "credentials",
+                 "scram_keys", "replication", "startup_options", "handed_over",
+                 "__weakref__")  # (auth_cert keeps a client's user map in a WeakKeyDictionary)
+
     def __init__(self, app: "App", sock: socket.socket, addr: Any, unix: bool) -> None:
         self.app = app
         self.id = next_socket_id()
@@ -79,7 +90,8 @@ class ClientSession:
         self.cancel_key: CancelKey = new_key(app.config.peer_id)
         self.close_reason = ""
         self.closing_logged = False
-        self.greenlet = gevent.getcurrent()
+        #: The greenlet serving the client; None while it sleeps (see bouncer.session.relay).
+        self.greenlet: Any = gevent.getcurrent()
         self.credentials: Any = None
         self.scram_keys: Optional[tuple] = None
         #: The ``replication`` startup value: replication.NONE, LOGICAL or PHYSICAL.
@@ -113,18 +125,25 @@ class ClientSession:
 
     def run_handed_over(self, state: HandedOver) -> None:
         """Serve a client the old process logged in (online restart); never raises."""
-        self._serve(lambda: self._resume(state))
+        self._serve(self._resume, state)
 
-    def _login_and_serve(self) -> None:
-        if self._login():
-            if self.is_admin:
-                serve_admin(self)
-            else:
-                relay.serve(self)
+    def run_woken(self, body: Callable[[int], bool], source: int) -> None:
+        """Serve a client that slept again, in the greenlet that woke it; never raises."""
+        self._serve(body, source)
 
-    def _serve(self, body: Callable[[], None]) -> None:
+    def _login_and_serve(self) -> bool:
+        if not self._login():
+            return False
+        if self.is_admin:
+            serve_admin(self)
+            return False
+        return relay.serve(self)
+
+    def _serve(self, body: Callable[..., bool], *args: Any) -> None:
+        """Run *body*, which says whether the client sleeps; clean up unless it does."""
+        asleep = False
         try:
-            body()
+            asleep = body(*args)
         except TakenOver:
             pass  # the new process serves the client: _cleanup says so, the client hears nothing
         except ClientError as err:
@@ -139,7 +158,8 @@ class ClientSession:
             log.exception("%s internal error", self.prefix)
             self.fail(ClientError("bouncer internal error (see its log)", sqlstate.INTERNAL_ERROR))
         finally:
-            self._cleanup()
+            if not asleep:
+                self._cleanup()
 
     def fail(self, err: ClientError) -> None:
         """Send *err* to the client (best effort) and remember it as the close reason.
@@ -170,15 +190,23 @@ class ClientSession:
         if self.link is not None and self.link.parked:
             return  # being handed over: not a word to the client from here, the new process has it
         self.close_reason = err.log_reason
-        greenlet = self.greenlet
-        if greenlet is not None and greenlet is not gevent.getcurrent():
-            greenlet.kill(err, block=False)
+        self._throw(err)
 
     def end_handed_over(self) -> None:
         """The new process serves this client now: its greenlet (parked by
         :func:`handover.hand_over`) ends without a word to the client."""
         self.handed_over = True
-        self.greenlet.kill(TakenOver(), block=False)
+        self._throw(TakenOver())
+
+    def _throw(self, exc: Exception) -> None:
+        """Raise *exc* in the client's greenlet where it waits, as ``kill(block=False)``."""
+        greenlet = self.greenlet
+        if greenlet is gevent.getcurrent():
+            return
+        if self.link is not None:  # it knows which greenlet serves the client (maybe none)
+            self.link.throw(exc)
+        else:
+            greenlet.kill(exc, block=False)
 
     def _cleanup(self) -> None:
         relay.unlink_on_exit(self)
@@ -203,7 +231,7 @@ class ClientSession:
         log.info("%s closing because: %s (age=%ds)", self.prefix,
                  self.close_reason or "client close request", time.time() - self.connect_time)
 
-    def _resume(self, state: HandedOver) -> None:
+    def _resume(self, state: HandedOver) -> bool:
         """Take the session up where the old process left it: logged in, idle."""
         self.user, self.database = state.user, state.database
         self.vars, self.params = state.vars, state.params
@@ -215,7 +243,7 @@ class ClientSession:
         self._attach_pool()
         self.logged_in = True
         self.app.cancels.register(self)
-        relay.serve(self)
+        return relay.serve(self)
 
     # -- login -----------------------------------------------------------------------------
 

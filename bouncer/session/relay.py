@@ -12,6 +12,12 @@ costs no watcher setup, no waiter object and no syscall beyond one read and one 
 way.  Reads go into one buffer shared by all clients, consumed before the greenlet can yield;
 a send that cannot finish at once copies what is left first.  Only this greenlet writes to
 its client, so replies never interleave.  No plugin calls and no per-message objects here.
+
+A client that waits idle, with no server linked, has no greenlet: a greenlet blocked in a wait
+holds about 7 KiB (its slice of the C stack and a page of Python frames), twice what the rest
+of an idle client costs (bench/README.md, "Memory per idle client"). Its watcher (or timer)
+wakes it in a spare greenlet, which goes back to the spares when the client sleeps again, so
+the wakeup costs one switch, as before.
 """
 from __future__ import annotations
 
@@ -19,9 +25,10 @@ import contextlib
 import logging
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Dict, Iterator, NoReturn, Optional, cast
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, NoReturn, Optional, cast
 
 from gevent import get_hub, getcurrent
+from gevent.hub import RawGreenlet  # greenlet.greenlet
 
 from bouncer.errors import ClientError
 from bouncer.net.stream import ConnectionLost, raw_socket
@@ -47,18 +54,37 @@ STATEMENT_REFUSAL = "transaction blocks not allowed in statement pooling mode"
 _buffer = bytearray(0)
 _view = memoryview(_buffer)
 
-# What woke the client's greenlet up.
-_CLIENT, _SERVER, _TIMER = 1, 2, 3
+# What woke the client's greenlet up (_ASLEEP: nothing, it sleeps without a greenlet now;
+# _THROWN: Link.throw() has an exception for it).
+_CLIENT, _SERVER, _TIMER, _ASLEEP, _THROWN = 1, 2, 3, 4, 5
 _READ = 1  # libev's EV_READ
 
+#: Greenlets that served a woken client and wait for the next one to wake up.
+_spare: List[Any] = []
+#: More than that many at once would hold memory for clients that sleep again: they end.
+SPARE_GREENLETS = 32
 
-def serve(client: "ClientSession") -> None:
-    """Forward traffic until the client terminates or its connection ends.
 
+def serve(client: "ClientSession") -> bool:
+    """Forward traffic until the client terminates, its connection ends or it sleeps.
+
+    :returns: True when the client sleeps (waits idle without a greenlet; the relay serves it
+        again in another one), False when the session is over.
     :raises ClientError: the session ends with an error the client is told about.
     """
     client.link = Link(client)
-    client.link.run()
+    return client.link.run()
+
+
+def _serve_woken(link: "Link", source: int) -> None:
+    """The life of a spare greenlet: serve woken clients until there are spares enough."""
+    hub = link.hub
+    while True:
+        link.client.run_woken(link.resume, source)
+        if len(_spare) >= SPARE_GREENLETS:
+            return
+        _spare.append(getcurrent())
+        link, source = hub.switch()
 
 
 def _size_buffer(size: int) -> None:
@@ -101,6 +127,12 @@ def _send(sock: Any, raw: Any, data: Any) -> None:
 class Link:
     """The relay state of one client: its linked server, timers and what wakes it."""
 
+    # One per client, read at every wakeup: slots are smaller and quicker to read.
+    __slots__ = ("client", "pool", "stats", "mode", "releasing", "engine", "timeouts", "_timed",
+                 "_timers", "server", "hub", "greenlet", "_thrown", "closed", "client_raw",
+                 "client_watch", "_waiting", "parked", "_on_client", "_on_server",
+                 "client_at_boundary", "query_start", "xact_start")
+
     def __init__(self, client: "ClientSession") -> None:
         pool = cast("Pool", client.pool)  # a logged-in client has one
         limits = pool.limits
@@ -130,7 +162,11 @@ class Link:
         self._timers: Dict[float, Any] = {}
         self.server: Optional["ServerConnection"] = None
         self.hub = get_hub()
-        self.greenlet = getcurrent()
+        #: The greenlet serving the client (None while it sleeps).
+        self.greenlet: Any = getcurrent()
+        #: What throw() raises in that greenlet where it waits next.
+        self._thrown: Optional[BaseException] = None
+        self.closed = False
         self.client_raw = raw_socket(client.sock)
         self.client_watch = self.hub.loop.io(client.sock.fileno(), _READ)
         self._waiting = False
@@ -146,28 +182,45 @@ class Link:
         if client.server is not None:  # opened at login (replication)
             self._link(client.server)
 
-    def run(self) -> None:
-        try:
-            if self.engine.buffered:  # sent with the last login message
-                if not self._client_bytes(b""):
-                    return
-            while True:
-                source = self._wait()
-                if source == _SERVER:
-                    self._from_server()
-                elif source == _CLIENT:
-                    if not self._from_client():
-                        return
-                else:
-                    raise self._timeout_error()
-        finally:
-            self.client_watch.close()
-            for timer in self._timers.values():
-                timer.close()
+    def run(self) -> bool:
+        """Relay from login on: True when the client sleeps, False when it is done."""
+        if self.engine.buffered:  # sent with the last login message
+            if not self._client_bytes(b""):
+                return False
+        return self._relay(self._wait())
+
+    def resume(self, source: int) -> bool:
+        """Go on in the greenlet that woke the client up (as run())."""
+        self._waiting = False
+        for timer in self._timers.values():
+            timer.stop()
+        return self._relay(source)
+
+    def _relay(self, source: int) -> bool:
+        while source != _ASLEEP:
+            if source == _SERVER:
+                self._from_server()
+            elif source == _CLIENT:
+                if not self._from_client():
+                    return False
+            elif source == _TIMER:
+                raise self._timeout_error()
+            else:
+                raise cast(BaseException, self._thrown)
+            source = self._wait()
+        return True
+
+    def close(self) -> None:
+        """The session is over: its watcher and timers go, and throw() does nothing more."""
+        self.closed = True
+        self.client_watch.close()
+        for timer in self._timers.values():
+            timer.close()
 
     # -- waiting -------------------------------------------------------------------------------
 
     def _wait(self) -> int:
+        """Wait for what wakes the client's greenlet up, or sleep (_ASLEEP) when idle."""
         server = self.server
         if self.client_raw is None and self.client.sock.pending():
             return _CLIENT  # TLS: decrypted bytes the fd's readiness does not show
@@ -182,6 +235,10 @@ class Link:
         if timer is not None:
             timer.again(self._timer_fired)  # (a stopped timer's start() keeps its old deadline)
         self._waiting = True
+        if server is None and self._thrown is None:
+            # Idle: the greenlet ends (see the module's docstring); resume() goes on.
+            self.client.greenlet = self.greenlet = None
+            return _ASLEEP
         try:
             return self.hub.switch()
         finally:
@@ -208,7 +265,7 @@ class Link:
 
     def _client_ready(self) -> None:
         if self._waiting:
-            self.greenlet.switch(_CLIENT)
+            self._switch(_CLIENT)
         else:  # busy (a send or a pooler query waits): look again when waiting
             self.client_watch.stop()
 
@@ -221,7 +278,34 @@ class Link:
 
     def _timer_fired(self) -> None:
         if self._waiting:
-            self.greenlet.switch(_TIMER)
+            self._switch(_TIMER)
+
+    def _switch(self, source: int) -> None:
+        """From the hub: to the greenlet that waits, or a spare one when the client sleeps."""
+        greenlet = self.greenlet
+        if greenlet is None:
+            greenlet = _spare.pop() if _spare else RawGreenlet(_serve_woken, self.hub)
+            self.client.greenlet = self.greenlet = greenlet
+            greenlet.switch(self, source)
+        else:
+            greenlet.switch(source)
+
+    def throw(self, exc: BaseException) -> None:
+        """Raise *exc* in the client's greenlet where it waits (KILL, a timeout, shutdown, a
+        handover), as ``kill(block=False)`` does; a sleeping client is woken for it."""
+        self._thrown = exc  # (and it does not go to sleep before)
+        self.hub.loop.run_callback(self._deliver)
+
+    def _deliver(self) -> None:
+        """Decided in the hub, when the exception is due: which greenlet serves the client
+        then is known only now."""
+        if self.closed:
+            return
+        greenlet = self.greenlet
+        if greenlet is None:
+            self._switch(_THROWN)
+        else:
+            greenlet.throw(self._thrown)
 
     def _timer(self) -> Optional[Any]:
         """The timer of the timeout that applies now, if one is set."""
@@ -510,9 +594,16 @@ def fetch_welcome_params(client: "ClientSession") -> None:
 def unlink_on_exit(client: "ClientSession") -> None:
     """The client is leaving: give back (or close) its server, with PgBouncer's reasons."""
     link = client.link
-    if link is None or link.server is None:
+    if link is None:
         return
-    server = link.server
+    try:
+        if link.server is not None:
+            _give_back(client, link, link.server)
+    finally:
+        link.close()  # only now: a KILL_CLIENT during the reset query must still reach us
+
+
+def _give_back(client: "ClientSession", link: Link, server: "ServerConnection") -> None:
     engine = server.engine
     link.unlink_server()
     pool = link.pool
