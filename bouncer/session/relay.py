@@ -131,7 +131,7 @@ class Link:
     __slots__ = ("client", "pool", "stats", "mode", "releasing", "engine", "timeouts", "_timed",
                  "_timers", "server", "hub", "greenlet", "_thrown", "closed", "client_raw",
                  "client_watch", "_waiting", "parked", "_on_client", "_on_server",
-                 "client_at_boundary", "query_start", "xact_start")
+                 "client_at_boundary", "query_start", "xact_start", "loops")
 
     def __init__(self, client: "ClientSession") -> None:
         pool = cast("Pool", client.pool)  # a logged-in client has one
