@@ -13,7 +13,7 @@ import pytest
 
 from bouncer.session.relay import SPARE_GREENLETS
 from tests.support import pgwire
-from tests.support.inifile import common_ini
+from bouncer.testing.ini import common_ini
 
 USER, PASSWORD = "md5user", "md5pass"
 
