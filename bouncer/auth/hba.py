@@ -7,7 +7,9 @@ token rules shared with pg_ident.conf live in :mod:`bouncer.auth.authfile`.
 Where PgBouncer and PostgreSQL differ we side with PgBouncer when a file valid for PgBouncer
 would otherwise be refused (whitespace around commas in lists, ``cert`` on ``host`` lines), and
 refuse, naming file and line, anything PostgreSQL would read with a meaning we cannot honour
-(``+group``, regular expressions, host names, ``samehost``, ``include``, ldap and pam).
+(``+group``, regular expressions, host names, ``samehost``, ``include``, pam).  ``ldap`` lines
+keep their ``ldap*`` options for the plugin that checks them (bouncer-ldap), as PgBouncer keeps
+the rest of the line.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ ReadFile = Callable[[str], str]
 # --------------------------------------------------------------------------------------------
 
 CONN_TYPES = ("local", "host", "hostssl", "hostnossl")
-METHODS = ("trust", "reject", "password", "md5", "scram-sha-256", "cert", "peer")
+METHODS = ("trust", "reject", "password", "md5", "scram-sha-256", "cert", "peer", "ldap")
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,8 @@ class HbaRule:
     ``databases`` and ``users`` hold literal names (a quoted ``"all"`` lands there); the bare
     keywords are in ``database_keywords`` (``all``, ``sameuser``, ``replication``) and
     ``user_keywords`` (``all``).  ``network`` is ``None`` on ``local`` lines and for the
-    address ``all``.  ``options`` holds ``map`` and ``clientcert`` when given.
+    address ``all``.  ``options`` holds ``map`` and ``clientcert`` when given, and an ``ldap``
+    line's ``ldap*`` options (``ldapserver``, ``ldapurl``...), values unquoted.
     """
 
     lineno: int
@@ -152,7 +155,7 @@ def _who(address: Optional[IPAddress], user: str, tls: bool,
 # --------------------------------------------------------------------------------------------
 
 _GSS_CONN_TYPES = ("hostgssenc", "hostnogssenc")
-_UNSUPPORTED_METHODS = ("ldap", "pam")
+_UNSUPPORTED_METHODS = ("pam",)  # PgBouncer: "pam is not supported in the HBA file"
 _MAP_METHODS = ("cert", "peer")
 _CLIENTCERT_VALUES = ("verify-ca", "verify-full")
 _MAX_NAME_FILE_DEPTH = 10  # PostgreSQL's limit on nested @file inclusion
@@ -360,5 +363,6 @@ def _check_option(name: str, value: str, conn_type: str, method: str, where: Whe
         if method == "cert" and value != "verify-full":
             raise where.error('clientcert only accepts "verify-full" when using "cert" '
                               "authentication")
-    else:
+    elif not (method == "ldap" and name.startswith("ldap")):
+        # An ldap line's values are checked by the plugin that reads them (bouncer-ldap).
         raise where.error(f'unrecognized authentication option name: "{name}"')

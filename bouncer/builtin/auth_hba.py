@@ -145,6 +145,15 @@ def _physical_replication(client: "ClientSession") -> bool:
     return getattr(client, "replication", "no") == "yes"
 
 
+def rule_for(app: "App", client: "ClientSession") -> Optional[HbaRule]:
+    """The line of ``auth_hba_file`` that applies to *client* (``None`` without ``auth_type =
+    hba`` or without a matching line): a plugin's method reads its options there, as
+    bouncer-ldap reads an ``ldap`` line's ``ldap*`` options."""
+    if app.config.auth_type != "hba":
+        return None
+    return _matching_rule(_policy(app), client)
+
+
 def usermap_for(app: "App", client: "ClientSession") -> Optional[UserMap]:
     """The ``map=`` of the HBA line that applies to *client*, when ``auth_type = hba``.
 

@@ -131,8 +131,8 @@ _TABLE = (
     _s("auth_user", "str", "", "user that runs auth_query for users not in auth_file"),
     _s("auth_query", "str", DEFAULT_AUTH_QUERY, "query returning a user's name and password"),
     _s("auth_dbname", "str", "", "database in which auth_query runs"),
-    _s("auth_ldap_options", "str", "", "LDAP options for auth_type ldap (read by the plugin "
-       "that verifies ldap logins)"),
+    # Read by the bouncer-ldap plugin; without it, auth_type = ldap is refused (plugin/hooks.py).
+    _s("auth_ldap_options", "str", "", "LDAP options for auth_type ldap (bouncer-ldap plugin)"),
     # Logging
     _s("syslog", "bool", False, "also log to syslog"),
     _s("syslog_ident", "str", "pgbouncer", "program name sent to syslog"),

@@ -29,8 +29,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-#: auth_type values that no built-in verifies: a plugin's bouncer_verify_client must.
+#: auth_type values that no built-in verifies: a plugin's bouncer_password_checkers (or its
+#: bouncer_verify_client) must.
 PLUGIN_AUTH_TYPES = ("ldap", "pam")
+
+#: ``check(app, client, password) -> bool`` (bouncer_password_checkers).
+PasswordChecker = Callable[["App", "ClientSession", str], bool]
 
 
 class PluginFailure(ClientError):
@@ -102,6 +106,27 @@ class PluginHooks:
     def verify_client(self, app: "App", client: "ClientSession", method: str) -> Optional[bool]:
         return self._decide("bouncer_verify_client", app=app, client=client, method=method)
 
+    def password_checkers(self) -> Dict[str, PasswordChecker]:
+        """Method name -> its checker, merged over the plugins (pluggy asks the plugin
+        registered last first, and the first answer for a method keeps it)."""
+        merged: Dict[str, PasswordChecker] = {}
+        for table in self._relay.bouncer_password_checkers():
+            for method, checker in (table or {}).items():
+                merged.setdefault(method, checker)
+        return merged
+
+    def check_password(self, checker: PasswordChecker, app: "App", client: "ClientSession",
+                       password: str) -> bool:
+        """Run a checker with the decision hooks' policy: a plugin error refuses the client."""
+        try:
+            return checker(app, client, password) is True
+        except ClientError:
+            raise
+        except Exception as exc:
+            log.error("plugin hook bouncer_password_checkers: the checker failed: %r", exc,
+                      exc_info=True)
+            raise PluginFailure("bouncer_password_checkers", exc) from exc
+
     def server_connect_limit(self, app: "App", pool: "Pool") -> Optional[str]:
         try:
             return self._relay.bouncer_server_connect_limit(app=app, pool=pool)
@@ -126,12 +151,14 @@ class PluginHooks:
         problems: List[str] = []
         for result in self._relay.bouncer_validate_config(config=config):
             problems.extend(result or ())
-        if config.auth_type in PLUGIN_AUTH_TYPES and not self._third_party_verifiers():
+        if (config.auth_type in PLUGIN_AUTH_TYPES
+                and config.auth_type not in self.password_checkers()
+                and not self._third_party_verifiers()):
             problems.append(
                 f"auth_type = {config.auth_type}: no loaded plugin verifies {config.auth_type} "
                 "logins (bouncer has no built-in one), so every login would fail; choose "
-                "another auth_type, or load a plugin that implements bouncer_verify_client "
-                "(plugins = ...)")
+                f"another auth_type, or install bouncer-{config.auth_type} (or a plugin that "
+                "implements bouncer_password_checkers or bouncer_verify_client)")
         return problems
 
     def _third_party_verifiers(self) -> List[str]:

@@ -242,6 +242,31 @@ def bouncer_verify_client(app: "App", client: "ClientSession", method: str) -> O
 
 
 @hookspec
+def bouncer_password_checkers() -> Mapping[str, Callable[["App", "ClientSession", str], bool]]:
+    """Contribute methods that check a client's cleartext password against something bouncer
+    does not hold: an LDAP directory, PAM (PgBouncer's ``auth_type = ldap`` and ``pam``).
+
+    For such a method (named by ``auth_type`` or an HBA line) bouncer asks the client for a
+    cleartext password (AuthenticationCleartextPassword), refuses an empty one as PgBouncer
+    does, and calls the checker.  ``bouncer_get_credentials`` is not asked: on success the
+    servers are logged into with the password the client sent, as PgBouncer does.
+
+    :return: method name -> ``check(app, client, password) -> bool``.  ``True`` accepts;
+        ``False`` refuses with PgBouncer's words (``LDAP authentication failed``); raise an
+        :class:`~bouncer.errors.AuthFailed` to refuse in your own.  Any other exception refuses
+        the client too (fail closed) and is logged.  The answers of all implementations are
+        merged; for a method two plugins name, the plugin registered last keeps it.
+        ``auth_type = ldap`` or ``pam`` with no checker for it (and no plugin's
+        ``bouncer_verify_client``) is refused at start, RELOAD and ``bouncer --check``.
+
+    Called from: the main greenlet when a configuration is validated (only the names count);
+    each login with one of the methods, in the client's greenlet, which calls the checker
+    there: it may block cooperatively, must bound how long it takes, and should run calls into
+    C libraries in ``gevent.get_hub().threadpool``.
+    """
+
+
+@hookspec
 def bouncer_client_login(app: "App", client: "ClientSession", ok: bool, reason: str) -> None:
     """Observe the outcome of a client's login (for audit).
 

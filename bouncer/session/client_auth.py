@@ -1,5 +1,6 @@
 """Authenticating a client: choosing the method (hooks), fetching credentials (hooks), and
-running the password exchange (trust, plain, md5, SCRAM-SHA-256).
+running the password exchange (trust, plain, md5, SCRAM-SHA-256), or asking for a cleartext
+password that a plugin checks (ldap, pam: bouncer_password_checkers).
 
 What the client is told is only what PostgreSQL would say; the log says why.
 """
@@ -9,7 +10,7 @@ import functools
 import hmac
 import logging
 import os
-from typing import TYPE_CHECKING, Optional, cast
+from typing import TYPE_CHECKING, Optional, Tuple, cast
 
 from bouncer.auth.md5 import is_md5_secret, md5_secret, verify_md5_response
 from bouncer.auth.scram import (ScramAuthFailed, ScramError, ScramSecret, ScramServer,
@@ -22,6 +23,7 @@ from bouncer.proto.constants import AuthCode, Frontend
 from bouncer.session.startup_checks import quoted
 
 if TYPE_CHECKING:  # pragma: no cover
+    from bouncer.plugin.hooks import PasswordChecker
     from bouncer.session.client import ClientSession
 
 log = logging.getLogger(__name__)
@@ -63,8 +65,7 @@ def authenticate(client: "ClientSession") -> None:
         # Inside the try: a refusal by the method choice (an HBA line) or a failing
         # credentials backend is an outcome the login observers must hear about too.
         method = app.hooks.auth_method(app, client)
-        credentials = app.hooks.get_credentials(app, client.user, client.database)
-        scram_keys = _run_method(client, method, credentials)
+        credentials, scram_keys = _authenticate_by(client, method)
     except LoginRefused as err:
         if err.why != err.log_reason:
             log.info("%s %s", client.prefix, err.why)
@@ -92,10 +93,35 @@ def authenticate_admin(client: "ClientSession") -> None:
         raise not_allowed
     # The method as for any database (auth_type, or the HBA line for database "pgbouncer");
     # secrets as for any database too: auth_file first, then auth_query, as in PgBouncer.
-    method = app.hooks.auth_method(app, client)
-    _run_method(client, method, app.hooks.get_credentials(app, client.user, client.database))
+    _authenticate_by(client, app.hooks.auth_method(app, client))
     if client.user not in allowed:
         raise not_allowed
+
+
+def _authenticate_by(client: "ClientSession", method: Optional[str]
+                     ) -> Tuple[Optional[Credentials], Optional[tuple]]:
+    """The client's credentials for server logins, and SCRAM keys when passthrough works."""
+    app = client.app
+    checker = app.hooks.password_checkers().get(method or "")
+    if checker is not None:
+        return _check_by_plugin(client, cast(str, method), checker), None
+    credentials = app.hooks.get_credentials(app, client.user, client.database)
+    return credentials, _run_method(client, method, credentials)
+
+
+def _check_by_plugin(client: "ClientSession", method: str,
+                     checker: "PasswordChecker") -> Credentials:
+    """A plugin's method (ldap, pam): the cleartext password is checked by the plugin and is
+    then what bouncer logs into the servers with, as PgBouncer does."""
+    password = _ask_cleartext_password(client)
+    if not password:
+        # An empty password would be an anonymous bind to an LDAP server: never let one by.
+        raise LoginRefused("empty password returned by client", sqlstate.INVALID_PASSWORD,
+                           why="empty password returned by client")
+    if not client.app.hooks.check_password(checker, client.app, client, password):
+        failed = f"{method.upper()} authentication failed"
+        raise LoginRefused(failed, sqlstate.INVALID_PASSWORD, log_reason=failed)
+    return Credentials(client.user, password, method)
 
 
 def _run_method(client: "ClientSession", method: Optional[str],
@@ -136,11 +162,15 @@ def _read_password_message(client: "ClientSession") -> bytes:
     return payload
 
 
-def _check_plain(client: "ClientSession", credentials: Optional[Credentials]) -> None:
+def _ask_cleartext_password(client: "ClientSession") -> str:
     send_all(client.sock, backend.authentication(AuthCode.CLEARTEXT_PASSWORD))
     # surrogateescape keeps non-UTF-8 bytes as they are, so such passwords still match.
-    password = frontend.parse_password_message(_read_password_message(client)).decode(
+    return frontend.parse_password_message(_read_password_message(client)).decode(
         "utf-8", "surrogateescape")
+
+
+def _check_plain(client: "ClientSession", credentials: Optional[Credentials]) -> None:
+    password = _ask_cleartext_password(client)
     if credentials is None or credentials.secret is None:
         raise password_failed(client.user, f"no such user: {client.user}")
     secret = credentials.secret

@@ -16,6 +16,7 @@ from tests.functional.pgroles import Roles, login_outcome
 from tests.plugins import recorder
 from bouncer.testing.process import BouncerProcess, BouncerStartError
 from bouncer.testing.ini import common_ini
+from tests.support import pgwire
 from tests.support.plugininstall import install_plugin
 from bouncer.testing.ports import wait_until
 
@@ -161,6 +162,30 @@ def test_hook_verify_client_decides_a_method_a_plugin_added(recording) -> None:
         connect, application_name="token:guess", password="")
     methods = {record["method"] for record in recording.records("verify_client")}
     assert methods == {recorder.TOKEN_METHOD}
+
+
+def test_hook_password_checkers_check_a_cleartext_password_then_log_in_with_it(
+        recording) -> None:
+    """The checker's password is what the server login uses: md5user's, so testdb opens."""
+    bouncer = recording.bouncer
+    connect = bouncer.connect
+    assert login_outcome(connect, application_name=recorder.PASSWORD_METHOD) == "md5user"
+    assert "RECPW authentication failed" in login_outcome(
+        connect, application_name=recorder.PASSWORD_METHOD, password="wrong")
+    since = len(bouncer.log_text())
+    assert "authentication failed (plugin error)" in login_outcome(
+        connect, application_name=recorder.PASSWORD_METHOD, password=recorder.PASSWORD_RAISES)
+    bouncer.wait_for_log("the checker failed", since=since)
+    # libpq never sends an empty password: the raw client does.
+    sock = pgwire.connect(bouncer.host, bouncer.port)
+    try:
+        sock.sendall(pgwire.startup({"user": "md5user", "database": "testdb",
+                                     "application_name": recorder.PASSWORD_METHOD}))
+        error = pgwire.first_error(pgwire.login(sock, "md5user", ""))
+    finally:
+        sock.close()
+    assert error is not None and error["M"] == "empty password returned by client", error
+    assert len(recording.records("password_check")) == 3, "an empty password is never checked"
 
 
 def test_hook_get_credentials_plugin_answers_after_auth_file(recording) -> None:

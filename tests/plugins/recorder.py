@@ -10,6 +10,8 @@ names no real client uses:
 * user ``rec_raises``: :func:`bouncer_auth_method` raises (bouncer must fail closed);
 * ``application_name`` ``token:...``: method ``token``, which :func:`bouncer_verify_client`
   accepts only for ``token:open-sesame``;
+* ``application_name`` ``recpw``: method ``recpw``, whose :func:`bouncer_password_checkers`
+  checker accepts md5user's password and raises for ``raise-me``;
 * user ``trustuser``: :func:`bouncer_get_credentials` answers with password ``robot-pw``;
 * database ``rec_limited``: :func:`bouncer_server_connect_limit` never allows a server;
 * a file ``$BOUNCER_TEST_RECORDER.refuse``: :func:`bouncer_validate_config` reports its text.
@@ -30,6 +32,7 @@ TOKEN_METHOD = "token"
 TOKEN_PREFIX = "token:"
 GOOD_TOKEN = "token:open-sesame"
 ROBOT_USER, ROBOT_PASSWORD = "trustuser", "robot-pw"
+PASSWORD_METHOD, PASSWORD_ACCEPTED, PASSWORD_RAISES = "recpw", "md5pass", "raise-me"
 LIMITED_DATABASE = "rec_limited"
 LIMIT_NAME = "recorder limit"
 
@@ -122,7 +125,22 @@ def bouncer_auth_method(app: Any, client: Any) -> Optional[str]:
         raise RuntimeError("recorder bug in bouncer_auth_method")
     if client.application_name.startswith(TOKEN_PREFIX):
         return TOKEN_METHOD
+    if client.application_name == PASSWORD_METHOD:
+        return PASSWORD_METHOD
     return None
+
+
+def _check_password(app: Any, client: Any, password: str) -> bool:
+    _record("password_check", **_client_facts(client))
+    if password == PASSWORD_RAISES:
+        raise RuntimeError("recorder bug in its password checker")
+    return password == PASSWORD_ACCEPTED
+
+
+@hookimpl
+def bouncer_password_checkers() -> Dict[str, Callable[..., bool]]:
+    _record("password_checkers")
+    return {PASSWORD_METHOD: _check_password}
 
 
 @hookimpl

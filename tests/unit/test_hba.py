@@ -88,7 +88,8 @@ PARSE_ERRORS = [
     ("host all all 10.0.0.0 ffff:: md5", "not the same family"),
     ("host all all 10.0.0.0 md5", 'invalid netmask "md5"'),
     ("host all all 10.0.0.0,11.0.0.0/8 md5", "multiple values specified for IP address"),
-    ("host all all 10.0.0.0/8 ldap", 'authentication method "ldap" is not supported'),
+    ("host all all 10.0.0.0/8 ldap ldapserver=x foo=1",
+     'unrecognized authentication option name: "foo"'),
     ("host all all 10.0.0.0/8 pam", 'authentication method "pam" is not supported'),
     ("host all all 10.0.0.0/8 gss", 'invalid authentication method "gss"'),
     ("host all all 10.0.0.0/8 md5,trust", "multiple values specified for authentication"),
@@ -128,7 +129,7 @@ def test_parse_error_names_file_line_and_cause(line, message):
 
 def test_error_on_continued_line_reports_its_first_line():
     with pytest.raises(ConfigError) as info:
-        _parse("local all all trust\nhost all \\\n  all \\\n  10.0.0.0/8 ldap\n")
+        _parse("local all all trust\nhost all \\\n  all \\\n  10.0.0.0/8 pam\n")
     assert info.value.lineno == 2
 
 
@@ -332,3 +333,17 @@ def test_lexer_hash_inside_quotes_is_not_a_comment():
 def test_token_keyword_needs_the_bare_word():
     assert Token("all").is_keyword("all")
     assert not Token("all", quoted=True).is_keyword("all")
+
+
+def test_an_ldap_line_keeps_its_ldap_options_unquoted_for_the_plugin():
+    """PgBouncer's own test lines: quoted values may hold commas, '=' and spaces."""
+    rules = _parse('host all ldapuser1 0.0.0.0/0 ldap ldapserver=127.0.0.1 ldapport=389 '
+                   'ldapprefix="uid=" ldapsuffix=",dc=example,dc=net"\n'
+                   'host all all 0.0.0.0/0 ldap ldapurl="ldap://h:1/dc=x??sub?(|(uid=$username))"'
+                   ' ldapserver="a b"\n')
+    first, second = rules.rules
+    assert first.method == "ldap"
+    assert dict(first.options) == {"ldapserver": "127.0.0.1", "ldapport": "389",
+                                   "ldapprefix": "uid=", "ldapsuffix": ",dc=example,dc=net"}
+    assert dict(second.options) == {"ldapurl": "ldap://h:1/dc=x??sub?(|(uid=$username))",
+                                    "ldapserver": "a b"}
