@@ -4,4 +4,5 @@ suite's test PKI (tests/fixtures); plain helpers live in tests/support."""
 pytest_plugins = [
     "bouncer.testing.fixtures",
     "tests.fixtures.certs",
+    "tests.fixtures.ldap",
 ]

@@ -11,8 +11,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from bouncer.app import App
     from bouncer.session.client import ClientSession
 
-#: auth_type values that are password exchanges the core runs itself.
-_DIRECT_METHODS = {"trust", "any", "plain", "md5", "scram-sha-256", "cert", "peer"}
+#: auth_type values that name the method itself: the core's exchanges, and ldap and pam, which a
+#: plugin checks (bouncer_password_checkers, or bouncer_verify_client).
+_DIRECT_METHODS = {"trust", "any", "plain", "md5", "scram-sha-256", "cert", "peer", "ldap", "pam"}
 
 
 @hookimpl(trylast=True)

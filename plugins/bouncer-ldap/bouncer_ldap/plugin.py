@@ -1,0 +1,116 @@
+"""The hooks: ``auth_type = ldap`` with ``auth_ldap_options``, and ``ldap`` lines of
+``auth_hba_file`` with their own ``ldap*`` options, checked by an LDAP bind.
+
+Settings, in ``[plugin.ldap]`` (all reloadable)::
+
+    timeout = 10        ; bounds each LDAP login check, connect and binds included
+    tls_verify = 1      ; ldaps and ldaptls=1: check the server's certificate
+    tls_ca_file =       ; CA certificates for that check (empty: the system's)
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+import gevent
+
+from bouncer.builtin.auth_hba import load_policy, rule_for
+from bouncer.errors import ConfigError
+from bouncer.plugin import Setting, hookimpl
+
+from bouncer_ldap.bind import TlsPolicy, check_password
+from bouncer_ldap.options import LdapOptionError, LdapOptions, ldap_options, options_from_string
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bouncer.config import Config
+
+log = logging.getLogger("bouncer.plugins.ldap")  # under bouncer's own logger
+
+SECTION = METHOD = "ldap"
+SETTINGS = (
+    Setting("timeout", "time", 10.0, True, "longest an LDAP login check may take", min=0.1),
+    Setting("tls_verify", "bool", True, True,
+            "check the LDAP server's certificate (ldaps, ldaptls=1)"),
+    Setting("tls_ca_file", "str", "", True,
+            "CA certificates for that check (empty: the system's)"),
+)
+
+
+@hookimpl
+def bouncer_declare_settings() -> Dict[str, Tuple[Setting, ...]]:
+    return {SECTION: SETTINGS}
+
+
+@hookimpl
+def bouncer_validate_config(config: "Config") -> List[str]:
+    """The options are checked before they are used: at start, RELOAD and --check."""
+    if config.auth_type == "ldap":
+        return _problems("auth_ldap_options", config.auth_ldap_options)
+    if config.auth_type == "hba" and config.auth_hba_file:
+        return _hba_problems(config)
+    return []
+
+
+def _problems(where: str, text: str) -> List[str]:
+    if not text:
+        return [f"{where} is not set: auth_type = ldap needs it (PgBouncer refuses every "
+                "login: auth_ldap_options is null)"]
+    try:
+        options_from_string(text)
+    except LdapOptionError as exc:
+        return [f"{where}: {exc}"]
+    return []
+
+
+def _hba_problems(config: "Config") -> List[str]:
+    try:
+        rules = load_policy(config).rules.rules
+    except ConfigError:
+        return []  # bouncer's HBA plugin reports that one
+    problems = []
+    for rule in rules:
+        if rule.method == METHOD:
+            try:
+                ldap_options(rule.options.items())
+            except LdapOptionError as exc:
+                problems.append(f"{config.auth_hba_file}:{rule.lineno}: {exc}")
+    return problems
+
+
+@hookimpl
+def bouncer_password_checkers() -> Mapping[str, Callable[[Any, Any, str], bool]]:
+    return {METHOD: check_ldap_login}
+
+
+def check_ldap_login(app: Any, client: Any, password: str) -> bool:
+    """The client's password, checked by a bind; the warnings say why not, in PgBouncer's
+    words.  Bounded by ``timeout``: an LDAP server that never answers refuses the login."""
+    settings = app.config.plugin(SECTION)
+    options = client_options(app, client)
+    if options is None:
+        return False
+    tls = TlsPolicy(settings["tls_verify"], settings["tls_ca_file"])
+    timeout = settings["timeout"]
+    # gevent.Timeout is a BaseException: caught by name, so nothing else is swallowed.
+    try:
+        with gevent.Timeout(timeout):
+            warnings = check_password(options, client.user, password, timeout, tls)
+    except gevent.Timeout:
+        warnings = [f"LDAP login for user {client.user} on server {options.describe()} took "
+                    f"longer than plugin.ldap.timeout ({timeout:g}s)"]
+    for warning in warnings:
+        log.warning("%s %s", client.prefix, warning)
+    return not warnings
+
+
+def client_options(app: Any, client: Any) -> Optional[LdapOptions]:
+    """auth_ldap_options, or the options of the client's ``ldap`` HBA line (validation has
+    checked both; a file edited since is reported and refuses the login)."""
+    rule = rule_for(app, client)
+    try:
+        if rule is not None and rule.method == METHOD:
+            return ldap_options(rule.options.items())
+        return options_from_string(app.config.auth_ldap_options)
+    except LdapOptionError as exc:
+        log.warning("%s LDAP options cannot be used: %s", client.prefix, exc)
+        return None

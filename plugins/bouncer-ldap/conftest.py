@@ -1,0 +1,1 @@
+"""Lets the tests import the plugin package from a checkout, before it is installed."""
