@@ -18,7 +18,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from tests.functional.pgroles import login_outcome
+from tests.functional.pgroles import login_outcome, roles  # roles: a fixture
 from bouncer.testing.process import BouncerStartError
 from bouncer.testing.ini import common_ini
 from tests.support.plugininstall import install_plugin
@@ -30,10 +30,9 @@ REFUSED = "LDAP authentication failed"
 
 
 @pytest.fixture(scope="module")
-def ldap_plugin(tmp_path_factory, pg) -> str:
-    """The plugin's install dir; also creates role ldapuser1 with the directory's password."""
-    pg.psql("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'ldapuser1') "
-            f"THEN CREATE ROLE ldapuser1 LOGIN PASSWORD '{PASSWORD}'; END IF; END $$;")
+def ldap_plugin(tmp_path_factory, roles) -> str:
+    """The plugin's install dir; role ldapuser1 has the directory's password meanwhile."""
+    roles.create("", PASSWORD, encryption="scram-sha-256", name=USER)
     return install_plugin("bouncer-ldap", str(tmp_path_factory.mktemp("ldap-plugin")))
 
 
