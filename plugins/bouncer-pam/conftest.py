@@ -1,0 +1,1 @@
+"""Lets the tests import the plugin module from a checkout, before it is installed."""
