@@ -6,13 +6,13 @@ PIP ?= $(PYTHON) -m pip
 PYTEST_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test install install-test postgres
+.PHONY: demo test install install-test postgres slapd
 
 demo: postgres install
 	$(PYTHON) -m tests.support.demo
 
 # pytest exits 5 when it collected nothing: that is a failure too, and said so.
-test: postgres install-test
+test: postgres slapd install-test
 	@$(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
 	exit $$rc
@@ -30,6 +30,14 @@ postgres:
 	  echo "PostgreSQL server binaries not found: installing them with apt-get"; \
 	  $(SUDO) apt-get update && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql postgresql-contrib; \
+	fi
+
+# The LDAP plugin's tests start a throwaway slapd of their own (tests/support/slapd.py).
+slapd:
+	@if [ -x /usr/sbin/slapd ]; then :; else \
+	  echo "slapd not found: installing it with apt-get"; \
+	  $(SUDO) apt-get update && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y slapd; \
 	fi
 
 # ---- Debian package (issue #7) -------------------------------------------------------------
