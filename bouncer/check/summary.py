@@ -20,6 +20,8 @@ _METHODS = {
     "md5": "clients answer an md5 challenge (SCRAM instead when the stored secret is SCRAM)",
     "scram-sha-256": "clients log in with SCRAM-SHA-256",
     "cert": "clients present a TLS certificate whose common name is the user name; no password",
+    "ldap": "clients send their password in cleartext, an LDAP bind checks it (auth_ldap_options)",
+    "pam": "clients send their password in cleartext, PAM checks it",
 }
 
 #: What a client's libpq must ask for, by client_tls_sslmode.
