@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import pluggy
 
+from bouncer.auth.hba import load_hba
 from bouncer.config import ConfigProblems, merge_declarations
 from bouncer.errors import ClientError, ConfigError
 from bouncer.plugin.context import PluginContext
@@ -21,6 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import ssl
 
     from bouncer.app import App
+    from bouncer.auth.hba import HbaRule
     from bouncer.auth.store import Credentials
     from bouncer.config import Config
     from bouncer.config.plugin_settings import Declarations
@@ -35,6 +37,14 @@ PLUGIN_AUTH_TYPES = ("ldap", "pam")
 
 #: ``check(app, client, password) -> bool`` (bouncer_password_checkers).
 PasswordChecker = Callable[["App", "ClientSession", str], bool]
+
+
+def _hba_rules(config: "Config") -> Tuple["HbaRule", ...]:
+    """The HBA file's lines; none when it cannot be read (the HBA plugin reports that)."""
+    try:
+        return load_hba(config.auth_hba_file).rules
+    except ConfigError:
+        return ()
 
 
 class PluginFailure(ClientError):
@@ -151,14 +161,21 @@ class PluginHooks:
         problems: List[str] = []
         for result in self._relay.bouncer_validate_config(config=config):
             problems.extend(result or ())
-        if (config.auth_type in PLUGIN_AUTH_TYPES
-                and config.auth_type not in self.password_checkers()
-                and not self._third_party_verifiers()):
+        if self._third_party_verifiers():
+            return problems  # a verify_client of a plugin may answer any method: trust it
+        checked = self.password_checkers()
+        if config.auth_type in PLUGIN_AUTH_TYPES and config.auth_type not in checked:
             problems.append(
                 f"auth_type = {config.auth_type}: no loaded plugin verifies {config.auth_type} "
                 "logins (bouncer has no built-in one), so every login would fail; choose "
                 f"another auth_type, or install bouncer-{config.auth_type} (or a plugin that "
                 "implements bouncer_password_checkers or bouncer_verify_client)")
+        if config.auth_type == "hba":
+            problems.extend(f"{config.auth_hba_file}:{rule.lineno}: no loaded plugin verifies "
+                            f"{rule.method} logins, so this line would refuse every login; "
+                            f"install bouncer-{rule.method}"
+                            for rule in _hba_rules(config)
+                            if rule.method in PLUGIN_AUTH_TYPES and rule.method not in checked)
         return problems
 
     def _third_party_verifiers(self) -> List[str]:

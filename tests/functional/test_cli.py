@@ -147,6 +147,17 @@ def test_an_auth_type_no_loaded_plugin_verifies_is_refused(pg, tmp_path, auth_ty
     assert not accepts_connections(socket.AF_INET, ("127.0.0.1", port))
 
 
+def test_an_hba_ldap_line_no_loaded_plugin_verifies_is_refused(pg, tmp_path) -> None:
+    hba = tmp_path / "hba.conf"
+    hba.write_text("host all md5user 0.0.0.0/0 md5\n"
+                   "host all all 0.0.0.0/0 ldap ldapserver=127.0.0.1 ldapbasedn=dc=x\n",
+                   encoding="utf-8")
+    path, _ = write_config(tmp_path, common_ini(pg, auth_type="hba", auth_hba_file=str(hba)))
+    result = run_cli(["--check", path])
+    assert result.returncode == 1, result.stderr
+    assert f"{hba}:2: no loaded plugin verifies ldap logins" in result.stderr, result.stderr
+
+
 BAD_CONFIGS = {
     "bad-enum": ({"pool_mode": "sometimes"}, None, "pool_mode ="),
     "bad-number": ({"max_client_conn": "lots"}, None, "max_client_conn ="),
