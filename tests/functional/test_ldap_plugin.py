@@ -37,7 +37,17 @@ def ldap_plugin(tmp_path_factory, roles) -> str:
 
 
 @pytest.fixture
-def start(pg, slapd, bouncer_factory, ldap_plugin, monkeypatch):
+def ldap_conf(tmp_path, monkeypatch):
+    """The ldap.conf bouncer reads (``$LDAPCONF``, as libldap's): empty unless a test writes
+    it, so the machine's own /etc/ldap/ldap.conf plays no part."""
+    path = tmp_path / "ldap.conf"
+    path.write_text("", encoding="utf-8")
+    monkeypatch.setenv("LDAPCONF", str(path))
+    return path
+
+
+@pytest.fixture
+def start(pg, slapd, bouncer_factory, ldap_plugin, ldap_conf, monkeypatch):
     """``start(section="", hba=None, **settings) -> bouncer`` with the plugin loaded;
     ``hba`` lines become auth_hba_file (auth_type = hba)."""
     monkeypatch.setenv("PYTHONPATH", ldap_plugin)
@@ -203,7 +213,8 @@ def test_hba_ldap_lines_carry_their_own_options_next_to_other_methods(start, sla
 # -- TLS ----------------------------------------------------------------------------------------
 
 def test_ldaps_and_starttls_check_the_servers_certificate(start, slapd, certs) -> None:
-    """Trusted with tls_ca_file; an unknown CA refuses the login (tls_verify is on)."""
+    """Trusted with tls_ca_file; an unknown CA refuses the login (ldap.conf is empty, so
+    libldap's default, demand, holds)."""
     for options in (url_options(slapd, scheme="ldaps"), simple_options(slapd, extra="ldaptls=1")):
         trusted = start(auth_ldap_options=options, section=f"tls_ca_file = {certs.ca_cert}")
         assert login_outcome(trusted.connect, user=USER, password=PASSWORD) == USER, options
@@ -212,6 +223,24 @@ def test_ldaps_and_starttls_check_the_servers_certificate(start, slapd, certs) -
                           section=f"tls_ca_file = {certs.other_ca_cert}")
         assert REFUSED in login_outcome(untrusted.connect, user=USER, password=PASSWORD)
         untrusted.stop()
+
+
+def test_ldap_conf_decides_the_check_by_default_as_for_pgbouncers_libldap(
+        start, slapd, certs, ldap_conf) -> None:
+    """PgBouncer's own test set-up: TLS_REQCERT never; then TLS_CACERT names the CA."""
+    options = url_options(slapd, scheme="ldaps")
+    ldap_conf.write_text("TLS_REQCERT never\n", encoding="utf-8")
+    bouncer = start(auth_ldap_options=options)
+    assert login_outcome(bouncer.connect, user=USER, password=PASSWORD) == USER
+    ldap_conf.write_text(f"TLS_CACERT {certs.other_ca_cert}\n", encoding="utf-8")
+    assert REFUSED in login_outcome(bouncer.connect, user=USER, password=PASSWORD)
+    ldap_conf.write_text(f"TLS_CACERT {certs.ca_cert}\n", encoding="utf-8")
+    assert login_outcome(bouncer.connect, user=USER, password=PASSWORD) == USER
+    bouncer.stop()
+    ldap_conf.write_text("TLS_REQCERT never\n", encoding="utf-8")
+    checking = start(auth_ldap_options=options, section="tls_verify = 1")
+    assert REFUSED in login_outcome(checking.connect, user=USER, password=PASSWORD), \
+        "tls_verify = 1 checks whatever ldap.conf says"
 
 
 def test_ldaps_on_the_plain_port_fails_as_in_pgbouncer(start, slapd, certs) -> None:

@@ -30,8 +30,8 @@ _WRAPPED = re.compile(r"""[(\[]*['"](.*?)['"],?[)\]]*""", re.S)
 class TlsPolicy:
     """How ldaps and ldaptls=1 check the server's certificate (the plugin's settings)."""
 
-    verify: bool = True
-    ca_file: str = ""
+    verify: bool
+    ca_file: str
 
     def ldap3_tls(self) -> Tls:
         return Tls(validate=ssl.CERT_REQUIRED if self.verify else ssl.CERT_NONE,

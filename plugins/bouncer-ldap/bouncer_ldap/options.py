@@ -55,6 +55,10 @@ class LdapOptions:
     scope: str = "sub"
 
     @property
+    def uses_tls(self) -> bool:
+        return self.scheme == "ldaps" or self.starttls
+
+    @property
     def search_bind(self) -> bool:
         return self.basedn is not None
 

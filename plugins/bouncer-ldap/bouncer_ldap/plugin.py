@@ -3,9 +3,11 @@
 
 Settings, in ``[plugin.ldap]`` (all reloadable)::
 
-    timeout = 10        ; bounds each LDAP login check, connect and binds included
-    tls_verify = 1      ; ldaps and ldaptls=1: check the server's certificate
-    tls_ca_file =       ; CA certificates for that check (empty: the system's)
+    timeout = 10            ; bounds each LDAP login check, connect and binds included
+    tls_verify = ldap.conf  ; ldaps and ldaptls=1: check the server's certificate (1, 0, or
+                            ; as ldap.conf's TLS_REQCERT says, as PgBouncer's libldap does)
+    tls_ca_file =           ; CA certificates for that check (empty: ldap.conf's TLS_CACERT,
+                            ; else the system's)
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from bouncer.errors import ConfigError
 from bouncer.plugin import Setting, hookimpl
 
 from bouncer_ldap.bind import TlsPolicy, check_password
+from bouncer_ldap.ldapconf import ca_file as ldap_ca_file
+from bouncer_ldap.ldapconf import ldap_conf_path, read_ldap_conf, verifies
 from bouncer_ldap.options import LdapOptionError, LdapOptions, ldap_options, options_from_string
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -29,10 +33,11 @@ log = logging.getLogger("bouncer.plugins.ldap")  # under bouncer's own logger
 SECTION = METHOD = "ldap"
 SETTINGS = (
     Setting("timeout", "time", 10.0, True, "longest an LDAP login check may take", min=0.1),
-    Setting("tls_verify", "bool", True, True,
-            "check the LDAP server's certificate (ldaps, ldaptls=1)"),
+    Setting("tls_verify", "enum", "ldap.conf", True,
+            "check the LDAP server's certificate (ldaps, ldaptls=1): 1, 0, or as ldap.conf's "
+            "TLS_REQCERT says", choices=("ldap.conf", "1", "0")),
     Setting("tls_ca_file", "str", "", True,
-            "CA certificates for that check (empty: the system's)"),
+            "CA certificates for that check (empty: ldap.conf's TLS_CACERT, else the system's)"),
 )
 
 
@@ -89,7 +94,9 @@ def check_ldap_login(app: Any, client: Any, password: str) -> bool:
     options = client_options(app, client)
     if options is None:
         return False
-    tls = TlsPolicy(settings["tls_verify"], settings["tls_ca_file"])
+    # Plain LDAP never looks at it: ldap.conf is read only for ldaps and StartTLS.
+    tls = tls_policy(settings["tls_verify"], settings["tls_ca_file"]) if options.uses_tls \
+        else TlsPolicy(True, "")
     timeout = settings["timeout"]
     # gevent.Timeout is a BaseException: caught by name, so nothing else is swallowed.
     try:
@@ -101,6 +108,17 @@ def check_ldap_login(app: Any, client: Any, password: str) -> bool:
     for warning in warnings:
         log.warning("%s %s", client.prefix, warning)
     return not warnings
+
+
+def tls_policy(verify: str, ca_file: str) -> TlsPolicy:
+    """The settings, completed from ldap.conf where they leave it to it."""
+    if verify != "ldap.conf" and ca_file:
+        return TlsPolicy(verify == "1", ca_file)
+    # A few lines of a local file, read at each login that needs it (so an edit counts at once,
+    # as libldap's would at the next start); the threadpool keeps other clients going.
+    conf = gevent.get_hub().threadpool.apply(read_ldap_conf, (ldap_conf_path(),))
+    return TlsPolicy(verifies(conf) if verify == "ldap.conf" else verify == "1",
+                     ca_file or ldap_ca_file(conf))
 
 
 def client_options(app: Any, client: Any) -> Optional[LdapOptions]:
