@@ -41,8 +41,8 @@ slapd:
 	fi
 
 # ---- Debian package (issue #7) -------------------------------------------------------------
-# `make deb` builds bouncer_<version>_all.deb and bouncer-prometheus_<version>_all.deb into
-# $(DEB_OUTDIR); then `sudo apt install ./dist/bouncer*_*.deb`. The build runs in a temporary
+# `make deb` builds bouncer_<version>_all.deb and a bouncer-NAME_<version>_all.deb per plugin
+# (plugins/) into $(DEB_OUTDIR); then `sudo apt install ./dist/bouncer*_*.deb`. The build runs in a temporary
 # copy of the files git tracks or would track, so no build artefact lands in the tree. Missing
 # build dependencies (debian/control's Build-Depends) are installed with apt-get. PATH is the
 # system's so that pybuild finds Debian's python3, never a virtualenv's or pyenv's.

@@ -37,8 +37,14 @@ USERLIST = "/etc/bouncer/userlist.txt"
 #: The daemon must run on Debian's python3 and modules, never on the test runner's.
 SYSTEM_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 DEPENDENCIES = ("python3-gevent", "python3-pluggy", "python3-configobj", "python3-openssl")
-PLUGIN_PACKAGE = "bouncer-prometheus"
-PLUGIN_DEPENDENCIES = ("bouncer", "python3-prometheus-client", "python3-gevent")
+#: Each first-party plugin's package -> what it must depend on, and its entry point.
+PLUGIN_PACKAGES = {
+    "bouncer-prometheus": (("bouncer", "python3-prometheus-client", "python3-gevent"),
+                           "bouncer_prometheus.plugin"),
+    "bouncer-ldap": (("bouncer", "python3-ldap3", "python3-gevent"), "bouncer_ldap.plugin"),
+    "bouncer-pam": (("bouncer", "python3-pampy", "python3-gevent"), "bouncer_pam"),
+}
+PACKAGES = ("bouncer", *PLUGIN_PACKAGES)
 DASHBOARD = "/usr/share/bouncer-prometheus/bouncer-grafana.json"
 INI_SECTIONS = {"databases", "users", "pools", "peers", "pgbouncer"}
 
@@ -160,14 +166,14 @@ def pid1_is_systemd() -> bool:
 
 @pytest.fixture(scope="module")
 def debs(tmp_path_factory) -> Dict[str, str]:
-    """Package name -> its .deb (bouncer and bouncer-prometheus), built by ``make deb`` into a
+    """Package name -> its .deb (bouncer and each plugin's), built by ``make deb`` into a
     directory outside the tree."""
     if os.geteuid() != 0:
         pytest.fail("BOUNCER_TEST_DEB=1 needs root: it installs packages")
     outdir = tmp_path_factory.mktemp("deb")
     run(["make", "--no-print-directory", "deb", f"DEB_OUTDIR={outdir}"], cwd=REPO_ROOT)
     built = {package: str(outdir / f"{package}_{__version__}_all.deb")
-             for package in ("bouncer", PLUGIN_PACKAGE)}
+             for package in PACKAGES}
     assert sorted(built.values()) == sorted(glob.glob(str(outdir / "*.deb"))), \
         os.listdir(outdir)
     return built
@@ -180,12 +186,12 @@ def deb(debs: Dict[str, str]) -> str:
 
 @pytest.fixture(scope="module")
 def installed(debs: Dict[str, str]) -> Iterator[None]:
-    """Both packages installed with apt; afterwards removed, purged, and the machine as before
+    """All the packages installed with apt; afterwards removed, purged, and the machine as before
     (dependencies they pulled in and the system user created are removed too)."""
     before = installed_packages()
     user_existed = user_exists(SERVICE_USER)
     apt_get("install", *debs.values())
-    pulled_in = installed_packages() - before - {"bouncer", PLUGIN_PACKAGE}
+    pulled_in = installed_packages() - before - set(PACKAGES)
     try:
         yield
     finally:
@@ -198,10 +204,10 @@ def installed(debs: Dict[str, str]) -> Iterator[None]:
 def uninstall(pulled_in: Set[str]) -> List[str]:
     """Remove, then purge; returns what did not behave as Debian's conventions say."""
     problems = []
-    apt_get("remove", "bouncer", PLUGIN_PACKAGE)
+    apt_get("remove", *PACKAGES)
     if not os.path.exists(CONFIG):
         problems.append("apt-get remove deleted the configuration")
-    apt_get("purge", "bouncer", PLUGIN_PACKAGE, *sorted(pulled_in))
+    apt_get("purge", *PACKAGES, *sorted(pulled_in))
     if os.path.exists("/etc/bouncer"):
         problems.append(f"purge left /etc/bouncer: {os.listdir('/etc/bouncer')}")
     if run(["dpkg-statoverride", "--list"]).stdout.count(USERLIST):
@@ -258,20 +264,22 @@ class TestInstalledPackage:
         depends = run(["dpkg-deb", "--field", deb, "Depends"]).stdout
         assert set(DEPENDENCIES) <= {item.split()[0] for item in depends.split(",")}
 
-    def test_plugin_package_depends_on_bouncer_and_prometheus_client(self, debs):
-        depends = run(["dpkg-deb", "--field", debs[PLUGIN_PACKAGE], "Depends"]).stdout
-        assert set(PLUGIN_DEPENDENCIES) <= {item.split()[0] for item in depends.split(",")}
+    @pytest.mark.parametrize("package", sorted(PLUGIN_PACKAGES))
+    def test_plugin_packages_depend_on_bouncer_and_their_libraries(self, debs, package):
+        depends = run(["dpkg-deb", "--field", debs[package], "Depends"]).stdout
+        wanted = PLUGIN_PACKAGES[package][0]
+        assert set(wanted) <= {item.split()[0] for item in depends.split(",")}
 
     def test_lintian_finds_no_error(self, debs):
         if shutil.which("lintian") is None:
             apt_get("install", "lintian")
         run(["lintian", "--fail-on", "error", *debs.values()])
 
-    def test_plugin_package_installs_the_plugin_found_by_its_entry_point(self, installed):
+    def test_plugin_packages_install_the_plugins_found_by_their_entry_points(self, installed):
         code = ("from importlib.metadata import entry_points; "
                 "print(*sorted(e.value for e in entry_points(group='bouncer.plugins')))")
         found = as_service_user(["/usr/bin/python3", "-c", code]).stdout.split()
-        assert found == ["bouncer_prometheus.plugin"]
+        assert found == sorted(entry for _, entry in PLUGIN_PACKAGES.values())
         assert os.path.isfile(DASHBOARD)
 
     def test_installs_command_config_unit_logrotate_and_man_pages(self, installed):
