@@ -9,9 +9,9 @@ to PostgreSQL with the client's password, as PgBouncer does: role ldapuser1 has 
 """
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from typing import Any, Dict, List
@@ -19,7 +19,7 @@ from typing import Any, Dict, List
 import pytest
 
 from tests.functional.pgroles import login_outcome, roles  # roles: a fixture
-from bouncer.testing.process import BouncerStartError
+from bouncer.testing.process import BOUNCER_PROGRAM, REPO_ROOT, BouncerStartError
 from bouncer.testing.ini import common_ini
 from tests.support.plugininstall import install_plugin
 from bouncer.testing.ports import free_port, wait_until
@@ -77,10 +77,6 @@ def simple_options(slapd, port: int = 0, extra: str = "") -> str:
             f'ldapsuffix=",{BASE_DN}" {extra}').strip()
 
 
-def log_since(bouncer, since: int) -> str:
-    return bouncer.log_text()[since:]
-
-
 # -- auth_type = ldap ---------------------------------------------------------------------------
 
 def test_search_bind_from_an_ldapurl_accepts_the_password_and_refuses_others(
@@ -101,7 +97,7 @@ def test_an_unknown_user_is_refused_in_the_same_words_and_logged_as_unknown(
     bouncer = start(auth_ldap_options=url_options(slapd))
     assert REFUSED in login_outcome(bouncer.connect, user="nobody", password="x")
     bouncer.wait_for_log('LDAP user "nobody" does not exist')
-    bouncer.wait_for_log(f'LDAP search for filter "\\(uid=nobody\\)" on server "127.0.0.1" '
+    bouncer.wait_for_log('LDAP search for filter "\\(uid=nobody\\)" on server "127.0.0.1" '
                          "returned no entries.")
 
 
@@ -252,10 +248,14 @@ def test_ldaps_on_the_plain_port_fails_as_in_pgbouncer(start, slapd, certs) -> N
 
 # -- configuration ------------------------------------------------------------------------------
 
-def run_check(bouncer_ini: str, workdir, env: Dict[str, str]) -> subprocess.CompletedProcess:
+def run_check(ini_text: str, workdir, plugin_site: str) -> subprocess.CompletedProcess:
+    """``bouncer --check`` on *ini_text*, with the installed plugin on the path."""
     path = workdir / "check.ini"
-    path.write_text(bouncer_ini, encoding="utf-8")
-    return subprocess.run([sys.executable, "-m", "bouncer", "--check", str(path)], env=env,
+    path.write_text(ini_text.replace("@DIR@", str(workdir)).replace("@PORT@", str(free_port())),
+                    encoding="utf-8")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO_ROOT, plugin_site]))
+    env.pop("BOUNCER_DISABLE_PLUGIN_AUTOLOAD", None)
+    return subprocess.run([*BOUNCER_PROGRAM, "--check", str(path)], env=env,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -265,11 +265,21 @@ def run_check(bouncer_ini: str, workdir, env: Dict[str, str]) -> subprocess.Comp
     ('ldapserver=h ldapprefix="uid=', "unterminated quoted value"),
     ("ldapserver=h ldapbasedn=x ldapsecret=1", 'invalid LDAP option: "ldapsecret"'),
 ])
-def test_check_and_start_refuse_options_that_cannot_work(start, pg, tmp_path, options: str,
-                                                         problem: str) -> None:
+def test_check_and_start_refuse_options_that_cannot_work(start, pg, tmp_path, ldap_plugin,
+                                                         options: str, problem: str) -> None:
+    checked = run_check(common_ini(pg, auth_type="ldap", auth_file=None,
+                                   auth_ldap_options=options or None), tmp_path, ldap_plugin)
+    assert checked.returncode == 1 and problem in checked.stderr, checked.stderr
     with pytest.raises(BouncerStartError) as refused:
         start(auth_ldap_options=options or None)
     assert problem in refused.value.log
+
+
+def test_check_accepts_working_options(pg, slapd, tmp_path, ldap_plugin) -> None:
+    ini = common_ini(pg, auth_type="ldap", auth_file=None, auth_ldap_options=url_options(slapd))
+    checked = run_check(ini + "\n[plugin.ldap]\ntimeout = 3\ntls_verify = 0\n", tmp_path,
+                        ldap_plugin)
+    assert checked.returncode == 0, checked.stderr
 
 
 def test_check_names_the_hba_line_whose_ldap_options_cannot_work(start, slapd) -> None:
