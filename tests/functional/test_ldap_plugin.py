@@ -118,6 +118,23 @@ def test_search_filters_with_the_username_placeholder(start, slapd) -> None:
         bouncer.stop()
 
 
+def test_search_bind_finds_a_dn_in_cyrillic_and_refuses_a_user_found_twice(
+        start, slapd, roles) -> None:
+    """PgBouncer's directory has ldapuser2 under a long Cyrillic o=; a filter that finds two
+    entries is not a login (PgBouncer: "not unique")."""
+    parent = f"o={'йцукенгшщзхъфывапролджэячсмитьбю-' * 3}йцукенгшщзхъфыва,{BASE_DN}"
+    slapd.add(parent, ["top", "organization"], {"o": parent[2:].split(",")[0]})
+    slapd.add_user("ldapuser2", "secret2", parent=parent)
+    roles.create("", "secret2", encryption="scram-sha-256", name="ldapuser2")
+    bouncer = start(auth_ldap_options=url_options(slapd))
+    assert login_outcome(bouncer.connect, user="ldapuser2", password="secret2") == "ldapuser2"
+    bouncer.stop()
+    twice = url_options(slapd, "??sub?(|(uid=$username)(uid=ldapuser2))")
+    bouncer = start(auth_ldap_options=twice)
+    assert REFUSED in login_outcome(bouncer.connect, user=USER, password=PASSWORD)
+    bouncer.wait_for_log(f'LDAP user "{USER}" is not unique')
+
+
 def test_a_user_name_that_would_rewrite_the_search_filter_is_refused(start, slapd) -> None:
     bouncer = start(auth_ldap_options=url_options(slapd))
     assert REFUSED in login_outcome(bouncer.connect, user="*", password=PASSWORD)
