@@ -50,20 +50,20 @@ def bouncer_declare_settings() -> Dict[str, Tuple[Setting, ...]]:
 def bouncer_validate_config(config: "Config") -> List[str]:
     """The options are checked before they are used: at start, RELOAD and --check."""
     if config.auth_type == "ldap":
-        return _problems("auth_ldap_options", config.auth_ldap_options)
+        return _option_problems(config.auth_ldap_options)
     if config.auth_type == "hba" and config.auth_hba_file:
         return _hba_problems(config)
     return []
 
 
-def _problems(where: str, text: str) -> List[str]:
+def _option_problems(text: str) -> List[str]:
     if not text:
-        return [f"{where} is not set: auth_type = ldap needs it (PgBouncer refuses every "
-                "login: auth_ldap_options is null)"]
+        return ["auth_ldap_options is not set: auth_type = ldap needs it (PgBouncer refuses "
+                "every login: auth_ldap_options is null)"]
     try:
         options_from_string(text)
     except LdapOptionError as exc:
-        return [f"{where}: {exc}"]
+        return [f"auth_ldap_options: {exc}"]
     return []
 
 
@@ -122,8 +122,9 @@ def tls_policy(verify: str, ca_file: str) -> TlsPolicy:
 
 
 def client_options(app: Any, client: Any) -> Optional[LdapOptions]:
-    """auth_ldap_options, or the options of the client's ``ldap`` HBA line (validation has
-    checked both; a file edited since is reported and refuses the login)."""
+    """auth_ldap_options, or the options of the client's ``ldap`` HBA line.  Validation
+    checked both before they came into force: a refusal here would be a bug, and fails
+    closed."""
     rule = rule_for(app, client)
     try:
         if rule is not None and rule.method == METHOD:
