@@ -18,11 +18,11 @@ from typing import Any, Dict, List
 
 import pytest
 
-from tests.functional.pgroles import login_outcome, roles  # roles: a fixture
-from bouncer.testing.process import BOUNCER_PROGRAM, REPO_ROOT, BouncerStartError
 from bouncer.testing.ini import common_ini
-from tests.support.plugininstall import install_plugin
 from bouncer.testing.ports import free_port, wait_until
+from bouncer.testing.process import BOUNCER_PROGRAM, REPO_ROOT, BouncerStartError
+from tests.functional.pgroles import login_outcome, roles  # roles: a fixture
+from tests.support.plugininstall import install_plugin
 from tests.support.slapd import BASE_DN, user_dn
 
 USER, PASSWORD = "ldapuser1", "secret1"

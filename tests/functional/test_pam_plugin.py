@@ -14,9 +14,9 @@ from typing import Iterator, List
 
 import pytest
 
+from bouncer.testing.ini import common_ini
+from bouncer.testing.process import BouncerStartError
 from tests.functional.pgroles import login_outcome, roles  # roles: a fixture
-from tests.support.bouncerproc import BouncerStartError
-from tests.support.inifile import common_ini
 from tests.support.plugininstall import install_plugin
 
 USER, PASSWORD = "pamuser1", "pam-secret1"
