@@ -1,0 +1,177 @@
+"""``workers = 2``: one supervisor, two workers sharing the listening sockets.
+
+A worker's clients carry its peer id in their cancel keys (worker i has peer id i), and each
+worker has a private unix socket (named in its log), so the tests can tell which worker a
+client landed on and choose which worker a cancel or console command reaches.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from typing import Dict, List, Tuple
+
+import pytest
+
+from bouncer.proto.cancel_key import key_peer
+from bouncer.testing.ini import common_ini
+from bouncer.testing.process import BouncerProcess
+from tests.support import pgwire
+
+QUERY_CANCELED = "57014"
+WORKERS = (1, 2)
+
+
+@pytest.fixture
+def pooler(pg, bouncer_factory) -> BouncerProcess:
+    bouncer = bouncer_factory(common_ini(pg, workers=2))
+    for index in WORKERS:
+        bouncer.wait_for_log(rf"worker {index} \(pid \d+\) is serving")
+    return bouncer
+
+
+def private_dir(bouncer: BouncerProcess) -> str:
+    """The supervisor's directory of the workers' private sockets (.s.PGSQL.<index>)."""
+    return bouncer.wait_for_log(r"listening on unix:(\S+)/\.s\.PGSQL\.1 ").group(1)
+
+
+def worker_pids(bouncer: BouncerProcess, since: int = 0) -> Dict[int, int]:
+    """Worker index -> pid of its latest start after log offset *since*."""
+    found = re.findall(r"worker (\d) \(pid (\d+)\) is serving", bouncer.log_text()[since:])
+    return {int(index): int(pid) for index, pid in found}
+
+
+def session(host: str, port: int) -> Tuple[socket.socket, int, Tuple[int, int]]:
+    """A logged-in client, the worker serving it, and its cancel key."""
+    sock, messages = pgwire.open_session(host, port, "md5user", "md5pass")
+    key = pgwire.backend_key(messages)
+    return sock, key_peer(key[0]), key
+
+
+def sqlstate(messages: List[pgwire.Message]) -> str:
+    error = pgwire.first_error(messages)
+    return error["C"] if error else ""
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_clients_land_on_both_workers(pooler) -> None:
+    sockets, seen = [], set()
+    for _ in range(40):  # held open, so the kernel's choice is spread over both
+        sock, worker, _ = session(pooler.host, pooler.port)
+        sockets.append(sock)
+        seen.add(worker)
+    for sock in sockets:
+        sock.close()
+    assert seen == set(WORKERS)
+    supervisor = int(open(os.path.join(pooler.workdir, "bouncer.pid")).read())
+    assert supervisor == pooler.pid and pooler.pid not in worker_pids(pooler).values()
+
+
+@pytest.mark.parametrize("owner", WORKERS)
+@pytest.mark.parametrize("via", WORKERS)
+def test_a_cancel_reaches_the_query_whichever_worker_gets_it(pooler, owner, via) -> None:
+    directory = private_dir(pooler)
+    sock, worker, key = session(directory, owner)  # the private socket picks the worker
+    assert worker == owner
+    sock.sendall(pgwire.query("SELECT pg_sleep(10)"))
+    time.sleep(0.3)  # the query has reached PostgreSQL
+    started = time.monotonic()
+    with pgwire.connect(directory, via) as cancel:
+        cancel.sendall(pgwire.cancel_request(*key))
+        assert pgwire.closed_by_peer(cancel, 5)
+    sock.settimeout(5)
+    assert sqlstate(pgwire.read_until(sock, b"Z")) == QUERY_CANCELED
+    assert time.monotonic() - started < 5
+    sock.close()
+
+
+def test_a_cancel_on_the_shared_port_reaches_the_query(pooler) -> None:
+    for _ in range(6):  # the kernel chooses the worker: both ways happen, each must work
+        sock, _, key = session(pooler.host, pooler.port)
+        sock.sendall(pgwire.query("SELECT pg_sleep(10)"))
+        time.sleep(0.3)
+        with pgwire.connect(pooler.host, pooler.port) as cancel:
+            cancel.sendall(pgwire.cancel_request(*key))
+            assert pgwire.closed_by_peer(cancel, 5)
+        sock.settimeout(5)
+        assert sqlstate(pgwire.read_until(sock, b"Z")) == QUERY_CANCELED
+        sock.close()
+
+
+def show_config(pooler: BouncerProcess, index: int, name: str) -> str:
+    rows = pooler.admin("SHOW CONFIG", host=private_dir(pooler), port=index)
+    return next(row[1] for row in rows if row[0] == name)
+
+
+def test_sighup_reloads_every_worker(pooler, pg) -> None:
+    pooler.write_ini(common_ini(pg, workers=2, query_wait_timeout=77))
+    since = len(pooler.log_text())
+    pooler.reload()
+    for _ in WORKERS:
+        pooler.wait_for_log(r"got SIGHUP, re-reading config", since=since)
+        since = pooler.log_text().index("got SIGHUP, re-reading config", since) + 1
+    for index in WORKERS:
+        assert show_config(pooler, index, "query_wait_timeout") == "77"
+
+
+def test_console_reload_on_one_worker_reloads_both(pooler, pg) -> None:
+    pooler.write_ini(common_ini(pg, workers=2, query_wait_timeout=78))
+    pooler.admin("RELOAD", host=private_dir(pooler), port=1)
+    deadline = time.monotonic() + 5
+    while show_config(pooler, 2, "query_wait_timeout") != "78":
+        assert time.monotonic() < deadline, pooler.log_tail()
+        time.sleep(0.1)
+
+
+def test_a_killed_worker_is_restarted_and_the_others_see_nothing(pooler) -> None:
+    directory = private_dir(pooler)
+    survivor, _, _ = session(directory, 2)
+    victim = worker_pids(pooler)[1]
+    since = len(pooler.log_text())
+    os.kill(victim, signal.SIGKILL)
+    pooler.wait_for_log(rf"worker 1 \(pid {victim}\) was killed by signal SIGKILL, "
+                        r"restarting it", since=since)
+    pooler.wait_for_log(r"worker 1 \(pid \d+\) is serving", since=since)
+    assert worker_pids(pooler, since)[1] != victim
+    assert sqlstate(pgwire.run_query(survivor, "SELECT 1")) == ""
+    again, worker, _ = session(directory, 1)
+    assert worker == 1 and sqlstate(pgwire.run_query(again, "SELECT 1")) == ""
+    conn = pooler.connect()
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        assert cursor.fetchone() == (1,)
+    conn.close()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_shutdown_signal_stops_every_worker_and_the_supervisor(pooler, signum) -> None:
+    pids = worker_pids(pooler)
+    directory = private_dir(pooler)
+    pooler.signal(signum)
+    assert pooler.wait(10) == 0
+    assert all(process_gone(pid) for pid in pids.values())
+    assert not os.path.exists(os.path.join(pooler.workdir, "bouncer.pid"))
+    assert not os.path.exists(directory)
+
+
+def test_console_shutdown_on_one_worker_stops_the_pooler(pooler) -> None:
+    pooler.admin("SHUTDOWN", host=private_dir(pooler), port=2)
+    assert pooler.wait(10) == 0
+
+
+def test_one_worker_is_one_process_as_before(pg, bouncer_factory) -> None:
+    bouncer = bouncer_factory(common_ini(pg))
+    assert int(open(os.path.join(bouncer.workdir, "bouncer.pid")).read()) == bouncer.pid
+    children = subprocess.run(["pgrep", "-P", str(bouncer.pid)], capture_output=True, text=True)
+    assert children.stdout == ""
+    assert "supervisor" not in bouncer.log_text()
