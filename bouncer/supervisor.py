@@ -53,6 +53,14 @@ class Worker:
     serving: bool = False
 
 
+def restart_delay(previous: float, ran: float) -> float:
+    """How long to wait before restarting a worker that died after *ran* seconds, when the
+    wait before its last start was *previous*."""
+    if ran >= STABLE_AFTER:
+        return 0.0
+    return min(max(previous * 2, RESTART_DELAY), RESTART_DELAY_MAX)
+
+
 def status_text(returncode: int) -> str:
     """A child's exit as PgBouncer-style log words."""
     if returncode < 0:
@@ -107,8 +115,7 @@ class Supervisor:
             returncode = self._run_once(worker)
             if self.stopping.is_set():
                 break
-            quick = time.monotonic() - started < STABLE_AFTER
-            delay = min(max(delay * 2, RESTART_DELAY), RESTART_DELAY_MAX) if quick else 0.0
+            delay = restart_delay(delay, time.monotonic() - started)
             log.warning("worker %d (pid %d) %s, restarting it in %g s", worker.index,
                         worker.process.pid if worker.process else 0, status_text(returncode),
                         delay)

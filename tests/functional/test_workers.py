@@ -18,7 +18,9 @@ import pytest
 
 from bouncer.proto.cancel_key import key_peer
 from bouncer.testing.ini import common_ini
-from bouncer.testing.process import BouncerProcess
+from bouncer.testing.pgcluster import STANDARD_PASSWORDS
+from bouncer.testing.ports import free_port, wait_until
+from bouncer.testing.process import BOUNCER_PROGRAM, REPO_ROOT, BouncerProcess, userlist_text
 from tests.support import pgwire
 
 QUERY_CANCELED = "57014"
@@ -175,3 +177,51 @@ def test_one_worker_is_one_process_as_before(pg, bouncer_factory) -> None:
     children = subprocess.run(["pgrep", "-P", str(bouncer.pid)], capture_output=True, text=True)
     assert children.stdout == ""
     assert "supervisor" not in bouncer.log_text()
+
+
+def test_systemd_hears_ready_once_from_the_supervisor(pg, bouncer_factory, tmp_path,
+                                                      monkeypatch) -> None:
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(path)
+        monkeypatch.setenv("NOTIFY_SOCKET", path)
+        bouncer = bouncer_factory(common_ini(pg, workers=2))
+        notify.settimeout(10)
+        first = notify.recv(4096).decode()
+        assert "READY=1" in first and "2 workers" in first
+        assert len(worker_pids(bouncer)) == 2  # READY came once both served
+        notify.settimeout(1)
+        with pytest.raises(socket.timeout):  # the workers themselves say nothing
+            notify.recv(4096)
+        bouncer.signal(signal.SIGTERM)
+        notify.settimeout(10)
+        assert "STOPPING=1" in notify.recv(4096).decode()
+        assert bouncer.wait(10) == 0
+
+
+def test_daemon_mode_runs_the_supervisor_in_the_background(pg, tmp_path) -> None:
+    port = free_port()
+    ini = tmp_path / "bouncer.ini"
+    ini.write_text(common_ini(pg, workers=2).replace("@DIR@", str(tmp_path))
+                   .replace("@PORT@", str(port)))
+    (tmp_path / "userlist.txt").write_text(userlist_text(STANDARD_PASSWORDS))
+    result = subprocess.run([*BOUNCER_PROGRAM, "-d", str(ini)], cwd=tmp_path, timeout=20,
+                            env=dict(os.environ, PYTHONPATH=REPO_ROOT))
+    assert result.returncode == 0
+    pidfile = tmp_path / "bouncer.pid"
+    assert wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 10)
+    supervisor = int(pidfile.read_text())
+    try:
+        assert wait_until(lambda: len(re.findall("is serving", read_log(tmp_path))) == 2, 10)
+        sock, _, _ = session("127.0.0.1", port)
+        assert sqlstate(pgwire.run_query(sock, "SELECT 1")) == ""
+        sock.close()
+    finally:
+        os.kill(supervisor, signal.SIGTERM)
+    assert wait_until(lambda: process_gone(supervisor), 10)
+    assert not pidfile.exists()
+
+
+def read_log(directory) -> str:
+    path = os.path.join(directory, "bouncer.log")
+    return open(path).read() if os.path.exists(path) else ""

@@ -8,7 +8,7 @@ import pytest
 
 from bouncer.config import PeerDef, load_config
 from bouncer.errors import ConfigError
-from bouncer.supervisor import status_text
+from bouncer.supervisor import RESTART_DELAY_MAX, restart_delay, status_text
 from bouncer.worker import WorkerSpec, first_peer_id
 
 
@@ -61,3 +61,11 @@ def test_spec_survives_the_environment() -> None:
 def test_exit_status_words() -> None:
     assert status_text(-9) == "was killed by signal SIGKILL"
     assert status_text(1) == "exited with status 1"
+
+
+def test_a_worker_dying_at_start_waits_longer_each_time_a_stable_one_not_at_all() -> None:
+    delays = [0.0]
+    for _ in range(10):
+        delays.append(restart_delay(delays[-1], ran=0.2))
+    assert delays[1:4] == [0.5, 1.0, 2.0] and delays[-1] == RESTART_DELAY_MAX
+    assert restart_delay(RESTART_DELAY_MAX, ran=60) == 0.0
