@@ -151,7 +151,7 @@ def _supervise(config: "Config", args: argparse.Namespace, logs: "LogSetup") -> 
                      MAX_PEER_ID)
         return 1
     flags = (["-q"] if args.quiet else []) + ["-v"] * args.verbose
-    supervisor = Supervisor(config, args.config, flags)
+    supervisor = Supervisor(config, args.config, flags, logs)
     supervisor.install_signals()  # before binding, as for one process
     try:
         supervisor.bind()

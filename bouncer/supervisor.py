@@ -21,13 +21,14 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import gevent
 from gevent.event import Event
 
 from bouncer import VERSION_STRING, pidfile, systemd
 from bouncer.config import Config
+from bouncer.log import LogSetup
 from bouncer.net.listener import bind, remove_socket_file, unix_socket
 from bouncer.signals import SHUTDOWN_SIGNALS
 from bouncer.worker import ENV, WorkerSpec, first_peer_id
@@ -71,14 +72,17 @@ def status_text(returncode: int) -> str:
 class Supervisor:
     """Runs ``config.workers`` workers of the pooler configured in ``config_path``."""
 
-    def __init__(self, config: Config, config_path: str, worker_flags: List[str]) -> None:
+    def __init__(self, config: Config, config_path: str, worker_flags: List[str],
+                 logs: LogSetup) -> None:
         self.config = config
+        self.logs = logs
         self.command = [sys.executable, "-m", "bouncer", *worker_flags, config_path]
         self.listening: List[socket.socket] = []
         self.workers: List[Worker] = []
         self.peer_dir = ""
         self.stopping = Event()
-        self._unix_inode = 0
+        #: The unix socket file we bound, and its inode: ours to remove at exit.
+        self._unix_file: Optional[Tuple[str, int]] = None
 
     def install_signals(self) -> None:
         for signum in (*_SERVING_SIGNALS, *SHUTDOWN_SIGNALS):
@@ -93,7 +97,8 @@ class Supervisor:
                               config.so_reuseport, config.unix_socket_group)
         for sock in self.listening:
             if sock.family == socket.AF_UNIX:
-                self._unix_inode = os.stat(sock.getsockname()).st_ino
+                path = sock.getsockname()
+                self._unix_file = (path, os.stat(path).st_ino)
 
     def run(self) -> int:
         """Start the workers, keep them running until a shutdown, clean up; the exit status."""
@@ -151,20 +156,28 @@ class Supervisor:
 
     def _pass_on(self, signum: int) -> None:
         log.info("got %s, passing it on to the workers", signal.Signals(signum).name)
-        if signum in SHUTDOWN_SIGNALS:
-            if not self.stopping.is_set():
-                systemd.notify("STOPPING=1")
+        if signum == signal.SIGHUP:
+            self.logs.reopen()  # logrotate moved the file away from us too
+        if signum in SHUTDOWN_SIGNALS and not self.stopping.is_set():
+            systemd.notify("STOPPING=1")
             self.stopping.set()
+            # Our copies would keep the sockets listening after the workers closed theirs:
+            # new clients would wait in the backlog instead of being refused.
+            self._close_listening()
         for worker in self.workers:
             process = worker.process
             if process is not None and (worker.serving or signum not in _SERVING_SIGNALS):
                 process.send_signal(signum)
 
-    def _clean_up(self) -> None:
+    def _close_listening(self) -> None:
         for sock in self.listening:
-            if sock.family == socket.AF_UNIX:
-                remove_socket_file(sock.getsockname(), self._unix_inode)
             sock.close()
+        self.listening = []
+
+    def _clean_up(self) -> None:
+        self._close_listening()
+        if self._unix_file is not None:
+            remove_socket_file(*self._unix_file)
         for worker in self.workers:
             worker.private.close()
         shutil.rmtree(self.peer_dir, ignore_errors=True)

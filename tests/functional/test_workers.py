@@ -225,3 +225,19 @@ def test_daemon_mode_runs_the_supervisor_in_the_background(pg, tmp_path) -> None
 def read_log(directory) -> str:
     path = os.path.join(directory, "bouncer.log")
     return open(path).read() if os.path.exists(path) else ""
+
+
+def test_a_waiting_shutdown_refuses_new_clients_and_ends_with_the_last(pooler) -> None:
+    sock, _, _ = session(pooler.host, pooler.port)
+    pooler.signal(signal.SIGTERM)  # waits for the clients
+
+    def refused() -> bool:
+        try:
+            socket.create_connection((pooler.host, pooler.port), timeout=1).close()
+        except ConnectionRefusedError:
+            return True
+        return False
+    assert wait_until(refused, 5)
+    assert pooler.alive
+    sock.close()
+    assert pooler.wait(10) == 0
