@@ -4,7 +4,10 @@ The supervisor starts each worker as a fresh ``python -m bouncer`` process (no g
 crosses a fork) with the listening sockets as inherited descriptors and this description, as
 JSON, in the environment variable :data:`ENV`.  Peering carries cancels between workers: each
 worker has its own peer id and a private unix socket, and every worker's configuration lists
-the others as ``[peers]``.
+the others as ``[peers]``.  Peering was chosen over shared memory because it already carries
+cancels between PgBouncer-compatible processes and is tested as such, and because the
+supervisor holds the private sockets: a cancel for a worker being restarted waits in the
+socket's backlog instead of failing, and the restarted worker keeps its peer id.
 """
 from __future__ import annotations
 

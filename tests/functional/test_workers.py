@@ -241,3 +241,27 @@ def test_a_waiting_shutdown_refuses_new_clients_and_ends_with_the_last(pooler) -
     assert pooler.alive
     sock.close()
     assert pooler.wait(10) == 0
+
+
+def paused(pooler: BouncerProcess, index: int) -> str:
+    rows = pooler.admin("SHOW STATE", host=private_dir(pooler), port=index)
+    return dict(rows)["paused"]
+
+
+def wait_paused(pooler: BouncerProcess, value: str) -> None:
+    for index in WORKERS:
+        assert wait_until(lambda: paused(pooler, index) == value, 5), pooler.log_tail()
+
+
+def test_sigusr1_and_sigusr2_pause_and_resume_every_worker(pooler) -> None:
+    pooler.signal(signal.SIGUSR1)
+    wait_paused(pooler, "yes")
+    pooler.signal(signal.SIGUSR2)
+    wait_paused(pooler, "no")
+
+
+def test_console_pause_and_resume_on_one_worker_act_on_both(pooler) -> None:
+    pooler.admin("PAUSE", host=private_dir(pooler), port=1)
+    wait_paused(pooler, "yes")
+    pooler.admin("RESUME", host=private_dir(pooler), port=2)
+    wait_paused(pooler, "no")
