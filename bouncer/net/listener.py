@@ -210,6 +210,8 @@ def remove_socket_file(path: str, inode: int) -> None:
             os.unlink(path)
     except FileNotFoundError:
         pass
+    except OSError as exc:  # -u: the user we switched to may not write the directory
+        log.warning("cannot remove unix socket %s: %s", path, exc.strerror)
 
 
 def _group_id(group: str) -> int:

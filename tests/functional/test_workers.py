@@ -7,10 +7,13 @@ client landed on and choose which worker a cancel or console command reaches.
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 from typing import Dict, List, Tuple
 
@@ -265,3 +268,37 @@ def test_console_pause_and_resume_on_one_worker_act_on_both(pooler) -> None:
     wait_paused(pooler, "yes")
     pooler.admin("RESUME", host=private_dir(pooler), port=2)
     wait_paused(pooler, "no")
+
+
+def runs_python_as_postgres() -> bool:
+    if os.geteuid() != 0:
+        return False  # switching users needs root
+    try:
+        check = subprocess.run([sys.executable, "-c", "import gevent.subprocess"],
+                               user="postgres", capture_output=True, cwd="/")
+    except PermissionError:  # the interpreter itself, under root's home for instance
+        return False
+    return check.returncode == 0
+
+
+@pytest.mark.skipif(not runs_python_as_postgres(),
+                    reason="needs root, and an interpreter the postgres user can run: the "
+                           "workers are started after the switch")
+def test_dash_u_runs_supervisor_and_workers_as_the_user(pg, bouncer_factory) -> None:
+    shared = tempfile.mkdtemp(prefix="bouncer-u-")
+    os.chmod(shared, 0o777)  # the pidfile is written after the switch
+    bouncer = bouncer_factory(common_ini(pg, workers=2, pidfile=f"{shared}/bouncer.pid"),
+                              flags=("-u", "postgres"))
+    for index in WORKERS:
+        bouncer.wait_for_log(rf"worker {index} \(pid \d+\) is serving")
+    uid = pwd.getpwnam("postgres").pw_uid
+    for pid in [bouncer.pid, *worker_pids(bouncer).values()]:
+        assert os.stat(f"/proc/{pid}").st_uid == uid
+    sock, worker, key = session(private_dir(bouncer), 2)
+    sock.sendall(pgwire.query("SELECT pg_sleep(10)"))
+    time.sleep(0.3)
+    with pgwire.connect(private_dir(bouncer), 1) as cancel:  # worker 1 forwards it to 2
+        cancel.sendall(pgwire.cancel_request(*key))
+        assert pgwire.closed_by_peer(cancel, 5)
+    sock.settimeout(5)
+    assert sqlstate(pgwire.read_until(sock, b"Z")) == QUERY_CANCELED
