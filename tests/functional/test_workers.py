@@ -141,6 +141,7 @@ def test_console_reload_on_one_worker_reloads_both(pooler, pg) -> None:
 def test_a_killed_worker_is_restarted_and_the_others_see_nothing(pooler) -> None:
     directory = private_dir(pooler)
     survivor, _, _ = session(directory, 2)
+    orphan, _, _ = session(directory, 1)
     victim = worker_pids(pooler)[1]
     since = len(pooler.log_text())
     os.kill(victim, signal.SIGKILL)
@@ -148,6 +149,7 @@ def test_a_killed_worker_is_restarted_and_the_others_see_nothing(pooler) -> None
                         r"restarting it", since=since)
     pooler.wait_for_log(r"worker 1 \(pid \d+\) is serving", since=since)
     assert worker_pids(pooler, since)[1] != victim
+    assert pgwire.closed_by_peer(orphan, 5)  # its clients lose their connection
     assert sqlstate(pgwire.run_query(survivor, "SELECT 1")) == ""
     again, worker, _ = session(directory, 1)
     assert worker == 1 and sqlstate(pgwire.run_query(again, "SELECT 1")) == ""
