@@ -81,6 +81,7 @@ class Supervisor:
         self.workers: List[Worker] = []
         self.peer_dir = ""
         self.stopping = Event()
+        self._told_ready = False
         #: The unix socket file we bound, and its inode: ours to remove at exit.
         self._unix_file: Optional[Tuple[str, int]] = None
 
@@ -150,7 +151,9 @@ class Supervisor:
         return subprocess.Popen(self.command, env=env, pass_fds=fds + (ready_fd,))
 
     def _notify_if_all_serving(self) -> None:
-        if all(worker.serving for worker in self.workers):
+        # Once: a restarted worker is no news to systemd (the log line says it).
+        if not self._told_ready and all(worker.serving for worker in self.workers):
+            self._told_ready = True
             systemd.notify("READY=1", f"STATUS={len(self.workers)} workers accepting "
                                       f"connections on port {self.config.listen_port}")
 
