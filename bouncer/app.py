@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import ssl
 import sys
@@ -34,7 +35,8 @@ from bouncer.session.client import ClientSession
 from bouncer.session import handover
 from bouncer.session.handover import HandedOver
 from bouncer.session.server import connect_server
-from bouncer import fd_limit, operations, systemd
+from bouncer.worker import WorkerSpec
+from bouncer import fd_limit, operations, pidfile, systemd
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +75,17 @@ class TlsContexts(NamedTuple):
 class App:
     """One pooler process."""
 
-    def __init__(self, config_path: str, logs: LogSetup) -> None:
+    def __init__(self, config_path: str, logs: LogSetup,
+                 worker: Optional[WorkerSpec] = None) -> None:
         self.config_path = config_path
         self.logs = logs
+        #: This process's place among the workers (``workers`` above 1), else None.
+        self.worker = worker
         self.config: Config = load_config(config_path)
         self._apply_logging(self.config)
         pm = make_plugin_manager(self.config.plugins, self.config.disable_plugins)
         self.hooks = PluginHooks(pm)
-        self.config = load_and_check(config_path, self.hooks)
+        self.config = self._load_checked()
         for warning in self.config.warnings:
             log.warning("%s", warning)
         self.user_store = UserStore()
@@ -123,6 +128,10 @@ class App:
         self.listeners.defer_accept(config.tcp_defer_accept)
         self.janitor.start()
         systemd.notify("READY=1", f"STATUS=accepting connections on port {config.listen_port}")
+
+    def _load_checked(self) -> Config:
+        config = load_and_check(self.config_path, self.hooks)
+        return self.worker.apply(config) if self.worker is not None else config
 
     def _apply_logging(self, config: Config) -> None:
         self.logs.apply(config.logfile, config.syslog, config.syslog_ident,
@@ -238,7 +247,7 @@ class App:
         """
         systemd.notify("RELOADING=1")
         try:
-            new = load_and_check(self.config_path, self.hooks)
+            new = self._load_checked()
             if new.auth_file:
                 load_userlist(new.auth_file)  # fail before changing anything
             tls = self._setup_tls(new)
@@ -331,7 +340,7 @@ class App:
         for pool in self.registry.pools():
             for server in pool.all_servers():
                 server.close("shutting down")
-        self._remove_pidfile()
+        pidfile.remove(self.config.pidfile)
         log.info("exiting")
         logging.shutdown()
         sys.stdout.flush()
@@ -343,15 +352,20 @@ class App:
     def resume(self, database: Optional[str]) -> None:
         operations.resume(self, database)
 
-    def _remove_pidfile(self) -> None:
-        """Remove the pidfile if it is still ours (an online restart's new process rewrote it)."""
-        path = self.config.pidfile
-        try:
-            with open(path) as handle:
-                if handle.read().strip() == str(os.getpid()):
-                    os.unlink(path)
-        except OSError:
-            pass  # no pidfile configured, or already gone
+    def signal_all_workers(self, signum: int) -> bool:
+        """With workers, have the supervisor pass *signum* to every worker, this one included:
+        how the console's RELOAD, PAUSE, RESUME and SHUTDOWN act on the whole pooler.
+
+        :return: False in a pooler of one process (the caller acts itself).
+        """
+        if self.worker is None:
+            return False
+        if self.worker.supervisor_alive():
+            os.kill(self.worker.supervisor_pid, signum)
+        else:
+            log.error("the supervisor (pid %d) is gone: %s not passed on",
+                      self.worker.supervisor_pid, signal.Signals(signum).name)
+        return True
 
     def notify_status(self, line: str) -> None:
         systemd.notify(f"STATUS={line}")

@@ -10,10 +10,17 @@ import logging
 import os
 import pwd
 import sys
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
-from bouncer import VERSION_STRING
+from bouncer import VERSION_STRING, pidfile
 from bouncer.errors import BouncerError, ConfigError
+from bouncer.worker import MAX_PEER_ID, first_peer_id
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bouncer.app import App
+    from bouncer.config import Config
+    from bouncer.log import LogSetup
+    from bouncer.worker import WorkerSpec
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +76,12 @@ def run(args: argparse.Namespace) -> int:
     from bouncer.app import App
     from bouncer.log import LogSetup
     from bouncer import signals
+    from bouncer import worker
     logs = LogSetup(quiet=args.quiet, verbosity=args.verbose)
     logs.apply()
+    spec = worker.from_environment()
     try:
-        app = App(args.config, logs)
+        app = App(args.config, logs, spec)
     except ConfigError as err:
         for problem in getattr(err, "problems", (err,)):
             log.critical("%s", problem)
@@ -83,6 +92,12 @@ def run(args: argparse.Namespace) -> int:
     if args.daemon and not app.config.pidfile:
         log.critical("-d needs pidfile to be set in the config")
         return 1
+    if spec is not None:
+        return _serve_as_worker(app, spec)
+    if app.config.workers > 1:
+        # The App above was built for its checks only: a configuration the workers would
+        # refuse is refused here, once, before anything starts.
+        return _supervise(app.config, args, logs)
     signals.install(app)  # before listening: a signal right after start must not kill us
     taken = None
     try:
@@ -99,12 +114,56 @@ def run(args: argparse.Namespace) -> int:
         _drop_privileges(args.user)
     if args.daemon:
         _daemonize(logs)
-    _write_pidfile(app.config.pidfile)
+    pidfile.write(app.config.pidfile)
     if taken is not None:  # once daemonized: their greenlets must not cross the fork
         app.serve_handed_over(taken.clients)
     import gevent
     gevent.wait()  # returns only if every greenlet ended; shutdown() normally exits first
     return 0
+
+
+def _serve_as_worker(app: "App", spec: "WorkerSpec") -> int:
+    """One worker of a supervisor: serve the sockets it passed; no pidfile, no daemonizing
+    (the supervisor did both for the whole pooler)."""
+    from bouncer import signals
+    signals.install(app)
+    sockets = spec.sockets()
+    app.listeners.adopt(sockets, "from the supervisor")
+    try:
+        app.start(sockets)
+    except (ConfigError, OSError, BouncerError) as err:
+        log.critical("%s", err)
+        return 1
+    spec.ready()
+    import gevent
+    gevent.wait()
+    return 0
+
+
+def _supervise(config: "Config", args: argparse.Namespace, logs: "LogSetup") -> int:
+    """``workers`` above 1: bind, drop privileges, daemonize, then run the supervisor."""
+    from bouncer.supervisor import Supervisor
+    if args.reboot:
+        log.critical("-R is not supported with workers > 1")
+        return 1
+    if first_peer_id(config) + config.workers - 1 > MAX_PEER_ID:
+        log.critical("peer_id + workers - 1 is above %d: each worker needs a peer id",
+                     MAX_PEER_ID)
+        return 1
+    flags = (["-q"] if args.quiet else []) + ["-v"] * args.verbose
+    supervisor = Supervisor(config, args.config, flags, logs)
+    supervisor.install_signals()  # before binding, as for one process
+    try:
+        supervisor.bind()
+    except ConfigError as err:
+        log.critical("%s", err)
+        return 1
+    if args.user:
+        _drop_privileges(args.user)
+    if args.daemon:
+        _daemonize(logs)
+    pidfile.write(config.pidfile)
+    return supervisor.run()
 
 
 def _drop_privileges(user: str) -> None:
@@ -127,9 +186,3 @@ def _daemonize(logs) -> None:
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     logs.detach_stderr()
-
-
-def _write_pidfile(path: str) -> None:
-    if path:
-        with open(path, "w") as handle:
-            handle.write(f"{os.getpid()}\n")

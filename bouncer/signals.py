@@ -5,6 +5,7 @@ second one of either exits at once), SIGQUIT exit at once, SIGUSR1 pause, SIGUSR
 """
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 from typing import TYPE_CHECKING
@@ -16,17 +17,23 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
+#: The shutdown each signal asks for (App.shutdown's modes).
+SHUTDOWN_SIGNALS = {
+    signal.SIGINT: "wait_for_servers",
+    signal.SIGTERM: "wait_for_clients",
+    signal.SIGQUIT: "immediate",
+}
+
 
 def install(app: "App") -> None:
     """Route each signal to its handler; gevent runs handlers in a new greenlet."""
     handlers = {
         signal.SIGHUP: lambda: _reload(app),
-        signal.SIGINT: lambda: app.shutdown("wait_for_servers"),
-        signal.SIGTERM: lambda: app.shutdown("wait_for_clients"),
-        signal.SIGQUIT: lambda: app.shutdown("immediate"),
         signal.SIGUSR1: lambda: app.pause(None),
         signal.SIGUSR2: lambda: _resume(app),
     }
+    for signum, mode in SHUTDOWN_SIGNALS.items():
+        handlers[signum] = functools.partial(app.shutdown, mode)
     for signum, handler in handlers.items():
         gevent.signal_handler(signum, _logged(signum, handler))
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
 from typing import TYPE_CHECKING, List, Optional
 
 import gevent
@@ -22,6 +23,7 @@ from bouncer.config.sections import ADMIN_DATABASE
 from bouncer.net.tls import is_tls_setting
 from bouncer.proto import sqlstate
 from bouncer.session import handover
+from bouncer.signals import SHUTDOWN_SIGNALS
 
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.admin.console import Console
@@ -112,6 +114,8 @@ def changed_config(app: "App", key: str, raw: str) -> Config:
 def reload(console: "Console", args: str) -> Result:
     grammar.no_arguments(args)
     log.info("RELOAD command issued")
+    if console.app.signal_all_workers(signal.SIGHUP):
+        return Result("RELOAD")  # each worker reloads, and logs what it refuses
     problems = console.app.reload()
     if problems:
         raise AdminError("RELOAD failed, see logs for additional details",
@@ -129,6 +133,12 @@ def shutdown(console: "Console", args: str) -> Result:
     # Now, not in the shutdown's greenlet: the new process closes this console once it has
     # the reply, and the RESUME that follows must not serve the clients it took.
     handover.end_handed_over(app)
+    if app.worker is not None:
+        signum = next(number for number, name in SHUTDOWN_SIGNALS.items() if name == mode)
+
+        def pass_on() -> None:  # after the reply, as below
+            app.signal_all_workers(signum)
+        return Result("SHUTDOWN", after=pass_on)
     # The reply goes out first; the shutdown runs in its own greenlet, so a waiting
     # shutdown leaves this console usable (SHOW CLIENTS while clients drain).
     return Result("SHUTDOWN", after=lambda: gevent.spawn(app.shutdown, mode))
@@ -140,6 +150,8 @@ def pause(console: "Console", args: str) -> Result:
     database = _database_argument(args, "cannot pause admin db")
     _refuse_when_paused(console.app)
     _log_issued("PAUSE", database)
+    if database is None and console.app.signal_all_workers(signal.SIGUSR1):
+        return Result("PAUSE")
     operations.pause(console.app, database)
     return Result("PAUSE")
 
@@ -154,6 +166,8 @@ def resume(console: "Console", args: str) -> Result:
         if not (app.paused or app.suspended
                 or any(db.paused for db in app.registry.databases.values())):
             raise AdminError("pooler is not paused/suspended")
+        if app.signal_all_workers(signal.SIGUSR2):
+            return Result("RESUME")
     operations.resume(app, database)
     return Result("RESUME")
 

@@ -6,6 +6,7 @@ raise :class:`ValueError` with a reason a person can act on; callers add file, l
 from __future__ import annotations
 
 import math
+import os
 import re
 from typing import TYPE_CHECKING, Any, Callable, Dict, Tuple
 
@@ -30,6 +31,13 @@ def parse_int(raw: str) -> int:
     if not _INT_RE.fullmatch(text):
         raise ValueError(f"invalid integer: {raw!r}")
     return int(text)
+
+
+def parse_int_or_auto(raw: str) -> int:
+    """A decimal integer, or ``auto``: the number of CPU cores."""
+    if raw.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    return parse_int(raw)
 
 
 def parse_time(raw: str) -> float:
@@ -101,7 +109,7 @@ def _parse_enum(setting: Setting, raw: str) -> str:
 
 
 def _check_range(setting: Setting, value: Any) -> None:
-    if setting.kind not in ("int", "time", "octal"):
+    if setting.kind not in ("int", "int_or_auto", "time", "octal"):
         return
     if setting.min is not None and value < setting.min:
         raise ValueError(f"{value} is below the minimum {_number(setting.min)}")
@@ -119,6 +127,7 @@ def _number(value: float) -> str:
 _PARSERS: Dict[str, Callable[[str], Any]] = {
     "str": lambda raw: raw,
     "int": parse_int,
+    "int_or_auto": parse_int_or_auto,
     "bool": parse_bool,
     "time": parse_time,
     "octal": parse_octal,

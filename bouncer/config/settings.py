@@ -28,8 +28,9 @@ DEFAULT_AUTH_QUERY = ("SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL
 class Setting:
     """One ``[pgbouncer]`` key.
 
-    :param kind: one of ``str``, ``int``, ``bool``, ``time`` (seconds, float), ``enum``,
-        ``octal`` (a file mode) or ``list`` (comma-separated, a tuple of str).
+    :param kind: one of ``str``, ``int``, ``int_or_auto`` (``auto`` = the CPU cores), ``bool``,
+        ``time`` (seconds, float), ``enum``, ``octal`` (a file mode) or ``list``
+        (comma-separated, a tuple of str).
     :param default: the typed default.
     :param reloadable: False when PgBouncer needs a restart to apply it (``CF_NO_RELOAD``).
     :param unsupported: why bouncer cannot honour the key, when it cannot: a value other
@@ -224,6 +225,8 @@ _TABLE = (
     _s("limit_shrink_timeout", "time", 10.0,
        "how long an active server connection may finish its transaction when a lowered limit "
        "evicts it"),
+    _s("workers", "int_or_auto", 1, "worker processes sharing the listening sockets "
+       "(auto = one per CPU core)", reload=False, min=1),
     _s("plugins", "list", (), "extra plugin modules to load by import path", reload=False),
     _s("disable_plugins", "list", (), "plugins (built-in or installed) not to load", reload=False),
 )

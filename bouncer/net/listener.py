@@ -44,6 +44,62 @@ class _StreamServer(StreamServer):
         pass  # the handler closes it (see the module's docstring)
 
 
+def bind(listen_addr: Sequence[str], port: int, unix_dir: str, unix_mode: int, backlog: int,
+         reuseport: bool, unix_group: str = "") -> List[socket.socket]:
+    """Every listening socket the settings ask for, bound and listening (not yet served).
+
+    :raises ConfigError: an address cannot be bound (the sockets bound so far are closed).
+    """
+    sockets: List[socket.socket] = []
+    try:
+        sockets += [tcp_socket(addr, port, backlog, reuseport)
+                    for addr in expand_addresses(listen_addr)]
+        if unix_dir:
+            sockets.append(unix_socket(unix_dir, port, unix_mode, backlog, unix_group))
+    except ConfigError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def tcp_socket(addr: str, port: int, backlog: int, reuseport: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuseport:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    try:
+        sock.bind((addr, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {addr}:{port}: {exc.strerror}",
+                          key="listen_addr") from exc
+    sock.listen(backlog)
+    return sock
+
+
+def unix_socket(directory: str, port: int, mode: int, backlog: int,
+                group: str) -> socket.socket:
+    path = unix_socket_path(directory, port)
+    _remove_stale_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, mode)
+        if group:
+            os.chown(path, -1, _group_id(group))
+    except (OSError, KeyError) as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on unix socket {path}: "
+                          f"{getattr(exc, 'strerror', None) or exc}",
+                          key="unix_socket_dir") from exc
+    sock.listen(backlog)
+    return sock
+
+
 class Listeners:
     """All of bouncer's listening sockets."""
 
@@ -59,63 +115,25 @@ class Listeners:
     def open(self, listen_addr: Sequence[str], port: int, unix_dir: str, unix_mode: int,
              backlog: int, reuseport: bool, unix_group: str = "") -> None:
         """Bind everything first, then start accepting: a bind error leaves nothing half-open."""
-        sockets = [self._tcp_socket(addr, port, backlog, reuseport)
-                   for addr in expand_addresses(listen_addr)]
-        if unix_dir:
-            sockets.append(self._unix_socket(unix_dir, port, unix_mode, backlog, unix_group))
-        for sock in sockets:
+        for sock in bind(listen_addr, port, unix_dir, unix_mode, backlog, reuseport, unix_group):
+            if sock.family == socket.AF_UNIX:
+                self.unix_path = sock.getsockname()
+                self._unix_inode = os.stat(self.unix_path).st_ino
             self._serve(sock)
             log.info("listening on %s", _describe(sock))
 
-    def adopt(self, sockets: Sequence[socket.socket]) -> None:
-        """Serve sockets inherited from another process (online restart)."""
+    def adopt(self, sockets: Sequence[socket.socket], how: str = "taken over") -> None:
+        """Serve sockets inherited from another process (online restart, or the supervisor
+        of the workers: *how* says which in the log line)."""
         for sock in sockets:
             self._serve(sock)
-            log.info("listening on %s (taken over)", _describe(sock))
+            log.info("listening on %s (%s)", _describe(sock), how)
 
     def _serve(self, sock: socket.socket) -> None:
         server = _StreamServer(sock, self._handle, spawn=self._group.spawn)
         server.start()
         self.servers.append(server)
         self._sockets.append(sock)
-
-    @staticmethod
-    def _tcp_socket(addr: str, port: int, backlog: int, reuseport: bool) -> socket.socket:
-        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuseport:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        try:
-            sock.bind((addr, port))
-        except OSError as exc:
-            sock.close()
-            raise ConfigError(f"cannot listen on {addr}:{port}: {exc.strerror}",
-                              key="listen_addr") from exc
-        sock.listen(backlog)
-        return sock
-
-    def _unix_socket(self, directory: str, port: int, mode: int, backlog: int,
-                     group: str) -> socket.socket:
-        path = unix_socket_path(directory, port)
-        _remove_stale_socket(path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(path)
-            os.chmod(path, mode)
-            if group:
-                os.chown(path, -1, _group_id(group))
-        except (OSError, KeyError) as exc:
-            sock.close()
-            raise ConfigError(f"cannot listen on unix socket {path}: "
-                              f"{getattr(exc, 'strerror', None) or exc}",
-                              key="unix_socket_dir") from exc
-        sock.listen(backlog)
-        self.unix_path = path
-        self._unix_inode = os.stat(path).st_ino
-        return sock
 
     def defer_accept(self, on: bool) -> None:
         """TCP_DEFER_ACCEPT on the TCP sockets, as PgBouncer sets it (1 second when on): the
@@ -164,13 +182,7 @@ class Listeners:
             self.unix_path = None
 
     def _remove_own_socket_file(self, path: str) -> None:
-        """Remove the socket file only if it is still ours: in a rolling restart the new
-        process has already bound a fresh one at the same path."""
-        try:
-            if os.stat(path).st_ino == self._unix_inode:
-                os.unlink(path)
-        except FileNotFoundError:
-            pass
+        remove_socket_file(path, self._unix_inode)
 
     def _accept_queued(self, sock: socket.socket) -> None:
         sock.settimeout(0)
@@ -188,6 +200,18 @@ class Listeners:
 
     def sockets(self) -> List[socket.socket]:
         return list(self._sockets)
+
+
+def remove_socket_file(path: str, inode: int) -> None:
+    """Remove the socket file only if it is still the one we bound (*inode*): in a rolling
+    restart the new process has already bound a fresh one at the same path."""
+    try:
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # -u: the user we switched to may not write the directory
+        log.warning("cannot remove unix socket %s: %s", path, exc.strerror)
 
 
 def _group_id(group: str) -> int:

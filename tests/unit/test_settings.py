@@ -41,6 +41,7 @@ NOT_RELOADABLE = {
     "pidfile", "listen_addr", "listen_port", "unix_socket_dir", "unix_socket_mode",
     "unix_socket_group", "user", "track_extra_parameters", "disable_pqexec", "service_name",
     "resolv_conf", "pkt_buf", "listen_backlog", "so_reuseport", "plugins", "disable_plugins",
+    "workers",
 }
 
 
