@@ -67,8 +67,9 @@ def check(path: str, connect: bool = False) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from bouncer.app import App
-    from bouncer.log import LogSetup
+    from bouncer.log import LogSetup, skip_unused_record_fields
     from bouncer import signals
+    skip_unused_record_fields()
     logs = LogSetup(quiet=args.quiet, verbosity=args.verbose)
     logs.apply()
     try:

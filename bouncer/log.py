@@ -28,6 +28,9 @@ ROOT = "bouncer"
 MAX_MESSAGE = 2047
 _CUT_MARK = "..."
 
+#: Where a record keeps its formatted line for the next handler.
+_LINE = "_pgbouncer_line"
+
 
 def bounded_message(record: logging.LogRecord) -> str:
     """The record's message, cut to :data:`MAX_MESSAGE` characters (tracebacks come after)."""
@@ -38,18 +41,38 @@ def bounded_message(record: logging.LogRecord) -> str:
 
 
 class PgBouncerFormatter(logging.Formatter):
-    """``YYYY-MM-DD HH:MM:SS.mmm TZ [pid] LEVEL message``; newlines become ``\\n\\t``."""
+    """``YYYY-MM-DD HH:MM:SS.mmm TZ [pid] LEVEL message``; newlines become ``\\n\\t``.
+
+    A login writes two lines to two handlers (stderr and the log file), so the cost of a line
+    counts in a connection storm: the time stamp is formatted once per second, and a record
+    is formatted once for all the handlers that share this format.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._stamp = ("", "")  # date and time, zone: of self._second
 
     def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
-        zone = time.strftime("%Z", time.localtime(record.created))
-        millis = int(record.msecs)
+        line = record.__dict__.get(_LINE)
+        if line is None:
+            line = self._format(record)
+            record.__dict__[_LINE] = line
+        return line
+
+    def _format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:
+            local = time.localtime(second)
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", local), time.strftime("%Z", local)
+            self._second = second
+        stamp, zone = self._stamp
         level = _LEVEL_NAMES.get(record.levelno, record.levelname)
         message = bounded_message(record)
         if record.exc_info:
             message += "\n" + self.formatException(record.exc_info)
         message = message.replace("\n", "\\n\t")
-        return f"{stamp}.{millis:03d} {zone} [{record.process}] {level} {message}"
+        return f"{stamp}.{int(record.msecs):03d} {zone} [{record.process}] {level} {message}"
 
 
 class ReopenableFileHandler(logging.FileHandler):
@@ -71,6 +94,16 @@ class SyslogFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         level = _LEVEL_NAMES.get(record.levelno, record.levelname)
         return f"{level} {bounded_message(record)}"
+
+
+def skip_unused_record_fields() -> None:
+    """No formatter of ours prints the thread, the process name or the caller's file and
+    line; gathering them is most of the cost of a record (a thread object for each greenlet
+    under gevent).  These are the switches the logging HOWTO names for it ("Optimization").
+    Process-wide, so only the daemon's entry point calls it (not tests that build an App)."""
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None  # type: ignore[attr-defined]  # (the HOWTO's switch)
 
 
 class LogSetup:
