@@ -31,6 +31,17 @@ _CUT_MARK = "..."
 #: Where a record keeps its formatted line for the next handler.
 _LINE = "_pgbouncer_line"
 
+#: This process's id, for the lines (a record need not ask the kernel each time).
+_pid = os.getpid()
+
+
+def _note_fork() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_note_fork)
+
 
 def bounded_message(record: logging.LogRecord) -> str:
     """The record's message, cut to :data:`MAX_MESSAGE` characters (tracebacks come after)."""
@@ -72,7 +83,7 @@ class PgBouncerFormatter(logging.Formatter):
         if record.exc_info:
             message += "\n" + self.formatException(record.exc_info)
         message = message.replace("\n", "\\n\t")
-        return f"{stamp}.{int(record.msecs):03d} {zone} [{record.process}] {level} {message}"
+        return f"{stamp}.{int(record.msecs):03d} {zone} [{_pid}] {level} {message}"
 
 
 class ReopenableFileHandler(logging.FileHandler):
@@ -97,11 +108,13 @@ class SyslogFormatter(logging.Formatter):
 
 
 def skip_unused_record_fields() -> None:
-    """No formatter of ours prints the thread, the process name or the caller's file and
-    line; gathering them is most of the cost of a record (a thread object for each greenlet
-    under gevent).  These are the switches the logging HOWTO names for it ("Optimization").
-    Process-wide, so only the daemon's entry point calls it (not tests that build an App)."""
+    """No formatter of ours reads the thread, the process (it knows its pid), the process
+    name or the caller's file and line; gathering them is most of the cost of a record (a
+    thread object for each greenlet under gevent, a getpid system call).  These are the
+    switches the logging HOWTO names for it ("Optimization").  Process-wide, so only the
+    daemon's entry point calls it (not tests that build an App)."""
     logging.logThreads = False
+    logging.logProcesses = False
     logging.logMultiprocessing = False
     logging._srcfile = None  # type: ignore[attr-defined]  # (the HOWTO's switch)
 

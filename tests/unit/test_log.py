@@ -1,5 +1,6 @@
 """PgBouncerFormatter: its per-second time stamp and per-record line caches stay exact."""
 import logging
+import os
 import time
 
 from bouncer.log import PgBouncerFormatter
@@ -25,3 +26,19 @@ def test_handlers_sharing_the_format_write_the_same_line():
     first = PgBouncerFormatter().format(record)
     assert PgBouncerFormatter().format(record) == first
     assert first.endswith(" LOG two\\n\tlines")
+
+
+def test_a_line_names_this_process_also_after_a_fork():
+    # -d forks: the daemon's lines must carry the child's pid, not the parent's.
+    assert f" [{os.getpid()}] LOG " in PgBouncerFormatter().format(_record(1_700_000_000.0))
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child)
+        line = PgBouncerFormatter().format(_record(1_700_000_000.0))
+        os.write(writer, line.encode())
+        os._exit(0)
+    os.close(writer)
+    line = os.read(reader, 4096).decode()
+    os.close(reader)
+    os.waitpid(child, 0)
+    assert f" [{child}] LOG " in line
