@@ -7,7 +7,7 @@ before the client's query (PgBouncer's varcache.c).
 from __future__ import annotations
 
 import functools
-from typing import Dict, Iterable, List, Mapping, Tuple
+from typing import Dict, List, Mapping, Tuple
 
 #: Always tracked; ``track_extra_parameters`` adds more (IntervalStyle by default).
 BASE_TRACKED = ("client_encoding", "DateStyle", "TimeZone", "standard_conforming_strings",
