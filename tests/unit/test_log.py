@@ -1,9 +1,10 @@
-"""PgBouncerFormatter: its per-second time stamp and per-record line caches stay exact."""
+"""PgBouncerFormatter's per-second time stamp stays exact; LineHandler writes both places."""
+import io
 import logging
 import os
 import time
 
-from bouncer.log import PgBouncerFormatter
+from bouncer.log import LineHandler, PgBouncerFormatter
 
 
 def _record(created: float, message: str = "hello") -> logging.LogRecord:
@@ -21,11 +22,19 @@ def test_each_line_has_the_time_stamp_of_its_own_record():
         assert formatter.format(_record(created)).startswith(expected + " [")
 
 
-def test_handlers_sharing_the_format_write_the_same_line():
-    record = _record(1_700_000_000.5, "two\nlines")
-    first = PgBouncerFormatter().format(record)
-    assert PgBouncerFormatter().format(record) == first
-    assert first.endswith(" LOG two\\n\tlines")
+def test_the_line_handler_writes_one_line_to_stderr_and_to_the_file(tmp_path):
+    handler = LineHandler()
+    handler.stderr = io.StringIO()
+    handler.open_file(str(tmp_path / "bouncer.log"))
+    handler.handle(_record(1_700_000_000.5, "two\nlines"))
+    (tmp_path / "bouncer.log").rename(tmp_path / "bouncer.log.1")  # logrotate, then SIGHUP
+    handler.reopen_file()
+    handler.handle(_record(1_700_000_001.5, "after"))
+    handler.close()
+    first, second = handler.stderr.getvalue().splitlines()
+    assert first.endswith(" LOG two\\n\tlines") and second.endswith(" LOG after")
+    assert (tmp_path / "bouncer.log.1").read_text() == first + "\n"
+    assert (tmp_path / "bouncer.log").read_text() == second + "\n"
 
 
 def test_a_line_names_this_process_also_after_a_fork():
