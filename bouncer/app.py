@@ -120,6 +120,7 @@ class App:
             self.listeners.open(config.listen_addr, config.listen_port, config.unix_socket_dir,
                                 config.unix_socket_mode, config.listen_backlog,
                                 config.so_reuseport, config.unix_socket_group)
+        self.listeners.defer_accept(config.tcp_defer_accept)
         self.janitor.start()
         systemd.notify("READY=1", f"STATUS=accepting connections on port {config.listen_port}")
 
@@ -271,6 +272,7 @@ class App:
         self._apply_logging(new)
         self.logs.reopen()
         self.registry.apply_config(new)
+        self.listeners.defer_accept(new.tcp_defer_accept)
         self.resolver.max_ttl, self.resolver.nxdomain_ttl = new.dns_max_ttl, new.dns_nxdomain_ttl
         if tls is not None:
             self._use_tls(tls)

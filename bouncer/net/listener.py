@@ -18,6 +18,9 @@ from bouncer.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+#: What TCP_DEFER_ACCEPT is set to when tcp_defer_accept is on: PgBouncer's fixed 45 seconds.
+DEFER_ACCEPT_SECONDS = 45
+
 
 def expand_addresses(listen_addr: Sequence[str]) -> List[str]:
     """``*`` means every IPv4 and IPv6 address, as in PgBouncer."""
@@ -107,6 +110,19 @@ class Listeners:
         self.unix_path = path
         self._unix_inode = os.stat(path).st_ino
         return sock
+
+    def defer_accept(self, enabled: bool) -> None:
+        """``tcp_defer_accept``: the kernel hands over a TCP connection once the client has
+        sent something (its startup packet), not after the handshake alone; a connection storm
+        then costs no wakeup and no failed read per connection.  At start and on every reload,
+        as PgBouncer does; unix sockets have no such option."""
+        option = getattr(socket, "TCP_DEFER_ACCEPT", None)  # Linux only
+        if option is None:
+            return
+        for sock in self._sockets:
+            if sock.family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, option,
+                                DEFER_ACCEPT_SECONDS if enabled else 0)
 
     def stop_accepting(self) -> None:
         for server in self.servers:

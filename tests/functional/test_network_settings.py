@@ -6,6 +6,7 @@ from __future__ import annotations
 import grp
 import os
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -84,3 +85,40 @@ def test_suspend_drops_a_client_still_in_a_transaction_after_suspend_timeout(
     thread.join(10)
     assert error is not None and error["M"] == "suspend_timeout"
     assert 0.9 < done["after"] < 4  # (closing the console that said SUSPEND resumes)
+
+
+def _pooler_holds(bouncer, client_port: int) -> bool:
+    """Whether the pooler has accepted our connection from *client_port*: its end of it (in
+    /proc/net/tcp) is one of the pooler's descriptors."""
+    with open("/proc/net/tcp") as table:
+        inodes = {fields[9] for fields in (line.split() for line in list(table)[1:])
+                  if int(fields[1].split(":")[1], 16) == bouncer.port
+                  and int(fields[2].split(":")[1], 16) == client_port}
+    fd_dir = f"/proc/{bouncer.pid}/fd"
+    return any(os.readlink(os.path.join(fd_dir, fd)) in {f"socket:[{inode}]" for inode in inodes}
+               for fd in os.listdir(fd_dir))
+
+
+def _accepts_silent_connection(bouncer) -> bool:
+    """Whether a TCP connection that has sent nothing yet reaches the pooler; then, once it
+    sends an SSLRequest, the pooler answers it in either case."""
+    silent = socket.create_connection((bouncer.host, bouncer.port))
+    try:
+        port = silent.getsockname()[1]
+        accepted = wait_until(lambda: _pooler_holds(bouncer, port), 1.0)
+        silent.sendall(pgwire.packet(pgwire.SSL_REQUEST))
+        silent.settimeout(5)
+        assert silent.recv(1) == b"N"
+    finally:
+        silent.close()
+    return accepted
+
+
+def test_tcp_defer_accept_keeps_a_silent_connection_in_the_kernel(pg, bouncer_factory) -> None:
+    # PgBouncer's default: the pooler first sees a connection when its startup packet came.
+    bouncer = bouncer_factory(common_ini(pg))
+    assert not _accepts_silent_connection(bouncer)
+    bouncer.write_ini(common_ini(pg, tcp_defer_accept=0))
+    bouncer.reload()
+    bouncer.wait_for_log("got SIGHUP")
+    assert wait_until(lambda: _accepts_silent_connection(bouncer), 5)
