@@ -154,7 +154,7 @@ def measurement_table(measurements: Sequence[Measurement], mode: str) -> str:
 
 
 def idle_clients_ini(pg: PgCluster) -> str:
-    # TCP_DEFER_ACCEPT (PgBouncer's default) keeps a silent connection in the kernel until
+    # TCP_DEFER_ACCEPT (both poolers' default) keeps a silent connection in the kernel until
     # the SYN-ACK is resent, about a second: --raw clients would trickle in by the backlog.
     return pooler_ini(pg, max_client_conn=MAX_CLIENT_CONN, tcp_defer_accept=0)
 

@@ -74,9 +74,10 @@ def check(path: str, connect: bool = False) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from bouncer.app import App
-    from bouncer.log import LogSetup
+    from bouncer.log import LogSetup, skip_unused_record_fields
     from bouncer import signals
     from bouncer import worker
+    skip_unused_record_fields()
     logs = LogSetup(quiet=args.quiet, verbosity=args.verbose)
     logs.apply()
     spec = worker.from_environment()

@@ -10,7 +10,9 @@ import logging.handlers
 import os
 import sys
 import time
-from typing import Optional
+from typing import Optional, TextIO
+
+from gevent.monkey import get_original
 
 NOISE = 5
 logging.addLevelName(NOISE, "NOISE")
@@ -28,6 +30,17 @@ ROOT = "bouncer"
 MAX_MESSAGE = 2047
 _CUT_MARK = "..."
 
+#: This process's id, for the lines (a record need not ask the kernel each time).
+_pid = os.getpid()
+
+
+def _note_fork() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_note_fork)
+
 
 def bounded_message(record: logging.LogRecord) -> str:
     """The record's message, cut to :data:`MAX_MESSAGE` characters (tracebacks come after)."""
@@ -38,31 +51,97 @@ def bounded_message(record: logging.LogRecord) -> str:
 
 
 class PgBouncerFormatter(logging.Formatter):
-    """``YYYY-MM-DD HH:MM:SS.mmm TZ [pid] LEVEL message``; newlines become ``\\n\\t``."""
+    """``YYYY-MM-DD HH:MM:SS.mmm TZ [pid] LEVEL message``; newlines become ``\\n\\t``.
+
+    A login writes two lines, so the cost of a line counts in a connection storm: the time
+    stamp is formatted once per second.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._stamp = ("", "")  # date and time, zone: of self._second
 
     def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
-        zone = time.strftime("%Z", time.localtime(record.created))
-        millis = int(record.msecs)
+        second = int(record.created)
+        if second != self._second:
+            local = time.localtime(second)
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", local), time.strftime("%Z", local)
+            self._second = second
+        stamp, zone = self._stamp
         level = _LEVEL_NAMES.get(record.levelno, record.levelname)
         message = bounded_message(record)
         if record.exc_info:
             message += "\n" + self.formatException(record.exc_info)
         message = message.replace("\n", "\\n\t")
-        return f"{stamp}.{millis:03d} {zone} [{record.process}] {level} {message}"
+        return f"{stamp}.{int(record.msecs):03d} {zone} [{_pid}] {level} {message}"
 
 
-class ReopenableFileHandler(logging.FileHandler):
-    """A log file that is reopened on SIGHUP, so logrotate can move it away."""
+#: The OS's own re-entrant lock, whatever gevent patched in.
+_OsRLock = get_original("_thread", "RLock")
 
-    def reopen(self) -> None:
+
+class LineHandler(logging.Handler):
+    """PgBouncer's lines to stderr and to the log file, which is reopened on SIGHUP so that
+    logrotate can move it away.
+
+    One handler for both places: a line is formatted, locked and flushed once, not once per
+    place.  Its lock is the OS's, not the RLock gevent patches in (Python code, taken for
+    every line): writing to a file or stderr never yields to another greenlet while the lock is
+    held, and OS threads are still kept apart.  Per handler, logging was a fifth of a login's
+    CPU time in a connection storm.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(PgBouncerFormatter())
+        self.stderr: Optional[TextIO] = None
+        self.file: Optional[TextIO] = None
+        self.file_path: Optional[str] = None
+
+    def createLock(self) -> None:
+        self.lock = _OsRLock()
+
+    @property
+    def writes(self) -> bool:
+        return self.stderr is not None or self.file is not None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = ""
+        for stream in (self.stderr, self.file):
+            if stream is not None:  # a place that fails does not keep the line from the other
+                try:
+                    line = line or self.format(record) + "\n"
+                    stream.write(line)
+                    stream.flush()
+                except RecursionError:
+                    raise
+                except Exception:
+                    self.handleError(record)
+
+    def open_file(self, path: Optional[str]) -> None:
+        """Append to *path* from now on (None: to no file); the old file is closed first.
+
+        :raises OSError: *path* cannot be opened (then no file is written).
+        """
         self.acquire()
         try:
-            if self.stream:
-                self.stream.close()
-            self.stream = self._open()
+            old, self.file = self.file, None
+            self.file_path = os.path.abspath(path) if path else None
+            if old is not None:
+                old.close()
+            if self.file_path:
+                self.file = open(self.file_path, "a", encoding="utf-8")
         finally:
             self.release()
+
+    def reopen_file(self) -> None:
+        if self.file_path:
+            self.open_file(self.file_path)
+
+    def close(self) -> None:
+        self.open_file(None)
+        super().close()
 
 
 class SyslogFormatter(logging.Formatter):
@@ -73,6 +152,18 @@ class SyslogFormatter(logging.Formatter):
         return f"{level} {bounded_message(record)}"
 
 
+def skip_unused_record_fields() -> None:
+    """No formatter of ours reads the thread, the process (it knows its pid), the process
+    name or the caller's file and line; gathering them is most of the cost of a record (a
+    thread object for each greenlet under gevent, a getpid system call).  These are the
+    switches the logging HOWTO names for it ("Optimization").  Process-wide, so only the
+    daemon's entry point calls it (not tests that build an App)."""
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None  # type: ignore[attr-defined]  # (the HOWTO's switch)
+
+
 class LogSetup:
     """Owns bouncer's handlers; :meth:`apply` is called at start and on every reload."""
 
@@ -81,8 +172,7 @@ class LogSetup:
         self.verbosity = verbosity
         self.logger = logging.getLogger(ROOT)
         self.logger.propagate = False
-        self._stderr: Optional[logging.Handler] = None
-        self._file: Optional[ReopenableFileHandler] = None
+        self._lines = LineHandler()
         self._syslog: Optional[logging.Handler] = None
         self._file_path: Optional[str] = None
 
@@ -90,29 +180,29 @@ class LogSetup:
               syslog_facility: str = "daemon", verbose: int = 0) -> None:
         level = _VERBOSITY[min(max(self.verbosity, verbose), len(_VERBOSITY) - 1)]
         self.logger.setLevel(level)
-        self._apply_stderr()
+        if not self.quiet and self._lines.stderr is None:
+            self._lines.stderr = sys.stderr
         self._apply_file(logfile)
+        self._attach_lines()
         self._apply_syslog(syslog, syslog_ident, syslog_facility)
-
-    def _apply_stderr(self) -> None:
-        if self.quiet or self._stderr is not None:
-            return
-        self._stderr = logging.StreamHandler(sys.stderr)
-        self._stderr.setFormatter(PgBouncerFormatter())
-        self.logger.addHandler(self._stderr)
 
     def _apply_file(self, logfile: str) -> None:
         if logfile == self._file_path:
             return
-        if self._file is not None:
-            self.logger.removeHandler(self._file)
-            self._file.close()
-            self._file = None
         self._file_path = logfile or None
-        if logfile:
-            self._file = ReopenableFileHandler(logfile, encoding="utf-8")
-            self._file.setFormatter(PgBouncerFormatter())
-            self.logger.addHandler(self._file)
+        try:
+            self._lines.open_file(self._file_path)
+        finally:
+            self._attach_lines()
+
+    def _attach_lines(self) -> None:
+        """The line handler sits on the logger only while it writes somewhere: a logger with
+        no handler at all still shows warnings on stderr (logging's last resort), as before
+        anything is configured."""
+        if self._lines.writes:
+            self.logger.addHandler(self._lines)  # (no-op when it is there)
+        else:
+            self.logger.removeHandler(self._lines)
 
     def _apply_syslog(self, enabled: bool, ident: str, facility: str) -> None:
         if self._syslog is not None:
@@ -131,14 +221,12 @@ class LogSetup:
 
     def reopen(self) -> None:
         """Reopen the log file (SIGHUP), after logrotate moved it."""
-        if self._file is not None:
-            self._file.reopen()
+        self._lines.reopen_file()
 
     def detach_stderr(self) -> None:
         """Stop writing to stderr (``-d``: the daemon has no terminal)."""
-        if self._stderr is not None:
-            self.logger.removeHandler(self._stderr)
-            self._stderr = None
-            self.quiet = True
+        self._lines.stderr = None
+        self.quiet = True
+        self._attach_lines()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import os
@@ -102,6 +103,18 @@ def _keys_from_password(password: str, salt: bytes, iterations: int) -> Tuple[by
     """
     salted = hashlib.pbkdf2_hmac("sha256", encode_text(saslprep(password)), salt, iterations)
     return _hmac(salted, b"Client Key"), _hmac(salted, b"Server Key")
+
+
+@functools.lru_cache(maxsize=256)
+def _server_login_keys(password: str, salt: bytes, iterations: int) -> Tuple[bytes, bytes]:
+    """:func:`_keys_from_password` for logging in to a server with a configured password.
+
+    PBKDF2 takes milliseconds and blocks every client meanwhile, and a server sends the same
+    salt and iteration count at every login, so a pool growing in a connection storm derives
+    the keys once (PgBouncer keeps them with the credentials too).  Only for passwords bouncer
+    holds anyway; a password a client sends is never a key here.
+    """
+    return _keys_from_password(password, salt, iterations)
 
 
 class ScramServer:
@@ -258,7 +271,7 @@ class ScramClient:
         iterations = _parse_iterations(iterations_text)
         if iterations is None:
             raise ScramError("invalid iteration count")
-        return _keys_from_password(self._password, salt, iterations)
+        return _server_login_keys(self._password, salt, iterations)
 
     def handle_server_final(self, data: bytes) -> None:
         """Check the server-final-message.

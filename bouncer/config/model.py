@@ -115,6 +115,14 @@ class Config:
     plugin_declarations: Mapping[str, Tuple["Setting", ...]] = field(default_factory=dict)
     plugin_settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Settings become plain attributes: a login reads a few dozen of them, and the
+        # __getattr__ fallback below costs a Python call each time.  A name that is already
+        # a field or a method keeps its meaning, as it does with the fallback.
+        for name, value in self.settings.items():
+            if name not in self.__dict__ and not hasattr(type(self), name):
+                self.__dict__[name] = value
+
     def plugin(self, name: str) -> Mapping[str, Any]:
         """The typed values of section ``[plugin.NAME]`` (defaults where the file is silent).
 

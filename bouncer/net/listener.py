@@ -7,6 +7,7 @@ sleeps (see :mod:`bouncer.session.relay`).
 """
 from __future__ import annotations
 
+import errno
 import grp
 import logging
 import os
@@ -139,11 +140,14 @@ class Listeners:
         """TCP_DEFER_ACCEPT on the TCP sockets, as PgBouncer sets it (1 second when on): the
         kernel hands over a connection once its first bytes arrive, so a client that never
         sends costs no accepted socket until then."""
+        option = getattr(socket, "TCP_DEFER_ACCEPT", None)  # Linux only
         for sock in self._sockets:
             if sock.family == socket.AF_UNIX:
                 continue
             try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, int(on))
+                if option is None:
+                    raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+                sock.setsockopt(socket.IPPROTO_TCP, option, int(on))
             except OSError as exc:  # PgBouncer's words
                 log.warning("tune_accept: %s TCP_DEFER_ACCEPT: %s",
                             "install" if on else "uninstall", exc.strerror)

@@ -64,9 +64,25 @@ def read_exactly(sock: socket.socket, count: int) -> bytes:
     return b"".join(chunks)
 
 
+def send_through(sock: Any, raw: Optional[socket.socket], data: Any) -> None:
+    """One ``send`` on *raw* (the OS socket under *sock*, None for TLS), which nearly always
+    takes everything; what the kernel did not take is copied (*data* may be a view of a
+    shared buffer), then sent as gevent waits.  Bypasses gevent's ``sendall``, which costs a
+    ``getsockopt`` system call and several Python frames each time."""
+    if raw is not None:
+        try:
+            sent = raw.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    sock.sendall(bytes(data))
+
+
 def send_all(sock: socket.socket, data: bytes) -> None:
-    """``sendall`` with a broken connection reported as :class:`ConnectionLost`."""
+    """Send everything, a broken connection reported as :class:`ConnectionLost`."""
     try:
-        sock.sendall(data)
+        send_through(sock, raw_socket(sock), data)
     except (ConnectionError, OSError) as exc:
         raise ConnectionLost(str(exc)) from exc

@@ -6,6 +6,7 @@ opaque 32-bit keys (backend pid, cancel secret) are treated as unsigned.
 """
 from __future__ import annotations
 
+import functools
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from bouncer.proto.codec import (
@@ -42,7 +43,9 @@ def authentication_sasl(mechanisms: Iterable[str]) -> bytes:
     return authentication(AuthCode.SASL, names + b"\0")
 
 
+@functools.lru_cache(maxsize=1024)
 def parameter_status(name: str, value: str) -> bytes:
+    """ParameterStatus.  Cached: every login sends a pool's same dozen or so of them."""
     return build_message(Backend.PARAMETER_STATUS, cstring(name) + cstring(value))
 
 

@@ -11,7 +11,7 @@ import logging
 import socket
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Set, Tuple, cast
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Set, Tuple, cast
 
 import gevent
 
@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 #: Startup parameters every pooler accepts without tracking them.
 _ALWAYS_ACCEPTED = {"user", "database", "replication"}
+#: The same bytes for every login.
+_AUTHENTICATION_OK = backend.authentication(0)
+_READY_IDLE = backend.ready_for_query(TXN_IDLE)
 
 
 class ClientSession:
@@ -345,7 +348,7 @@ class ClientSession:
             self._accept_options(params["options"], tracked, ignored, accepted)
         return accepted
 
-    def _accept_options(self, options: str, tracked: Dict[str, str], ignored: Set[str],
+    def _accept_options(self, options: str, tracked: Mapping[str, str], ignored: Set[str],
                         accepted: Dict[str, str]) -> None:
         """``-c name=value`` settings of ``options``: tracked ones as if sent on their own,
         ignored ones (or all unknown ones, when ``options`` itself is ignored) dropped, as
@@ -418,14 +421,14 @@ class ClientSession:
     def _send_welcome_messages(self, params: Dict[str, str]) -> None:
         """AuthenticationOk, ParameterStatus, BackendKeyData, login_notify_message as a NOTICE
         (where PgBouncer puts it), ReadyForQuery: in one write."""
-        parts = [backend.authentication(0)]
+        parts = [_AUTHENTICATION_OK]
         parts += [backend.parameter_status(k, v) for k, v in params.items()]
         parts.append(backend.backend_key_data(*self.cancel_key))
         message = self.app.config.login_notify_message
         if message:
             parts.append(backend.notice_response("NOTICE", sqlstate.SUCCESSFUL_COMPLETION,
                                                  message))
-        parts.append(backend.ready_for_query(TXN_IDLE))
+        parts.append(_READY_IDLE)
         send_all(self.sock, b"".join(parts))
         self.logged_in = True
 

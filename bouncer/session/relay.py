@@ -31,7 +31,7 @@ from gevent import get_hub, getcurrent
 from gevent.hub import RawGreenlet  # greenlet.greenlet
 
 from bouncer.errors import ClientError
-from bouncer.net.stream import ConnectionLost, raw_socket
+from bouncer.net.stream import ConnectionLost, raw_socket, send_through
 from bouncer.proto import sqlstate
 from bouncer.proto.client_engine import NEED_SERVER
 from bouncer.proto.constants import TXN_IDLE
@@ -109,19 +109,6 @@ def _read(sock: Any, raw: Any) -> Optional[Any]:
         return None
     except OSError:
         return b""
-
-
-def _send(sock: Any, raw: Any, data: Any) -> None:
-    """One ``send``; what the kernel did not take is copied, then sent as gevent waits."""
-    if raw is not None:
-        try:
-            sent = raw.send(data)
-        except BlockingIOError:
-            sent = 0
-        if sent == len(data):
-            return
-        data = data[sent:]
-    sock.sendall(bytes(data))
 
 
 class Link:
@@ -415,7 +402,7 @@ class Link:
     def _to_server(self, data: Any) -> None:
         server = cast("ServerConnection", self.server)  # the engine asked for one first
         try:
-            _send(server.sock, server.raw, data)
+            send_through(server.sock, server.raw, data)
         except OSError:
             self._server_lost(server)
 
@@ -477,7 +464,7 @@ class Link:
         client = self.client
         self.client_at_boundary = False
         try:
-            _send(client.sock, self.client_raw, data)
+            send_through(client.sock, self.client_raw, data)
         except OSError as exc:
             server = self.server
             if server is not None:

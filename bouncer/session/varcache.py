@@ -6,7 +6,8 @@ before the client's query (PgBouncer's varcache.c).
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Mapping, Tuple
+import functools
+from typing import Dict, List, Mapping, Tuple
 
 #: Always tracked; ``track_extra_parameters`` adds more (IntervalStyle by default).
 BASE_TRACKED = ("client_encoding", "DateStyle", "TimeZone", "standard_conforming_strings",
@@ -18,9 +19,13 @@ BASE_TRACKED = ("client_encoding", "DateStyle", "TimeZone", "standard_conforming
 _MIXED_CASE = {name.lower(): name for name in ("DateStyle", "IntervalStyle", "TimeZone")}
 
 
-def tracked_names(extra: Iterable[str]) -> Dict[str, str]:
+@functools.lru_cache(maxsize=8)
+def tracked_names(extra: Tuple[str, ...]) -> Mapping[str, str]:
     """Lower-case name -> the spelling servers report (GUC names are case-insensitive, so
-    ``track_extra_parameters = intervalstyle`` tracks what servers report as IntervalStyle)."""
+    ``track_extra_parameters = intervalstyle`` tracks what servers report as IntervalStyle).
+
+    Every login asks, with the same setting until a reload: computed once per value (do not
+    change the mapping returned)."""
     names = {name.lower(): name for name in BASE_TRACKED}
     for name in extra:
         lower = name.strip().lower()

@@ -191,6 +191,24 @@ def test_client_and_server_agree_with_password():
     assert server.client_key is not None
 
 
+def test_a_server_login_derives_its_keys_once_per_salt(monkeypatch):
+    # A pool opening many servers in a connection storm must not run PBKDF2 for each.
+    derived = []
+    real = scram._keys_from_password
+    monkeypatch.setattr(scram, "_keys_from_password",
+                        lambda *args: derived.append(args) or real(*args))
+    scram._server_login_keys.cache_clear()
+    secret = ScramServer.from_password("storm", iterations=4096).secret
+    for _ in range(3):
+        exchange(ScramClient("storm"), ScramServer(secret))
+    assert len(derived) == 2  # the server's secret, then the client's keys: once
+    exchange(ScramClient("storm"), ScramServer.from_password("storm", iterations=4096))
+    assert len(derived) == 4  # a new salt (the password changed on the server): derived again
+    with pytest.raises(ScramAuthFailed):
+        # The cache never stands in for a wrong password.
+        exchange(ScramClient("wrong"), ScramServer(secret))
+
+
 def test_client_with_wrong_password_fails():
     with pytest.raises(ScramAuthFailed):
         exchange(ScramClient("wrong"), ScramServer.from_password("right"))

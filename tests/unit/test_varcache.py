@@ -5,7 +5,7 @@ from bouncer.session.varcache import described, differing, settle, sync_query, t
 
 
 def test_extra_names_are_tracked_in_the_spelling_servers_report() -> None:
-    names = tracked_names(["intervalstyle", " Search_Path ", ""])
+    names = tracked_names(("intervalstyle", " Search_Path ", ""))
     assert names["intervalstyle"] == "IntervalStyle"
     assert names["search_path"] == "search_path"
     assert names["datestyle"] == "DateStyle"  # always tracked
