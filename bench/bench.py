@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 # harness comes first: it makes the repository root (bouncer, tests.support) importable.
-from harness import (DIRECT, POOL_SIZE, POOLER_NAMES, Target, environment_line,
+from harness import (DIRECT, POOL_SIZE, POOLER_NAMES, TWO_WORKERS, Target, environment_line,
                      markdown_table, pooler_ini, progress, start_postgres, start_targets)
 from procstat import cpu_seconds
 from syscalls import SyscallCount, counting_syscalls, strace_available, top_calls
@@ -26,7 +26,7 @@ from bouncer.testing.pgcluster import STANDARD_PASSWORDS, PgCluster
 BENCH_DB = "bench"
 BENCH_USER = "md5user"  # md5 from the client to the pooler and from the pooler to PostgreSQL
 MAX_PGBENCH_THREADS = 2  # the reference machine has 2 cores
-TARGET_NAMES = (*POOLER_NAMES, DIRECT)
+TARGET_NAMES = (*POOLER_NAMES, DIRECT, TWO_WORKERS)  # bouncer2 only when asked for
 STRACE_WORKLOAD = "S10"
 STRACE_TOP_CALLS = 10
 
@@ -135,8 +135,9 @@ def results_table(results: Results, targets: Sequence[Target],
                   workloads: Sequence[Workload]) -> str:
     names = [target.name for target in targets]
     poolers = [target.name for target in targets if target.pid]
+    scaling = [f"{TWO_WORKERS}/bouncer"] if TWO_WORKERS in names else []
     header = ["workload", *(f"{name} TPS" for name in names),
-              "bouncer/pgbouncer", "bouncer/direct",
+              "bouncer/pgbouncer", "bouncer/direct", *scaling,
               *(f"{name} µs CPU/txn" for name in poolers)]
     rows = []
     for workload in workloads:
@@ -149,6 +150,7 @@ def results_table(results: Results, targets: Sequence[Target],
                        for name in names),
                      ratio(tps.get("bouncer"), tps.get("pgbouncer")),
                      ratio(tps.get("bouncer"), tps.get(DIRECT)),
+                     *(ratio(tps.get(TWO_WORKERS), tps.get("bouncer")) for _ in scaling),
                      *(f"{cpu[name]:.0f}" if cpu[name] is not None else "n/a"
                        for name in poolers)])
     return markdown_table(header, rows)
@@ -235,7 +237,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--duration", type=int, default=10,
                         help="seconds per pgbench run (default 10)")
     parser.add_argument("--scale", type=int, default=10, help="pgbench scale (default 10)")
-    parser.add_argument("--targets", default=",".join(TARGET_NAMES),
+    parser.add_argument("--targets", default=",".join((*POOLER_NAMES, DIRECT)),
                         help="comma-separated subset of: " + ", ".join(TARGET_NAMES))
     parser.add_argument("--workloads", default=",".join(workload_names),
                         help="comma-separated subset of: " + ", ".join(workload_names))

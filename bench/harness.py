@@ -27,6 +27,8 @@ from bouncer.testing.ports import wait_until  # noqa: E402
 from procstat import process_tree  # noqa: E402
 
 POOLER_NAMES = ("bouncer", "pgbouncer")
+#: bouncer with ``workers = 2`` (issue #13): a supervisor and two worker processes.
+TWO_WORKERS = "bouncer2"
 DIRECT = "direct"
 POOL_SIZE = 20
 
@@ -63,12 +65,18 @@ def start_postgres(prefix: str, cleanup: contextlib.ExitStack) -> PgCluster:
 
 def start_targets(pg: PgCluster, wanted: Sequence[str], ini_text: str,
                   cleanup: contextlib.ExitStack) -> List[Target]:
-    """Targets in the order of POOLER_NAMES then direct; a missing pgbouncer is skipped."""
+    """Targets in the order of POOLER_NAMES (bouncer2 after bouncer) then direct; a missing
+    pgbouncer is skipped."""
     root = os.path.dirname(pg.basedir)
     targets = []
     if "bouncer" in wanted:
         bouncer = cleanup.enter_context(BouncerProcess(os.path.join(root, "bouncer"), ini_text))
         targets.append(pooler_target("bouncer", bouncer))
+    if TWO_WORKERS in wanted:
+        # Same ini but for workers; CPU time is the whole process tree's.
+        two = cleanup.enter_context(BouncerProcess(os.path.join(root, TWO_WORKERS),
+                                                   pooler_ini(pg, workers=2)))
+        targets.append(pooler_target(TWO_WORKERS, two))
     pgbouncer_program = find_pgbouncer()
     if "pgbouncer" in wanted and pgbouncer_program is None:
         progress("pgbouncer is not installed (apt-get install pgbouncer): skipping it")
