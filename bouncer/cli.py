@@ -111,11 +111,7 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, OSError, BouncerError) as err:
         log.critical("%s", err)
         return 1
-    if args.user:
-        _drop_privileges(args.user)
-    if args.daemon:
-        _daemonize(logs)
-    pidfile.write(app.config.pidfile)
+    _become_the_service(args, logs, app.config.pidfile)
     if taken is not None:  # once daemonized: their greenlets must not cross the fork
         app.serve_handed_over(taken.clients)
     import gevent
@@ -159,12 +155,17 @@ def _supervise(config: "Config", args: argparse.Namespace, logs: "LogSetup") -> 
     except ConfigError as err:
         log.critical("%s", err)
         return 1
+    _become_the_service(args, logs, config.pidfile)
+    return supervisor.run()
+
+
+def _become_the_service(args: argparse.Namespace, logs: "LogSetup", pidfile_path: str) -> None:
+    """After binding: the -u user, the -d background process, then the pidfile (its pid)."""
     if args.user:
         _drop_privileges(args.user)
     if args.daemon:
         _daemonize(logs)
-    pidfile.write(config.pidfile)
-    return supervisor.run()
+    pidfile.write(pidfile_path)
 
 
 def _drop_privileges(user: str) -> None:
