@@ -144,13 +144,14 @@ class Listeners:
         for sock in self._sockets:
             if sock.family == socket.AF_UNIX:
                 continue
+            if option is None:  # off is what this system does anyway
+                if on:
+                    _tune_accept_failed(on, os.strerror(errno.EINVAL))
+                continue
             try:
-                if option is None:
-                    raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
                 sock.setsockopt(socket.IPPROTO_TCP, option, int(on))
-            except OSError as exc:  # PgBouncer's words
-                log.warning("tune_accept: %s TCP_DEFER_ACCEPT: %s",
-                            "install" if on else "uninstall", exc.strerror)
+            except OSError as exc:
+                _tune_accept_failed(on, exc.strerror)
 
     def stop_accepting(self) -> None:
         for server in self.servers:
@@ -228,6 +229,12 @@ def _remove_stale_socket(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def _tune_accept_failed(on: bool, reason: Optional[str]) -> None:
+    """PgBouncer's warning when TCP_DEFER_ACCEPT cannot be set."""
+    log.warning("tune_accept: %s TCP_DEFER_ACCEPT: %s", "install" if on else "uninstall",
+                reason)
 
 
 def _describe(sock: socket.socket) -> str:
