@@ -25,6 +25,7 @@ from bouncer.net.dns import Resolver
 from bouncer.net.listener import Listeners
 from bouncer.net.stream import ConnectionLost, send_all
 from bouncer.net.tls import TlsSettings, describe_connection, servers_need_reconnect
+from bouncer.plugin.context import PluginContext
 from bouncer.plugin.hooks import PluginHooks
 from bouncer.plugin.manager import make_plugin_manager
 from bouncer.pool.janitor import Janitor
@@ -85,6 +86,8 @@ class App:
         self._apply_logging(self.config)
         pm = make_plugin_manager(self.config.plugins, self.config.disable_plugins)
         self.hooks = PluginHooks(pm)
+        #: What every hook is given as ``context``: the plugins' stable view of this process.
+        self.plugin_context = PluginContext(self)
         self.config = self._load_checked()
         for warning in self.config.warnings:
             log.warning("%s", warning)

@@ -59,6 +59,29 @@ class ClientError(BouncerError):
         self.log_reason = log_reason or message
 
 
+class Refusal(ClientError):
+    """How a plugin's hook says no: the one error type of the plugin API.
+
+    Raised by a hook that decides about a client (``bouncer_check_client_tls``,
+    ``bouncer_client_admit``, ``bouncer_auth_method``, ``bouncer_get_credentials``,
+    ``bouncer_verify_client``, a password checker), the client gets a ``FATAL`` ErrorResponse
+    with these fields and the connection is closed.  Raised by ``bouncer_server_connect_limit``,
+    *message* names the limit reached (SHOW and the log say it; the clients wait).  Raised by a
+    TLS context hook, the configuration is refused with *message*.
+
+    :param message: what the client reads (``M``); say what is wrong and what to do.
+    :param sqlstate: the SQLSTATE (``C``); 28000 (invalid authorization) unless you know better.
+    :param detail: an optional ``D`` field.
+    :param hint: an optional ``H`` field: what the user should do.
+    :param log_reason: what bouncer's log says instead of *message*, when the client must not
+        be told (never put a secret in either).
+    """
+
+    def __init__(self, message: str, sqlstate: str = "28000", *, detail: Optional[str] = None,
+                 hint: Optional[str] = None, log_reason: str = "") -> None:
+        super().__init__(message, sqlstate, "FATAL", detail, hint, log_reason=log_reason)
+
+
 class AuthFailed(ClientError):
     """Password or certificate authentication failed (SQLSTATE 28P01 / 28000)."""
 

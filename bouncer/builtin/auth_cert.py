@@ -23,7 +23,6 @@ from bouncer.plugin import hookimpl
 from bouncer.proto import sqlstate
 
 if TYPE_CHECKING:  # pragma: no cover
-    from bouncer.app import App
     from bouncer.session.client import ClientSession
 
 
@@ -44,11 +43,11 @@ def remember_usermap(client: "ClientSession", usermap: UserMap) -> None:
 
 
 @hookimpl
-def bouncer_verify_client(app: "App", client: "ClientSession", method: str) -> Optional[bool]:
+def bouncer_verify_client(session: "ClientSession", method: str) -> Optional[bool]:
     if method == "cert":
-        return _verify_cert(client)
+        return _verify_cert(session)
     if method == "peer":
-        return _verify_peer(client)
+        return _verify_peer(session)
     return None
 
 

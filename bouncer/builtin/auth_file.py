@@ -9,7 +9,6 @@ from bouncer.plugin import hookimpl
 
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.app import App
-    from bouncer.session.client import ClientSession
 
 #: auth_type values that name the method itself: the core's exchanges, and ldap and pam, which a
 #: plugin checks (bouncer_password_checkers, or bouncer_verify_client).
@@ -17,7 +16,7 @@ _DIRECT_METHODS = {"trust", "any", "plain", "md5", "scram-sha-256", "cert", "pee
 
 
 @hookimpl(trylast=True)
-def bouncer_auth_method(app: "App", client: "ClientSession") -> Optional[str]:
+def bouncer_auth_method(app: "App") -> Optional[str]:
     auth_type = app.config.auth_type
     if auth_type in _DIRECT_METHODS:
         return auth_type

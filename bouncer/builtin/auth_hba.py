@@ -24,6 +24,7 @@ from bouncer.proto import sqlstate
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.app import App
     from bouncer.config import Config
+    from bouncer.plugin import ClientInfo
     from bouncer.session.client import ClientSession
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,8 @@ def _policy(app: "App") -> HbaPolicy:
 # -- login ---------------------------------------------------------------------------------
 
 @hookimpl
-def bouncer_auth_method(app: "App", client: "ClientSession") -> Optional[str]:
+def bouncer_auth_method(app: "App", client: "ClientInfo",
+                        session: "ClientSession") -> Optional[str]:
     """The method of the first matching line; no line, or ``reject``, refuses the client."""
     if app.config.auth_type != "hba":
         return None
@@ -126,26 +128,26 @@ def bouncer_auth_method(app: "App", client: "ClientSession") -> Optional[str]:
         raise _refused(reject_message(address, client.user, client.database, tls,
                                       replication=physical),
                        f"auth_hba_file line {rule.lineno} rejects the connection")
-    _check_clientcert(rule, client)
+    _check_clientcert(rule, session)
     mapname = rule.options.get("map")
     if mapname is not None and policy.ident is not None:
-        remember_usermap(client, UserMap(policy.ident, mapname))
+        remember_usermap(session, UserMap(policy.ident, mapname))
     return _CORE_METHOD.get(rule.method, rule.method)
 
 
-def _matching_rule(policy: HbaPolicy, client: "ClientSession") -> Optional[HbaRule]:
+def _matching_rule(policy: HbaPolicy, client: "ClientInfo") -> Optional[HbaRule]:
     address = None if client.unix else ipaddress.ip_address(client.addr)
     return policy.rules.match(conn_type="local" if client.unix else "host", tls=bool(client.tls),
                               address=address, database=client.database, user=client.user,
                               replication=_physical_replication(client))
 
 
-def _physical_replication(client: "ClientSession") -> bool:
+def _physical_replication(client: "ClientInfo") -> bool:
     """Only the ``replication`` keyword matches a physical replication connection."""
-    return getattr(client, "replication", "no") == "yes"
+    return client.replication == "yes"
 
 
-def rule_for(app: "App", client: "ClientSession") -> Optional[HbaRule]:
+def rule_for(app: "App", client: "ClientInfo") -> Optional[HbaRule]:
     """The line of ``auth_hba_file`` that applies to *client* (``None`` without ``auth_type =
     hba`` or without a matching line): a plugin's method reads its options there, as
     bouncer-ldap reads an ``ldap`` line's ``ldap*`` options."""
@@ -154,7 +156,7 @@ def rule_for(app: "App", client: "ClientSession") -> Optional[HbaRule]:
     return _matching_rule(_policy(app), client)
 
 
-def usermap_for(app: "App", client: "ClientSession") -> Optional[UserMap]:
+def usermap_for(app: "App", client: "ClientInfo") -> Optional[UserMap]:
     """The ``map=`` of the HBA line that applies to *client*, when ``auth_type = hba``.
 
     The TLS policy asks this for ``client_tls_sslmode = verify-full``: a certificate whose CN
@@ -169,16 +171,16 @@ def usermap_for(app: "App", client: "ClientSession") -> Optional[UserMap]:
     return UserMap(policy.ident, mapname)
 
 
-def _check_clientcert(rule: HbaRule, client: "ClientSession") -> None:
+def _check_clientcert(rule: HbaRule, session: "ClientSession") -> None:
     """``clientcert=`` on a password line: a verified certificate, and with ``verify-full``
     one whose common name is the user.  (``cert`` lines are checked by the cert method.)"""
     if rule.method == "cert" or rule.clientcert is None:
         return
-    common_name = certificate_user(client)
-    if rule.clientcert == "verify-full" and common_name != client.user:
+    common_name = certificate_user(session)
+    if rule.clientcert == "verify-full" and common_name != session.user:
         raise _refused(f'certificate validation (clientcert=verify-full) failed for user '
-                       f'"{client.user}": CN mismatch',
-                       f'certificate CN "{common_name}" is not user "{client.user}"')
+                       f'"{session.user}": CN mismatch',
+                       f'certificate CN "{common_name}" is not user "{session.user}"')
 
 
 def _refused(message: str, log_reason: str) -> AuthFailed:

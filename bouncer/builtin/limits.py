@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
 from bouncer.builtin import limits_admin, limits_shrink
 from bouncer.config.sections import ADMIN_DATABASE
-from bouncer.errors import ClientError
-from bouncer.plugin import hookimpl
+from bouncer.plugin import Refusal, hookimpl
 from bouncer.pool.limits import database_cap, user_cap
 from bouncer.pool.registry import AUTODB
 from bouncer.proto import sqlstate
@@ -22,42 +21,41 @@ from bouncer.proto import sqlstate
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.app import App
     from bouncer.config import Config
+    from bouncer.plugin import ClientInfo
     from bouncer.pool.pool import Pool
-    from bouncer.session.client import ClientSession
 
 
-def _too_many(limit: str, whose: str, cap: int, where: str) -> ClientError:
+def _too_many(limit: str, whose: str, cap: int, where: str) -> Refusal:
     """PgBouncer's refusal, with the count that was reached and where to raise it."""
-    return ClientError(f"no more connections allowed ({limit})", sqlstate.PROTOCOL_VIOLATION,
-                       detail=f"{whose} already has {limit} = {cap} clients",
-                       hint=f"raise {limit} ({where}), or have clients close the connections "
-                            "they do not use (SHOW CLIENTS on the admin console lists them)")
+    return Refusal(f"no more connections allowed ({limit})", sqlstate.PROTOCOL_VIOLATION,
+                   detail=f"{whose} already has {limit} = {cap} clients",
+                   hint=f"raise {limit} ({where}), or have clients close the connections "
+                        "they do not use (SHOW CLIENTS on the admin console lists them)")
 
 
 @hookimpl
-def bouncer_client_admit(app: "App", client: "ClientSession") -> Optional[ClientError]:
+def bouncer_client_admit(app: "App", client: "ClientInfo") -> None:
     # app.clients already holds this client, hence ">" rather than ">=".
     config = app.config
     if config.max_client_conn and len(app.clients) > config.max_client_conn:
-        return _too_many("max_client_conn", "bouncer", config.max_client_conn,
-                         "[pgbouncer], with the open files limit")
+        raise _too_many("max_client_conn", "bouncer", config.max_client_conn,
+                        "[pgbouncer], with the open files limit")
     if client.database == ADMIN_DATABASE and client.user in config.admin_users:
-        return None  # an operator is never locked out of the console by these two limits
+        return  # an operator is never locked out of the console by these two limits
     db_limit = database_cap(config, _definition(app, client.database),
                             "max_db_client_connections")
     if db_limit and _clients_of(app, database=client.database) > db_limit:
-        return _too_many("max_db_client_connections", f"database {client.database}", db_limit,
-                         "[pgbouncer] or the database's line")
+        raise _too_many("max_db_client_connections", f"database {client.database}", db_limit,
+                        "[pgbouncer] or the database's line")
     user_limit = user_cap(config, app.registry.overrides, client.user,
                           "max_user_client_connections")
     if user_limit and _clients_of(app, user=client.user) > user_limit:
-        return _too_many("max_user_client_connections", f"user {client.user}", user_limit,
-                         "[pgbouncer], the user's [users] line or SET USER")
-    return None
+        raise _too_many("max_user_client_connections", f"user {client.user}", user_limit,
+                        "[pgbouncer], the user's [users] line or SET USER")
 
 
 @hookimpl
-def bouncer_server_connect_limit(app: "App", pool: "Pool") -> Optional[str]:
+def bouncer_server_connect_limit(app: "App", pool: "Pool") -> None:
     config = app.config
     caps = (("max_db_connections", pool.database,
              database_cap(config, pool.database.definition, "max_db_connections")),
@@ -65,8 +63,7 @@ def bouncer_server_connect_limit(app: "App", pool: "Pool") -> Optional[str]:
              user_cap(config, app.registry.overrides, pool.user.name, "max_user_connections")))
     for limit, owner, cap in caps:
         if cap and owner.server_count() >= cap and not _made_room(owner, pool, cap, limit):
-            return limit
-    return None
+            raise Refusal(limit)
 
 
 def _made_room(owner: Any, pool: "Pool", cap: int, limit: str) -> bool:

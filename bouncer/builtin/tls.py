@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Optional
 
 from bouncer.builtin.auth_hba import usermap_for
 from bouncer.config import ConfigProblems
-from bouncer.errors import ClientError, ConfigError
+from bouncer.errors import ConfigError
 from bouncer.net.certs import Rejection, common_name
 from bouncer.net.tls import (VERIFYING_MODES, ClientTlsContext, TlsSettings,
                              build_client_context, build_server_context,
                              peer_certificate_problem)
 from bouncer.net.tls_check import check_settings
-from bouncer.plugin import hookimpl
+from bouncer.plugin import ClientInfo, Refusal, hookimpl
 from bouncer.proto import sqlstate
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -72,42 +72,41 @@ def _checked_settings(config: "Config", side: str) -> TlsSettings:
 
 
 @hookimpl(trylast=True)
-def bouncer_check_client_tls(app: "App", client: "ClientSession") -> Optional[ClientError]:
+def bouncer_check_client_tls(app: "App", client: "ClientInfo", session: "ClientSession") -> None:
     mode = app.config.client_tls_sslmode
     if client.unix:
-        return None
+        return
     if not client.tls:
-        return None if mode in _PLAINTEXT_ALLOWED else _refuse(
-            f"SSL required: this server has client_tls_sslmode={mode}; connect with "
-            "sslmode=require")
-    rejection = peer_certificate_problem(client.sock)
+        if mode not in _PLAINTEXT_ALLOWED:
+            raise _refuse(f"SSL required: this server has client_tls_sslmode={mode}; connect "
+                          "with sslmode=require")
+        return
+    rejection = peer_certificate_problem(session.sock)
     if rejection is not None:
-        return _refuse(_rejection_message(rejection, mode))
+        raise _refuse(_rejection_message(rejection, mode))
     if mode not in VERIFYING_MODES:
-        return None
+        return
     if not client.peer_cert:
-        return _refuse(f"client certificate required: this server has client_tls_sslmode={mode}; "
-                       "connect with sslcert=... and sslkey=... (a certificate issued by the CA "
-                       "in client_tls_ca_file)")
-    if mode == "verify-full":
-        return _common_name_mismatch(app, client)
-    return None
-
-
-def _common_name_mismatch(app: "App", client: "ClientSession") -> Optional[ClientError]:
-    """CN == user name, or, with ``auth_type = hba``, a ``map=`` on the client's HBA line that
-    maps the CN to the user (PostgreSQL's ``clientcert=verify-full`` with a user map)."""
+        raise _refuse(f"client certificate required: this server has client_tls_sslmode={mode}; "
+                      "connect with sslcert=... and sslkey=... (a certificate issued by the CA "
+                      "in client_tls_ca_file)")
     name = common_name(client.peer_cert)
+    if mode == "verify-full" and not _common_name_matches(app, client, name):
+        shown = f'CN "{name}"' if name is not None else "no CN"
+        raise _refuse(f'client certificate {shown} does not match user "{client.user}": '
+                      "client_tls_sslmode=verify-full requires the certificate's common name "
+                      "to be the user name; connect as that user or with that user's "
+                      "certificate")
+
+
+def _common_name_matches(app: "App", client: "ClientInfo", name: Optional[str]) -> bool:
+    """CN *name* == user name, or, with ``auth_type = hba``, a ``map=`` on the client's HBA
+    line that maps it to the user (PostgreSQL's ``clientcert=verify-full`` with a user map)."""
     if name == client.user:
-        return None
+        return True
     usermap = usermap_for(app, client)
-    if name is not None and usermap is not None and usermap.ident.allows(usermap.name, name,
-                                                                         client.user):
-        return None
-    shown = f'CN "{name}"' if name is not None else "no CN"
-    return _refuse(f'client certificate {shown} does not match user "{client.user}": '
-                   "client_tls_sslmode=verify-full requires the certificate's common name to be "
-                   "the user name; connect as that user or with that user's certificate")
+    return (name is not None and usermap is not None
+            and usermap.ident.allows(usermap.name, name, client.user))
 
 
 def _rejection_message(rejection: Rejection, mode: str) -> str:
@@ -130,5 +129,5 @@ def _date(rejection: Rejection) -> str:
     return when.strftime("%Y-%m-%d %H:%M UTC") if when is not None else "an unknown date"
 
 
-def _refuse(message: str) -> ClientError:
-    return ClientError(message, sqlstate.INVALID_AUTHORIZATION)
+def _refuse(message: str) -> Refusal:
+    return Refusal(message, sqlstate.INVALID_AUTHORIZATION)

@@ -1,10 +1,9 @@
-"""The narrow, stable view of the running pooler that lifecycle hooks are given as ``context``.
+"""The narrow, stable view of the running pooler that every hook is given as ``context``.
 
-The ``app`` those hooks also get is the whole App, whose insides change as bouncer does; a
-plugin that only needs to read the pooler's state and its own settings should take
-``context`` instead.  What it offers is what an operator already relies on: the
-configuration, the process state and the rows of the admin console's SHOW commands, whose
-columns are PgBouncer's and only ever grow at the end.
+The ``app`` hooks also get is the whole App, whose insides change as bouncer does; a plugin
+should take ``context`` instead.  What it offers is what an operator already relies on: the
+configuration, the process state, the HBA line that applies to a client and the rows of the
+admin console's SHOW commands, whose columns are PgBouncer's and only ever grow at the end.
 """
 from __future__ import annotations
 
@@ -14,10 +13,14 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, 
 from bouncer.admin import show as tables
 from bouncer.admin.checks import CHECKS_COLUMNS, checks_table
 from bouncer.admin.sockets import SOCKET_COLUMNS, client_table
+from bouncer.auth.hba import HbaRule, load_hba
+from bouncer.builtin.auth_hba import rule_for
+from bouncer.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.app import App
     from bouncer.config import Config
+    from bouncer.plugin.client import ClientInfo
 
 _Table = Tuple[Sequence[Tuple[str, int]], Callable[["App"], Sequence[Sequence[Any]]]]
 
@@ -32,6 +35,15 @@ SHOW_TABLES: Mapping[str, _Table] = {
     "POOLS": (tables.POOL_COLUMNS, tables.pool_table),
     "STATS_TOTALS": (tables.STATS_TOTALS_COLUMNS, tables.stats_totals_table),
 }
+
+
+def hba_lines(config: "Config") -> Tuple[HbaRule, ...]:
+    """The lines of *config*'s ``auth_hba_file``, for a plugin that validates the options of
+    its method's lines; none when the file cannot be read (the HBA plugin reports that)."""
+    try:
+        return load_hba(config.auth_hba_file).rules
+    except ConfigError:
+        return ()
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,12 @@ class PluginContext:
     def state(self) -> ProcessState:
         flags = dict(tables.process_state(self._app))
         return ProcessState(flags["paused"], flags["suspended"], self._app.shutdown_mode)
+
+    def hba_line(self, client: "ClientInfo") -> Optional[HbaRule]:
+        """The line of ``auth_hba_file`` that applies to *client* (``None`` without
+        ``auth_type = hba`` or without a matching line): a plugin's method reads its options
+        there, as bouncer-ldap reads an ``ldap`` line's ``ldap*`` options."""
+        return rule_for(self._app, client)
 
     def show(self, command: str) -> List[Dict[str, Any]]:
         """The rows of ``SHOW <command>`` as the console would answer now, each a mapping of

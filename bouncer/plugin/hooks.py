@@ -12,17 +12,16 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import pluggy
 
-from bouncer.auth.hba import load_hba
 from bouncer.config import ConfigProblems, merge_declarations
-from bouncer.errors import ClientError, ConfigError
-from bouncer.plugin.context import PluginContext
+from bouncer.errors import ClientError, ConfigError, Refusal
+from bouncer.plugin.client import ClientInfo
+from bouncer.plugin.context import PluginContext, hba_lines
 from bouncer.proto import sqlstate
 
 if TYPE_CHECKING:  # pragma: no cover
     import ssl
 
     from bouncer.app import App
-    from bouncer.auth.hba import HbaRule
     from bouncer.auth.store import Credentials
     from bouncer.config import Config
     from bouncer.config.plugin_settings import Declarations
@@ -35,16 +34,8 @@ log = logging.getLogger(__name__)
 #: bouncer_verify_client) must.
 PLUGIN_AUTH_TYPES = ("ldap", "pam")
 
-#: ``check(app, client, password) -> bool`` (bouncer_password_checkers).
-PasswordChecker = Callable[["App", "ClientSession", str], bool]
-
-
-def _hba_rules(config: "Config") -> Tuple["HbaRule", ...]:
-    """The HBA file's lines; none when it cannot be read (the HBA plugin reports that)."""
-    try:
-        return load_hba(config.auth_hba_file).rules
-    except ConfigError:
-        return ()
+#: ``check(context, client, password) -> bool`` (bouncer_password_checkers).
+PasswordChecker = Callable[[PluginContext, ClientInfo, str], bool]
 
 
 class PluginFailure(ClientError):
@@ -97,24 +88,52 @@ class PluginHooks:
                 contexts.append(build(app, config))
             except ConfigError as err:
                 problems.extend(getattr(err, "problems", (err,)))
+            except Refusal as refusal:  # a plugin's policy says no in the plugin API's way
+                problems.append(ConfigError(refusal.message))
         if problems:
             raise ConfigProblems(problems)
         return contexts[0], contexts[1]
 
-    def check_client_tls(self, app: "App", client: "ClientSession") -> Optional[ClientError]:
-        return self._decide("bouncer_check_client_tls", app=app, client=client)
+    def _about(self, session: "ClientSession") -> Dict[str, Any]:
+        """The arguments of a hook about a client: the stable views, and the insides."""
+        return {"context": session.app.plugin_context, "client": session.info,
+                "app": session.app, "session": session}
 
-    def client_admit(self, app: "App", client: "ClientSession") -> Optional[ClientError]:
-        return self._decide("bouncer_client_admit", app=app, client=client)
+    def _gate(self, name: str, session: "ClientSession") -> None:
+        """A hook that lets a client by with ``None`` and refuses by raising.  Any answer is
+        a plugin written for another contract (one that returned its refusal): refused, so
+        that such a plugin never lets by a client it meant to keep out.
 
-    def auth_method(self, app: "App", client: "ClientSession") -> Optional[str]:
-        return self._decide("bouncer_auth_method", app=app, client=client)
+        :raises ClientError: the client is refused.
+        """
+        answer = self._decide(name, **self._about(session))
+        if answer is not None:
+            log.error("plugin hook %s answered %r: it must return None, and raise "
+                      "bouncer.plugin.Refusal to refuse", name, answer)
+            raise PluginFailure(name, TypeError(f"{name} answered {answer!r}"))
+
+    def check_client_tls(self, session: "ClientSession") -> None:
+        """:raises ClientError: the transport is refused (a plugin's Refusal among them)."""
+        self._gate("bouncer_check_client_tls", session)
+
+    def client_admit(self, session: "ClientSession") -> None:
+        """:raises ClientError: the client is refused."""
+        self._gate("bouncer_client_admit", session)
+
+    def auth_method(self, session: "ClientSession") -> Optional[str]:
+        return self._decide("bouncer_auth_method", **self._about(session))
 
     def get_credentials(self, app: "App", user: str, database: str) -> Optional["Credentials"]:
-        return self._decide("bouncer_get_credentials", app=app, user=user, database=database)
+        return self._decide("bouncer_get_credentials", context=app.plugin_context, user=user,
+                            database=database, app=app)
 
-    def verify_client(self, app: "App", client: "ClientSession", method: str) -> Optional[bool]:
-        return self._decide("bouncer_verify_client", app=app, client=client, method=method)
+    def verify_client(self, session: "ClientSession", method: str) -> bool:
+        """Whether a plugin accepts the client by *method*.
+
+        :raises ClientError: a plugin refused it in its own words.
+        """
+        return self._decide("bouncer_verify_client", method=method,
+                            **self._about(session)) is True
 
     def password_checkers(self) -> Dict[str, PasswordChecker]:
         """Method name -> its checker, merged over the plugins (pluggy asks the plugin
@@ -125,11 +144,11 @@ class PluginHooks:
                 merged.setdefault(method, checker)
         return merged
 
-    def check_password(self, checker: PasswordChecker, app: "App", client: "ClientSession",
+    def check_password(self, checker: PasswordChecker, session: "ClientSession",
                        password: str) -> bool:
         """Run a checker with the decision hooks' policy: a plugin error refuses the client."""
         try:
-            return checker(app, client, password) is True
+            return checker(session.app.plugin_context, session.info, password) is True
         except ClientError:
             raise
         except Exception as exc:
@@ -138,12 +157,22 @@ class PluginHooks:
             raise PluginFailure("bouncer_password_checkers", exc) from exc
 
     def server_connect_limit(self, app: "App", pool: "Pool") -> Optional[str]:
+        """The name of the limit that holds a new server of *pool* back, or ``None``."""
+        # Failing closed here means "no new server": clients wait, then time out.
         try:
-            return self._relay.bouncer_server_connect_limit(app=app, pool=pool)
+            answer = self._relay.bouncer_server_connect_limit(
+                context=app.plugin_context, database=pool.database.name, user=pool.user.name,
+                app=app, pool=pool)
+        except Refusal as refusal:
+            return refusal.message
         except Exception:
-            # Failing closed here means "no new server": clients wait, then time out.
             log.error("plugin hook bouncer_server_connect_limit failed", exc_info=True)
             return "plugin error"
+        if answer is not None:
+            log.error("plugin hook bouncer_server_connect_limit answered %r: it must return "
+                      "None, and raise bouncer.plugin.Refusal to hold a server back", answer)
+            return "plugin error"
+        return None
 
     def declared_settings(self) -> "Declarations":
         """Every plugin's ``[plugin.NAME]`` settings.
@@ -174,7 +203,7 @@ class PluginHooks:
             problems.extend(f"{config.auth_hba_file}:{rule.lineno}: no loaded plugin verifies "
                             f"{rule.method} logins, so this line would refuse every login; "
                             f"install bouncer-{rule.method}"
-                            for rule in _hba_rules(config)
+                            for rule in hba_lines(config)
                             if rule.method in PLUGIN_AUTH_TYPES and rule.method not in checked)
         return problems
 
@@ -200,17 +229,17 @@ class PluginHooks:
             log.error("plugin hook %s failed (ignored)", name, exc_info=True)
 
     def startup(self, app: "App") -> None:
-        self._observe("bouncer_startup", app=app, context=PluginContext(app))
+        self._observe("bouncer_startup", app=app, context=app.plugin_context)
 
     def reload(self, app: "App", old_config: "Config", new_config: "Config") -> None:
-        self._observe("bouncer_reload", app=app, context=PluginContext(app),
+        self._observe("bouncer_reload", app=app, context=app.plugin_context,
                       old_config=old_config, new_config=new_config)
 
     def shutdown(self, app: "App") -> None:
-        self._observe("bouncer_shutdown", app=app, context=PluginContext(app))
+        self._observe("bouncer_shutdown", app=app, context=app.plugin_context)
 
-    def client_login(self, app: "App", client: "ClientSession", ok: bool, reason: str) -> None:
-        self._observe("bouncer_client_login", app=app, client=client, ok=ok, reason=reason)
+    def client_login(self, session: "ClientSession", ok: bool, reason: str) -> None:
+        self._observe("bouncer_client_login", ok=ok, reason=reason, **self._about(session))
 
     def client_waited(self, database: str, user: str, seconds: float) -> None:
         self._observe("bouncer_client_waited", database=database, user=user, seconds=seconds)

@@ -8,9 +8,16 @@ Conventions (shared by all hooks):
 
 * Hooks are called with keyword arguments, so an implementation may accept fewer arguments
   than the spec names (pluggy's opt-in arguments) and new arguments can be added later.
+* Hooks are given ``context`` (:class:`bouncer.plugin.context.PluginContext`) and, when they
+  are about a client, ``client`` (:class:`bouncer.plugin.ClientInfo`): the stable API.  They
+  are also given ``app``, ``session`` or ``pool``, bouncer's own objects, for the built-in
+  plugins; a plugin that takes those follows bouncer's insides from release to release.
 * *Decision* hooks (``firstresult``) answer ``None`` for "not mine": the next implementation is
-  asked.  They fail closed: if an implementation raises, the client gets a ``FATAL`` with SQLSTATE
-  28000 and the error is logged; the daemon lives.
+  asked.  Every one of them says no the same way: it raises :class:`bouncer.plugin.Refusal`
+  (the client gets a ``FATAL`` with its message, SQLSTATE, detail and hint; for a TLS context
+  the configuration is refused; for a server connection limit the message names the limit).
+  They fail closed: if an implementation raises anything else, the client gets a ``FATAL`` with
+  SQLSTATE 28000 and the error is logged; the daemon lives.
 * *Observer* hooks return nothing; an exception in one is logged and ignored.
 * "Called from" names the greenlet the hook runs in.  Hooks may block cooperatively (gevent I/O);
   code that blocks the whole thread (C libraries) should use ``gevent.get_hub().threadpool``.
@@ -29,8 +36,9 @@ if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
     from bouncer.app import App
     from bouncer.auth.store import Credentials
     from bouncer.config import Config, Setting
-    from bouncer.errors import ClientError
+    from bouncer.plugin.client import ClientInfo
     from bouncer.plugin.context import PluginContext
+    from bouncer.plugin.hooks import PasswordChecker
     from bouncer.pool.pool import Pool
     from bouncer.session.client import ClientSession
 
@@ -131,11 +139,12 @@ def bouncer_client_tls_context(app: Optional["App"], config: "Config") -> Option
         object (a server-side :class:`ssl.SSLContext` will do; the built-in returns a
         pyOpenSSL-based context), or ``None`` when this implementation does not build it.
         If no implementation returns a context, clients' SSLRequests are answered ``N``.
-        Raise :class:`~bouncer.errors.ConfigError` (:class:`~bouncer.config.ConfigProblems`
-        for several problems) when TLS cannot be set up with *config*: at start bouncer
-        exits; on RELOAD the reload is refused and on SET the value is kept, the running
-        contexts staying in both cases.  This is where key/certificate files are best
-        checked: SET changes a key and its certificate one after the other.
+        Raise :class:`~bouncer.plugin.Refusal` (bouncer's own policy raises its
+        :class:`~bouncer.errors.ConfigError`, naming file and line) when TLS cannot be set up
+        with *config*: at start bouncer exits; on RELOAD the reload is refused and on SET
+        the value is kept, the running contexts staying in both cases.  This is where
+        key/certificate files are best checked: SET changes a key and its certificate one
+        after the other.
 
     Called from: the main greenlet at start, the reloading greenlet on RELOAD, the admin
     console's greenlet on SET of a ``*_tls_*`` setting.
@@ -151,7 +160,7 @@ def bouncer_server_tls_context(app: Optional["App"],
     :param config: the configuration being applied.
     :return: a client-side :class:`ssl.SSLContext`, or ``None`` when this implementation does
         not build it; with no context at all, servers are never asked for TLS.  Raise
-        :class:`~bouncer.errors.ConfigError` as for :func:`bouncer_client_tls_context`.  When
+        :class:`~bouncer.plugin.Refusal` as for :func:`bouncer_client_tls_context`.  When
         the ``server_tls_*`` settings change, server connections are recycled.
 
     Called from: as :func:`bouncer_client_tls_context`.
@@ -159,19 +168,22 @@ def bouncer_server_tls_context(app: Optional["App"],
 
 
 @hookspec(firstresult=True)
-def bouncer_check_client_tls(app: "App", client: "ClientSession") -> Optional["ClientError"]:
+def bouncer_check_client_tls(context: "PluginContext", client: "ClientInfo", app: "App",
+                             session: "ClientSession") -> None:
     """Decide whether a client's transport is acceptable, once its startup packet is read.
 
     Policies enforce ``client_tls_sslmode`` here: plaintext refused under ``require``, a missing
     or unacceptable client certificate under ``verify-ca``/``verify-full``.
 
-    :param app: the running application.
+    :param context: the narrow, stable view of the pooler.
     :param client: the client; ``client.tls`` is ``""`` for plaintext, and ``client.peer_cert``
         holds the DER certificate it presented (``None`` when it presented none).  The
         built-in policy (``trylast``) verifies that certificate; an implementation running
-        before it sees it unverified (``bouncer.net.tls.peer_certificate_problem`` checks it).
-    :return: a :class:`~bouncer.errors.ClientError` (a FATAL that says what to do) to refuse,
-        or ``None`` to accept.
+        before it sees it unverified.
+    :param app: bouncer's application object (internals, for the built-in plugins).
+    :param session: bouncer's live session of the client (internals, as *app*).
+    :return: ``None``; raise :class:`~bouncer.plugin.Refusal` (a FATAL that says what to do)
+        to refuse.
 
     Called from: the client's greenlet.
     """
@@ -182,67 +194,76 @@ def bouncer_check_client_tls(app: "App", client: "ClientSession") -> Optional["C
 # --------------------------------------------------------------------------------------------
 
 @hookspec(firstresult=True)
-def bouncer_client_admit(app: "App", client: "ClientSession") -> Optional["ClientError"]:
+def bouncer_client_admit(context: "PluginContext", client: "ClientInfo", app: "App",
+                         session: "ClientSession") -> None:
     """Decide whether a client that sent its startup packet may proceed to authentication.
 
     Limit enforcers use this for ``max_client_conn`` and the per-database and per-user client
     connection limits.
 
-    :param app: the running application.
-    :param client: the client; ``client.user``, ``client.database`` and ``client.addr`` are set.
-    :return: a :class:`~bouncer.errors.ClientError` to refuse the client with (it is sent as an
-        ErrorResponse and the connection closed), or ``None`` to admit.
+    :param context: the narrow view; *client* the client (user, database, address known);
+        *app* and *session* as for :func:`bouncer_check_client_tls`.
+    :return: ``None`` to admit; raise :class:`~bouncer.plugin.Refusal` to refuse (it is sent
+        as an ErrorResponse and the connection closed).
 
     Called from: the client's greenlet.
     """
 
 
 @hookspec(firstresult=True)
-def bouncer_auth_method(app: "App", client: "ClientSession") -> Optional[str]:
+def bouncer_auth_method(context: "PluginContext", client: "ClientInfo", app: "App",
+                        session: "ClientSession") -> Optional[str]:
     """Choose how a client must authenticate.
 
-    :param app: the running application.
-    :param client: the client (user, database, address, ``client.tls`` known).
+    :param context: the narrow view; *client* the client (user, database, address, ``tls``);
+        *app* and *session* as for :func:`bouncer_check_client_tls`.
     :return: a method name: ``trust``, ``reject``, ``plain`` (cleartext password), ``md5``,
-        ``scram-sha-256``, ``cert`` or ``peer``; or ``None`` when this implementation has no
-        opinion.  The built-in answer (``auth_type``) comes last.
+        ``scram-sha-256``, ``cert``, ``peer`` or one of a plugin's
+        (:func:`bouncer_verify_client`, :func:`bouncer_password_checkers`); or ``None`` when
+        this implementation has no opinion.  The built-in answer (``auth_type``) comes last.
+        Raise :class:`~bouncer.plugin.Refusal` to refuse the client with your own words.
 
     Called from: the client's greenlet, once per login.
     """
 
 
 @hookspec(firstresult=True)
-def bouncer_get_credentials(app: "App", user: str, database: str) -> Optional["Credentials"]:
+def bouncer_get_credentials(context: "PluginContext", user: str, database: str,
+                            app: "App") -> Optional["Credentials"]:
     """Find the stored secret for a user.
 
     Backends chain: the userlist (``auth_file``) answers first, ``auth_query`` after it.
 
-    :param app: the running application.
+    :param context: the narrow view (``context.config`` is the configuration in force).
     :param user: the user name the client logs in as.
     :param database: the database name the client asked for.
-    :return: :class:`~bouncer.auth.store.Credentials` (the secret may be a plain password, an md5
+    :param app: bouncer's application object (internals, for the built-in plugins).
+    :return: :class:`~bouncer.plugin.Credentials` (the secret may be a plain password, an md5
         secret or a SCRAM secret), or ``None`` when this backend does not know the user.
+        Raise :class:`~bouncer.plugin.Refusal` to refuse the login outright.
 
     Called from: the client's greenlet; may block cooperatively (auth_query runs a query).
     """
 
 
 @hookspec(firstresult=True)
-def bouncer_verify_client(app: "App", client: "ClientSession", method: str) -> Optional[bool]:
+def bouncer_verify_client(context: "PluginContext", client: "ClientInfo", method: str,
+                          app: "App", session: "ClientSession") -> Optional[bool]:
     """Verify a client by a method that is not a password exchange (``cert``, ``peer``, ...).
 
-    :param app: the running application.
-    :param client: the client; ``client.peer_cert`` / ``client.peer_uid`` are set where known.
+    :param context: the narrow view; *client* the client (``peer_cert`` / ``peer_uid`` set
+        where known); *app* and *session* as for :func:`bouncer_check_client_tls`.
     :param method: the method chosen by :func:`bouncer_auth_method`.
-    :return: ``True`` to accept, ``False`` to refuse, ``None`` when the method is not this
-        implementation's.  If no implementation answers, the client is refused.
+    :return: ``True`` to accept, ``None`` when the method is not this implementation's.  To
+        refuse, raise :class:`~bouncer.plugin.Refusal`; any other answer refuses too, with
+        bouncer's words (``authentication failed for user ...``), as does no answer at all.
 
     Called from: the client's greenlet.
     """
 
 
 @hookspec
-def bouncer_password_checkers() -> Mapping[str, Callable[["App", "ClientSession", str], bool]]:
+def bouncer_password_checkers() -> Mapping[str, "PasswordChecker"]:
     """Contribute methods that check a client's cleartext password against something bouncer
     does not hold: an LDAP directory, PAM (PgBouncer's ``auth_type = ldap`` and ``pam``).
 
@@ -251,13 +272,15 @@ def bouncer_password_checkers() -> Mapping[str, Callable[["App", "ClientSession"
     does, and calls the checker.  ``bouncer_get_credentials`` is not asked: on success the
     servers are logged into with the password the client sent, as PgBouncer does.
 
-    :return: method name -> ``check(app, client, password) -> bool``.  ``True`` accepts;
-        ``False`` refuses with PgBouncer's words (``LDAP authentication failed``); raise an
-        :class:`~bouncer.errors.AuthFailed` to refuse in your own.  Any other exception refuses
-        the client too (fail closed) and is logged.  The answers of all implementations are
-        merged; for a method two plugins name, the plugin registered last keeps it.
-        ``auth_type = ldap`` or ``pam`` with no checker for it (and no plugin's
-        ``bouncer_verify_client``) is refused at start, RELOAD and ``bouncer --check``.
+    :return: method name -> ``check(context, client, password) -> bool``, *client* a
+        :class:`~bouncer.plugin.ClientInfo`.  The checker answers whether the password is
+        right: ``True`` accepts; ``False`` refuses with PgBouncer's words (``LDAP
+        authentication failed``); raise :class:`~bouncer.plugin.Refusal` to refuse in your
+        own.  Any other exception refuses the client too (fail closed) and is logged.  The
+        answers of all implementations are merged; for a method two plugins name, the plugin
+        registered last keeps it.  ``auth_type = ldap`` or ``pam`` with no checker for it (and
+        no plugin's ``bouncer_verify_client``) is refused at start, RELOAD and
+        ``bouncer --check``.
 
     Called from: the main greenlet when a configuration is validated (only the names count);
     each login with one of the methods, in the client's greenlet, which calls the checker
@@ -267,11 +290,12 @@ def bouncer_password_checkers() -> Mapping[str, Callable[["App", "ClientSession"
 
 
 @hookspec
-def bouncer_client_login(app: "App", client: "ClientSession", ok: bool, reason: str) -> None:
+def bouncer_client_login(context: "PluginContext", client: "ClientInfo", ok: bool, reason: str,
+                         app: "App", session: "ClientSession") -> None:
     """Observe the outcome of a client's login (for audit).
 
-    :param app: the running application.
-    :param client: the client.
+    :param context: the narrow view; *client* the client; *app* and *session* as for
+        :func:`bouncer_check_client_tls`.
     :param ok: whether authentication succeeded.
     :param reason: on failure, why (for logs; never includes a secret).
 
@@ -284,16 +308,21 @@ def bouncer_client_login(app: "App", client: "ClientSession", ok: bool, reason: 
 # --------------------------------------------------------------------------------------------
 
 @hookspec(firstresult=True)
-def bouncer_server_connect_limit(app: "App", pool: "Pool") -> Optional[str]:
+def bouncer_server_connect_limit(context: "PluginContext", database: str, user: str,
+                                 app: "App", pool: "Pool") -> None:
     """Decide whether a new server connection may be opened for a pool now.
 
     The pool itself enforces its size; this hook adds limits that span pools
     (``max_db_connections``, ``max_user_connections``).  A refused pool is asked again when
     another server connection closes; its clients keep waiting (up to ``query_wait_timeout``).
 
-    :param app: the running application.
-    :param pool: the pool that wants one more server connection.
-    :return: the name of the limit that is reached (for SHOW output and logs), or ``None``.
+    :param context: the narrow view.
+    :param database: the pool's database name.
+    :param user: the pool's user name (the one it logs into servers as).
+    :param app: bouncer's application object (internals, for the built-in plugins).
+    :param pool: bouncer's pool object (internals, as *app*).
+    :return: ``None`` to allow; raise :class:`~bouncer.plugin.Refusal` whose message names
+        the limit that is reached (for SHOW output and logs) to hold the connection back.
 
     Called from: whichever greenlet asks the pool for a server.
     """

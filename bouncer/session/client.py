@@ -18,6 +18,7 @@ import gevent
 from bouncer import VERSION_STRING
 from bouncer.config.sections import ADMIN_DATABASE
 from bouncer.errors import ClientError, ProtocolError
+from bouncer.plugin.client import ClientInfo
 from bouncer.net.stream import ConnectionLost, recv_some, send_all
 from bouncer.proto import backend, sqlstate
 from bouncer.proto.cancel_key import CancelKey, new_key
@@ -55,7 +56,7 @@ class ClientSession:
                  "peer_cert", "peer_pid", "peer_uid", "connect_time", "request_time", "db",
                  "pool", "server", "link", "logged_in", "is_admin", "wait_time_us",
                  "cancel_key", "close_reason", "closing_logged", "greenlet", "credentials",
-                 "scram_keys", "replication", "startup_options", "handed_over",
+                 "scram_keys", "replication", "startup_options", "handed_over", "_info",
                  "__weakref__")  # (auth_cert keeps a client's user map in a WeakKeyDictionary)
 
     def __init__(self, app: "App", sock: socket.socket, addr: Any, unix: bool) -> None:
@@ -103,6 +104,7 @@ class ClientSession:
         self.startup_options: Optional[str] = None
         #: The new process of an online restart serves it now (nothing more is said here).
         self.handed_over = False
+        self._info: Optional[ClientInfo] = None
 
     @staticmethod
     def _local_address(sock: socket.socket, unix: bool) -> Tuple[str, int]:
@@ -119,6 +121,14 @@ class ClientSession:
         else:
             where = self._tcp_address()
         return f"C-{id(self):#x}: {self.database}/{self.user}@{where}"
+
+    @property
+    def info(self) -> ClientInfo:
+        """What plugins' hooks are told of this client: made at the first hook, once the
+        startup packet is read, and the same for every hook of the login after it."""
+        if self._info is None:
+            self._info = ClientInfo.of(self)
+        return self._info
 
     # -- the whole life ------------------------------------------------------------------------
 
@@ -262,10 +272,8 @@ class ClientSession:
             if self.app.config.log_connections:
                 log.info("%s login attempt: db=%s user=%s tls=%s replication=%s", self.prefix,
                          self.database, self.user, self.tls or "no", self.replication)
-            for check in (self.app.hooks.check_client_tls, self.app.hooks.client_admit):
-                refusal = check(self.app, self)
-                if refusal is not None:
-                    raise refusal
+            self.app.hooks.check_client_tls(self)
+            self.app.hooks.client_admit(self)
             if self.database == ADMIN_DATABASE:
                 self.is_admin = True
                 client_auth.authenticate_admin(self)

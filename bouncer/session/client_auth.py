@@ -64,17 +64,17 @@ def authenticate(client: "ClientSession") -> None:
     try:
         # Inside the try: a refusal by the method choice (an HBA line) or a failing
         # credentials backend is an outcome the login observers must hear about too.
-        method = app.hooks.auth_method(app, client)
+        method = app.hooks.auth_method(client)
         credentials, scram_keys = _authenticate_by(client, method)
     except LoginRefused as err:
         if err.why != err.log_reason:
             log.info("%s %s", client.prefix, err.why)
-        app.hooks.client_login(app, client, False, err.why)
+        app.hooks.client_login(client, False, err.why)
         raise
     except ClientError as err:
-        app.hooks.client_login(app, client, False, err.log_reason)
+        app.hooks.client_login(client, False, err.log_reason)
         raise
-    app.hooks.client_login(app, client, True, "")
+    app.hooks.client_login(client, True, "")
     client.credentials = credentials
     client.scram_keys = scram_keys
 
@@ -93,7 +93,7 @@ def authenticate_admin(client: "ClientSession") -> None:
         raise not_allowed
     # The method as for any database (auth_type, or the HBA line for database "pgbouncer");
     # secrets as for any database too: auth_file first, then auth_query, as in PgBouncer.
-    _authenticate_by(client, app.hooks.auth_method(app, client))
+    _authenticate_by(client, app.hooks.auth_method(client))
     if client.user not in allowed:
         raise not_allowed
 
@@ -118,7 +118,7 @@ def _check_by_plugin(client: "ClientSession", method: str,
         # An empty password would be an anonymous bind to an LDAP server: never let one by.
         raise LoginRefused("empty password returned by client", sqlstate.INVALID_PASSWORD,
                            why="empty password returned by client")
-    if not client.app.hooks.check_password(checker, client.app, client, password):
+    if not client.app.hooks.check_password(checker, client, password):
         failed = f"{method.upper()} authentication failed"
         raise LoginRefused(failed, sqlstate.INVALID_PASSWORD, log_reason=failed)
     return Credentials(client.user, password, method)
@@ -146,8 +146,7 @@ def _run_method(client: "ClientSession", method: Optional[str],
         return None
     if method == "scram-sha-256":
         return _check_scram(client, credentials)
-    verdict = client.app.hooks.verify_client(client.app, client, method)
-    if verdict is not True:
+    if not client.app.hooks.verify_client(client, method):
         raise LoginRefused(f'authentication failed for user "{user}"',
                            sqlstate.INVALID_AUTHORIZATION,
                            log_reason=f"{method} authentication failed")

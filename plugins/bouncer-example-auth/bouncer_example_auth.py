@@ -10,7 +10,8 @@ configured.  The secret (everything after the first colon) may be a plain passwo
 ``md5...`` secret or a ``SCRAM-SHA-256$...`` secret; blank lines and lines starting with ``#``
 are ignored.
 
-It shows the four things most auth backends need:
+It imports nothing of bouncer but :mod:`bouncer.plugin` (and :mod:`bouncer.plugin.context`
+for a type), the stable plugin API, and shows the four things most auth backends need:
 
 * ``bouncer_declare_settings`` declares the plugin's settings: bouncer types them, refuses an
   unknown key or a bad value (``bouncer --check`` too), applies a RELOAD and shows them in
@@ -25,15 +26,15 @@ It shows the four things most auth backends need:
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import gevent
 
-from bouncer.auth.store import Credentials
-from bouncer.plugin import Setting, hookimpl
+from bouncer.plugin import Credentials, Setting, hookimpl
 
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.config import Config
+    from bouncer.plugin.context import PluginContext
 
 #: The ini section is [plugin.example_auth]; also the credentials' source in bouncer's logs.
 SECTION = SOURCE = "example_auth"
@@ -84,9 +85,10 @@ def bouncer_validate_config(config: "Config") -> List[str]:
 
 
 @hookimpl
-def bouncer_get_credentials(app: Any, user: str, database: str) -> Optional[Credentials]:
+def bouncer_get_credentials(context: "PluginContext", user: str,
+                            database: str) -> Optional[Credentials]:
     # Read from the configuration in force at each login, so a RELOAD counts at once.
-    path = secrets_file(app.config)
+    path = secrets_file(context.config)
     if not path:
         return None  # not configured: not mine
     secret = read_secrets(path).get(user)

@@ -10,12 +10,15 @@ threadpool, so other clients are served meanwhile.  PAM is not offered in ``auth
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict, List, Mapping, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Tuple
 
 import gevent
 import pam
 
-from bouncer.plugin import Setting, hookimpl
+from bouncer.plugin import ClientInfo, Setting, hookimpl
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bouncer.plugin.context import PluginContext
 
 log = logging.getLogger("bouncer.plugins.pam")  # under bouncer's own logger
 
@@ -65,14 +68,14 @@ def bouncer_declare_settings() -> Dict[str, Tuple[Setting, ...]]:
 
 
 @hookimpl
-def bouncer_password_checkers() -> Mapping[str, Callable[[Any, Any, str], bool]]:
+def bouncer_password_checkers() -> Mapping[str, Callable[..., bool]]:
     return {METHOD: check_pam_login}
 
 
-def check_pam_login(app: Any, client: Any, password: str) -> bool:
-    service = app.config.plugin(SECTION)["service"]
+def check_pam_login(context: "PluginContext", client: ClientInfo, password: str) -> bool:
+    service = context.settings(SECTION)["service"]
     ok, reason = _authenticators.check(service, client.user, password)
     if not ok:
-        log.warning('%s PAM service "%s" refused user %s: %s', client.prefix, service,
+        log.warning('%s PAM service "%s" refused user %s: %s', client.log_prefix, service,
                     client.user, reason)
     return ok

@@ -129,17 +129,34 @@ def test_hook_server_tls_context_is_asked_at_start(recording) -> None:
         {"hook": "server_tls_context", "sslmode": "prefer"}]
 
 
+def refusal_fields(bouncer: BouncerProcess, **params: str) -> Dict[str, str]:
+    """The ErrorResponse fields a raw client logging in with startup *params* is refused
+    with (md5user's password answers any password request)."""
+    sock = pgwire.connect(bouncer.host, bouncer.port)
+    try:
+        sock.sendall(pgwire.startup({"user": "md5user", "database": "testdb", **params}))
+        error = pgwire.first_error(pgwire.login(sock, params.get("user", "md5user"),
+                                                "md5pass"))
+    finally:
+        sock.close()
+    assert error is not None, "logged in"
+    return error
+
+
 def test_hook_check_client_tls_refusal_reaches_the_client(recording) -> None:
-    outcome = login_outcome(recording.bouncer.connect, user="rec_tls_only", password="x")
-    assert "recorder: this user must use TLS" in outcome
+    """A Refusal's message, SQLSTATE, detail and hint reach the client as its FATAL."""
+    error = refusal_fields(recording.bouncer, user="rec_tls_only")
+    assert (error["S"], error["C"], error["M"], error["D"], error["H"]) == (
+        "FATAL", "28000", "recorder: this user must use TLS", recorder.TLS_DETAIL,
+        recorder.TLS_HINT)
     assert {"hook": "check_client_tls", "user": "rec_tls_only", "database": "testdb",
             "tls": False} in recording.records("check_client_tls")
 
 
 # -- login ----------------------------------------------------------------------------------
 def test_hook_client_admit_refusal_reaches_the_client(recording) -> None:
-    outcome = login_outcome(recording.bouncer.connect, user="rec_not_admitted", password="x")
-    assert "recorder: not admitted" in outcome
+    error = refusal_fields(recording.bouncer, user="rec_not_admitted")
+    assert (error["C"], error["M"]) == ("53300", "recorder: not admitted")
     assert not [record for record in recording.records("auth_method")
                 if record["user"] == "rec_not_admitted"], "refused before authentication"
 
@@ -160,6 +177,8 @@ def test_hook_verify_client_decides_a_method_a_plugin_added(recording) -> None:
         == "md5user"
     assert 'authentication failed for user "md5user"' in login_outcome(
         connect, application_name="token:guess", password="")
+    expired = refusal_fields(recording.bouncer, application_name=recorder.EXPIRED_TOKEN)
+    assert (expired["M"], expired["H"]) == ("recorder: token expired", "ask for a new token")
     methods = {record["method"] for record in recording.records("verify_client")}
     assert methods == {recorder.TOKEN_METHOD}
 
@@ -307,10 +326,21 @@ def test_example_plugin_chained_between_auth_file_and_auth_query(start_with_exam
     assert login_outcome(bouncer.connect, user=looked_up, password="chained-pw") == looked_up
 
 
+def test_a_plugin_that_returns_its_refusal_refuses_the_client(pg, bouncer_factory) -> None:
+    """A plugin written for a contract where bouncer_client_admit returned its refusal: its
+    answer is not taken for "admitted", the client is refused (fail closed), the log says
+    how the plugin must refuse."""
+    bouncer = bouncer_factory(common_ini(pg, plugins="tests.plugins.returns_refusal"))
+    assert "authentication failed (plugin error)" in login_outcome(bouncer.connect)
+    bouncer.wait_for_log("raise bouncer.plugin.Refusal to refuse")
+    assert login_outcome(bouncer.connect, user="scramuser", password="scrampass") \
+        == "scramuser"
+
+
 def test_a_bug_in_a_client_session_fails_that_client_only(pg, bouncer_factory) -> None:
     """An unexpected exception ends the client's session with an error it can read, is logged
     with its traceback, and leaves the daemon serving everyone else."""
-    bouncer = bouncer_factory(common_ini(pg, plugins="tests.plugins.broken_admit"))
+    bouncer = bouncer_factory(common_ini(pg, plugins="tests.plugins.broken_method"))
     with pytest.raises(psycopg2.OperationalError, match="bouncer internal error"):
         bouncer.connect(user="md5user")
     bouncer.wait_for_log(r"ERROR C-0x[0-9a-f]+: testdb/md5user@127\.0\.0\.1:\d+ internal error")

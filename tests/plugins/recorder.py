@@ -9,7 +9,7 @@ names no real client uses:
 * user ``rec_tls_only`` over plaintext: refused by :func:`bouncer_check_client_tls`;
 * user ``rec_raises``: :func:`bouncer_auth_method` raises (bouncer must fail closed);
 * ``application_name`` ``token:...``: method ``token``, which :func:`bouncer_verify_client`
-  accepts only for ``token:open-sesame``;
+  accepts only for ``token:open-sesame`` (and refuses in its own words for ``token:expired``);
 * ``application_name`` ``recpw``: method ``recpw``, whose :func:`bouncer_password_checkers`
   checker accepts md5user's password and raises for ``raise-me``;
 * user ``trustuser``: :func:`bouncer_get_credentials` answers with password ``robot-pw``;
@@ -23,14 +23,14 @@ import os
 from typing import Any, Callable, Dict, List, Optional
 
 from bouncer.admin.commands import Result, columns, show, stats_allowed
-from bouncer.auth.store import Credentials
-from bouncer.errors import ClientError
-from bouncer.plugin import hookimpl
+from bouncer.plugin import ClientInfo, Credentials, Refusal, hookimpl
+from bouncer.plugin.context import PluginContext
 
 RECORD_ENV = "BOUNCER_TEST_RECORDER"
 TOKEN_METHOD = "token"
 TOKEN_PREFIX = "token:"
-GOOD_TOKEN = "token:open-sesame"
+GOOD_TOKEN, EXPIRED_TOKEN = "token:open-sesame", "token:expired"
+TLS_DETAIL, TLS_HINT = "recorder: user rec_tls_only is TLS-only", "connect with sslmode=require"
 ROBOT_USER, ROBOT_PASSWORD = "trustuser", "robot-pw"
 PASSWORD_METHOD, PASSWORD_ACCEPTED, PASSWORD_RAISES = "recpw", "md5pass", "raise-me"
 LIMITED_DATABASE = "rec_limited"
@@ -44,7 +44,9 @@ def _record(hook: str, **facts: Any) -> None:
             out.write(json.dumps({"hook": hook, **facts}) + "\n")
 
 
-def _client_facts(client: Any) -> Dict[str, Any]:
+def _client_facts(client: ClientInfo) -> Dict[str, Any]:
+    # isinstance: the stable ClientInfo, never bouncer's live session object.
+    assert isinstance(client, ClientInfo), type(client)
     return {"user": client.user, "database": client.database, "tls": bool(client.tls)}
 
 
@@ -70,13 +72,13 @@ def bouncer_validate_config(config: Any) -> List[str]:
 
 
 @hookimpl
-def bouncer_startup(app: Any) -> None:
-    _record("startup", listen_port=app.config.listen_port)
+def bouncer_startup(context: PluginContext) -> None:
+    _record("startup", listen_port=context.config.listen_port)
 
 
 @hookimpl
-def bouncer_reload(app: Any, old_config: Any, new_config: Any) -> None:
-    _record("reload", in_force=app.config is new_config,
+def bouncer_reload(context: PluginContext, old_config: Any, new_config: Any) -> None:
+    _record("reload", in_force=context.config is new_config,
             old_pool_size=old_config.default_pool_size,
             new_pool_size=new_config.default_pool_size)
 
@@ -101,25 +103,23 @@ def bouncer_server_tls_context(app: Any, config: Any) -> None:
 
 
 @hookimpl
-def bouncer_check_client_tls(app: Any, client: Any) -> Optional[ClientError]:
+def bouncer_check_client_tls(context: PluginContext, client: ClientInfo) -> None:
     _record("check_client_tls", **_client_facts(client))
     if client.user == "rec_tls_only" and not client.tls:
-        return ClientError("recorder: this user must use TLS", "28000")
-    return None
+        raise Refusal("recorder: this user must use TLS", detail=TLS_DETAIL, hint=TLS_HINT)
 
 
 # -- login ------------------------------------------------------------------------------------
 
 @hookimpl
-def bouncer_client_admit(app: Any, client: Any) -> Optional[ClientError]:
+def bouncer_client_admit(context: PluginContext, client: ClientInfo) -> None:
     _record("client_admit", **_client_facts(client))
     if client.user == "rec_not_admitted":
-        return ClientError("recorder: not admitted", "53300")
-    return None
+        raise Refusal("recorder: not admitted", "53300")
 
 
 @hookimpl
-def bouncer_auth_method(app: Any, client: Any) -> Optional[str]:
+def bouncer_auth_method(context: PluginContext, client: ClientInfo) -> Optional[str]:
     _record("auth_method", **_client_facts(client))
     if client.user == "rec_raises":
         raise RuntimeError("recorder bug in bouncer_auth_method")
@@ -130,7 +130,7 @@ def bouncer_auth_method(app: Any, client: Any) -> Optional[str]:
     return None
 
 
-def _check_password(app: Any, client: Any, password: str) -> bool:
+def _check_password(context: PluginContext, client: ClientInfo, password: str) -> bool:
     _record("password_check", **_client_facts(client))
     if password == PASSWORD_RAISES:
         raise RuntimeError("recorder bug in its password checker")
@@ -144,7 +144,8 @@ def bouncer_password_checkers() -> Dict[str, Callable[..., bool]]:
 
 
 @hookimpl
-def bouncer_get_credentials(app: Any, user: str, database: str) -> Optional[Credentials]:
+def bouncer_get_credentials(context: PluginContext, user: str,
+                            database: str) -> Optional[Credentials]:
     _record("get_credentials", user=user, database=database)
     if user == ROBOT_USER:
         return Credentials(user, ROBOT_PASSWORD, "recorder")
@@ -152,24 +153,30 @@ def bouncer_get_credentials(app: Any, user: str, database: str) -> Optional[Cred
 
 
 @hookimpl
-def bouncer_verify_client(app: Any, client: Any, method: str) -> Optional[bool]:
+def bouncer_verify_client(context: PluginContext, client: ClientInfo,
+                          method: str) -> Optional[bool]:
     _record("verify_client", method=method, **_client_facts(client))
     if method != TOKEN_METHOD:
         return None
-    return client.application_name == GOOD_TOKEN
+    if client.application_name == GOOD_TOKEN:
+        return True
+    if client.application_name == EXPIRED_TOKEN:
+        raise Refusal("recorder: token expired", hint="ask for a new token")
+    return False  # bouncer's own words
 
 
 @hookimpl
-def bouncer_client_login(app: Any, client: Any, ok: bool, reason: str) -> None:
+def bouncer_client_login(client: ClientInfo, ok: bool, reason: str) -> None:
     _record("client_login", ok=ok, reason=reason, **_client_facts(client))
 
 
 # -- limits and admin ---------------------------------------------------------------------------
 
 @hookimpl
-def bouncer_server_connect_limit(app: Any, pool: Any) -> Optional[str]:
-    _record("server_connect_limit", database=pool.database.name, user=pool.user.name)
-    return LIMIT_NAME if pool.database.name == LIMITED_DATABASE else None
+def bouncer_server_connect_limit(context: PluginContext, database: str, user: str) -> None:
+    _record("server_connect_limit", database=database, user=user)
+    if database == LIMITED_DATABASE:
+        raise Refusal(LIMIT_NAME)
 
 
 @stats_allowed

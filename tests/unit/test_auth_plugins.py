@@ -32,6 +32,7 @@ class FakeClient:
                  peer_uid: Optional[int] = None) -> None:
         self.user, self.database, self.addr, self.unix = user, database, addr, unix
         self.tls, self.peer_cert, self.peer_uid = tls, peer_cert, peer_uid
+        self.replication = "no"
         self.sock = None  # not a TLS socket: nothing for the cert plugin to judge again
 
 
@@ -45,7 +46,8 @@ def write(tmp_path):
 
 
 def method(app: Any, client: FakeClient) -> Any:
-    return auth_hba.bouncer_auth_method(app=app, client=client)
+    # The fake stands for both the ClientInfo and the session the hook is given.
+    return auth_hba.bouncer_auth_method(app=app, client=client, session=client)
 
 
 # -- auth_hba ----------------------------------------------------------------------------------
@@ -113,7 +115,7 @@ def certificate(common_name: str) -> bytes:
 
 
 def verify(client: FakeClient, how: str) -> Optional[bool]:
-    return auth_cert.bouncer_verify_client(app=None, client=client, method=how)
+    return auth_cert.bouncer_verify_client(session=client, method=how)
 
 
 def test_other_methods_are_not_the_cert_plugins_business() -> None:

@@ -1,6 +1,8 @@
 """proto/, auth/ and config/ are sans-IO (issue #14): none of their modules, nor any bouncer
 module they import in turn, imports gevent or bouncer.net, so they run and are tested without
-an event loop or a socket.  And the daemon never imports bouncer.testing (pytest, psycopg2).
+an event loop or a socket.  And the daemon never imports bouncer.testing (pytest, psycopg2), and
+the first-party plugins use only the stable plugin API (bouncer.plugin), as a third party's
+would.
 
 Read from the source (the AST), not by importing: an import inside a function counts too,
 one under ``if TYPE_CHECKING:`` does not (it never runs).
@@ -59,6 +61,11 @@ def imported_modules(module: str) -> Iterator[str]:
     gives ``a`` and ``a.b``), with its parent packages, which Python imports first."""
     path = module_path(module)
     assert path is not None, module
+    yield from imports_in(path, module)
+
+
+def imports_in(path: str, module: str) -> Iterator[str]:
+    """:func:`imported_modules` of the source file *path*, module *module*."""
     with open(path, encoding="utf-8") as source:
         tree = ast.parse(source.read(), path)
     is_package = path.endswith("__init__.py")
@@ -115,3 +122,23 @@ def test_the_check_sees_a_module_that_does_import_gevent() -> None:
                                     if not module.startswith("bouncer.testing")])
 def test_the_daemon_never_imports_the_testing_package(module: str) -> None:
     assert not [name for name in imported_modules(module) if name.startswith("bouncer.testing")]
+
+
+#: What a plugin may import of bouncer when it runs (bouncer-plugins(7), THE PLUGIN API).
+PLUGIN_API = ("bouncer", "bouncer.plugin", "bouncer.plugin.context")
+
+
+def plugin_sources() -> Iterator[str]:
+    for directory, _, files in os.walk(os.path.join(REPO, "plugins")):
+        if os.sep + "tests" not in directory:
+            yield from (os.path.join(directory, name) for name in files
+                        if name.endswith(".py") and name != "conftest.py")
+
+
+@pytest.mark.parametrize("path", sorted(plugin_sources()))
+def test_first_party_plugins_use_only_the_plugin_api(path: str) -> None:
+    bouncer_parts = {name for name in imports_in(path, "plugin_module")
+                     if name == "bouncer" or name.startswith("bouncer.")}
+    # ``from bouncer.plugin import Refusal`` names bouncer.plugin.Refusal: not a module.
+    modules = {name for name in bouncer_parts if module_path(name) is not None}
+    assert modules <= set(PLUGIN_API), sorted(modules - set(PLUGIN_API))

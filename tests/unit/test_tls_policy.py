@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from bouncer.builtin import tls as policy
 from bouncer.config import SETTINGS, ConfigProblems
-from bouncer.errors import ConfigError
+from bouncer.errors import ConfigError, Refusal
 from bouncer.net import certs as certfiles
 from bouncer.net.tls import (CIPHER_SHORTCUTS, ClientTlsContext, TlsSettings,
                              build_client_context, build_server_context, cipher_string,
@@ -470,8 +470,9 @@ def decide(mode: str, tls: str = "", peer_cert: Optional[bytes] = None, sock: An
            user: str = "md5user", unix: bool = False) -> Optional[str]:
     app = SimpleNamespace(config=SimpleNamespace(client_tls_sslmode=mode, auth_type="md5"))
     client = SimpleNamespace(unix=unix, tls=tls, peer_cert=peer_cert, sock=sock, user=user)
-    refusal = policy.bouncer_check_client_tls(app=app, client=client)
-    if refusal is not None:
+    try:
+        policy.bouncer_check_client_tls(app=app, client=client, session=client)
+    except Refusal as refusal:
         assert (refusal.severity, refusal.sqlstate) == ("FATAL", "28000")
         return refusal.message
     return None

@@ -57,7 +57,7 @@ def secrets_file(tmp_path):
 
 
 def lookup(config: Config, user: str):
-    return example.bouncer_get_credentials(app=SimpleNamespace(config=config), user=user,
+    return example.bouncer_get_credentials(context=SimpleNamespace(config=config), user=user,
                                            database="db")
 
 
@@ -102,7 +102,8 @@ def test_chained_behind_auth_file_by_the_plugin_manager(hooks, configured, secre
     store = UserStore()
     store.load_userlist({"alice": "from-auth-file"})
     config = configured(str(secrets_file))
-    app = SimpleNamespace(user_store=store, config=config)
+    app = SimpleNamespace(user_store=store, config=config,
+                          plugin_context=SimpleNamespace(config=config))
     assert hooks.get_credentials(app, "alice", "db").secret == "from-auth-file"
     assert hooks.get_credentials(app, "bob", "db").source == "example_auth"
     assert hooks.get_credentials(app, "mallory", "db") is None

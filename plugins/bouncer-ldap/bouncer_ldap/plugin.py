@@ -12,13 +12,12 @@ Settings, in ``[plugin.ldap]`` (all reloadable)::
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Tuple
 
 import gevent
 
-from bouncer.builtin.auth_hba import load_policy, rule_for
-from bouncer.errors import ConfigError
-from bouncer.plugin import Setting, hookimpl
+from bouncer.plugin import ClientInfo, Setting, hookimpl
+from bouncer.plugin.context import hba_lines
 
 from bouncer_ldap.bind import TlsPolicy, check_password
 from bouncer_ldap.ldapconf import ca_file as ldap_ca_file
@@ -27,6 +26,7 @@ from bouncer_ldap.options import LdapOptionError, LdapOptions, ldap_options, opt
 
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.config import Config
+    from bouncer.plugin.context import PluginContext
 
 log = logging.getLogger("bouncer.plugins.ldap")  # under bouncer's own logger
 
@@ -68,12 +68,8 @@ def _option_problems(text: str) -> List[str]:
 
 
 def _hba_problems(config: "Config") -> List[str]:
-    try:
-        rules = load_policy(config).rules.rules
-    except ConfigError:
-        return []  # bouncer's HBA plugin reports that one
     problems = []
-    for rule in rules:
+    for rule in hba_lines(config):
         if rule.method == METHOD:
             try:
                 ldap_options(rule.options.items())
@@ -83,15 +79,15 @@ def _hba_problems(config: "Config") -> List[str]:
 
 
 @hookimpl
-def bouncer_password_checkers() -> Mapping[str, Callable[[Any, Any, str], bool]]:
+def bouncer_password_checkers() -> Mapping[str, Callable[..., bool]]:
     return {METHOD: check_ldap_login}
 
 
-def check_ldap_login(app: Any, client: Any, password: str) -> bool:
+def check_ldap_login(context: "PluginContext", client: ClientInfo, password: str) -> bool:
     """The client's password, checked by a bind; the warnings say why not, in PgBouncer's
     words.  Bounded by ``timeout``: an LDAP server that never answers refuses the login."""
-    settings = app.config.plugin(SECTION)
-    options = client_options(app, client)
+    settings = context.settings(SECTION)
+    options = client_options(context, client)
     if options is None:
         return False
     # Plain LDAP never looks at it: ldap.conf is read only for ldaps and StartTLS.
@@ -106,7 +102,7 @@ def check_ldap_login(app: Any, client: Any, password: str) -> bool:
         warnings = [f"LDAP login for user {client.user} on server {options.describe()} took "
                     f"longer than plugin.ldap.timeout ({timeout:g}s)"]
     for warning in warnings:
-        log.warning("%s %s", client.prefix, warning)
+        log.warning("%s %s", client.log_prefix, warning)
     return not warnings
 
 
@@ -121,15 +117,15 @@ def tls_policy(verify: str, ca_file: str) -> TlsPolicy:
                      ca_file or ldap_ca_file(conf))
 
 
-def client_options(app: Any, client: Any) -> Optional[LdapOptions]:
+def client_options(context: "PluginContext", client: ClientInfo) -> Optional[LdapOptions]:
     """auth_ldap_options, or the options of the client's ``ldap`` HBA line.  Validation
     checked both before they came into force: a refusal here would be a bug, and fails
     closed."""
-    rule = rule_for(app, client)
+    rule = context.hba_line(client)
     try:
         if rule is not None and rule.method == METHOD:
             return ldap_options(rule.options.items())
-        return options_from_string(app.config.auth_ldap_options)
+        return options_from_string(context.config.auth_ldap_options)
     except LdapOptionError as exc:
-        log.warning("%s LDAP options cannot be used: %s", client.prefix, exc)
+        log.warning("%s LDAP options cannot be used: %s", client.log_prefix, exc)
         return None
