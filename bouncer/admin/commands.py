@@ -1,11 +1,13 @@
 """The contract between the admin console and its command handlers (built-in or plugin).
 
 A handler is ``handler(console, args) -> Result``: ``console`` is the
-:class:`~bouncer.admin.console.Console` of the user who typed the command (``console.app``,
-``console.client``, ``console.is_admin()``), ``args`` the text after the command's words (e.g.
+:class:`~bouncer.admin.console.Console` of the user who typed the command (for plugins:
+``console.context``, ``console.user``, ``console.is_admin()``; the built-ins also use
+``console.app`` and ``console.client``), ``args`` the text after the command's words (e.g.
 ``"mydb"`` for ``PAUSE mydb``; parse it with :mod:`bouncer.admin.grammar`).  The handler
 returns a :class:`Result`, or raises :class:`InvalidCommand` (reported as PgBouncer's
-"invalid command") or :class:`AdminError` / any ``ClientError`` (reported as an ERROR).  The
+"invalid command") or a :class:`~bouncer.plugin.Refusal`, :class:`AdminError` or any other
+``ClientError`` (reported as an ERROR).  The
 console stays usable after either.
 
 Access fails closed: only ``admin_users`` (and the local ``pgbouncer`` user) may run a handler,

@@ -23,6 +23,7 @@ from bouncer.proto import backend, frontend, sqlstate
 from bouncer.proto.constants import TXN_IDLE, Frontend
 
 if TYPE_CHECKING:  # pragma: no cover
+    from bouncer.plugin.context import PluginContext
     from bouncer.session.client import ClientSession
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,17 @@ class Console:
         self.suspended_pooler = False
         self._skipping_to_sync = False
 
-    # -- who is asking ---------------------------------------------------------------------
+    # -- who is asking (with context: what a plugin's handler may rely on) -----------------
+
+    @property
+    def context(self) -> "PluginContext":
+        """The plugins' stable view of the pooler (:mod:`bouncer.plugin.context`)."""
+        return self.app.plugin_context
+
+    @property
+    def user(self) -> str:
+        """The console user's name."""
+        return self.client.user
 
     def is_admin(self) -> bool:
         """May run every command (``admin_users``, or the local ``pgbouncer`` user)."""

@@ -211,11 +211,12 @@ class PluginHooks:
         return [impl.plugin_name for impl in self._relay.bouncer_verify_client.get_hookimpls()
                 if not impl.plugin_name.startswith("bouncer.builtin.")]
 
-    def admin_commands(self, app: "App") -> Dict[str, Callable[..., Any]]:
+    def admin_commands(self, app: Optional["App"]) -> Dict[str, Callable[..., Any]]:
         merged: Dict[str, Callable[..., Any]] = {}
+        context = app.plugin_context if app is not None else None
         # pluggy returns results last-registered first, and built-ins are registered last
         # (manager.py), so with setdefault a plugin cannot replace a built-in command.
-        for table in self._relay.bouncer_admin_commands(app=app):
+        for table in self._relay.bouncer_admin_commands(context=context, app=app):
             for word, handler in (table or {}).items():
                 merged.setdefault(word.upper(), handler)
         return merged

@@ -354,13 +354,18 @@ def bouncer_client_waited(database: str, user: str, seconds: float) -> None:
 # --------------------------------------------------------------------------------------------
 
 @hookspec
-def bouncer_admin_commands(app: "App") -> Dict[str, Callable[..., Any]]:
+def bouncer_admin_commands(context: Optional["PluginContext"],
+                           app: Optional["App"]) -> Dict[str, Callable[..., Any]]:
     """Contribute admin console commands.
 
-    :param app: the running application.
+    :param context: the narrow view (``None`` when only the command words are wanted, as the
+        documentation checks do); *app* as for :func:`bouncer_check_client_tls`.
     :return: a mapping of command word (upper case, e.g. ``"SHOW PLUGINS"`` or ``"SET USER"``) to
-        a handler ``handler(console, args: str) -> Result``; see :mod:`bouncer.admin.commands`.
-        All implementations' mappings are merged; a later plugin cannot replace a built-in.
+        a handler ``handler(console, args: str) -> Result``; see :mod:`bouncer.admin.commands`
+        (a handler may rely on ``console.context``, ``console.user`` and
+        ``console.is_admin()``; a :class:`~bouncer.plugin.Refusal` it raises is answered as
+        an ERROR and the console stays usable).  All implementations' mappings are merged; a
+        later plugin cannot replace a built-in.
 
     Called from: the main greenlet at start and after a reload.
     """

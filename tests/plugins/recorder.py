@@ -187,6 +187,6 @@ def _show_recorder(console: Any, args: str) -> Result:
 
 
 @hookimpl
-def bouncer_admin_commands(app: Any) -> Dict[str, Callable[..., Any]]:
+def bouncer_admin_commands(context: Optional[PluginContext]) -> Dict[str, Callable[..., Any]]:
     _record("admin_commands")
     return {"SHOW RECORDER": _show_recorder}
