@@ -18,8 +18,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 # harness comes first: it makes the repository root (bouncer, tests.support) importable.
 from harness import (DIRECT, POOL_SIZE, POOLER_NAMES, TWO_WORKERS, Target, environment_line,
-                     markdown_table, pooler_ini, progress, start_postgres, start_targets)
-from procstat import cpu_seconds
+                     markdown_table, pooler_cpu_seconds, pooler_ini, progress, start_postgres,
+                     start_targets)
 from syscalls import SyscallCount, counting_syscalls, strace_available, top_calls
 from bouncer.testing.pgcluster import STANDARD_PASSWORDS, PgCluster
 
@@ -76,11 +76,11 @@ def prepare_database(pg: PgCluster, scale: int) -> None:
             db=BENCH_DB)
 
 
-def run_pgbench(pg: PgCluster, target: Target, workload: Workload,
-                duration: int) -> Optional[Tuple[float, int]]:
+def run_pgbench(pg: PgCluster, target: Target, workload: Workload, duration: int,
+                threads: int = MAX_PGBENCH_THREADS) -> Optional[Tuple[float, int]]:
     """TPS and transactions processed, or None (with pgbench's output on stderr) on failure."""
     command = [os.path.join(pg.bindir, "pgbench"), "-n", "-T", str(duration),
-               "-j", str(MAX_PGBENCH_THREADS), "-h", target.host, "-p", str(target.port),
+               "-j", str(threads), "-h", target.host, "-p", str(target.port),
                "-U", BENCH_USER, *workload.pgbench_args, BENCH_DB]
     env = dict(os.environ, PGPASSWORD=STANDARD_PASSWORDS[BENCH_USER])
     result = subprocess.run(command, capture_output=True, text=True, env=env,
@@ -94,14 +94,16 @@ def run_pgbench(pg: PgCluster, target: Target, workload: Workload,
     return float(tps.group(1)), int(processed.group(1))
 
 
-def measured_run(pg: PgCluster, target: Target, workload: Workload,
-                 duration: int) -> Optional[Run]:
-    """A pgbench run with the pooler's CPU time (utime + stime) read around it."""
-    cpu_before = cpu_seconds(target.pid) if target.pid else None
-    outcome = run_pgbench(pg, target, workload, duration)
+def measured_run(pg: PgCluster, target: Target, workload: Workload, duration: int,
+                 threads: int = MAX_PGBENCH_THREADS) -> Optional[Run]:
+    """A pgbench run with the pooler's CPU time (utime + stime of all its processes) read
+    around it."""
+    cpu_before = pooler_cpu_seconds(target)
+    outcome = run_pgbench(pg, target, workload, duration, threads)
     if outcome is None:
         return None
-    cpu_used = cpu_seconds(target.pid) - cpu_before if cpu_before is not None else None
+    cpu_after = pooler_cpu_seconds(target)
+    cpu_used = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
     return Run(tps=outcome[0], transactions=outcome[1], pooler_cpu_seconds=cpu_used)
 
 
