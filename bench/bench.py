@@ -108,14 +108,14 @@ def measured_run(pg: PgCluster, target: Target, workload: Workload, duration: in
 
 
 def run_rounds(pg: PgCluster, targets: Sequence[Target], workloads: Sequence[Workload],
-               rounds: int, duration: int) -> Results:
+               rounds: int, duration: int, threads: int = MAX_PGBENCH_THREADS) -> Results:
     """Every round runs every workload against every target in turn, so drift hits all."""
     results: Results = {}
     for round_number in range(1, rounds + 1):
         for workload in workloads:
             for target in targets:
                 progress(f"round {round_number}/{rounds}: {workload.label} -> {target.name}")
-                run = measured_run(pg, target, workload, duration)
+                run = measured_run(pg, target, workload, duration, threads)
                 results.setdefault((workload.name, target.name), []).append(run)
     return results
 
@@ -127,10 +127,27 @@ def median_of(values: Sequence[Optional[float]]) -> Optional[float]:
     return statistics.median(values)  # type: ignore[type-var]
 
 
+def median_tps(runs: Sequence[Optional[Run]]) -> Optional[float]:
+    return median_of([run and run.tps for run in runs])
+
+
+def median_cpu_us(runs: Sequence[Optional[Run]]) -> Optional[float]:
+    """Median pooler CPU per transaction in µs; None if a run failed or had no pooler."""
+    return median_of([run and run.cpu_us_per_transaction for run in runs])
+
+
 def ratio(numerator: Optional[float], denominator: Optional[float]) -> str:
     if numerator is None or not denominator:
         return "n/a"
     return f"{numerator / denominator:.2f}"
+
+
+def tps_cell(tps: Optional[float]) -> str:
+    return "failed" if tps is None else f"{tps:,.0f}"
+
+
+def cpu_cell(cpu_us: Optional[float]) -> str:
+    return "n/a" if cpu_us is None else f"{cpu_us:.0f}"
 
 
 def results_table(results: Results, targets: Sequence[Target],
@@ -144,17 +161,12 @@ def results_table(results: Results, targets: Sequence[Target],
     rows = []
     for workload in workloads:
         runs = {name: results.get((workload.name, name), []) for name in names}
-        tps = {name: median_of([run and run.tps for run in runs[name]]) for name in names}
-        cpu = {name: median_of([run and run.cpu_us_per_transaction for run in runs[name]])
-               for name in poolers}
-        rows.append([workload.label,
-                     *(f"{tps[name]:,.0f}" if tps[name] is not None else "failed"
-                       for name in names),
+        tps = {name: median_tps(runs[name]) for name in names}
+        rows.append([workload.label, *(tps_cell(tps[name]) for name in names),
                      ratio(tps.get("bouncer"), tps.get("pgbouncer")),
                      ratio(tps.get("bouncer"), tps.get(DIRECT)),
                      *(ratio(tps.get(TWO_WORKERS), tps.get("bouncer")) for _ in scaling),
-                     *(f"{cpu[name]:.0f}" if cpu[name] is not None else "n/a"
-                       for name in poolers)])
+                     *(cpu_cell(median_cpu_us(runs[name])) for name in poolers)])
     return markdown_table(header, rows)
 
 
