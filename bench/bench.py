@@ -128,12 +128,12 @@ def median_of(values: Sequence[Optional[float]]) -> Optional[float]:
 
 
 def median_tps(runs: Sequence[Optional[Run]]) -> Optional[float]:
-    return median_of([run and run.tps for run in runs])
+    return median_of([None if run is None else run.tps for run in runs])
 
 
 def median_cpu_us(runs: Sequence[Optional[Run]]) -> Optional[float]:
     """Median pooler CPU per transaction in µs; None if a run failed or had no pooler."""
-    return median_of([run and run.cpu_us_per_transaction for run in runs])
+    return median_of([None if run is None else run.cpu_us_per_transaction for run in runs])
 
 
 def ratio(numerator: Optional[float], denominator: Optional[float]) -> str:
