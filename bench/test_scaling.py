@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import Optional
 
 from scaling import (Setup, has_peering, over_the_cores, report, reuseport_ini, scaling_table,
                      tps_curve, workers_cell)
@@ -26,9 +27,9 @@ SCALING = {
 }
 
 
-def setup(pgbouncer: str = "PgBouncer 1.18.0") -> Setup:
+def setup(pgbouncer: Optional[str] = "PgBouncer 1.18.0") -> Setup:
     return Setup(environment="bouncer 0.1.0, 2 CPUs.", cores=2, pgbench_threads=2, rounds=1,
-                 duration=10, pgbouncer=pgbouncer or None, peering=has_peering(pgbouncer))
+                 duration=10, pgbouncer=pgbouncer, peering=has_peering(pgbouncer))
 
 
 def test_one_row_per_worker_count_with_ratios_cpu_and_scaling():
@@ -50,7 +51,7 @@ def test_bouncer_only_table_has_no_pgbouncer_columns():
 
 
 def test_the_report_says_when_pgbouncer_is_missing_and_warns_past_the_cores():
-    text = report(SCALING, setup(pgbouncer=""), [S100])
+    text = report(SCALING, setup(pgbouncer=None), [S100])
     assert "PgBouncer: not installed (apt-get install pgbouncer), so bouncer only." in text
     assert "This machine has 2 cores" in text
     assert "**Warning**: N = 4 exceeds the 2 cores" in text
