@@ -18,8 +18,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 # harness comes first: it makes the repository root (bouncer, tests.support) importable.
 from harness import (DIRECT, POOL_SIZE, POOLER_NAMES, TWO_WORKERS, Target, environment_line,
-                     markdown_table, pooler_ini, progress, start_postgres, start_targets)
-from procstat import cpu_seconds
+                     markdown_table, pooler_cpu_seconds, pooler_ini, progress, start_postgres,
+                     start_targets)
 from syscalls import SyscallCount, counting_syscalls, strace_available, top_calls
 from bouncer.testing.pgcluster import STANDARD_PASSWORDS, PgCluster
 
@@ -76,11 +76,11 @@ def prepare_database(pg: PgCluster, scale: int) -> None:
             db=BENCH_DB)
 
 
-def run_pgbench(pg: PgCluster, target: Target, workload: Workload,
-                duration: int) -> Optional[Tuple[float, int]]:
+def run_pgbench(pg: PgCluster, target: Target, workload: Workload, duration: int,
+                threads: int = MAX_PGBENCH_THREADS) -> Optional[Tuple[float, int]]:
     """TPS and transactions processed, or None (with pgbench's output on stderr) on failure."""
     command = [os.path.join(pg.bindir, "pgbench"), "-n", "-T", str(duration),
-               "-j", str(MAX_PGBENCH_THREADS), "-h", target.host, "-p", str(target.port),
+               "-j", str(threads), "-h", target.host, "-p", str(target.port),
                "-U", BENCH_USER, *workload.pgbench_args, BENCH_DB]
     env = dict(os.environ, PGPASSWORD=STANDARD_PASSWORDS[BENCH_USER])
     result = subprocess.run(command, capture_output=True, text=True, env=env,
@@ -94,26 +94,28 @@ def run_pgbench(pg: PgCluster, target: Target, workload: Workload,
     return float(tps.group(1)), int(processed.group(1))
 
 
-def measured_run(pg: PgCluster, target: Target, workload: Workload,
-                 duration: int) -> Optional[Run]:
-    """A pgbench run with the pooler's CPU time (utime + stime) read around it."""
-    cpu_before = cpu_seconds(target.pid) if target.pid else None
-    outcome = run_pgbench(pg, target, workload, duration)
+def measured_run(pg: PgCluster, target: Target, workload: Workload, duration: int,
+                 threads: int = MAX_PGBENCH_THREADS) -> Optional[Run]:
+    """A pgbench run with the pooler's CPU time (utime + stime of all its processes) read
+    around it."""
+    cpu_before = pooler_cpu_seconds(target)
+    outcome = run_pgbench(pg, target, workload, duration, threads)
     if outcome is None:
         return None
-    cpu_used = cpu_seconds(target.pid) - cpu_before if cpu_before is not None else None
+    cpu_after = pooler_cpu_seconds(target)
+    cpu_used = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
     return Run(tps=outcome[0], transactions=outcome[1], pooler_cpu_seconds=cpu_used)
 
 
 def run_rounds(pg: PgCluster, targets: Sequence[Target], workloads: Sequence[Workload],
-               rounds: int, duration: int) -> Results:
+               rounds: int, duration: int, threads: int = MAX_PGBENCH_THREADS) -> Results:
     """Every round runs every workload against every target in turn, so drift hits all."""
     results: Results = {}
     for round_number in range(1, rounds + 1):
         for workload in workloads:
             for target in targets:
                 progress(f"round {round_number}/{rounds}: {workload.label} -> {target.name}")
-                run = measured_run(pg, target, workload, duration)
+                run = measured_run(pg, target, workload, duration, threads)
                 results.setdefault((workload.name, target.name), []).append(run)
     return results
 
@@ -125,10 +127,27 @@ def median_of(values: Sequence[Optional[float]]) -> Optional[float]:
     return statistics.median(values)  # type: ignore[type-var]
 
 
+def median_tps(runs: Sequence[Optional[Run]]) -> Optional[float]:
+    return median_of([None if run is None else run.tps for run in runs])
+
+
+def median_cpu_us(runs: Sequence[Optional[Run]]) -> Optional[float]:
+    """Median pooler CPU per transaction in µs; None if a run failed or had no pooler."""
+    return median_of([None if run is None else run.cpu_us_per_transaction for run in runs])
+
+
 def ratio(numerator: Optional[float], denominator: Optional[float]) -> str:
     if numerator is None or not denominator:
         return "n/a"
     return f"{numerator / denominator:.2f}"
+
+
+def tps_cell(tps: Optional[float]) -> str:
+    return "failed" if tps is None else f"{tps:,.0f}"
+
+
+def cpu_cell(cpu_us: Optional[float]) -> str:
+    return "n/a" if cpu_us is None else f"{cpu_us:.0f}"
 
 
 def results_table(results: Results, targets: Sequence[Target],
@@ -142,17 +161,12 @@ def results_table(results: Results, targets: Sequence[Target],
     rows = []
     for workload in workloads:
         runs = {name: results.get((workload.name, name), []) for name in names}
-        tps = {name: median_of([run and run.tps for run in runs[name]]) for name in names}
-        cpu = {name: median_of([run and run.cpu_us_per_transaction for run in runs[name]])
-               for name in poolers}
-        rows.append([workload.label,
-                     *(f"{tps[name]:,.0f}" if tps[name] is not None else "failed"
-                       for name in names),
+        tps = {name: median_tps(runs[name]) for name in names}
+        rows.append([workload.label, *(tps_cell(tps[name]) for name in names),
                      ratio(tps.get("bouncer"), tps.get("pgbouncer")),
                      ratio(tps.get("bouncer"), tps.get(DIRECT)),
                      *(ratio(tps.get(TWO_WORKERS), tps.get("bouncer")) for _ in scaling),
-                     *(f"{cpu[name]:.0f}" if cpu[name] is not None else "n/a"
-                       for name in poolers)])
+                     *(cpu_cell(median_cpu_us(runs[name])) for name in poolers)])
     return markdown_table(header, rows)
 
 

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 # A script run as `python bench/NAME.py`: make the repository root importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -24,7 +24,7 @@ from bouncer.testing.ini import BASE_SETTINGS, common_ini  # noqa: E402
 from bouncer.testing.pgcluster import PgCluster, make_shared_tempdir  # noqa: E402
 from bouncer.testing.ports import wait_until  # noqa: E402
 
-from procstat import process_tree  # noqa: E402
+from procstat import cpu_seconds, process_tree  # noqa: E402
 
 POOLER_NAMES = ("bouncer", "pgbouncer")
 #: bouncer with ``workers = 2`` (issue #13): a supervisor and two worker processes.
@@ -38,7 +38,21 @@ class Target:
     name: str
     host: str
     port: int
-    pid: Optional[int] = None  # the pooler process; None for PostgreSQL itself
+    #: The pooler's processes, each measured with its descendants: one for a pooler that is
+    #: a single process tree, several for PgBouncer run as so_reuseport processes, none for
+    #: PostgreSQL itself.
+    pids: Tuple[int, ...] = ()
+
+    @property
+    def pid(self) -> Optional[int]:
+        """The (first) pooler process; None for PostgreSQL itself."""
+        return self.pids[0] if self.pids else None
+
+
+def pooler_cpu_seconds(target: Target) -> Optional[float]:
+    """CPU time so far of all the target's processes and their descendants; None for
+    PostgreSQL itself."""
+    return sum(cpu_seconds(pid) for pid in target.pids) if target.pids else None
 
 
 def progress(message: str) -> None:
@@ -77,21 +91,42 @@ def start_targets(pg: PgCluster, wanted: Sequence[str], ini_text: str,
         two = cleanup.enter_context(BouncerProcess(os.path.join(root, TWO_WORKERS),
                                                    pooler_ini(pg, workers=2)))
         targets.append(pooler_target(TWO_WORKERS, two))
-    pgbouncer_program = find_pgbouncer()
-    if "pgbouncer" in wanted and pgbouncer_program is None:
-        progress("pgbouncer is not installed (apt-get install pgbouncer): skipping it")
+    if "pgbouncer" in wanted and find_pgbouncer() is None:
+        progress(PGBOUNCER_MISSING)
     elif "pgbouncer" in wanted:
-        pgbouncer = cleanup.enter_context(
-            BouncerProcess(os.path.join(root, "pgbouncer"), ini_text,
-                           program=[pgbouncer_program], run_as=pgbouncer_user()))
+        pgbouncer = start_pgbouncer(os.path.join(root, "pgbouncer"), ini_text, cleanup)
         targets.append(pooler_target("pgbouncer", pgbouncer))
     if DIRECT in wanted:
         targets.append(Target(DIRECT, "127.0.0.1", pg.port))
     return targets
 
 
+PGBOUNCER_MISSING = "pgbouncer is not installed (apt-get install pgbouncer): skipping it"
+
+
+def start_pgbouncer(workdir: str, ini_text: str,
+                    cleanup: contextlib.ExitStack) -> BouncerProcess:
+    """The real PgBouncer (as the postgres user when we are root: it refuses root), stopped
+    by ``cleanup``; the caller has checked that find_pgbouncer() finds it."""
+    program = find_pgbouncer()
+    assert program is not None
+    return cleanup.enter_context(BouncerProcess(workdir, ini_text, program=[program],
+                                                run_as=pgbouncer_user()))
+
+
+def pgbouncer_version_line() -> Optional[str]:
+    """The first line of ``pgbouncer --version`` (``PgBouncer 1.18.0``), or None when
+    PgBouncer is not installed."""
+    program = find_pgbouncer()
+    if program is None:
+        return None
+    lines = subprocess.run([program, "--version"], capture_output=True,
+                           text=True).stdout.splitlines()
+    return lines[0] if lines else "PgBouncer (version unknown)"
+
+
 def pooler_target(name: str, process: BouncerProcess) -> Target:
-    return Target(name, process.host, process.port, pooler_pid(process))
+    return Target(name, process.host, process.port, (pooler_pid(process),))
 
 
 def pooler_pid(process: BouncerProcess) -> int:
@@ -122,11 +157,9 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def environment_line(pg: PgCluster) -> str:
     parts = [f"bouncer {bouncer_version}", f"PostgreSQL {pg.psql('SHOW server_version')}"]
-    pgbouncer_program = find_pgbouncer()
-    if pgbouncer_program:
-        version = subprocess.run([pgbouncer_program, "--version"], capture_output=True,
-                                 text=True).stdout.splitlines()
-        parts.append(version[0] if version else "PgBouncer (version unknown)")
+    pgbouncer_version = pgbouncer_version_line()
+    if pgbouncer_version:
+        parts.append(pgbouncer_version)
     parts += [f"Python {platform.python_version()}", f"{os.cpu_count()} CPUs",
               platform.platform(terse=True)]
     return ", ".join(parts) + "."
