@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Tuple
 
+from bouncer.config.attributes import SettingAttributes
+
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.config.settings import Setting
 
@@ -91,7 +93,7 @@ class PeerDef:
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(SettingAttributes):
     """A whole loaded configuration.
 
     ``settings`` has a typed value for every :data:`~bouncer.config.settings.SETTINGS`
@@ -116,9 +118,8 @@ class Config:
     plugin_settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        # Settings become plain attributes: a login reads a few dozen of them, and the
-        # __getattr__ fallback below costs a Python call each time.  A name that is already
-        # a field or a method keeps its meaning, as it does with the fallback.
+        # Settings become plain attributes (typed by SettingAttributes): a login reads a few
+        # dozen of them.  A name that is already a field or a method keeps its meaning.
         for name, value in self.settings.items():
             if name not in self.__dict__ and not hasattr(type(self), name):
                 self.__dict__[name] = value
@@ -134,10 +135,3 @@ class Config:
         """Whether the file has a ``[plugin.NAME]`` section (a plugin may mean "enabled")."""
         return PLUGIN_SECTION_PREFIX + name in self.explicit
 
-    def __getattr__(self, name: str) -> Any:
-        # Only called when normal lookup fails.  Read settings through __dict__ so a
-        # half-built instance (copy, pickle) gets AttributeError, not endless recursion.
-        settings = self.__dict__.get("settings")
-        if settings is None or name not in settings:
-            raise AttributeError(f"{type(self).__name__} has no attribute or setting {name!r}")
-        return settings[name]

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from bouncer.config import SETTINGS, SETTINGS_BY_NAME, format_value, parse_setting
+from bouncer.config import (SETTINGS, SETTINGS_BY_NAME, Config, attributes, format_value,
+                            parse_setting)
 
 #: A sample of PgBouncer 1.25 defaults, as SHOW CONFIG prints them.
 PGBOUNCER_DEFAULTS = {
@@ -175,3 +176,21 @@ def test_setting_names_are_case_insensitive_but_unknown_names_fail() -> None:
     assert parse_setting("Listen_Port", "7000") == 7000
     with pytest.raises(ValueError, match="unknown setting"):
         parse_setting("listen_prot", "7000")
+
+
+def test_every_setting_is_a_typed_attribute_of_a_configuration() -> None:
+    """SettingAttributes (what mypy reads) and SETTINGS (what the loader reads) agree: same
+    names, and each annotation is its kind's type, so a misspelt setting fails the type check
+    and a new setting cannot be left out of it."""
+    annotations = attributes.SettingAttributes.__annotations__
+    assert set(annotations) == {setting.name for setting in SETTINGS}
+    wrong = {setting.name: (setting.kind, annotations[setting.name]) for setting in SETTINGS
+             if annotations[setting.name] != attributes.KIND_TYPES[setting.kind]}
+    assert not wrong
+
+
+def test_a_configuration_has_every_setting_as_an_attribute_and_nothing_else() -> None:
+    config = Config(path="x.ini", settings={setting.name: setting.default for setting in SETTINGS})
+    assert all(getattr(config, setting.name) == setting.default for setting in SETTINGS)
+    with pytest.raises(AttributeError):
+        config.max_client_connn  # type: ignore[attr-defined]  # the misspelling mypy reports
