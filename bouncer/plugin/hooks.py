@@ -53,6 +53,7 @@ class PluginHooks:
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self.pm = pm
         self._relay = pm.hook
+        self._checkers: Optional[Dict[str, PasswordChecker]] = None
 
     # -- decision hooks: exceptions become PluginFailure ------------------------------------
 
@@ -137,12 +138,17 @@ class PluginHooks:
 
     def password_checkers(self) -> Dict[str, PasswordChecker]:
         """Method name -> its checker, merged over the plugins (pluggy asks the plugin
-        registered last first, and the first answer for a method keeps it)."""
-        merged: Dict[str, PasswordChecker] = {}
-        for table in self._relay.bouncer_password_checkers():
-            for method, checker in (table or {}).items():
-                merged.setdefault(method, checker)
-        return merged
+        registered last first, and the first answer for a method keeps it).
+
+        Asked once: plugins are registered at start only, and every login looks its method
+        up here (a hook call per login would cost a connection storm)."""
+        if self._checkers is None:
+            merged: Dict[str, PasswordChecker] = {}
+            for table in self._relay.bouncer_password_checkers():
+                for method, checker in (table or {}).items():
+                    merged.setdefault(method, checker)
+            self._checkers = merged
+        return self._checkers
 
     def check_password(self, checker: PasswordChecker, session: "ClientSession",
                        password: str) -> bool:

@@ -282,7 +282,8 @@ def bouncer_password_checkers() -> Mapping[str, "PasswordChecker"]:
         no plugin's ``bouncer_verify_client``) is refused at start, RELOAD and
         ``bouncer --check``.
 
-    Called from: the main greenlet when a configuration is validated (only the names count);
+    Called from: the main greenlet, once, when the first configuration is validated (the
+    answer is kept for the life of the process: read settings in the checker, not here);
     each login with one of the methods, in the client's greenlet, which calls the checker
     there: it may block cooperatively, must bound how long it takes, and should run calls into
     C libraries in ``gevent.get_hub().threadpool``.
