@@ -13,6 +13,11 @@ FIELDS = ("server_assignment_count", "xact_count", "query_count", "bytes_receive
           "server_parse_count", "bind_count", "client_login_count")
 
 
+#: The averages that are times, and the count each is an average over (the rest are rates).
+TIME_WEIGHTS = {"xact_time": "xact_count", "query_time": "query_count",
+                "wait_time": "server_assignment_count"}
+
+
 class Counters:
     """Totals since start for one database (all its pools)."""
 
@@ -53,11 +58,9 @@ def averages(old: Tuple[int, ...], new: Tuple[int, ...], seconds: float) -> Dict
     delta = dict(zip(FIELDS, (n - o for n, o in zip(new, old))))
     seconds = max(seconds, 1e-9)
     result = {name: int(delta[name] / seconds) for name in FIELDS}
-    result["xact_time"] = delta["xact_time"] // delta["xact_count"] if delta["xact_count"] else 0
-    result["query_time"] = (delta["query_time"] // delta["query_count"]
-                            if delta["query_count"] else 0)
-    assignments = delta["server_assignment_count"]
-    result["wait_time"] = delta["wait_time"] // assignments if assignments else 0
+    for time_field, count_field in TIME_WEIGHTS.items():
+        count = delta[count_field]
+        result[time_field] = delta[time_field] // count if count else 0
     return result
 
 
