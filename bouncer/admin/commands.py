@@ -12,6 +12,11 @@ console stays usable after either.
 
 Access fails closed: only ``admin_users`` (and the local ``pgbouncer`` user) may run a handler,
 unless it is decorated with :func:`stats_allowed`, which opens it to ``stats_users`` too.
+
+With ``workers`` above 1 a handler runs in the worker the console user reached, and sees that
+worker only.  One decorated with :func:`on_every_worker` runs in every worker (the others are
+asked over :mod:`bouncer.admin.worker_channel`), and its ``combine`` makes the one reply the
+user gets from the workers' answers (see :mod:`bouncer.admin.merge`).
 """
 from __future__ import annotations
 
@@ -97,3 +102,18 @@ def stats_allowed(handler: Handler) -> Handler:
 
 def is_stats_allowed(handler: Callable[..., Any]) -> bool:
     return bool(getattr(handler, "stats_allowed", False))
+
+
+def on_every_worker(combine: Callable[..., "Result"]) -> Callable[[Handler], Handler]:
+    """Mark a handler that acts for the whole pooler: every worker runs it, and
+    ``combine(answers)`` (the :class:`~bouncer.admin.merge.Answer` of each worker, this one's
+    first) makes the reply.  Without workers the handler simply runs."""
+    def mark(handler: Handler) -> Handler:
+        handler.on_every_worker = combine  # type: ignore[attr-defined]
+        return handler
+    return mark
+
+
+def every_worker_combine(handler: Callable[..., Any]) -> Optional[Callable[..., "Result"]]:
+    """The ``combine`` of a handler marked with :func:`on_every_worker`, else None."""
+    return getattr(handler, "on_every_worker", None)
