@@ -75,6 +75,11 @@ class WorkerSpec:
         os.write(self.ready_fd, b"1")
         os.close(self.ready_fd)
 
+    def owner_of(self, socket_id: int) -> int:
+        """The worker that opened socket *socket_id*: worker *i* numbers its sockets *i*,
+        *i* + ``workers``, ... (bouncer.session.number_socket_ids)."""
+        return (socket_id - 1) % self.workers + 1
+
     def supervisor_alive(self) -> bool:
         """Whether the supervisor is still our parent (else a signal meant for it would reach
         whatever adopted us, init perhaps)."""
