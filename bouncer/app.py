@@ -15,6 +15,7 @@ import gevent
 from gevent.pool import Group
 
 from bouncer import VERSION_STRING
+from bouncer.admin.worker_channel import WorkerChannel
 from bouncer.auth.store import UserStore
 from bouncer.auth.userlist import load_userlist
 from bouncer.config import Config, load_config, unreloadable_changes
@@ -33,7 +34,7 @@ from bouncer.pool.registry import Registry
 from bouncer.pool.stats import Counters, StatsPeriod
 from bouncer.session.cancel import CancelRegistry
 from bouncer.session.client import ClientSession
-from bouncer.session import handover
+from bouncer.session import handover, number_socket_ids
 from bouncer.session.handover import HandedOver
 from bouncer.session.server import connect_server
 from bouncer.worker import WorkerSpec
@@ -82,6 +83,10 @@ class App:
         self.logs = logs
         #: This process's place among the workers (``workers`` above 1), else None.
         self.worker = worker
+        #: How the console reaches the other workers (``workers`` above 1), else None.
+        self.workers_channel = WorkerChannel(self, worker) if worker is not None else None
+        if worker is not None:
+            number_socket_ids(worker.index, worker.workers)
         self.config: Config = load_config(config_path)
         self._apply_logging(self.config)
         pm = make_plugin_manager(self.config.plugins, self.config.disable_plugins)
@@ -129,6 +134,8 @@ class App:
                                 config.unix_socket_mode, config.listen_backlog,
                                 config.so_reuseport, config.unix_socket_group)
         self.listeners.defer_accept(config.tcp_defer_accept)
+        if self.workers_channel is not None:
+            self.workers_channel.start()
         self.janitor.start()
         systemd.notify("READY=1", f"STATUS=accepting connections on port {config.listen_port}")
 
@@ -338,6 +345,8 @@ class App:
 
     def _exit(self) -> None:
         self.listeners.close()
+        if self.workers_channel is not None:
+            self.workers_channel.close()
         self.janitor.stop()
         self.hooks.shutdown(self)
         for pool in self.registry.pools():

@@ -10,13 +10,14 @@ from __future__ import annotations
 import array
 import logging
 import os
+import signal
 import socket
-from typing import TYPE_CHECKING, Any, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from bouncer import operations
 from bouncer.admin import grammar
 from bouncer.admin.commands import (AdminError, InvalidCommand, Result, admin_access_needed,
-                                    is_stats_allowed)
+                                    every_worker_combine, is_stats_allowed)
 from bouncer.errors import ClientError
 from bouncer.net.stream import ConnectionLost, read_message, send_all
 from bouncer.proto import backend, frontend, sqlstate
@@ -96,7 +97,9 @@ class Console:
     def close(self) -> None:
         if self.suspended_pooler and self.app.suspended:
             log.info("admin disappeared when suspended, doing RESUME")
-            operations.resume(self.app, None)
+            # SUSPEND suspended every worker: SIGUSR2 resumes them all.
+            if not self.app.signal_all_workers(signal.SIGUSR2):
+                operations.resume(self.app, None)
 
     def _answer(self, kind: int, payload: bytes) -> None:
         if kind == Frontend.QUERY:
@@ -147,15 +150,14 @@ class Console:
         :raises InvalidCommand: no command matches (or its handler found the rest malformed).
         :raises ClientError: the command failed or this user may not run it.
         """
-        table = self.app.admin_commands
-        found = grammar.match_command(grammar.strip_terminator(query), table)
-        if found is None:
-            raise InvalidCommand()
-        word, args = found
-        handler = table[word]
+        handler, args = find_command(self.app.admin_commands, query)
         if not (is_stats_allowed(handler) or self.is_admin()):
             raise admin_access_needed()
-        return handler(self, args)
+        combine = every_worker_combine(handler)
+        channel = self.app.workers_channel
+        if combine is None or channel is None:
+            return handler(self, args)
+        return channel.run_everywhere(query, lambda: handler(self, args), combine)
 
     # -- replies ---------------------------------------------------------------------------
 
@@ -193,6 +195,19 @@ class Console:
                 raise ConnectionLost(str(exc)) from exc
             if sent < len(row):
                 self._send(row[sent:])
+
+
+def find_command(table: Dict[str, Callable[..., Result]], query: str
+                 ) -> Tuple[Callable[..., Result], str]:
+    """The handler of the command *query* names, and the text after the command's words.
+
+    :raises InvalidCommand: no command of *table* matches.
+    """
+    found = grammar.match_command(grammar.strip_terminator(query), table)
+    if found is None:
+        raise InvalidCommand()
+    word, args = found
+    return table[word], args
 
 
 def _texts(row: Sequence[Any]) -> List[Optional[str]]:
