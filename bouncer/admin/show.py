@@ -7,7 +7,9 @@ sorted by name.  SHOW CLIENTS / SERVERS / SOCKETS / FDS live in :mod:`bouncer.ad
 
 The ``*_table(app)`` functions build the rows of a command; the console sends them and other
 readers (the metrics plugin) take them as they are, with :func:`records`, so every view of the
-pooler's state is computed in one place.
+pooler's state is computed in one place.  With ``workers`` above 1 the commands about pools,
+databases, users and statistics answer for the whole pooler: each says how its rows from
+every worker merge (:mod:`bouncer.admin.merge`).
 """
 from __future__ import annotations
 
@@ -15,8 +17,9 @@ import time
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from bouncer import VERSION_STRING
-from bouncer.admin import grammar
-from bouncer.admin.commands import InvalidCommand, Result, columns, show, stats_allowed
+from bouncer.admin import grammar, merge
+from bouncer.admin.commands import (InvalidCommand, Result, columns, on_every_worker, show,
+                                    stats_allowed)
 from bouncer.config import all_settings, format_value
 from bouncer.config.sections import ADMIN_DATABASE
 from bouncer.net.tls import TlsSettings
@@ -68,7 +71,13 @@ DATABASE_COLUMNS = columns(
     "current_client_connections", "paused", "disabled")
 
 
+#: Settings are the same in every worker; connection counts add up; paused anywhere is paused.
+_DATABASE_MERGE = merge.keyed(1, [merge.first] * 11 + [merge.total, merge.first, merge.total]
+                              + [merge.largest] * 2)
+
+
 @stats_allowed
+@on_every_worker(_DATABASE_MERGE)
 def show_databases(console: "Console", args: str) -> Result:
     grammar.no_arguments(args)
     return show(DATABASE_COLUMNS, database_table(console.app))
@@ -117,7 +126,13 @@ POOL_COLUMNS = columns(
     "load_balance_hosts", "pool_size")
 
 
+#: Client and server counts add up; the longest wait wins; the pool's settings are shared.
+_POOL_MERGE = merge.keyed(2, [merge.total] * 11 + [merge.longest_wait(13)] * 2
+                          + [merge.first] * 3)
+
+
 @stats_allowed
+@on_every_worker(_POOL_MERGE)
 def show_pools(console: "Console", args: str) -> Result:
     grammar.no_arguments(args)
     return show(POOL_COLUMNS, pool_table(console.app))
@@ -160,7 +175,11 @@ USER_COLUMNS = columns(
     "current_connections", "max_user_client_connections", "current_client_connections")
 
 
+_USER_MERGE = merge.keyed(1, [merge.first] * 4 + [merge.total, merge.first, merge.total])
+
+
 @stats_allowed
+@on_every_worker(_USER_MERGE)
 def show_users(console: "Console", args: str) -> Result:
     grammar.no_arguments(args)
     app = console.app
@@ -213,6 +232,14 @@ _TOTALS_NAMES = ("server_assignment_count", "xact_count", "query_count", "client
                  "server_bytes", "xact_time", "query_time", "wait_time", "ps_client_parse_count",
                  "ps_server_parse_count", "ps_bind_count", "client_login_count")
 TOTALS_COLUMNS = columns("sN", "name", "value")
+_TOTALS_ROW_NAMES = (*("total_" + name for name in _TOTALS_NAMES),
+                     *("avg_" + name for name in _TOTALS_NAMES))
+
+
+def _stats_rules(offset: int) -> List[merge.Rule]:
+    """How the totals and then the averages from column *offset* on merge, across databases
+    or workers: totals add up, averages as :func:`~bouncer.admin.merge.average_rules`."""
+    return [merge.total] * len(FIELDS) + merge.average_rules(offset + len(FIELDS))
 
 
 def _database_stats(app: "App") -> Iterator[Sequence[Any]]:
@@ -226,6 +253,7 @@ def _database_stats(app: "App") -> Iterator[Sequence[Any]]:
 
 
 @stats_allowed
+@on_every_worker(merge.keyed(1, _stats_rules(1)))
 def show_stats(console: "Console", args: str) -> Result:
     grammar.no_arguments(args)
     return show(STATS_COLUMNS, [[name, *totals, *averages]
@@ -233,6 +261,7 @@ def show_stats(console: "Console", args: str) -> Result:
 
 
 @stats_allowed
+@on_every_worker(merge.keyed(1, [merge.total] * len(FIELDS)))
 def show_stats_totals(console: "Console", args: str) -> Result:
     grammar.no_arguments(args)
     return show(STATS_TOTALS_COLUMNS, stats_totals_table(console.app))
@@ -244,32 +273,30 @@ def stats_totals_table(app: "App") -> List[List[Any]]:
 
 
 @stats_allowed
+@on_every_worker(merge.keyed(1, merge.average_rules(1)))
 def show_stats_averages(console: "Console", args: str) -> Result:
     grammar.no_arguments(args)
     return show(STATS_AVERAGES_COLUMNS, [[name, *averages]
                                          for name, _, averages in _database_stats(console.app)])
 
 
+def _merge_totals(answers: Sequence[merge.Answer]) -> Result:
+    """SHOW TOTALS of several workers: their values merge as the databases' do in one."""
+    local, results, notices = merge.results_of(answers)
+    values = merge.merge_rows((), [[value for _, value in result.rows] for result in results],
+                              _stats_rules(0))
+    return Result(local.tag, local.columns, list(map(list, zip(_TOTALS_ROW_NAMES, values))),
+                  notices)
+
+
 @stats_allowed
+@on_every_worker(_merge_totals)
 def show_totals(console: "Console", args: str) -> Result:
     grammar.no_arguments(args)
-    per_database = list(_database_stats(console.app))
-    totals = [sum(values) for values in zip(*(row[1] for row in per_database))]
-    averages = combined_averages([dict(zip(FIELDS, row[2])) for row in per_database])
-    rows = [["total_" + name, value] for name, value in zip(_TOTALS_NAMES, totals)]
-    rows += [["avg_" + name, averages[field]] for name, field in zip(_TOTALS_NAMES, FIELDS)]
-    return show(TOTALS_COLUMNS, rows)
-
-
-def combined_averages(per_database: Sequence[Dict[str, int]]) -> Dict[str, int]:
-    """All-database averages from per-database ones: rates add up; the time per transaction
-    and per query are weighted by each database's transaction and query rates."""
-    combined = {field: sum(avg[field] for avg in per_database) for field in FIELDS}
-    for time_field, count_field in (("xact_time", "xact_count"), ("query_time", "query_count")):
-        count = combined[count_field]
-        weighted = sum(avg[time_field] * avg[count_field] for avg in per_database)
-        combined[time_field] = weighted // count if count else 0
-    return combined
+    per_database = [[*totals, *averages]
+                    for _, totals, averages in _database_stats(console.app)]
+    values = merge.merge_rows((), per_database, _stats_rules(0))
+    return show(TOTALS_COLUMNS, list(map(list, zip(_TOTALS_ROW_NAMES, values))))
 
 
 # -- LISTS, MEM, STATE -----------------------------------------------------------------------
@@ -279,7 +306,18 @@ MEM_COLUMNS = columns("siiii", "name", "size", "used", "free", "memtotal")
 STATE_COLUMNS = columns("ss", "key", "value")
 
 
+#: Lists of things every worker knows (its databases, users...): the largest count; lists of
+#: connections: the sum.
+_SHARED_LISTS = frozenset({"databases", "users", "peers", "pools", "dns_names", "dns_zones"})
+
+
+def _list_items(rows: Sequence[merge.Row], column: int) -> Any:
+    rule = merge.largest if rows[0][0] in _SHARED_LISTS else merge.total
+    return rule(rows, column)
+
+
 @stats_allowed
+@on_every_worker(merge.keyed(1, [_list_items], sort=False))
 def show_lists(console: "Console", args: str) -> Result:
     grammar.no_arguments(args)
     return show(LISTS_COLUMNS, lists_table(console.app))
@@ -309,6 +347,7 @@ def _server_count(app: "App") -> int:
 
 
 @stats_allowed
+@on_every_worker(merge.keyed(1, [merge.total] * 4, sort=False))  # each process its own objects
 def show_mem(console: "Console", args: str) -> Result:
     """PgBouncer's slab caches; Python has none, so only the live object counts are real."""
     grammar.no_arguments(args)
@@ -374,6 +413,7 @@ def show_peers(console: "Console", args: str) -> Result:
 
 
 @stats_allowed
+@on_every_worker(merge.keyed(1, [merge.total] * 4))
 def show_peer_pools(console: "Console", args: str) -> Result:
     """One row per peer a cancel was forwarded to.  Each forward has a connection of its own
     from the moment it holds a slot, so the active columns agree and none is logging in."""

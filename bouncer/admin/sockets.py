@@ -5,6 +5,8 @@ state is the collection it sits in, as in PgBouncer: a client waiting in its poo
 ``waiting``, one linked to a server ``active``, any other logged-in client ``idle``; a server
 is ``active``, ``idle`` or ``tested`` after its pool's set.  The columns about libevent's
 buffers (``recv_pos`` ... ``send_avail``) have no counterpart in bouncer and are always 0.
+With ``workers`` above 1 the lists are of the whole pooler, worker by worker, a ``worker``
+column at the end of each row saying which (SHOW FDS stays the worker's own).
 """
 from __future__ import annotations
 
@@ -13,8 +15,8 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Tuple
 
-from bouncer.admin import grammar
-from bouncer.admin.commands import Result, columns, show, stats_allowed
+from bouncer.admin import grammar, merge
+from bouncer.admin.commands import Result, columns, on_every_worker, show, stats_allowed
 from bouncer.admin.show import split_seconds
 from bouncer.session import handover
 
@@ -128,6 +130,7 @@ def _client_statements(client: Any) -> int:
 # -- commands --------------------------------------------------------------------------------
 
 @stats_allowed
+@on_every_worker(merge.union)
 def show_clients(console: "Console", args: str) -> Result:
     grammar.no_arguments(args)
     return show(SOCKET_COLUMNS, client_table(console.app))
@@ -139,12 +142,14 @@ def client_table(app: "App") -> List[List[Any]]:
 
 
 @stats_allowed
+@on_every_worker(merge.union)
 def show_servers(console: "Console", args: str) -> Result:
     grammar.no_arguments(args)
     return show(SOCKET_COLUMNS, list(_server_rows(console.app, debug=False)))
 
 
 @stats_allowed
+@on_every_worker(merge.union)
 def show_sockets(console: "Console", args: str) -> Result:
     grammar.no_arguments(args)
     app = console.app
@@ -153,6 +158,7 @@ def show_sockets(console: "Console", args: str) -> Result:
 
 
 @stats_allowed
+@on_every_worker(merge.union)
 def show_active_sockets(console: "Console", args: str) -> Result:
     """PgBouncer lists the sockets with data in their buffers; bouncer keeps none buffered
     between reads and writes, so no socket qualifies."""
