@@ -3,6 +3,12 @@ DISABLE, ENABLE, RECONNECT, KILL, KILL_CLIENT, SHUTDOWN and WAIT_CLOSE.
 
 The work itself is done by :mod:`bouncer.operations` and the App; this module parses the
 arguments, checks what PgBouncer checks first, and answers with PgBouncer's tags and wording.
+
+With ``workers`` above 1 every command acts on the whole pooler.  RELOAD and SHUTDOWN go as
+signals through the supervisor (which reopens its own log file on SIGHUP, and must know of a
+shutdown) and reply at once; the others run in every worker over the control channel
+(:mod:`bouncer.admin.worker_channel`) and reply once all have acted, or with an error naming
+the worker that did not; KILL_CLIENT goes to the worker that owns the client.
 """
 from __future__ import annotations
 
@@ -16,7 +22,8 @@ import gevent
 from bouncer import operations
 from bouncer.admin import grammar
 from bouncer.admin.commands import (AdminError, InvalidCommand, Notice, Result,
-                                     admin_access_needed, stats_allowed)
+                                     admin_access_needed, on_every_worker, stats_allowed)
+from bouncer.admin.merge import all_acted
 from bouncer.admin.show import FAKE_PARAMETERS
 from bouncer.config import SETTINGS_BY_NAME, Config, parse_setting, validate
 from bouncer.config.sections import ADMIN_DATABASE
@@ -67,6 +74,7 @@ def _log_issued(command: str, database: Optional[str]) -> None:
 # -- SET -------------------------------------------------------------------------------------
 
 @stats_allowed  # the faked driver parameters may be SET by anyone; real settings check below
+@on_every_worker(all_acted)
 def set_setting(console: "Console", args: str) -> Result:
     key, raw = grammar.parse_set(args)
     if key.lower() in FAKE_PARAMETERS:
@@ -146,16 +154,16 @@ def shutdown(console: "Console", args: str) -> Result:
 
 # -- PAUSE, RESUME, SUSPEND ------------------------------------------------------------------
 
+@on_every_worker(all_acted)
 def pause(console: "Console", args: str) -> Result:
     database = _database_argument(args, "cannot pause admin db")
     _refuse_when_paused(console.app)
     _log_issued("PAUSE", database)
-    if database is None and console.app.signal_all_workers(signal.SIGUSR1):
-        return Result("PAUSE")
     operations.pause(console.app, database)
     return Result("PAUSE")
 
 
+@on_every_worker(all_acted)
 def resume(console: "Console", args: str) -> Result:
     database = _database_argument(args, "cannot resume admin db")
     app = console.app
@@ -166,12 +174,11 @@ def resume(console: "Console", args: str) -> Result:
         if not (app.paused or app.suspended
                 or any(db.paused for db in app.registry.databases.values())):
             raise AdminError("pooler is not paused/suspended")
-        if app.signal_all_workers(signal.SIGUSR2):
-            return Result("RESUME")
     operations.resume(app, database)
     return Result("RESUME")
 
 
+@on_every_worker(all_acted)
 def suspend(console: "Console", args: str) -> Result:
     grammar.no_arguments(args)
     app = console.app
@@ -195,7 +202,7 @@ def _database_command(tag: str, operation, verb: str, required: bool):
         operation(console.app, database)
         return Result(tag)
     run.__name__ = tag.lower()
-    return run
+    return on_every_worker(all_acted)(run)
 
 
 disable = _database_command("DISABLE", operations.disable, "disable", required=True)
@@ -204,6 +211,7 @@ reconnect = _database_command("RECONNECT", operations.reconnect, "reconnect", re
 wait_close = _database_command("WAIT_CLOSE", operations.wait_close, "wait in", required=False)
 
 
+@on_every_worker(all_acted)
 def kill(console: "Console", args: str) -> Result:
     database = _database_argument(args, "cannot kill admin db")
     _refuse_when_paused(console.app)
@@ -216,7 +224,11 @@ def kill_client(console: "Console", args: str) -> Result:
     word = grammar.optional_name(args)
     if word is None or not (word.isascii() and word.isdigit()):
         raise AdminError("invalid client pointer supplied")
-    operations.kill_client(console.app, int(word))
+    client_id, channel = int(word), console.app.workers_channel
+    owner = channel.owner_of(client_id) if channel is not None else None
+    if channel is not None and owner is not None:  # another worker's client
+        return channel.forward(owner, f"KILL_CLIENT {client_id}")
+    operations.kill_client(console.app, client_id)
     return Result("KILL_CLIENT")
 
 

@@ -5,6 +5,7 @@ keeps the others (cf-pgbouncer reset them; see the reference); ``key=-1`` drops 
 value so the ini's applies again.  ``SET POOL user.db = 'pool_size=30'`` does the same for one
 pool.  Both are admin only; anything malformed is refused with PgBouncer's ``SET failed`` and
 the reason, and changes nothing.  RELOAD undoes both (``App.reload`` clears the overrides).
+With ``workers`` above 1 both act in every worker.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import re
 from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Tuple
 
 from bouncer.admin import grammar
-from bouncer.admin.commands import AdminError, Result
+from bouncer.admin.commands import AdminError, Result, on_every_worker
+from bouncer.admin.merge import all_acted
 from bouncer.builtin.limits_shrink import apply_limits
 from bouncer.config import parse_pool_key, parse_pool_options, parse_user_options
 from bouncer.config.connstr import parse_connstr
@@ -83,6 +85,7 @@ def _set_failed(reason: str) -> AdminError:
     return AdminError("SET failed", detail=reason)
 
 
+@on_every_worker(all_acted)
 def set_user(console: "Console", args: str) -> Result:
     name, text = parse_assignment(args)
     try:
@@ -97,6 +100,7 @@ def set_user(console: "Console", args: str) -> Result:
     return Result("SET")
 
 
+@on_every_worker(all_acted)
 def set_pool(console: "Console", args: str) -> Result:
     key, text = parse_assignment(args)
     try:

@@ -1,0 +1,175 @@
+"""``workers = 2``: the admin console of either worker answers and acts for the whole pooler.
+
+Clients are placed on a chosen worker through its private socket (.s.PGSQL.<index>), and the
+console of a chosen worker is reached the same way, so nothing depends on how the kernel
+spreads connections.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any, Dict, List, Tuple
+
+import pytest
+
+from bouncer.testing.ini import common_ini
+from bouncer.testing.process import BouncerProcess
+from tests.functional.test_workers import WORKERS, private_dir, session, show_config, worker_pids
+from tests.support import pgwire
+
+
+@pytest.fixture
+def pooler(pg, bouncer_factory) -> BouncerProcess:
+    bouncer = bouncer_factory(common_ini(pg, workers=2))
+    for index in WORKERS:
+        bouncer.wait_for_log(rf"worker {index} \(pid \d+\) is serving")
+    return bouncer
+
+
+def console(pooler: BouncerProcess, index: int, sql: str
+            ) -> Tuple[List[str], List[Dict[str, Any]], List[str]]:
+    """Column names, rows as mappings and notices of *sql* on worker *index*'s console."""
+    conn = pooler.connect(dbname="pgbouncer", user="scramuser", host=private_dir(pooler),
+                          port=index)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            cursor.execute(sql)
+            if cursor.description is None:
+                return [], [], list(conn.notices)
+            names = [column.name for column in cursor.description]
+            return names, [dict(zip(names, row)) for row in cursor.fetchall()], list(conn.notices)
+    finally:
+        conn.close()
+
+
+def clients_on(pooler: BouncerProcess, counts: Dict[int, int]) -> List[Any]:
+    """Logged-in md5user clients of testdb: *counts* of them on each worker."""
+    held = []
+    for index, count in counts.items():
+        for _ in range(count):
+            sock, worker, _ = session(private_dir(pooler), index)
+            assert worker == index
+            held.append(sock)
+    return held
+
+
+def rows_of_testdb(rows: List[Dict[str, Any]], key: str = "database") -> List[Dict[str, Any]]:
+    return [row for row in rows if row[key] == "testdb"]
+
+
+@pytest.mark.parametrize("index", WORKERS)
+def test_show_clients_lists_every_workers_clients_with_their_worker(pooler, index) -> None:
+    held = clients_on(pooler, {1: 2, 2: 3})
+    names, rows, notices = console(pooler, index, "SHOW CLIENTS")
+    assert names[-2:] == ["id", "worker"] and notices == []
+    workers = sorted(row["worker"] for row in rows_of_testdb(rows))
+    assert workers == [1, 1, 2, 2, 2]
+    assert len({row["id"] for row in rows}) == len(rows)  # ids name one client in the pooler
+    for sock in held:
+        sock.close()
+
+
+def test_show_pools_and_databases_add_up_the_workers(pooler) -> None:
+    held = clients_on(pooler, {1: 2, 2: 3})
+    for index in WORKERS:
+        _, pools, _ = console(pooler, index, "SHOW POOLS")
+        (pool,) = rows_of_testdb(pools)
+        assert pool["cl_active"] == 5 and pool["cl_waiting"] == 0
+        assert "worker" not in pool
+        _, databases, _ = console(pooler, index, "SHOW DATABASES")
+        (database,) = rows_of_testdb(databases, "name")
+        assert database["current_client_connections"] == 5
+    for sock in held:
+        sock.close()
+
+
+def test_show_stats_totals_add_up(pooler) -> None:
+    for index, queries in ((1, 3), (2, 4)):
+        sock, _, _ = session(private_dir(pooler), index)
+        for _ in range(queries):
+            assert pgwire.first_error(pgwire.run_query(sock, "SELECT 1")) is None
+        sock.close()
+    for index in WORKERS:
+        _, totals, _ = console(pooler, index, "SHOW STATS_TOTALS")
+        (row,) = rows_of_testdb(totals)
+        assert row["query_count"] == 7 and row["client_login_count"] == 2
+        _, stats, _ = console(pooler, index, "SHOW STATS")
+        assert rows_of_testdb(stats)[0]["total_query_count"] == 7
+        _, lines, _ = console(pooler, index, "SHOW TOTALS")
+        assert dict((row["name"], row["value"]) for row in lines)["total_query_count"] >= 7
+
+
+def test_kill_on_one_worker_ends_the_clients_of_both(pooler) -> None:
+    held = clients_on(pooler, {1: 1, 2: 1})
+    console(pooler, 1, "KILL testdb")
+    assert all(pgwire.closed_by_peer(sock, 5) for sock in held)
+    console(pooler, 2, "RESUME testdb")  # KILL leaves the database paused, in both
+    again = clients_on(pooler, {1: 1, 2: 1})
+    for sock in again:
+        assert pgwire.first_error(pgwire.run_query(sock, "SELECT 1")) is None
+        sock.close()
+
+
+def test_kill_client_reaches_the_worker_that_owns_the_client(pooler) -> None:
+    (held,) = clients_on(pooler, {2: 1})
+    _, rows, _ = console(pooler, 1, "SHOW CLIENTS")
+    (client,) = rows_of_testdb(rows)
+    assert client["worker"] == 2
+    console(pooler, 1, f"KILL_CLIENT {client['id']}")
+    assert pgwire.closed_by_peer(held, 5)
+
+
+def test_set_on_one_worker_holds_in_the_other(pooler) -> None:
+    console(pooler, 1, "SET query_wait_timeout = 91")
+    assert show_config(pooler, 2, "query_wait_timeout") == "91"
+    console(pooler, 2, "SET USER md5user = 'pool_size=7'")
+    _, users, _ = console(pooler, 1, "SHOW USERS")  # worker 1's own settings come first
+    (user,) = [row for row in users if row["name"] == "md5user"]
+    assert user["pool_size"].strip() == "7"
+
+
+def test_a_bad_set_is_refused_as_by_one_process(pooler) -> None:
+    with pytest.raises(Exception, match="SET failed"):
+        console(pooler, 1, "SET query_wait_timeout = soon")
+    assert show_config(pooler, 2, "query_wait_timeout") != "soon"
+
+
+def test_a_killed_worker_does_not_hang_show(pooler) -> None:
+    held = clients_on(pooler, {1: 1})
+    os.kill(worker_pids(pooler)[2], signal.SIGKILL)
+    started = time.monotonic()
+    _, rows, notices = console(pooler, 1, "SHOW CLIENTS")
+    assert time.monotonic() - started < 3
+    assert [row["worker"] for row in rows_of_testdb(rows)] == [1]
+    # Answered before the supervisor's restart (0.5 s after a quick death) is serving.
+    assert len(notices) == 1 and "worker 2 did not answer: connection refused" in notices[0]
+    held[0].close()
+
+
+def test_a_hung_worker_is_named_after_the_timeout(pooler) -> None:
+    pid = worker_pids(pooler)[2]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        _, rows, notices = console(pooler, 1, "SHOW POOLS")
+        assert 4 < time.monotonic() - started < 10
+        assert any(row["database"] == "pgbouncer" for row in rows)  # worker 1's rows
+        assert any("worker 2 did not answer: no reply within 5 s" in n for n in notices)
+        with pytest.raises(Exception, match="not done in every worker: worker 2"):
+            console(pooler, 1, "RECONNECT testdb")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_one_worker_has_no_worker_column(pg, bouncer_factory) -> None:
+    bouncer = bouncer_factory(common_ini(pg))
+    conn = bouncer.connect(dbname="pgbouncer", user="scramuser")
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            cursor.execute("SHOW CLIENTS")
+            assert cursor.description[-1].name == "id"
+    finally:
+        conn.close()
