@@ -157,7 +157,8 @@ class Console:
         channel = self.app.workers_channel
         if combine is None or channel is None:
             return handler(self, args)
-        return channel.run_everywhere(query, lambda: handler(self, args), combine)
+        return channel.run_everywhere(query, self.is_admin(), lambda: handler(self, args),
+                                      combine)
 
     # -- replies ---------------------------------------------------------------------------
 

@@ -7,9 +7,11 @@ owns the client.
 
 Design note.  Each worker listens on a unix socket of its own, ``.s.control.<index>`` in the
 supervisor's private directory (mode 0700, and the socket 0600).  A request is one
-connection: ``{"command": "KILL db"}`` in a frame (:mod:`bouncer.proto.control_frames`:
-length-prefixed JSON), answered by ``{"result": {...}}`` or ``{"error": {...}}``; the worker
-asked runs the command for itself only and never asks further.
+connection: ``{"command": "KILL db", "admin": true}`` in a frame
+(:mod:`bouncer.proto.control_frames`: length-prefixed JSON), answered by ``{"result": {...}}``
+or ``{"error": {...}}``; the worker asked runs the command for itself only, with the access of
+the console user who typed it (a handler checks ``is_admin()`` itself at times: SET), and
+never asks further.
 
 - *Why a socket per worker and JSON*: the console's answers are rows and errors, small, rare
   and made of strings and numbers; JSON over a unix socket carries them with nothing to keep
@@ -37,7 +39,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 import gevent
 from gevent.server import StreamServer
 
-from bouncer.admin.commands import AdminError, InvalidCommand, Notice, Result
+from bouncer.admin.commands import (AdminError, InvalidCommand, Notice, Result,
+                                    admin_access_needed, is_stats_allowed)
 from bouncer.admin.console import find_command
 from bouncer.admin.grammar import GrammarError
 from bouncer.admin.merge import Answer
@@ -64,17 +67,18 @@ def control_socket_path(peer_dir: str, index: int) -> str:
 
 
 class ForwardedConsole:
-    """What a handler sees when another worker asks: the access of the console user was
-    checked there, and no file descriptor goes anywhere."""
+    """What a handler sees when another worker asks: the console user's access as that
+    worker found it, and no file descriptor goes anywhere."""
 
     client = None
 
-    def __init__(self, app: "App") -> None:
+    def __init__(self, app: "App", admin: bool) -> None:
         self.app = app
+        self.admin = admin
         self.suspended_pooler = False
 
     def is_admin(self) -> bool:
-        return True
+        return self.admin
 
     def may_pass_fds(self) -> bool:
         return False
@@ -124,11 +128,11 @@ class WorkerChannel:
             log.warning("control channel: request dropped: %s", exc)
 
     def _answer(self, sock: socket.socket, request: Dict[str, Any]) -> None:
-        query = request.get("command")
-        if not isinstance(query, str):
-            raise FrameError("a request without a command")
+        query, admin = request.get("command"), request.get("admin")
+        if not (isinstance(query, str) and isinstance(admin, bool)):
+            raise FrameError("not a request")
         log.debug("control channel: another worker asks: %s", query)
-        running = gevent.spawn(run_here_only, self.app, query)
+        running = gevent.spawn(run_here_only, self.app, query, admin)
         while not running.ready():
             running.join(HEARTBEAT)
             if not running.ready():
@@ -144,14 +148,14 @@ class WorkerChannel:
 
     # -- asking ------------------------------------------------------------------------------
 
-    def run_everywhere(self, query: str, run_here: Callable[[], Result],
+    def run_everywhere(self, query: str, admin: bool, run_here: Callable[[], Result],
                        combine: Callable[..., Result]) -> Result:
-        """Run *query* here (``run_here``) and in every other worker at once; the reply is
-        ``combine`` of the answers, this worker's first.
+        """Run *query* here (``run_here``) and, for a user who is *admin* or not, in every
+        other worker at once; the reply is ``combine`` of the answers, this worker's first.
 
         :raises InvalidCommand: the command is malformed (the others refuse it alike).
         """
-        asking = [gevent.spawn(self.ask, worker, query) for worker in self._others()]
+        asking = [gevent.spawn(self.ask, worker, query, admin) for worker in self._others()]
         try:
             here = Answer(self.index, result=run_here())
         except ClientError as err:
@@ -159,11 +163,11 @@ class WorkerChannel:
         return combine([here, *(greenlet.get() for greenlet in asking)])
 
     def forward(self, worker: int, query: str) -> Result:
-        """Have *worker* alone run *query*; its result.
+        """Have *worker* alone run *query*, an admin's command; its result.
 
         :raises ClientError: it failed there, or the worker did not answer.
         """
-        answer = self.ask(worker, query)
+        answer = self.ask(worker, query, admin=True)
         if answer.result is None:
             raise answer.error or AdminError(answer.failure())
         return answer.result
@@ -173,13 +177,14 @@ class WorkerChannel:
         owner = self.spec.owner_of(socket_id)
         return None if owner == self.index else owner
 
-    def ask(self, worker: int, query: str) -> Answer:
-        """*worker*'s answer to *query*, or why there is none (never raises)."""
+    def ask(self, worker: int, query: str, admin: bool) -> Answer:
+        """*worker*'s answer to *query* of a user who is *admin* or not, or why there is none
+        (never raises)."""
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(TIMEOUT)
                 sock.connect(control_socket_path(self.spec.peer_dir, worker))
-                sock.sendall(encode({"command": query}))
+                sock.sendall(encode({"command": query, "admin": admin}))
                 return _read_answer(worker, sock)
         except socket.timeout:
             missing = f"no reply within {TIMEOUT:g} s"
@@ -206,12 +211,15 @@ def _read_answer(worker: int, sock: socket.socket) -> Answer:
                 return answer_from(worker, message)
 
 
-def run_here_only(app: "App", query: str) -> Tuple[Dict[str, Any], Optional[Callable]]:
-    """Run *query* as another worker asked it: here only, as an admin.  The reply message,
-    and what to call once it is sent."""
+def run_here_only(app: "App", query: str, admin: bool
+                  ) -> Tuple[Dict[str, Any], Optional[Callable]]:
+    """Run *query* as another worker asked it: here only, for a user who is *admin* or not.
+    The reply message, and what to call once it is sent."""
     try:
         handler, args = find_command(app.admin_commands, query)
-        result = handler(ForwardedConsole(app), args)
+        if not (is_stats_allowed(handler) or admin):  # as the console does, here as well
+            raise admin_access_needed()
+        result = handler(ForwardedConsole(app, admin), args)
     except (InvalidCommand, GrammarError):
         return error_message(AdminError(f"invalid command '{query}', use SHOW HELP;")), None
     except ClientError as err:

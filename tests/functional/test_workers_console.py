@@ -130,6 +130,16 @@ def test_set_on_one_worker_holds_in_the_other(pooler) -> None:
     assert user["pool_size"].strip() == "7"
 
 
+def test_a_stats_user_cannot_set_in_another_worker(pg, bouncer_factory) -> None:
+    pooler = bouncer_factory(common_ini(pg, workers=2, stats_users="md5user"))
+    for index in WORKERS:
+        pooler.wait_for_log(rf"worker {index} \(pid \d+\) is serving")
+    with pytest.raises(Exception, match="admin access needed"):
+        pooler.admin("SET query_wait_timeout = 93", user="md5user", host=private_dir(pooler),
+                     port=1)
+    assert show_config(pooler, 2, "query_wait_timeout") != "93"
+
+
 def test_a_bad_set_is_refused_as_by_one_process(pooler) -> None:
     with pytest.raises(Exception, match="SET failed"):
         console(pooler, 1, "SET query_wait_timeout = soon")
