@@ -17,7 +17,7 @@ from typing import Dict, List, Tuple
 import pytest
 
 from bouncer import cli
-from bouncer.admin import checks, show, sockets
+from bouncer.admin import checks, merge, show, sockets
 from bouncer.config import SETTINGS
 from bouncer.config.settings import Setting
 from bouncer.plugin.hooks import PluginHooks
@@ -116,8 +116,8 @@ def admin_commands() -> List[str]:
 
 def show_columns() -> List[str]:
     """Every column name of every SHOW result table."""
-    tables = [getattr(module, name) for module in (show, sockets, checks) for name in dir(module)
-              if name.endswith("_COLUMNS")]
+    tables = [getattr(module, name) for module in (show, sockets, checks, merge)
+              for name in dir(module) if name.endswith("_COLUMNS")]
     assert tables, "no *_COLUMNS tables found: has bouncer.admin.show been reorganised?"
     return sorted({column for table in tables for column, _type in table})
 

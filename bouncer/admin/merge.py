@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from bouncer.admin.commands import TYPE_OIDS, AdminError, Notice, Result
+from bouncer.admin.commands import AdminError, Notice, Result, columns
 from bouncer.errors import ClientError
 from bouncer.pool.stats import FIELDS, TIME_WEIGHTS
 
@@ -29,7 +29,8 @@ Row = Sequence[Any]
 #: that has it (this worker's first), and the column's index.
 Rule = Callable[[Sequence[Row], int], Any]
 
-WORKER_COLUMN = ("worker", TYPE_OIDS["i"])
+#: Added after PgBouncer's columns of the rows per connection.
+WORKER_COLUMNS = columns("i", "worker")
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ def union(answers: Sequence[Answer]) -> Result:
     local, _, notices = results_of(answers)
     rows = [[*row, answer.worker] for answer in answers if answer.result is not None
             for row in answer.result.rows]
-    return Result(local.tag, [*local.columns, WORKER_COLUMN], rows, [*local.notices, *notices])
+    return Result(local.tag, [*local.columns, *WORKER_COLUMNS], rows, [*local.notices, *notices])
 
 
 def keyed(key_width: int, rules: Sequence[Rule], sort: bool = True) -> Callable[..., Result]:
