@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from typing import Any, Dict, List, Tuple
 
@@ -110,6 +111,27 @@ def test_kill_on_one_worker_ends_the_clients_of_both(pooler) -> None:
     for sock in again:
         assert pgwire.first_error(pgwire.run_query(sock, "SELECT 1")) is None
         sock.close()
+
+
+def test_pause_of_a_database_replies_once_every_worker_has_paused(pooler) -> None:
+    waiting, busy = clients_on(pooler, {1: 1, 2: 1})
+    assert pgwire.first_error(pgwire.run_query(busy, "SELECT 1")) is None  # holds its server
+    paused = threading.Event()
+    pausing = threading.Thread(target=lambda: (console(pooler, 1, "PAUSE testdb"), paused.set()))
+    pausing.start()
+    # Longer than the channel's timeout: worker 2 says it is still at work, so it is waited for.
+    assert not paused.wait(6.5)
+    busy.close()  # session mode: the server is released when its client leaves
+    assert paused.wait(5)
+    pausing.join()
+    waiting.sendall(pgwire.query("SELECT 1"))
+    waiting.settimeout(1)
+    with pytest.raises(OSError):  # held by the pause (a timeout is an OSError)
+        pgwire.read_message(waiting)
+    console(pooler, 2, "RESUME testdb")
+    waiting.settimeout(5)
+    assert pgwire.first_error(pgwire.read_until(waiting, b"Z")) is None
+    waiting.close()
 
 
 def test_kill_client_reaches_the_worker_that_owns_the_client(pooler) -> None:
