@@ -21,8 +21,9 @@ user gets from the workers' answers (see :mod:`bouncer.admin.merge`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, TypeVar
 
+from bouncer.admin import grammar
 from bouncer.errors import ClientError
 from bouncer.proto import sqlstate
 
@@ -112,6 +113,32 @@ def on_every_worker(combine: Callable[..., "Result"]) -> Callable[[Handler], Han
         handler.on_every_worker = combine  # type: ignore[attr-defined]
         return handler
     return mark
+
+
+@dataclass(frozen=True)
+class Asker:
+    """The console user a command runs for, in another worker too: their name, and whether
+    they are an admin (as the worker they reached found it)."""
+
+    user: str
+    admin: bool
+
+
+def asker_of(console: Any) -> Asker:
+    return Asker(console.user, console.is_admin())
+
+
+def find_command(table: Dict[str, Callable[..., Result]], query: str
+                 ) -> Tuple[Callable[..., Result], str]:
+    """The handler of the command *query* names, and the text after the command's words.
+
+    :raises InvalidCommand: no command of *table* matches.
+    """
+    found = grammar.match_command(grammar.strip_terminator(query), table)
+    if found is None:
+        raise InvalidCommand()
+    word, args = found
+    return table[word], args
 
 
 def every_worker_combine(handler: Callable[..., Any]) -> Optional[Callable[..., "Result"]]:

@@ -12,12 +12,13 @@ import logging
 import os
 import signal
 import socket
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence
 
 from bouncer import operations
 from bouncer.admin import grammar
 from bouncer.admin.commands import (AdminError, InvalidCommand, Result, admin_access_needed,
-                                    every_worker_combine, is_stats_allowed)
+                                    asker_of, every_worker_combine, find_command,
+                                    is_stats_allowed)
 from bouncer.errors import ClientError
 from bouncer.net.stream import ConnectionLost, read_message, send_all
 from bouncer.proto import backend, frontend, sqlstate
@@ -157,7 +158,7 @@ class Console:
         channel = self.app.workers_channel
         if combine is None or channel is None:
             return handler(self, args)
-        return channel.run_everywhere(query, self.is_admin(), lambda: handler(self, args),
+        return channel.run_everywhere(query, asker_of(self), lambda: handler(self, args),
                                       combine)
 
     # -- replies ---------------------------------------------------------------------------
@@ -196,19 +197,6 @@ class Console:
                 raise ConnectionLost(str(exc)) from exc
             if sent < len(row):
                 self._send(row[sent:])
-
-
-def find_command(table: Dict[str, Callable[..., Result]], query: str
-                 ) -> Tuple[Callable[..., Result], str]:
-    """The handler of the command *query* names, and the text after the command's words.
-
-    :raises InvalidCommand: no command of *table* matches.
-    """
-    found = grammar.match_command(grammar.strip_terminator(query), table)
-    if found is None:
-        raise InvalidCommand()
-    word, args = found
-    return table[word], args
 
 
 def _texts(row: Sequence[Any]) -> List[Optional[str]]:

@@ -22,7 +22,8 @@ import gevent
 from bouncer import operations
 from bouncer.admin import grammar
 from bouncer.admin.commands import (AdminError, InvalidCommand, Notice, Result,
-                                     admin_access_needed, on_every_worker, stats_allowed)
+                                     admin_access_needed, asker_of, on_every_worker,
+                                     stats_allowed)
 from bouncer.admin.merge import all_acted
 from bouncer.admin.show import FAKE_PARAMETERS
 from bouncer.config import SETTINGS_BY_NAME, Config, parse_setting, validate
@@ -227,7 +228,7 @@ def kill_client(console: "Console", args: str) -> Result:
     client_id, channel = int(word), console.app.workers_channel
     owner = channel.owner_of(client_id) if channel is not None else None
     if channel is not None and owner is not None:  # another worker's client
-        return channel.forward(owner, f"KILL_CLIENT {client_id}")
+        return channel.forward(owner, f"KILL_CLIENT {client_id}", asker_of(console))
     operations.kill_client(console.app, client_id)
     return Result("KILL_CLIENT")
 

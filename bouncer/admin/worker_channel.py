@@ -7,11 +7,11 @@ owns the client.
 
 Design note.  Each worker listens on a unix socket of its own, ``.s.control.<index>`` in the
 supervisor's private directory (mode 0700, and the socket 0600).  A request is one
-connection: ``{"command": "KILL db", "admin": true}`` in a frame
+connection: ``{"command": "KILL db", "user": "admin", "admin": true}`` in a frame
 (:mod:`bouncer.proto.control_frames`: length-prefixed JSON), answered by ``{"result": {...}}``
-or ``{"error": {...}}``; the worker asked runs the command for itself only, with the access of
-the console user who typed it (a handler checks ``is_admin()`` itself at times: SET), and
-never asks further.
+or ``{"error": {...}}``; the worker asked runs the command for itself only, as the console
+user who typed it (a handler checks ``is_admin()`` itself at times: SET), and never asks
+further.
 
 - *Why a socket per worker and JSON*: the console's answers are rows and errors, small, rare
   and made of strings and numbers; JSON over a unix socket carries them with nothing to keep
@@ -39,9 +39,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 import gevent
 from gevent.server import StreamServer
 
-from bouncer.admin.commands import (AdminError, InvalidCommand, Notice, Result,
-                                    admin_access_needed, is_stats_allowed)
-from bouncer.admin.console import find_command
+from bouncer.admin.commands import (AdminError, Asker, InvalidCommand, Notice, Result,
+                                    admin_access_needed, find_command, is_stats_allowed)
 from bouncer.admin.grammar import GrammarError
 from bouncer.admin.merge import Answer
 from bouncer.errors import ClientError
@@ -50,6 +49,7 @@ from bouncer.proto.control_frames import FrameError, FrameReader, encode
 
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.app import App
+    from bouncer.plugin.context import PluginContext
     from bouncer.worker import WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -67,18 +67,23 @@ def control_socket_path(peer_dir: str, index: int) -> str:
 
 
 class ForwardedConsole:
-    """What a handler sees when another worker asks: the console user's access as that
-    worker found it, and no file descriptor goes anywhere."""
+    """What a handler sees when another worker asks: the console user, and no file
+    descriptor goes anywhere (there is no client session here)."""
 
     client = None
 
-    def __init__(self, app: "App", admin: bool) -> None:
+    def __init__(self, app: "App", asker: Asker) -> None:
         self.app = app
-        self.admin = admin
+        self.user = asker.user
+        self._admin = asker.admin
         self.suspended_pooler = False
 
+    @property
+    def context(self) -> "PluginContext":
+        return self.app.plugin_context
+
     def is_admin(self) -> bool:
-        return self.admin
+        return self._admin
 
     def may_pass_fds(self) -> bool:
         return False
@@ -128,11 +133,11 @@ class WorkerChannel:
             log.warning("control channel: request dropped: %s", exc)
 
     def _answer(self, sock: socket.socket, request: Dict[str, Any]) -> None:
-        query, admin = request.get("command"), request.get("admin")
-        if not (isinstance(query, str) and isinstance(admin, bool)):
+        query, user, admin = request.get("command"), request.get("user"), request.get("admin")
+        if not (isinstance(query, str) and isinstance(user, str) and isinstance(admin, bool)):
             raise FrameError("not a request")
-        log.debug("control channel: another worker asks: %s", query)
-        running = gevent.spawn(run_here_only, self.app, query, admin)
+        log.debug("control channel: another worker asks for %s: %s", user, query)
+        running = gevent.spawn(run_here_only, self.app, query, Asker(user, admin))
         while not running.ready():
             running.join(HEARTBEAT)
             if not running.ready():
@@ -148,26 +153,26 @@ class WorkerChannel:
 
     # -- asking ------------------------------------------------------------------------------
 
-    def run_everywhere(self, query: str, admin: bool, run_here: Callable[[], Result],
+    def run_everywhere(self, query: str, asker: Asker, run_here: Callable[[], Result],
                        combine: Callable[..., Result]) -> Result:
-        """Run *query* here (``run_here``) and, for a user who is *admin* or not, in every
-        other worker at once; the reply is ``combine`` of the answers, this worker's first.
+        """Run *query* of *asker* here (``run_here``) and in every other worker at once; the
+        reply is ``combine`` of the answers, this worker's first.
 
         :raises InvalidCommand: the command is malformed (the others refuse it alike).
         """
-        asking = [gevent.spawn(self.ask, worker, query, admin) for worker in self._others()]
+        asking = [gevent.spawn(self.ask, worker, query, asker) for worker in self._others()]
         try:
             here = Answer(self.index, result=run_here())
         except ClientError as err:
             here = Answer(self.index, error=err)
         return combine([here, *(greenlet.get() for greenlet in asking)])
 
-    def forward(self, worker: int, query: str) -> Result:
-        """Have *worker* alone run *query*, an admin's command; its result.
+    def forward(self, worker: int, query: str, asker: Asker) -> Result:
+        """Have *worker* alone run *query* of *asker*; its result.
 
         :raises ClientError: it failed there, or the worker did not answer.
         """
-        answer = self.ask(worker, query, admin=True)
+        answer = self.ask(worker, query, asker)
         if answer.result is None:
             raise answer.error or AdminError(answer.failure())
         return answer.result
@@ -177,14 +182,14 @@ class WorkerChannel:
         owner = self.spec.owner_of(socket_id)
         return None if owner == self.index else owner
 
-    def ask(self, worker: int, query: str, admin: bool) -> Answer:
-        """*worker*'s answer to *query* of a user who is *admin* or not, or why there is none
-        (never raises)."""
+    def ask(self, worker: int, query: str, asker: Asker) -> Answer:
+        """*worker*'s answer to *query* of *asker*, or why there is none (never raises)."""
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(TIMEOUT)
                 sock.connect(control_socket_path(self.spec.peer_dir, worker))
-                sock.sendall(encode({"command": query, "admin": admin}))
+                sock.sendall(encode({"command": query, "user": asker.user,
+                                     "admin": asker.admin}))
                 return _read_answer(worker, sock)
         except socket.timeout:
             missing = f"no reply within {TIMEOUT:g} s"
@@ -211,15 +216,15 @@ def _read_answer(worker: int, sock: socket.socket) -> Answer:
                 return answer_from(worker, message)
 
 
-def run_here_only(app: "App", query: str, admin: bool
+def run_here_only(app: "App", query: str, asker: Asker
                   ) -> Tuple[Dict[str, Any], Optional[Callable]]:
-    """Run *query* as another worker asked it: here only, for a user who is *admin* or not.
-    The reply message, and what to call once it is sent."""
+    """Run *query* as another worker asked it: here only, for *asker*.  The reply message,
+    and what to call once it is sent."""
     try:
         handler, args = find_command(app.admin_commands, query)
-        if not (is_stats_allowed(handler) or admin):  # as the console does, here as well
+        if not (is_stats_allowed(handler) or asker.admin):  # as the console does, here too
             raise admin_access_needed()
-        result = handler(ForwardedConsole(app, admin), args)
+        result = handler(ForwardedConsole(app, asker), args)
     except (InvalidCommand, GrammarError):
         return error_message(AdminError(f"invalid command '{query}', use SHOW HELP;")), None
     except ClientError as err:
@@ -241,7 +246,8 @@ def result_message(result: Result) -> Dict[str, Any]:
 
 
 def error_message(err: ClientError) -> Dict[str, Any]:
-    return {"error": {"message": err.message, "sqlstate": err.sqlstate, "detail": err.detail}}
+    return {"error": {"message": err.message, "sqlstate": err.sqlstate, "detail": err.detail,
+                      "hint": err.hint}}
 
 
 def answer_from(worker: int, message: Dict[str, Any]) -> Answer:
@@ -253,8 +259,9 @@ def answer_from(worker: int, message: Dict[str, Any]) -> Answer:
         if "result" in message:
             return Answer(worker, result=_result_from(message["result"]))
         error = message["error"]
-        return Answer(worker, error=AdminError(_text(error["message"]), _text(error["sqlstate"]),
-                                               _optional_text(error["detail"])))
+        return Answer(worker, error=ClientError(
+            _text(error["message"]), _text(error["sqlstate"]), "ERROR",
+            _optional_text(error["detail"]), _optional_text(error["hint"])))
     except (KeyError, TypeError, ValueError) as exc:
         raise FrameError(f"not a reply: {exc!r}") from None
 

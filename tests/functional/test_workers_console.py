@@ -175,8 +175,9 @@ def test_a_killed_worker_does_not_hang_show(pooler) -> None:
     _, rows, notices = console(pooler, 1, "SHOW CLIENTS")
     assert time.monotonic() - started < 3
     assert [row["worker"] for row in rows_of_testdb(rows)] == [1]
-    # Answered before the supervisor's restart (0.5 s after a quick death) is serving.
-    assert len(notices) == 1 and "worker 2 did not answer: connection refused" in notices[0]
+    # Answered before the supervisor's restart (0.5 s after a quick death) is serving; the
+    # worker refused, or reset a connection made while it was dying.
+    assert len(notices) == 1 and "worker 2 did not answer: connection re" in notices[0]
     held[0].close()
 
 
