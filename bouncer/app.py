@@ -366,7 +366,9 @@ class App:
 
     def signal_all_workers(self, signum: int) -> bool:
         """With workers, have the supervisor pass *signum* to every worker, this one included:
-        how the console's RELOAD, PAUSE, RESUME and SHUTDOWN act on the whole pooler.
+        how the console's RELOAD and SHUTDOWN act on the whole pooler (the supervisor must
+        know of both), and the RESUME after a suspending console user left.  The other
+        commands reach the workers over :attr:`workers_channel`.
 
         :return: False in a pooler of one process (the caller acts itself).
         """
