@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from typing import Any, Dict, List, Tuple
 
 import pytest
 
+from bouncer.admin.worker_channel import control_socket_path
 from bouncer.testing.ini import common_ini
 from bouncer.testing.process import BouncerProcess
 from tests.functional.test_workers import WORKERS, private_dir, session, show_config, worker_pids
@@ -194,6 +196,20 @@ def test_a_hung_worker_is_named_after_the_timeout(pooler) -> None:
             console(pooler, 1, "RECONNECT testdb")
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+@pytest.mark.parametrize("garbage", [b"\xff\xff\xff\xff", b"\0\0\0\x02[]",
+                                     b"\0\0\0\x0f{\"command\": 1}  "])
+def test_garbage_on_a_control_socket_is_dropped_and_the_worker_serves_on(pooler,
+                                                                      garbage) -> None:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(control_socket_path(private_dir(pooler), 2))
+        sock.sendall(garbage)
+        assert sock.recv(100) == b""  # closed without an answer
+    pooler.wait_for_log(r"control channel: request dropped")
+    _, rows, notices = console(pooler, 1, "SHOW POOLS")
+    assert notices == [] and rows
 
 
 def test_one_worker_has_no_worker_column(pg, bouncer_factory) -> None:
