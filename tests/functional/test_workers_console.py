@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import stat
 import threading
 import time
 from typing import Any, Dict, List, Tuple
@@ -196,6 +197,13 @@ def test_a_hung_worker_is_named_after_the_timeout(pooler) -> None:
             console(pooler, 1, "RECONNECT testdb")
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+def test_each_worker_has_a_control_socket_for_its_user_only(pooler) -> None:
+    for index in WORKERS:
+        path = control_socket_path(private_dir(pooler), index)
+        assert stat.S_ISSOCK(os.stat(path).st_mode)
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
 
 
 @pytest.mark.parametrize("garbage", [b"\xff\xff\xff\xff", b"\0\0\0\x02[]",
