@@ -1,11 +1,13 @@
 """``workers``: the setting, and how a worker's configuration and peers are made."""
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
 import pytest
 
+from bouncer import session
 from bouncer.config import PeerDef, load_config
 from bouncer.errors import ConfigError
 from bouncer.supervisor import RESTART_DELAY_MAX, restart_delay, status_text
@@ -69,3 +71,18 @@ def test_a_worker_dying_at_start_waits_longer_each_time_a_stable_one_not_at_all(
         delays.append(restart_delay(delays[-1], ran=0.2))
     assert delays[1:4] == [0.5, 1.0, 2.0] and delays[-1] == RESTART_DELAY_MAX
     assert restart_delay(RESTART_DELAY_MAX, ran=60) == 0.0
+
+
+def test_every_socket_id_a_worker_numbers_leads_back_to_it() -> None:
+    for index in (1, 2, 3):
+        ids = itertools.islice(itertools.count(index, 3), 10)  # as number_socket_ids does
+        assert {spec(index).owner_of(socket_id) for socket_id in ids} == {index}
+
+
+def test_a_worker_numbers_its_sockets_apart_from_the_others() -> None:
+    saved = session._socket_ids  # this test process's own numbering goes on afterwards
+    try:
+        session.number_socket_ids(2, 3)
+        assert [session.next_socket_id() for _ in range(3)] == [2, 5, 8]
+    finally:
+        session._socket_ids = saved
