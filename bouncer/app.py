@@ -257,10 +257,7 @@ class App:
         """
         systemd.notify("RELOADING=1")
         try:
-            new = self._load_checked()
-            if new.auth_file:
-                load_userlist(new.auth_file)  # fail before changing anything
-            tls = self._setup_tls(new)
+            new, tls = self._read_for_reload()
         except (ConfigError, OSError, ssl.SSLError) as exc:
             log.error("config reload failed, keeping the old configuration: %s", exc)
             systemd.notify("READY=1")
@@ -270,6 +267,25 @@ class App:
         self.apply_settings(new, tls)
         systemd.notify("READY=1")
         return []
+
+    def reload_problems(self) -> List[str]:
+        """What a reload would refuse in the files as they are now; nothing is applied."""
+        try:
+            self._read_for_reload()
+        except (ConfigError, OSError, ssl.SSLError) as exc:
+            log.error("config reload failed, keeping the old configuration: %s", exc)
+            return [str(exc)]
+        return []
+
+    def _read_for_reload(self) -> Tuple[Config, TlsContexts]:
+        """The new configuration and its TLS contexts, all checked before anything changes.
+
+        :raises ConfigError, OSError, ssl.SSLError: the files cannot be used.
+        """
+        new = self._load_checked()
+        if new.auth_file:
+            load_userlist(new.auth_file)
+        return new, self._setup_tls(new)
 
     def apply_tls_setting(self, new: Config) -> bool:
         """SET of a TLS setting, as PgBouncer does it: the value is taken even when TLS cannot

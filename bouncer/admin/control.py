@@ -6,9 +6,10 @@ arguments, checks what PgBouncer checks first, and answers with PgBouncer's tags
 
 With ``workers`` above 1 every command acts on the whole pooler.  RELOAD and SHUTDOWN go as
 signals through the supervisor (which reopens its own log file on SIGHUP, and must know of a
-shutdown) and reply at once; the others run in every worker over the control channel
-(:mod:`bouncer.admin.worker_channel`) and reply once all have acted, or with an error naming
-the worker that did not; KILL_CLIENT goes to the worker that owns the client.
+shutdown) and reply at once, RELOAD after checking the files as a reload would; the others
+run in every worker over the control channel (:mod:`bouncer.admin.worker_channel`) and reply
+once all have acted, or with an error naming the worker that did not; KILL_CLIENT goes to the
+worker that owns the client.
 """
 from __future__ import annotations
 
@@ -123,9 +124,15 @@ def changed_config(app: "App", key: str, raw: str) -> Config:
 def reload(console: "Console", args: str) -> Result:
     grammar.no_arguments(args)
     log.info("RELOAD command issued")
-    if console.app.signal_all_workers(signal.SIGHUP):
-        return Result("RELOAD")  # each worker reloads, and logs what it refuses
-    problems = console.app.reload()
+    app = console.app
+    if app.worker is None:
+        problems = app.reload()
+    else:
+        # The workers read the same files: what they would refuse is refused here, as one
+        # process refuses it; else the supervisor has every worker reload (SIGHUP).
+        problems = app.reload_problems()
+        if not problems:
+            app.signal_all_workers(signal.SIGHUP)
     if problems:
         raise AdminError("RELOAD failed, see logs for additional details",
                          sqlstate.CONFIG_FILE_ERROR, detail="; ".join(problems))

@@ -18,6 +18,7 @@ import pytest
 
 from bouncer.admin.worker_channel import control_socket_path
 from bouncer.testing.ini import common_ini
+from bouncer.testing.ports import wait_until
 from bouncer.testing.process import BouncerProcess
 from tests.functional.test_workers import WORKERS, private_dir, session, show_config, worker_pids
 from tests.support import pgwire
@@ -169,6 +170,17 @@ def test_a_bad_set_is_refused_as_by_one_process(pooler) -> None:
     with pytest.raises(Exception, match="SET failed"):
         console(pooler, 1, "SET query_wait_timeout = soon")
     assert show_config(pooler, 2, "query_wait_timeout") != "soon"
+
+
+def test_reload_of_a_bad_file_is_refused_as_by_one_process(pooler, pg) -> None:
+    since = len(pooler.log_text())
+    pooler.write_ini(common_ini(pg, workers=2, query_wait_timeout="soon"))
+    with pytest.raises(Exception, match="RELOAD failed"):
+        console(pooler, 1, "RELOAD")
+    assert "got SIGHUP" not in pooler.log_text()[since:]  # no worker was asked to reload
+    pooler.write_ini(common_ini(pg, workers=2, query_wait_timeout=79))
+    console(pooler, 1, "RELOAD")
+    assert wait_until(lambda: show_config(pooler, 2, "query_wait_timeout") == "79", 5)
 
 
 def test_a_killed_worker_does_not_hang_show(pooler) -> None:
