@@ -139,7 +139,7 @@ def keyed(key_width: int, rules: Sequence[Rule], sort: bool = True) -> Callable[
 
 
 def merge_rows(key: Tuple[Any, ...], rows: Sequence[Row], rules: Sequence[Rule]) -> List[Any]:
-    """One row of *key* from its rows in several workers."""
+    """One row of *key* from several rows of it (of workers, or of databases)."""
     width = len(key)
     return [*key, *(rule(rows, width + index) for index, rule in enumerate(rules))]
 
@@ -156,8 +156,8 @@ def all_acted(answers: Sequence[Answer]) -> Result:
     if not failed:
         assert local.result is not None
         return local.result
-    refusals = {answer.error.message for answer in failed if answer.error is not None}
-    if len(failed) == len(answers) and len(refusals) == 1 and local.error is not None:
+    replies = {answer.error.message if answer.error is not None else None for answer in answers}
+    if local.error is not None and replies == {local.error.message}:
         raise local.error
     acted = [str(answer.worker) for answer in answers if answer.result is not None]
     raise AdminError("not done in every worker: " + "; ".join(a.failure() for a in failed),

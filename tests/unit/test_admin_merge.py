@@ -106,6 +106,13 @@ def test_an_action_refused_alike_everywhere_is_that_refusal() -> None:
     assert raised.value is refusal
 
 
+@pytest.mark.parametrize("other", [Answer(2, result=Result("KILL")),
+                                   Answer(2, missing="connection refused")])
+def test_a_refusal_here_is_not_the_whole_story_when_another_worker_did_otherwise(other) -> None:
+    with pytest.raises(AdminError, match="not done in every worker: worker 1: already paused"):
+        all_acted([Answer(1, error=AdminError("already paused")), other])
+
+
 def test_an_action_a_worker_missed_is_an_error_naming_it() -> None:
     with pytest.raises(AdminError) as raised:
         all_acted([Answer(1, result=Result("KILL")), Answer(2, missing="no reply within 5 s")])
