@@ -138,6 +138,33 @@ def test_pause_of_a_database_replies_once_every_worker_has_paused(pooler) -> Non
     waiting.close()
 
 
+def test_disable_on_one_worker_refuses_new_clients_of_both(pooler) -> None:
+    console(pooler, 1, "DISABLE testdb")
+    for index in WORKERS:
+        with pytest.raises(AssertionError, match="login failed"):
+            session(private_dir(pooler), index)
+    console(pooler, 2, "ENABLE testdb")
+    for sock in clients_on(pooler, {1: 1, 2: 1}):
+        sock.close()
+
+
+def test_suspend_holds_every_worker_until_its_admin_leaves(pooler) -> None:
+    admin = pooler.connect(dbname="pgbouncer", user="scramuser", host=private_dir(pooler),
+                           port=1)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute("SUSPEND")
+    late = pgwire.connect(private_dir(pooler), 2)  # waits in the backlog: nobody accepts
+    late.sendall(pgwire.startup({"user": "md5user", "database": "testdb"}))
+    late.settimeout(1)
+    with pytest.raises(OSError):
+        late.recv(1)
+    admin.close()  # "admin disappeared when suspended": every worker resumes
+    late.settimeout(5)
+    assert late.recv(1) == b"R"  # worker 2 accepted it and asks for the password
+    late.close()
+
+
 def test_kill_client_reaches_the_worker_that_owns_the_client(pooler) -> None:
     (held,) = clients_on(pooler, {2: 1})
     _, rows, _ = console(pooler, 1, "SHOW CLIENTS")
