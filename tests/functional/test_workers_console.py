@@ -90,7 +90,7 @@ def test_show_pools_and_databases_add_up_the_workers(pooler) -> None:
         sock.close()
 
 
-def test_show_stats_totals_add_up(pooler) -> None:
+def test_show_stats_totals_add_up_and_servers_are_listed_with_their_worker(pooler) -> None:
     for index, queries in ((1, 3), (2, 4)):
         sock, _, _ = session(private_dir(pooler), index)
         for _ in range(queries):
@@ -104,6 +104,8 @@ def test_show_stats_totals_add_up(pooler) -> None:
         assert rows_of_testdb(stats)[0]["total_query_count"] == 7
         _, lines, _ = console(pooler, index, "SHOW TOTALS")
         assert dict((row["name"], row["value"]) for row in lines)["total_query_count"] >= 7
+        _, servers, _ = console(pooler, index, "SHOW SERVERS")  # each kept its server
+        assert sorted(row["worker"] for row in rows_of_testdb(servers)) == [1, 2]
 
 
 def test_kill_on_one_worker_ends_the_clients_of_both(pooler) -> None:
