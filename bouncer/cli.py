@@ -124,6 +124,7 @@ def _serve_as_worker(app: "App", spec: "WorkerSpec") -> int:
     (the supervisor did both for the whole pooler)."""
     from bouncer import signals
     signals.install(app)
+    spec.end_with_the_supervisor()  # after install: the SIGTERM must find our handler
     sockets = spec.sockets()
     app.listeners.adopt(sockets, "from the supervisor")
     try:

@@ -11,9 +11,12 @@ socket's backlog instead of failing, and the restarted worker keeps its peer id.
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
+import logging
 import os
+import signal
 import socket
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -21,7 +24,11 @@ from typing import List, Optional, Tuple
 
 from bouncer.config import Config, PeerDef
 
+log = logging.getLogger(__name__)
+
 ENV = "BOUNCER_WORKER"
+#: prctl(2) option: the signal this process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
 #: The largest peer id a cancel key can carry (the [peers] section's range).
 MAX_PEER_ID = 16383
 
@@ -79,6 +86,22 @@ class WorkerSpec:
         """The worker that opened socket *socket_id*: worker *i* numbers its sockets *i*,
         *i* + ``workers``, ... (bouncer.session.number_socket_ids)."""
         return (socket_id - 1) % self.workers + 1
+
+    def end_with_the_supervisor(self) -> None:
+        """Have the kernel send this worker SIGTERM when the supervisor dies (Linux's
+        PR_SET_PDEATHSIG), so a supervisor killed with SIGKILL does not leave workers serving
+        the port for ever: each finishes with its clients, as on SIGTERM, and exits.  On
+        another system, or when the call fails, the workers outlive it (the log says so)."""
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            failed = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0
+        except (OSError, AttributeError):
+            failed = True
+        if failed:
+            log.warning("worker %d: cannot ask the kernel to end it with the supervisor: it "
+                        "will outlive a supervisor killed with SIGKILL", self.index)
+        elif not self.supervisor_alive():  # it died before the call: no signal will come
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def supervisor_alive(self) -> bool:
         """Whether the supervisor is still our parent (else a signal meant for it would reach

@@ -17,6 +17,7 @@ import tempfile
 import time
 from typing import Dict, List, Tuple
 
+import psycopg2
 import pytest
 
 from bouncer.proto.cancel_key import key_peer
@@ -169,6 +170,22 @@ def test_a_shutdown_signal_stops_every_worker_and_the_supervisor(pooler, signum)
     assert all(process_gone(pid) for pid in pids.values())
     assert not os.path.exists(os.path.join(pooler.workdir, "bouncer.pid"))
     assert not os.path.exists(directory)
+
+
+def test_workers_end_with_a_supervisor_killed_with_sigkill(pooler) -> None:
+    """The kernel tells each worker (SIGTERM): a client still connected keeps its session
+    until it leaves, nobody new gets in, and the workers are gone after it."""
+    pids = worker_pids(pooler)
+    staying, _, _ = session(private_dir(pooler), 1)
+    pooler.signal(signal.SIGKILL)
+    pooler.wait(10)
+    assert wait_until(lambda: process_gone(pids[2]), 10), "an idle worker exits at once"
+    assert sqlstate(pgwire.run_query(staying, "SELECT 1")) == ""
+    assert not process_gone(pids[1]), "a worker with a client waits for it"
+    with pytest.raises(psycopg2.OperationalError):
+        pooler.connect()
+    staying.close()
+    assert wait_until(lambda: process_gone(pids[1]), 10)
 
 
 def test_console_shutdown_on_one_worker_stops_the_pooler(pooler) -> None:
