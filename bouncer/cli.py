@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, List, Optional
 
 from bouncer import VERSION_STRING, pidfile
 from bouncer.errors import BouncerError, ConfigError
-from bouncer.worker import MAX_PEER_ID, first_peer_id
 
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.app import App
@@ -143,10 +142,6 @@ def _supervise(config: "Config", args: argparse.Namespace, logs: "LogSetup") -> 
     from bouncer.supervisor import Supervisor
     if args.reboot:
         log.critical("-R is not supported with workers > 1")
-        return 1
-    if first_peer_id(config) + config.workers - 1 > MAX_PEER_ID:
-        log.critical("peer_id + workers - 1 is above %d: each worker needs a peer id",
-                     MAX_PEER_ID)
         return 1
     flags = (["-q"] if args.quiet else []) + ["-v"] * args.verbose
     supervisor = Supervisor(config, args.config, flags, logs)

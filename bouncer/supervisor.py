@@ -31,7 +31,7 @@ from bouncer.config import Config
 from bouncer.log import LogSetup
 from bouncer.net.listener import bind, remove_socket_file, unix_socket
 from bouncer.signals import SHUTDOWN_SIGNALS
-from bouncer.worker import ENV, WorkerSpec, first_peer_id
+from bouncer.worker import ENV, WorkerSpec
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,8 @@ class Supervisor:
     def _start(self, worker: Worker, ready_fd: int) -> subprocess.Popen:
         fds = tuple(sock.fileno() for sock in self.listening) + (worker.private.fileno(),)
         spec = WorkerSpec(index=worker.index, workers=len(self.workers),
-                          first_peer_id=first_peer_id(self.config), peer_dir=self.peer_dir,
+                          first_peer_id=self.config.worker_peer_ids()[0],
+                          peer_dir=self.peer_dir,
                           supervisor_pid=os.getpid(), listen_fds=fds, ready_fd=ready_fd)
         env = {**os.environ, ENV: spec.to_env()}
         env.pop("NOTIFY_SOCKET", None)  # systemd hears from the supervisor, the main PID

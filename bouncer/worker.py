@@ -29,13 +29,6 @@ log = logging.getLogger(__name__)
 ENV = "BOUNCER_WORKER"
 #: prctl(2) option: the signal this process gets when its parent dies.
 _PR_SET_PDEATHSIG = 1
-#: The largest peer id a cancel key can carry (the [peers] section's range).
-MAX_PEER_ID = 16383
-
-
-def first_peer_id(config: Config) -> int:
-    """Worker 1's peer id: ``peer_id`` when set (the pooler is one of a peer group), else 1."""
-    return config.peer_id or 1
 
 
 @dataclass(frozen=True)

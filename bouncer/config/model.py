@@ -131,6 +131,12 @@ class Config(SettingAttributes):
         """
         return self.plugin_settings[name]
 
+    def worker_peer_ids(self) -> range:
+        """The peer ids of the workers (``workers`` above 1), one each for its cancel keys:
+        ``peer_id`` (1 when peering is off: the workers are peers of one another) onwards."""
+        first = self.peer_id or 1
+        return range(first, first + self.workers)
+
     def has_plugin_section(self, name: str) -> bool:
         """Whether the file has a ``[plugin.NAME]`` section (a plugin may mean "enabled")."""
         return PLUGIN_SECTION_PREFIX + name in self.explicit

@@ -10,7 +10,7 @@ from typing import Callable, Iterator, List
 from bouncer.config.kinds import format_value, parse_value
 from bouncer.config.model import Config
 from bouncer.config.plugin_settings import all_settings
-from bouncer.config.settings import POOL_MODES, SETTINGS
+from bouncer.config.settings import POOL_MODES, SETTINGS, SETTINGS_BY_NAME
 
 _VERIFYING_SSLMODES = ("verify-ca", "verify-full")
 
@@ -74,6 +74,17 @@ def _cert_auth(config: Config) -> Iterator[str]:
         yield "auth_type = cert needs client_tls_sslmode = verify-ca or verify-full"
 
 
+def _worker_peer_ids(config: Config) -> Iterator[str]:
+    """Each worker takes a peer id for its cancel keys: peer_id (1 when unset) and the next
+    ``workers - 1``, all within the range a key can carry."""
+    ids = config.worker_peer_ids()
+    highest = SETTINGS_BY_NAME["peer_id"].max
+    if config.workers > 1 and highest is not None and ids[-1] > highest:
+        yield (f"workers = {config.workers} with peer_id = {config.peer_id}: each worker needs "
+               f"a peer id of its own, {ids[0]} to {ids[-1]}, but the highest is {highest}; "
+               "lower peer_id or workers")
+
+
 _CHECKS: List[Callable[[Config], Iterator[str]]] = [
     _table_constraints,
     _unhonoured,
@@ -81,4 +92,5 @@ _CHECKS: List[Callable[[Config], Iterator[str]]] = [
     _hba_file,
     _client_tls_files,
     _cert_auth,
+    _worker_peer_ids,
 ]

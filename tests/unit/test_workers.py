@@ -11,7 +11,7 @@ from bouncer import session
 from bouncer.config import PeerDef, load_config
 from bouncer.errors import ConfigError
 from bouncer.supervisor import RESTART_DELAY_MAX, restart_delay, status_text
-from bouncer.worker import WorkerSpec, first_peer_id
+from bouncer.worker import WorkerSpec
 
 
 def load(tmp_path: Path, text: str):
@@ -37,6 +37,14 @@ def test_workers_refuses_what_is_not_a_count(tmp_path: Path, value: str) -> None
         load(tmp_path, f"workers = {value}\n")
 
 
+def test_check_refuses_workers_past_the_last_peer_id(tmp_path: Path) -> None:
+    """What --check, start and RELOAD report: each worker needs a peer id of its own."""
+    assert load(tmp_path, "workers = 4\npeer_id = 16380\n").workers == 4
+    with pytest.raises(ConfigError, match="16381 to 16384, but the highest is 16383"):
+        load(tmp_path, "workers = 4\npeer_id = 16381\n")
+    assert load(tmp_path, "workers = 1\npeer_id = 16383\n").peer_id == 16383
+
+
 def test_a_worker_gets_its_peer_id_and_the_others_as_peers(tmp_path: Path) -> None:
     config = spec(2).apply(load(tmp_path, "workers = 3\n"))
     assert config.peer_id == 2
@@ -47,7 +55,7 @@ def test_a_worker_gets_its_peer_id_and_the_others_as_peers(tmp_path: Path) -> No
 def test_worker_ids_start_at_peer_id_and_replace_the_files_entries(tmp_path: Path) -> None:
     config = load(tmp_path, "workers = 2\npeer_id = 10\n[peers]\n"
                             "10 = host=10.0.0.1\n20 = host=10.0.0.2\n")
-    worker = spec(2, workers=2, first=first_peer_id(config)).apply(config)
+    worker = spec(2, workers=2, first=config.worker_peer_ids()[0]).apply(config)
     assert worker.peer_id == 11
     assert worker.peers[10].host == "/run/w"
     assert worker.peers[20].host == "10.0.0.2"  # another pooler of the peer group
