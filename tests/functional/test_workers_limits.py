@@ -1,0 +1,147 @@
+"""``workers = 2``: pool limits hold across the workers together (bouncer.slots).
+
+Clients pick their worker through the workers' private unix sockets, so each test knows how
+its clients are spread; server connections are counted in ``pg_stat_activity`` by role, each
+test logging in as throwaway roles.  Clients hold their server in session mode by having run
+a query; a client beyond a limit is seen waiting on its query (or on its login, while its
+worker has no server to take the parameters from).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
+
+import pytest
+
+from bouncer.testing.ini import common_ini
+from bouncer.testing.pgcluster import STANDARD_PASSWORDS, PgCluster
+from bouncer.testing.ports import wait_until
+from bouncer.testing.process import BouncerProcess
+from tests.functional.pgroles import Roles, literal
+from tests.functional.test_workers import private_dir, worker_pids
+from tests.support import pgwire
+from tests.support.observe import Background
+
+PASSWORD = "wl-pw"
+#: Long enough for a client beyond a limit to have been served had the limit leaked.
+STILL_WAITING = 1.0
+
+
+@pytest.fixture(scope="module")
+def roles(pg: PgCluster) -> Iterator[Roles]:
+    created = Roles(pg)
+    yield created
+    created.drop_all()
+
+
+@pytest.fixture
+def tenants(roles: Roles) -> List[str]:
+    return [roles.create("wl_tenant", PASSWORD) for _ in range(2)]
+
+
+@pytest.fixture
+def start(pg: PgCluster, bouncer_factory: Callable[..., BouncerProcess],
+          tenants: List[str]) -> Callable[..., BouncerProcess]:
+    """``start(users=, pools=, **settings)``: two workers, both tenants in the auth file."""
+    def start_bouncer(users: Dict[str, str] = {}, pools: Dict[str, str] = {},
+                      **settings: Any) -> BouncerProcess:
+        text = common_ini(pg, users=users, workers=2, **settings)
+        text += "\n[pools]\n" + "".join(f"{key} = {value}\n" for key, value in pools.items())
+        bouncer = bouncer_factory(text, {**STANDARD_PASSWORDS, **{t: PASSWORD for t in tenants}})
+        for index in (1, 2):
+            bouncer.wait_for_log(rf"worker {index} \(pid \d+\) is serving")
+        return bouncer
+    return start_bouncer
+
+
+def servers(pg: PgCluster, users: Sequence[str]) -> int:
+    """Backends of *users* as PostgreSQL counts them."""
+    names = ", ".join(literal(user) for user in users)
+    return int(pg.psql("SELECT count(*) FROM pg_stat_activity "
+                       f"WHERE backend_type = 'client backend' AND usename IN ({names})"))
+
+
+class Client:
+    """A client of one worker that logs in and runs ``SELECT 1`` in the background, then
+    keeps its session (and, in session mode, its server) until :meth:`leave`."""
+
+    def __init__(self, bouncer: BouncerProcess, worker: int, user: str, db: str) -> None:
+        self.sock: socket.socket
+        self.served = Background(lambda: self._log_in_and_query(
+            private_dir(bouncer), worker, user, db))
+
+    def _log_in_and_query(self, directory: str, worker: int, user: str, db: str) -> None:
+        self.sock, _ = pgwire.open_session(directory, worker, user, PASSWORD, database=db)
+        self.sock.settimeout(30)
+        messages = pgwire.run_query(self.sock, "SELECT 1")
+        assert pgwire.first_error(messages) is None, messages
+
+    def leave(self) -> None:
+        self.served.result(30)
+        self.sock.close()
+
+
+def spread(bouncer: BouncerProcess, who: Sequence[Tuple[str, str]], count: int) -> List[Client]:
+    """*count* clients, alternately on worker 1 and 2, cycling through (user, db) of *who*;
+    each starts once the one before it was served or is seen waiting, so who waits is known."""
+    clients: List[Client] = []
+    for number in range(count):
+        user, db = who[number % len(who)]
+        clients.append(Client(bouncer, 1 + number % 2, user, db))
+        wait_until(clients[-1].served.done, 0.5)
+    return clients
+
+
+def served(clients: Sequence[Client]) -> List[Client]:
+    return [client for client in clients if client.served.done()]
+
+
+def assert_limit_holds(pg: PgCluster, users: Sequence[str], clients: List[Client],
+                       limit: int) -> None:
+    """*limit* clients are served and hold a server each, the others wait; when one leaves,
+    a waiting one is served, and the count never goes above *limit*."""
+    assert wait_until(lambda: len(served(clients)) == limit, 10)
+    time.sleep(STILL_WAITING)
+    assert len(served(clients)) == limit
+    assert servers(pg, users) == limit
+    leaving = served(clients)[0]
+    leaving.leave()
+    clients.remove(leaving)
+    assert wait_until(lambda: len(served(clients)) == limit, 10)
+    assert servers(pg, users) <= limit
+    for client in clients:
+        if client in served(clients):
+            client.leave()
+    for client in clients:
+        client.leave()  # the last ones, served as the others left
+    assert servers(pg, users) <= limit
+
+
+#: Each cross-worker limit: the ini pieces and the (tenant, database) pairs clients cycle
+#: through, so that each limit is the one reached (pool_size is larger where it is not tested).
+LIMITS = {
+    "pool_size": (dict(default_pool_size=3), [(0, "testdb")]),
+    "max_db_connections": (dict(max_db_connections=3), [(0, "testdb"), (1, "testdb")]),
+    "max_user_connections": (dict(max_user_connections=3), [(0, "testdb"), (0, "bench")]),
+}
+
+
+@pytest.mark.parametrize("limit", sorted(LIMITS))
+def test_a_limit_holds_across_the_workers(start, pg, tenants, limit) -> None:
+    settings, who = LIMITS[limit]
+    bouncer = start(**settings)
+    clients = spread(bouncer, [(tenants[t], db) for t, db in who], 6)
+    assert_limit_holds(pg, tenants, clients, 3)
+
+
+def test_transaction_mode_too(start, pg, tenants) -> None:
+    bouncer = start(default_pool_size=3, pool_mode="transaction")
+    clients = [Client(bouncer, 1 + n % 2, tenants[0], "testdb") for n in range(6)]
+    for client in clients:
+        client.served.result(30)  # each transaction ends: the servers are shared
+    assert servers(pg, tenants) <= 3
+    for client in clients:
+        client.leave()
