@@ -12,7 +12,7 @@ import os
 import signal
 import socket
 import time
-from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Sequence, Tuple
 
 import pytest
 
@@ -45,11 +45,9 @@ def tenants(roles: Roles) -> List[str]:
 @pytest.fixture
 def start(pg: PgCluster, bouncer_factory: Callable[..., BouncerProcess],
           tenants: List[str]) -> Callable[..., BouncerProcess]:
-    """``start(users=, pools=, **settings)``: two workers, both tenants in the auth file."""
-    def start_bouncer(users: Dict[str, str] = {}, pools: Dict[str, str] = {},
-                      **settings: Any) -> BouncerProcess:
-        text = common_ini(pg, users=users, workers=2, **settings)
-        text += "\n[pools]\n" + "".join(f"{key} = {value}\n" for key, value in pools.items())
+    """``start(**settings)``: two workers, both tenants in the auth file."""
+    def start_bouncer(**settings: Any) -> BouncerProcess:
+        text = common_ini(pg, workers=2, **settings)
         bouncer = bouncer_factory(text, {**STANDARD_PASSWORDS, **{t: PASSWORD for t in tenants}})
         for index in (1, 2):
             bouncer.wait_for_log(rf"worker {index} \(pid \d+\) is serving")
@@ -145,3 +143,68 @@ def test_transaction_mode_too(start, pg, tenants) -> None:
     assert servers(pg, tenants) <= 3
     for client in clients:
         client.leave()
+
+
+def idle_servers_on_both_workers(bouncer: BouncerProcess, user: str, count: int) -> None:
+    """*count* servers of (user, testdb) on each worker, idle (transaction mode)."""
+    for worker in (1, 2):
+        clients = [pgwire.open_session(private_dir(bouncer), worker, user, PASSWORD)[0]
+                   for _ in range(count)]
+        for sock in clients:
+            sock.sendall(pgwire.query("BEGIN; SELECT 1"))
+        for sock in clients:
+            pgwire.read_until(sock, b"Z")  # all in a transaction at once: one server each
+        for sock in clients:
+            pgwire.run_query(sock, "COMMIT")
+            sock.close()
+
+
+def test_set_pool_on_one_worker_shrinks_the_count_across_both(start, pg, tenants) -> None:
+    # Without a SET passed on to every worker, the one that got it announces the new size
+    # to the supervisor, which has both close servers down to their shares.
+    user = tenants[0]
+    bouncer = start(default_pool_size=4, pool_mode="transaction")
+    idle_servers_on_both_workers(bouncer, user, 2)
+    assert servers(pg, [user]) == 4
+    bouncer.admin(f"SET POOL {user}.testdb = 'pool_size=2'", host=private_dir(bouncer), port=1)
+    assert wait_until(lambda: servers(pg, [user]) == 2, 5), servers(pg, [user])
+    time.sleep(STILL_WAITING)
+    assert servers(pg, [user]) == 2
+
+
+def refusal(bouncer: BouncerProcess, worker: int, user: str) -> str:
+    """The error a login on *worker* gets ("" when it is let in)."""
+    with pgwire.connect(private_dir(bouncer), worker) as sock:
+        sock.sendall(pgwire.startup({"user": user, "database": "testdb"}))
+        error = pgwire.first_error(pgwire.login(sock, user, PASSWORD))
+    return error["M"] if error else ""
+
+
+def test_max_client_conn_counts_the_clients_of_both_workers(start, tenants) -> None:
+    bouncer = start(max_client_conn=4)
+    held = [pgwire.open_session(private_dir(bouncer), worker, tenants[0], PASSWORD)[0]
+            for worker in (1, 1, 2, 2)]
+    for worker in (1, 2):
+        assert refusal(bouncer, worker, tenants[0]) == \
+            "no more connections allowed (max_client_conn)"
+    held.pop().close()
+    assert wait_until(lambda: refusal(bouncer, 1, tenants[0]) == "", 5)
+    for sock in held:
+        sock.close()
+
+
+def test_a_killed_workers_slots_come_back(start, pg, tenants) -> None:
+    user = tenants[0]
+    bouncer = start(default_pool_size=2)
+    holders = [Client(bouncer, 1, user, "testdb") for _ in range(2)]
+    for client in holders:
+        client.served.result(10)
+    waiting = Client(bouncer, 2, user, "testdb")
+    time.sleep(STILL_WAITING)
+    assert not waiting.served.done()
+    since = len(bouncer.log_text())
+    os.kill(worker_pids(bouncer)[1], signal.SIGKILL)
+    waiting.served.result(10)  # the slots of the dead worker went to the waiting one
+    bouncer.wait_for_log(r"worker 1 \(pid \d+\) is serving", since=since)
+    assert wait_until(lambda: servers(pg, [user]) <= 2, 5)
+    waiting.leave()
