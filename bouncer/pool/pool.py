@@ -489,9 +489,9 @@ class Pool:
         """Room for a connection that one client keeps to itself (replication, as in PgBouncer).
 
         It counts towards pool_size: an idle server is evicted to make room (the one idle the
-        longest), or the client waits, within query_wait_timeout, for a server to close.  The
-        caller opens the connection, then calls :meth:`adopt_dedicated` or
-        :meth:`unreserve`.
+        longest), or the client waits, within query_wait_timeout, for a server to close (and,
+        with workers, for a slot).  The caller opens the connection, then calls
+        :meth:`adopt_dedicated` or :meth:`unreserve`.
 
         :raises WaitTimeout: no room became free in time.
         """
@@ -508,18 +508,24 @@ class Pool:
             self._room.wait(remaining)
         placeholder = _Connecting()
         self.login.add(placeholder)
+        if self._slots is not None and not self._slots.acquire_dedicated(self, deadline):
+            self.login.discard(placeholder)
+            raise self._no_server_in_time(wait, "query_wait_timeout")
         return placeholder
 
     def adopt_dedicated(self, placeholder: "_Connecting", server: Any, client: Any) -> None:
         """The connection is open: it serves *client* alone, and closes when it leaves."""
         self.login.discard(placeholder)
         server.dedicated = True
+        server.holds_slot = self._slots is not None
         self._activate(server, client)
         self.database.stats.server_assignment_count += 1
 
     def unreserve(self, placeholder: "_Connecting") -> None:
         """The connection could not be opened."""
         self.login.discard(placeholder)
+        if self._slots is not None:
+            self._slots.release(self)
         self._room.set()
 
     def close_idle(self, predicate: Callable[[Any], Optional[str]]) -> None:

@@ -8,7 +8,8 @@ import itertools
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+import time
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 import gevent
 from gevent.event import Event
@@ -37,10 +38,12 @@ def for_worker(spec: "WorkerSpec") -> Tuple["SlotClient", client_count.ClientCou
 
 
 class _Request:
-    __slots__ = ("pool", "answered", "granted")
+    __slots__ = ("pool", "wanted", "answered", "granted")
 
-    def __init__(self, pool: "Pool") -> None:
+    def __init__(self, pool: "Pool", wanted: Callable[[], bool]) -> None:
         self.pool = pool
+        #: Whether the connection is still wanted (someone waits for it).
+        self.wanted = wanted
         #: Set once the request is settled: granted, or no longer wanted.
         self.answered = Event()
         self.granted = False
@@ -72,17 +75,32 @@ class SlotClient:
 
         :return: False when nobody waits for the connection any more (nothing to open).
         """
+        wait = pool.limits.query_wait_timeout() or None
+        # The timeout only notices waiters that gave up meanwhile: the answer wakes us.
+        return self._acquire(pool, lambda: bool(pool.waiters), lambda: wait)
+
+    def acquire_dedicated(self, pool: "Pool", deadline: Optional[float]) -> bool:
+        """:meth:`acquire` for a connection one client keeps (replication), which waits up to
+        *deadline* (monotonic; None: for ever).
+
+        :return: False when the deadline passed first.
+        """
+        def remaining() -> Optional[float]:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+        return self._acquire(pool, lambda: remaining() != 0.0, remaining)
+
+    def _acquire(self, pool: "Pool", wanted: Callable[[], bool],
+                 check_after: Callable[[], Optional[float]]) -> bool:
         if self.lost:
             return True
         request_id = next(self._ids)
-        request = self._requests[request_id] = _Request(pool)
+        request = self._requests[request_id] = _Request(pool, wanted)
         limits = pool.limits
         self._channel.send(Ask(request_id, pool.database.name, pool.user.name, _pool_cap(pool),
                                limits.max_db_connections(), limits.max_user_connections()))
         try:
-            # Woken by the answer; the timeout only notices waiters that gave up meanwhile.
-            while not request.answered.wait(limits.query_wait_timeout() or None):
-                if not pool.waiters:
+            while not request.answered.wait(check_after()):
+                if not wanted():
                     break
         finally:
             del self._requests[request_id]
@@ -135,7 +153,7 @@ class SlotClient:
         if request is None:
             return
         request.pool.blocked_by = message.limit  # (named when its waiters time out)
-        if not request.pool.waiters:  # min_pool_size: not worth a place in the queue
+        if not request.wanted():  # min_pool_size: not worth a place in the queue
             request.answered.set()
 
     def _shrink(self, message: Shrink) -> None:

@@ -56,10 +56,10 @@ def start(pg: PgCluster, bouncer_factory: Callable[..., BouncerProcess],
 
 
 def servers(pg: PgCluster, users: Sequence[str]) -> int:
-    """Backends of *users* as PostgreSQL counts them."""
+    """Backends of *users* as PostgreSQL counts them (a replication connection's too)."""
     names = ", ".join(literal(user) for user in users)
-    return int(pg.psql("SELECT count(*) FROM pg_stat_activity "
-                       f"WHERE backend_type = 'client backend' AND usename IN ({names})"))
+    return int(pg.psql("SELECT count(*) FROM pg_stat_activity WHERE backend_type IN "
+                       f"('client backend', 'walsender') AND usename IN ({names})"))
 
 
 class Client:
@@ -208,3 +208,16 @@ def test_a_killed_workers_slots_come_back(start, pg, tenants) -> None:
     bouncer.wait_for_log(r"worker 1 \(pid \d+\) is serving", since=since)
     assert wait_until(lambda: servers(pg, [user]) <= 2, 5)
     waiting.leave()
+
+
+def test_a_replication_connection_counts_across_the_workers(start, pg, tenants) -> None:
+    user = tenants[0]
+    pg.psql(f'ALTER ROLE "{user}" REPLICATION')
+    bouncer = start(default_pool_size=1)
+    replication, _ = pgwire.open_session(private_dir(bouncer), 1, user, PASSWORD,
+                                         params={"replication": "database"})
+    other = Client(bouncer, 2, user, "testdb")
+    time.sleep(STILL_WAITING)
+    assert not other.served.done() and servers(pg, [user]) == 1
+    replication.close()  # its connection closes with it, and the slot goes to worker 2
+    other.leave()
