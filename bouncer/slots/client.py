@@ -97,7 +97,8 @@ class SlotClient:
         request = self._requests[request_id] = _Request(pool, wanted)
         limits = pool.limits
         self._channel.send(Ask(request_id, pool.database.name, pool.user.name, _pool_cap(pool),
-                               limits.max_db_connections(), limits.max_user_connections()))
+                               limits.max_db_connections(), limits.max_user_connections(),
+                               wanted()))
         try:
             while not request.answered.wait(check_after()):
                 if not wanted():
@@ -153,7 +154,7 @@ class SlotClient:
         if request is None:
             return
         request.pool.blocked_by = message.limit  # (named when its waiters time out)
-        if not request.wanted():  # min_pool_size: not worth a place in the queue
+        if not request.wanted():  # asked without waiting, or nobody waits any more
             request.answered.set()
 
     def _shrink(self, message: Shrink) -> None:

@@ -35,7 +35,8 @@ class ChannelError(ValueError):
 @dataclass(frozen=True)
 class Ask:
     """May the worker open one more server connection for the pool (*database*, *user*)?
-    The limits are those the worker applies now; 0 = unlimited."""
+    The limits are those the worker applies now; 0 = unlimited.  Without *wait* (nobody
+    waits for the connection: min_pool_size), a full pool is an answer, not a queue."""
     KIND: ClassVar[bytes] = b"A"
     request: int
     database: str
@@ -43,6 +44,7 @@ class Ask:
     pool_size: int
     max_db_connections: int
     max_user_connections: int
+    wait: bool
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,8 @@ class Granted:
 
 @dataclass(frozen=True)
 class Queued:
-    """No slot now: *limit* is reached across the workers; a Granted follows when one frees."""
+    """No slot now: *limit* is reached across the workers; a Granted follows when one frees
+    (unless the Ask did not *wait*)."""
     KIND: ClassVar[bytes] = b"Q"
     request: int
     limit: str

@@ -87,8 +87,11 @@ class SlotTable:
         blocked = self.blocking_limit(pending.key, pending.caps)
         if blocked is None:
             return [self._grant(pending)]
+        refusal: Outgoing = [(worker, Queued(message.request, blocked))]
+        if not message.wait:
+            return refusal  # no worker closes a server for a connection nobody waits for
         self.queue.append(pending)
-        return [(worker, Queued(message.request, blocked)), *self._make_room()]
+        return refusal + self._make_room()
 
     def cancel(self, worker: Worker, request: int) -> Outgoing:
         """A request withdrawn; one already granted is released by the worker instead."""

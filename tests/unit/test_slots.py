@@ -133,7 +133,7 @@ class SlotTableMachine(RuleBasedStateMachine):
                 assert key == (message.database, message.user)
                 self.held[worker][key] += 1
                 for limit in LIMITS:  # a grant never goes past the limits it was asked with
-                    assert not caps.cap(limit) or self.table.count(limit, key) <= caps.cap(limit)
+                    assert not caps.cap(limit) or self.model_count(limit, key) <= caps.cap(limit)
             elif isinstance(message, Shrink):
                 assert message.target < self.table.worker_count(worker, message.limit,
                                                                 (message.database, message.user))
@@ -141,11 +141,17 @@ class SlotTableMachine(RuleBasedStateMachine):
                 assert isinstance(message, Queued) and (worker, message.request) in self.asked
 
     @rule(worker=st.sampled_from(WORKERS), key=st.sampled_from(KEYS),
-          caps=st.tuples(st.integers(0, 3), st.integers(0, 4), st.integers(0, 4)))
-    def ask(self, worker, key, caps) -> None:
+          caps=st.tuples(st.integers(0, 3), st.integers(0, 4), st.integers(0, 4)),
+          wait=st.booleans())
+    def ask(self, worker, key, caps, wait) -> None:
         request, self.next_request = self.next_request, self.next_request + 1
         self.asked[(worker, request)] = (key, Caps(*caps))
-        self.deliver(self.table.ask(worker, Ask(request, *key, *caps)))
+        out = self.table.ask(worker, Ask(request, *key, *caps, wait))
+        if not wait and isinstance(out[0][1], Queued):
+            assert out == [(worker, Queued(request, out[0][1].limit))]  # and no room made
+            del self.asked[(worker, request)]
+        else:
+            self.deliver(out)
 
     @rule(worker=st.sampled_from(WORKERS), key=st.sampled_from(KEYS))
     def release(self, worker, key) -> None:
@@ -177,13 +183,15 @@ class SlotTableMachine(RuleBasedStateMachine):
         self.asked = {ask: value for ask, value in self.asked.items() if ask[0] != worker}
         self.deliver(self.table.worker_gone(worker))
 
+    def model_count(self, limit: str, key: Tuple[str, str]) -> int:
+        return sum(n for w in WORKERS for other, n in self.held[w].items()
+                   if in_scope(limit, key, other))
+
     @invariant()
     def counts_match_the_model(self) -> None:
         for limit in LIMITS:
             for key in KEYS:
-                expected = sum(n for w in WORKERS for other, n in self.held[w].items()
-                               if in_scope(limit, key, other))
-                assert self.table.count(limit, key) == expected
+                assert self.table.count(limit, key) == self.model_count(limit, key)
 
     @invariant()
     def what_waits_could_not_be_granted(self) -> None:
@@ -198,14 +206,14 @@ TestSlotTable.settings = settings(max_examples=150, stateful_step_count=40, dead
 
 def test_a_full_pool_queues_then_grants_oldest_first_and_asks_the_holder_for_room() -> None:
     table, key, caps = SlotTable(), ("db", "u"), (2, 0, 0)
-    assert table.ask(1, Ask(1, *key, *caps)) == [(1, Granted(1, *key))]
-    assert table.ask(1, Ask(2, *key, *caps)) == [(1, Granted(2, *key))]
-    out = table.ask(2, Ask(3, *key, *caps))
+    assert table.ask(1, Ask(1, *key, *caps, True)) == [(1, Granted(1, *key))]
+    assert table.ask(1, Ask(2, *key, *caps, True)) == [(1, Granted(2, *key))]
+    out = table.ask(2, Ask(3, *key, *caps, True))
     assert out[0] == (2, Queued(3, "pool_size"))
     # Worker 1 holds both: it is asked to come down to its fair share, keeping one.
     assert out[1:] == [(1, Shrink("pool_size", "db", "u", 1,
                                   "evicted for another worker: pool_size reached", False))]
-    table.ask(2, Ask(4, *key, *caps))
+    table.ask(2, Ask(4, *key, *caps, True))
     assert table.release(1, key)[0] == (2, Granted(3, *key))
     assert table.worker_gone(1)[0] == (2, Granted(4, *key))
 
@@ -213,7 +221,7 @@ def test_a_full_pool_queues_then_grants_oldest_first_and_asks_the_holder_for_roo
 def test_a_lowered_limit_has_every_holder_shrink_to_its_share() -> None:
     table, key = SlotTable(), ("db", "u")
     for worker, request in ((1, 1), (1, 2), (2, 3), (2, 4)):
-        table.ask(worker, Ask(request, *key, 4, 0, 0))
+        table.ask(worker, Ask(request, *key, 4, 0, 0, True))
     out = table.announce(1, Announce(*key, 2, 0, 0))
     assert [(worker, message.target) for worker, message in out] == [(1, 1), (2, 1)]
     assert all(message.forced for _, message in out)
