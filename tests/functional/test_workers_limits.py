@@ -110,11 +110,8 @@ def assert_limit_holds(pg: PgCluster, users: Sequence[str], clients: List[Client
     clients.remove(leaving)
     assert wait_until(lambda: len(served(clients)) == limit, 10)
     assert servers(pg, users) <= limit
-    for client in clients:
-        if client in served(clients):
-            client.leave()
-    for client in clients:
-        client.leave()  # the last ones, served as the others left
+    for client in sorted(clients, key=lambda c: not c.served.done()):
+        client.leave()  # the last ones are served as the others leave
     assert servers(pg, users) <= limit
 
 
@@ -132,6 +129,7 @@ def test_a_limit_holds_across_the_workers(start, pg, tenants, limit) -> None:
     settings, who = LIMITS[limit]
     bouncer = start(**settings)
     clients = spread(bouncer, [(tenants[t], db) for t, db in who], 6)
+    assert wait_until(lambda: served(clients) == clients[:3], 10)  # on workers 1, 2 and 1
     assert_limit_holds(pg, tenants, clients, 3)
 
 
@@ -221,3 +219,17 @@ def test_a_replication_connection_counts_across_the_workers(start, pg, tenants) 
     assert not other.served.done() and servers(pg, [user]) == 1
     replication.close()  # its connection closes with it, and the slot goes to worker 2
     other.leave()
+
+
+def test_a_client_waiting_for_another_workers_server_gets_query_wait_timeout(start, tenants
+                                                                             ) -> None:
+    bouncer = start(default_pool_size=1, query_wait_timeout=2)
+    holder = Client(bouncer, 1, tenants[0], "testdb")
+    holder.served.result(10)
+    started = time.monotonic()
+    with pgwire.connect(private_dir(bouncer), 2) as sock:
+        sock.sendall(pgwire.startup({"user": tenants[0], "database": "testdb"}))
+        error = pgwire.first_error(pgwire.login(sock, tenants[0], PASSWORD))
+    assert error is not None and "query_wait_timeout" in error["M"], error
+    assert 1.5 < time.monotonic() - started < 5
+    holder.leave()
