@@ -43,6 +43,9 @@ class Arbiter:
         serve(channel, lambda message: self._deliver(self._handle(channel_id, message)),
               f"worker {index}")
         del self._channels[channel_id]
+        held = sum(self.table.held.get(channel_id, {}).values())
+        if held:
+            log.info("worker %d gone: %d server slot(s) returned", index, held)
         self._deliver(self.table.worker_gone(channel_id))
 
     def _handle(self, channel_id: int, message: Message) -> Outgoing:

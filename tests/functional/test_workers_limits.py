@@ -203,6 +203,7 @@ def test_a_killed_workers_slots_come_back(start, pg, tenants) -> None:
     since = len(bouncer.log_text())
     os.kill(worker_pids(bouncer)[1], signal.SIGKILL)
     waiting.served.result(10)  # the slots of the dead worker went to the waiting one
+    bouncer.wait_for_log(r"worker 1 gone: 2 server slot\(s\) returned", since=since)
     bouncer.wait_for_log(r"worker 1 \(pid \d+\) is serving", since=since)
     assert wait_until(lambda: servers(pg, [user]) <= 2, 5)
     waiting.leave()

@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from types import SimpleNamespace
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -243,3 +244,81 @@ def test_the_client_count_holds_across_workers_and_a_dead_workers_goes(tmp_path:
     assert first.total() == 8
     first.close()
     second.close()
+
+
+# -- the worker's end, over a real socketpair ----------------------------------------------------
+
+class Supervisor:
+    """The far end of a worker's slot channel, played by the test."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock, self.reader = sock, FrameReader()
+        self.sock.settimeout(2)
+
+    def receive(self) -> Any:
+        messages: List[Any] = []
+        while not messages:
+            messages = self.reader.feed(self.sock.recv(4096))
+        assert len(messages) == 1
+        return messages[0]
+
+    def send(self, message: Any) -> None:
+        self.sock.sendall(encode(message))
+
+
+@pytest.fixture
+def worker_end() -> Iterator[Tuple[Any, Supervisor]]:
+    from gevent import socket  # cooperative, as in the monkey-patched daemon
+    from bouncer.slots.client import SlotClient
+    ours, theirs = socket.socketpair()
+    client = SlotClient(ours)
+    client.start(SimpleNamespace())
+    yield client, Supervisor(theirs)
+    theirs.close()
+
+
+def fake_pool(waiters: int = 1) -> Any:
+    limits = SimpleNamespace(query_wait_timeout=lambda: 0.2, max_db_connections=lambda: 5,
+                             max_user_connections=lambda: 0)
+    return SimpleNamespace(database=SimpleNamespace(name="db"), user=SimpleNamespace(name="u"),
+                           limits=limits, size=2, reserve=1, reserve_due=lambda: False,
+                           waiters=[object()] * waiters, blocked_by=None)
+
+
+def test_a_worker_asks_with_its_limits_and_opens_once_granted(worker_end) -> None:
+    import gevent
+    client, supervisor = worker_end
+    asking = gevent.spawn(client.acquire, fake_pool())
+    gevent.sleep(0.01)
+    ask = supervisor.receive()
+    assert ask == Ask(ask.request, "db", "u", 2, 5, 0, True)
+    supervisor.send(Granted(ask.request, "db", "u"))
+    assert asking.get(timeout=2) is True
+
+
+def test_a_request_nobody_waits_for_is_withdrawn_and_a_late_grant_given_back(worker_end
+                                                                            ) -> None:
+    import gevent
+    client, supervisor = worker_end
+    pool = fake_pool()
+    asking = gevent.spawn(client.acquire, pool)
+    gevent.sleep(0.01)
+    ask = supervisor.receive()
+    supervisor.send(Queued(ask.request, "max_db_connections"))
+    gevent.sleep(0.05)
+    assert pool.blocked_by == "max_db_connections"
+    pool.waiters.clear()  # they timed out
+    assert asking.get(timeout=2) is False
+    assert supervisor.receive() == Cancel(ask.request)
+    supervisor.send(Granted(ask.request, "db", "u"))  # it crossed the Cancel
+    gevent.sleep(0.05)
+    assert supervisor.receive() == Release("db", "u")
+
+
+def test_without_the_supervisor_a_worker_keeps_serving(worker_end) -> None:
+    import gevent
+    client, supervisor = worker_end
+    asking = gevent.spawn(client.acquire, fake_pool())
+    gevent.sleep(0.01)
+    supervisor.sock.close()
+    assert asking.get(timeout=2) is True and client.lost
