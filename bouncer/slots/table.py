@@ -52,17 +52,20 @@ def in_scope(limit: str, key: PoolKey, other: PoolKey) -> bool:
     return other[0] == key[0] if limit == MAX_DB else other[1] == key[1]
 
 
-def fair_shares(demands: Dict[Worker, int], cap: int) -> Dict[Worker, int]:
+def fair_shares(demands: Dict[Worker, int], cap: int,
+                held: Optional[Dict[Worker, int]] = None) -> Dict[Worker, int]:
     """Max-min fair split of *cap* slots among workers wanting *demands*: nobody gets more
-    than it wants, the shares sum to at most *cap*, and the capacity left after the even
-    split goes to the workers holding most (fewer connections to close)."""
-    shares: Dict[Worker, int] = {}
-    left = cap
-    order = sorted(demands, key=lambda w: (demands[w], w))
-    for position, worker in enumerate(order):
-        shares[worker] = min(demands[worker], left // (len(order) - position))
-        left -= shares[worker]
-    for worker in sorted(order, key=lambda w: (-demands[w], w)):
+    than it wants, the shares sum to at most *cap*, all get the same level where they want
+    that much, and the few slots left above that level go to the workers *held* most now, so
+    that two equally loaded workers do not trade a server back and forth."""
+    level = 0
+    while (level < max(demands.values(), default=0)
+           and sum(min(demand, level + 1) for demand in demands.values()) <= cap):
+        level += 1
+    shares = {worker: min(demand, level) for worker, demand in demands.items()}
+    left = cap - sum(shares.values())
+    holding = held or {}
+    for worker in sorted(demands, key=lambda w: (-holding.get(w, 0), -demands[w], w)):
         if left and shares[worker] < demands[worker]:
             shares[worker] += 1
             left -= 1
@@ -192,14 +195,14 @@ class SlotTable:
 
     def _shrinks(self, limit: str, key: PoolKey, cap: int, reason: str,
                  forced: bool) -> Outgoing:
-        demands = {worker: self.worker_count(worker, limit, key) for worker in self.held}
+        held = {worker: self.worker_count(worker, limit, key) for worker in self.held}
+        demands = dict(held)
         for pending in self.queue:
             if in_scope(limit, key, pending.key):
                 demands[pending.worker] = demands.get(pending.worker, 0) + 1
-        shares = fair_shares(demands, cap)
+        shares = fair_shares(demands, cap, held)
         return [(worker, Shrink(limit, key[0], key[1], shares[worker], reason, forced))
-                for worker in sorted(self.held)
-                if self.worker_count(worker, limit, key) > shares[worker]]
+                for worker, count in sorted(held.items()) if count > shares[worker]]
 
 
 def _step(counter: "Counter[T]", name: T, step: int) -> None:

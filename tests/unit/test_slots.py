@@ -97,9 +97,10 @@ def test_the_sans_io_modules_import_neither_gevent_nor_sockets() -> None:
 
 # -- fair shares -------------------------------------------------------------------------------
 
-@given(st.dictionaries(st.integers(1, 6), st.integers(0, 20), max_size=6), st.integers(0, 30))
-def test_fair_shares_never_exceed_the_cap_nor_a_demand(demands, cap) -> None:
-    shares = fair_shares(demands, cap)
+@given(st.dictionaries(st.integers(1, 6), st.integers(0, 20), max_size=6), st.integers(0, 30),
+       st.dictionaries(st.integers(1, 6), st.integers(0, 20)))
+def test_fair_shares_never_exceed_the_cap_nor_a_demand(demands, cap, held) -> None:
+    shares = fair_shares(demands, cap, held)
     assert sum(shares.values()) <= cap
     assert all(0 <= shares[w] <= demands[w] for w in demands)
     if sum(demands.values()) <= cap:
@@ -203,6 +204,12 @@ class SlotTableMachine(RuleBasedStateMachine):
 
 TestSlotTable = SlotTableMachine.TestCase
 TestSlotTable.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+def test_equal_loads_keep_the_servers_where_they_are() -> None:
+    # Three slots, both workers wanting more: the odd one stays with the worker holding it.
+    assert fair_shares({1: 4, 2: 2}, 3, held={1: 1, 2: 2}) == {1: 1, 2: 2}
+    assert fair_shares({1: 4, 2: 2}, 3, held={1: 2, 2: 1}) == {1: 2, 2: 1}
 
 
 def test_a_full_pool_queues_then_grants_oldest_first_and_asks_the_holder_for_room() -> None:
