@@ -4,8 +4,10 @@ Sans-IO as far as the event loop goes (no gevent, no sockets): a small file in t
 supervisor's private directory, mapped by every worker, holds one 64-bit count per worker,
 written only by that worker; ``flock`` on it makes "add the others' counts, compare, write
 mine" one step.  The lock is held for a few microseconds (no I/O inside it), so taking it
-blocks nobody for longer than a system call: cheaper on the login path than a round trip to
-the supervisor, which a connection storm would pay once per connection.  A worker that dies
+blocks nobody for longer than a system call: about 2 µs a login and 1.5 µs a disconnect on
+the 2-core development machine, against some 1,100 µs of pooler CPU a login costs, where a
+round trip to the supervisor would cost two context switches and a wake-up of a busy process
+per connection of a connection storm.  A worker that dies
 has its count zeroed by the supervisor before it is restarted.
 """
 from __future__ import annotations
