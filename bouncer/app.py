@@ -37,6 +37,8 @@ from bouncer.session.client import ClientSession
 from bouncer.session import handover, number_socket_ids
 from bouncer.session.handover import HandedOver
 from bouncer.session.server import connect_server
+from bouncer.slots.client import SlotClient, for_worker as slots_for_worker
+from bouncer.slots.client_count import ClientCount
 from bouncer.worker import WorkerSpec
 from bouncer import fd_limit, operations, pidfile, systemd
 
@@ -99,10 +101,17 @@ class App:
         self.user_store = UserStore()
         self._load_users(self.config)
         self.resolver = Resolver(self.config.dns_max_ttl, self.config.dns_nxdomain_ttl)
+        #: With workers, the slot channel to the supervisor and the shared client count that
+        #: make the limits hold across the workers (bouncer.slots); None in one process.
+        self.slots: Optional[SlotClient] = None
+        self.client_count: Optional[ClientCount] = None
+        if worker is not None:
+            self.slots, self.client_count = slots_for_worker(worker)
         self.registry = Registry(lambda: self.config, lambda pool: connect_server(self, pool),
                                  lambda pool: self.hooks.server_connect_limit(self, pool),
                                  on_wait=lambda pool, seconds: self.hooks.client_waited(
-                                     pool.database.name, pool.user.name, seconds))
+                                     pool.database.name, pool.user.name, seconds),
+                                 slots=self.slots)
         self.cancels = CancelRegistry(self)
         self.stats_period = StatsPeriod()
         #: The admin console's own counters (its logins and commands), as a database's.
@@ -136,6 +145,8 @@ class App:
         self.listeners.defer_accept(config.tcp_defer_accept)
         if self.workers_channel is not None:
             self.workers_channel.start()
+        if self.slots is not None:
+            self.slots.start(self)
         self.janitor.start()
         systemd.notify("READY=1", f"STATUS=accepting connections on port {config.listen_port}")
 
@@ -185,6 +196,8 @@ class App:
     def forget_client(self, client: ClientSession) -> None:
         self.clients.discard(client)
         self.cancels.forget(client)
+        if self.client_count is not None:
+            self.client_count.set(len(self.clients))
 
     def tune_socket(self, sock: socket.socket) -> None:
         """TCP keepalive settings, as PgBouncer applies them to both sides."""

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, cast
 
 import gevent
 from gevent.event import Event
@@ -31,6 +31,7 @@ from bouncer.config import Config
 from bouncer.log import LogSetup
 from bouncer.net.listener import bind, remove_socket_file, unix_socket
 from bouncer.signals import SHUTDOWN_SIGNALS
+from bouncer.slots.arbiter import Arbiter
 from bouncer.worker import ENV, WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class Supervisor:
         self.listening: List[socket.socket] = []
         self.workers: List[Worker] = []
         self.peer_dir = ""
+        self.arbiter: Optional[Arbiter] = None
         self.stopping = Event()
         self._told_ready = False
         #: The unix socket file we bound, and its inode: ours to remove at exit.
@@ -106,6 +108,7 @@ class Supervisor:
         log.info("process up: %s, supervisor of %d workers", VERSION_STRING, self.config.workers)
         # Made here, after -u and -d: the workers, running as that user, connect to these.
         self.peer_dir = tempfile.mkdtemp(prefix="bouncer-workers-")
+        self.arbiter = Arbiter(self.peer_dir, self.config.workers)
         self.workers = [Worker(index, unix_socket(self.peer_dir, index, 0o600,
                                                   self.config.listen_backlog, ""))
                         for index in range(1, self.config.workers + 1)]
@@ -130,9 +133,10 @@ class Supervisor:
     def _run_once(self, worker: Worker) -> int:
         """Start the worker, wait for it to serve, then to exit; its return code."""
         ours, theirs = socket.socketpair()
+        slots = cast(Arbiter, self.arbiter).open_channel(worker.index)
         with ours:
-            with theirs:
-                worker.process = self._start(worker, theirs.fileno())
+            with theirs, slots:
+                worker.process = self._start(worker, theirs.fileno(), slots.fileno())
             if ours.recv(1):  # empty: it died before serving
                 worker.serving = True
                 log.info("worker %d (pid %d) is serving", worker.index, worker.process.pid)
@@ -141,15 +145,16 @@ class Supervisor:
         worker.serving = False
         return returncode
 
-    def _start(self, worker: Worker, ready_fd: int) -> subprocess.Popen:
+    def _start(self, worker: Worker, ready_fd: int, slot_fd: int) -> subprocess.Popen:
         fds = tuple(sock.fileno() for sock in self.listening) + (worker.private.fileno(),)
         spec = WorkerSpec(index=worker.index, workers=len(self.workers),
                           first_peer_id=self.config.worker_peer_ids()[0],
                           peer_dir=self.peer_dir,
-                          supervisor_pid=os.getpid(), listen_fds=fds, ready_fd=ready_fd)
+                          supervisor_pid=os.getpid(), listen_fds=fds, ready_fd=ready_fd,
+                          slot_fd=slot_fd)
         env = {**os.environ, ENV: spec.to_env()}
         env.pop("NOTIFY_SOCKET", None)  # systemd hears from the supervisor, the main PID
-        return subprocess.Popen(self.command, env=env, pass_fds=fds + (ready_fd,))
+        return subprocess.Popen(self.command, env=env, pass_fds=fds + (ready_fd, slot_fd))
 
     def _notify_if_all_serving(self) -> None:
         # Once: a restarted worker is no news to systemd (the log line says it).

@@ -40,6 +40,8 @@ class WorkerSpec:
         worker *i*'s is ``.s.PGSQL.i`` there (the "port" names the socket file).
     :param listen_fds: the inherited listening sockets, the worker's private one included.
     :param ready_fd: written to once the worker serves, then closed.
+    :param slot_fd: the worker's end of its slot channel to the supervisor (pool limits
+        across the workers, see :mod:`bouncer.slots`).
     """
 
     index: int
@@ -49,6 +51,7 @@ class WorkerSpec:
     supervisor_pid: int
     listen_fds: Tuple[int, ...]
     ready_fd: int
+    slot_fd: int
 
     @property
     def peer_id(self) -> int:

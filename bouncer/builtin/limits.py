@@ -35,9 +35,8 @@ def _too_many(limit: str, whose: str, cap: int, where: str) -> Refusal:
 
 @hookimpl
 def bouncer_client_admit(app: "App", client: "ClientInfo") -> None:
-    # app.clients already holds this client, hence ">" rather than ">=".
     config = app.config
-    if config.max_client_conn and len(app.clients) > config.max_client_conn:
+    if not _within_max_client_conn(app):
         raise _too_many("max_client_conn", "bouncer", config.max_client_conn,
                         "[pgbouncer], with the open files limit")
     if client.database == ADMIN_DATABASE and client.user in config.admin_users:
@@ -56,11 +55,8 @@ def bouncer_client_admit(app: "App", client: "ClientInfo") -> None:
 
 @hookimpl
 def bouncer_server_connect_limit(app: "App", pool: "Pool") -> None:
-    config = app.config
-    caps = (("max_db_connections", pool.database,
-             database_cap(config, pool.database.definition, "max_db_connections")),
-            ("max_user_connections", pool.user,
-             user_cap(config, app.registry.overrides, pool.user.name, "max_user_connections")))
+    caps = (("max_db_connections", pool.database, pool.limits.max_db_connections()),
+            ("max_user_connections", pool.user, pool.limits.max_user_connections()))
     for limit, owner, cap in caps:
         if cap and owner.server_count() >= cap and not _made_room(owner, pool, cap, limit):
             raise Refusal(limit)
@@ -91,6 +87,16 @@ def bouncer_reload(app: "App", old_config: "Config", new_config: "Config") -> No
 @hookimpl
 def bouncer_admin_commands(app: "App") -> Dict[str, Callable[..., Any]]:
     return limits_admin.COMMANDS
+
+
+def _within_max_client_conn(app: "App") -> bool:
+    """max_client_conn (0: unlimited) holds with this client, counted in app.clients already
+    (hence "<=" rather than "<").  With workers, across all of them: the shared count is kept
+    at every login, so it is right when the limit is raised from 0 later."""
+    limit = app.config.max_client_conn
+    if app.client_count is not None:
+        return app.client_count.admit(len(app.clients), limit)
+    return not limit or len(app.clients) <= limit
 
 
 def _clients_of(app: "App", database: Optional[str] = None, user: Optional[str] = None) -> int:

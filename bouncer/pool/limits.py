@@ -150,6 +150,14 @@ class PoolLimits:
         return first_set(self._user_value("pool_size"), db_size,
                          self._config().default_pool_size)
 
+    def max_db_connections(self) -> int:
+        """The database's cap on server connections across its pools (0 = unlimited)."""
+        return database_cap(self._config(), self._db(), "max_db_connections")
+
+    def max_user_connections(self) -> int:
+        """The user's cap on server connections across its pools (0 = unlimited)."""
+        return user_cap(self._config(), self.overrides, self.user, "max_user_connections")
+
     def _config_pool_size(self) -> Optional[int]:
         pool = self._config().pools.get((self.user, self.database))
         return pool.pool_size if pool is not None else None

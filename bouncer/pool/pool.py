@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import (TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Set, Tuple,
+                    cast)
 
 import gevent
 from gevent import get_hub
@@ -26,6 +27,7 @@ from bouncer.proto import sqlstate
 
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.pool.registry import DatabaseState, UserState
+    from bouncer.slots.client import SlotClient
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +106,16 @@ class Pool:
 
     def __init__(self, database: "DatabaseState", user: "UserState", *,
                  connector: Callable[["Pool"], Any], limits: PoolLimits,
-                 cross_pool_limit: Callable[["Pool"], Optional[str]]) -> None:
+                 cross_pool_limit: Callable[["Pool"], Optional[str]],
+                 slots: Optional["SlotClient"] = None) -> None:
         self.database = database
         self.user = user
         self.limits = limits
         self._connector = connector
         self._cross_pool_limit = cross_pool_limit
+        #: With workers, where a slot is asked for before a server connection opens (so the
+        #: limits hold across workers) and returned when it closes; None in one process.
+        self._slots = slots
         self.idle: Deque[Any] = deque()
         self.active: Set[Any] = set()
         self.tested: Set[Any] = set()
@@ -376,8 +382,7 @@ class Pool:
         if size:
             count = self.server_count()
             if count >= size:
-                from_reserve = (bool(self.waiters) and count < size + self.reserve
-                                and self.max_wait() >= self.limits.reserve_timeout())
+                from_reserve = count < size + self.reserve and self.reserve_due()
                 if not from_reserve:
                     return False
         self.blocked_by = self._cross_pool_limit(self)
@@ -386,6 +391,10 @@ class Pool:
         if from_reserve:  # PgBouncer's line, for the client waiting longest
             log.warning("%s taking connection from reserve_pool", self.waiters[0].client.prefix)
         return True
+
+    def reserve_due(self) -> bool:
+        """Clients waited reserve_pool_timeout: the pool may open up to pool_size + reserve."""
+        return bool(self.waiters) and self.max_wait() >= self.limits.reserve_timeout()
 
     def _probing(self) -> bool:
         """No connection has worked yet, or the last one failed: then one connects at a time
@@ -399,13 +408,20 @@ class Pool:
         gevent.spawn(self._connect, placeholder)
 
     def _connect(self, placeholder: "_Connecting") -> None:
+        slots = self._slots
+        if slots is not None and not slots.acquire(self):
+            self.login.discard(placeholder)  # nobody waits for it any more
+            return
         try:
             server = self._connector(self)
         except ClientError as err:
             self.login.discard(placeholder)
+            if slots is not None:
+                slots.release(self)
             self._login_failed(err)
             return
         self.login.discard(placeholder)
+        server.holds_slot = slots is not None
         self.last_login_failure = None
         self.last_success = time.time()
         if self.welcome_params is None:
@@ -461,6 +477,9 @@ class Pool:
             self.idle.remove(server)
         server.link = None
         server.close(reason)
+        if server.holds_slot:
+            server.holds_slot = False  # (closing twice returns it once)
+            cast("SlotClient", self._slots).release(self)
         self._room.set()
         self.database.registry.server_closed(self)
 
@@ -470,9 +489,9 @@ class Pool:
         """Room for a connection that one client keeps to itself (replication, as in PgBouncer).
 
         It counts towards pool_size: an idle server is evicted to make room (the one idle the
-        longest), or the client waits, within query_wait_timeout, for a server to close.  The
-        caller opens the connection, then calls :meth:`adopt_dedicated` or
-        :meth:`unreserve`.
+        longest), or the client waits, within query_wait_timeout, for a server to close (and,
+        with workers, for a slot).  The caller opens the connection, then calls
+        :meth:`adopt_dedicated` or :meth:`unreserve`.
 
         :raises WaitTimeout: no room became free in time.
         """
@@ -489,18 +508,24 @@ class Pool:
             self._room.wait(remaining)
         placeholder = _Connecting()
         self.login.add(placeholder)
+        if self._slots is not None and not self._slots.acquire_dedicated(self, deadline):
+            self.login.discard(placeholder)
+            raise self._no_server_in_time(wait, "query_wait_timeout")
         return placeholder
 
     def adopt_dedicated(self, placeholder: "_Connecting", server: Any, client: Any) -> None:
         """The connection is open: it serves *client* alone, and closes when it leaves."""
         self.login.discard(placeholder)
         server.dedicated = True
+        server.holds_slot = self._slots is not None
         self._activate(server, client)
         self.database.stats.server_assignment_count += 1
 
     def unreserve(self, placeholder: "_Connecting") -> None:
         """The connection could not be opened."""
         self.login.discard(placeholder)
+        if self._slots is not None:
+            self._slots.release(self)
         self._room.set()
 
     def close_idle(self, predicate: Callable[[Any], Optional[str]]) -> None:
@@ -510,12 +535,12 @@ class Pool:
             if reason:
                 self.close_server(server, reason)
 
-    def evict(self, count: int, reason: str, grace: float) -> int:
+    def evict(self, count: int, reason: str, grace: Optional[float]) -> int:
         """Close *count* server connections because a limit was lowered.
 
         Idle servers go first, then those being tested, then active ones, most recently
         active first: an active server is closed when its client releases it, or, after
-        *grace* seconds, at once, with its client told *reason*.
+        *grace* seconds (None: never), at once, with its client told *reason*.
 
         :return: how many servers were chosen (fewer than *count* if the pool is smaller).
         """
@@ -530,7 +555,8 @@ class Pool:
                               key=lambda s: s.link.request_time if s.link else 0, reverse=True)
         for server in recent_first[:count - chosen]:
             server.close_needed, server.close_reason = True, reason
-            gevent.spawn_later(grace, self._force_close, server, reason)
+            if grace is not None:
+                gevent.spawn_later(grace, self._force_close, server, reason)
             chosen += 1
         return chosen
 

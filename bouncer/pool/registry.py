@@ -17,6 +17,7 @@ from bouncer.pool.stats import Counters
 
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.config import Config, DatabaseDef
+    from bouncer.slots.client import SlotClient
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +106,13 @@ class Registry:
     def __init__(self, get_config: Callable[[], "Config"],
                  connector: Callable[[Pool], Any],
                  cross_pool_limit: Callable[[Pool], Optional[str]],
-                 on_wait: Callable[[Pool, float], None] = lambda pool, seconds: None) -> None:
+                 on_wait: Callable[[Pool, float], None] = lambda pool, seconds: None,
+                 slots: Optional["SlotClient"] = None) -> None:
         self._config = get_config
         self._connector = connector
         self._cross_pool_limit = cross_pool_limit
+        #: The slot channel to the supervisor (workers), handed to every pool; else None.
+        self._slots = slots
         #: Told how long a client queued for a server of a pool, once it got one.
         self.client_waited = on_wait
         self.overrides = Overrides()
@@ -144,7 +148,7 @@ class Registry:
             user = self.user(user_name)
             limits = PoolLimits(self._config, database, user_name, self.overrides)
             pool = Pool(database, user, connector=self._connector, limits=limits,
-                        cross_pool_limit=self._cross_pool_limit)
+                        cross_pool_limit=self._cross_pool_limit, slots=self._slots)
             database.pools[user_name] = pool
             user.pools[database.name] = pool
         return pool

@@ -66,6 +66,8 @@ class ServerConnection:
         self.cancels_in_flight = 0
         #: Opened for one client (replication), never shared, closed when that client leaves.
         self.dedicated = False
+        #: Counted by the supervisor's slots (workers): the pool returns the slot on close.
+        self.holds_slot = False
         config = pool.limits.config()
         self.engine = ServerEngine(config.max_packet_size,
                                    track_statements=config.max_prepared_statements > 0)

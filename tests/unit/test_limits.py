@@ -15,7 +15,8 @@ from bouncer.admin.commands import AdminError
 from bouncer.admin.grammar import GrammarError
 from bouncer.builtin import limits_admin
 from bouncer.builtin.limits_admin import USER_KEYS, parse_assignment, parse_user_change
-from bouncer.builtin.limits_shrink import apply_limits, shrink, staying
+from bouncer.builtin.limits_shrink import apply_limits
+from bouncer.pool.eviction import shrink, staying
 from bouncer.config import Config, load_config
 from bouncer.pool.limits import Overrides, database_cap, smaller_limit, user_cap
 from bouncer.pool.pool import Pool
@@ -60,6 +61,7 @@ class FakeServer:
         self.link = SimpleNamespace(request_time=request_time) if request_time else None
         self.close_needed = False
         self.close_reason = ""
+        self.holds_slot = False
         self.closed_because: Optional[str] = None
 
     @property
@@ -261,7 +263,7 @@ def test_shrink_with_no_limit_or_room_left_does_nothing(tmp_path: Path) -> None:
 # -- the commands, on a stand-in console -----------------------------------------------------
 
 def console_for(registry: Registry, config: Config) -> Any:
-    return SimpleNamespace(app=SimpleNamespace(registry=registry, config=config))
+    return SimpleNamespace(app=SimpleNamespace(registry=registry, config=config, slots=None))
 
 
 def test_set_user_lowering_max_user_connections_closes_servers_at_once(tmp_path: Path) -> None:
@@ -312,7 +314,7 @@ def test_malformed_set_fails_and_changes_nothing(tmp_path: Path, command: str,
 def test_apply_limits_lets_waiters_through_a_raised_limit(tmp_path: Path) -> None:
     config = load(tmp_path, pools="bob.db = pool_size=1")
     registry = make_registry(config)
-    app = SimpleNamespace(registry=registry, config=config)
+    app = SimpleNamespace(registry=registry, config=config, slots=None)
     pool = pool_of(registry, "bob")
     add_servers(pool, active_times=(time.time(),))
     pool.waiters.append(SimpleNamespace(since=time.monotonic()))

@@ -22,7 +22,7 @@ def load(tmp_path: Path, text: str):
 
 def spec(index: int, workers: int = 3, first: int = 1) -> WorkerSpec:
     return WorkerSpec(index=index, workers=workers, first_peer_id=first, peer_dir="/run/w",
-                      supervisor_pid=1, listen_fds=(3, 4), ready_fd=5)
+                      supervisor_pid=1, listen_fds=(3, 4), ready_fd=5, slot_fd=6)
 
 
 def test_workers_defaults_to_one_and_auto_is_the_cores(tmp_path: Path) -> None:
