@@ -12,12 +12,12 @@ from __future__ import annotations
 import re
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import psycopg2
 import pytest
 
-from tests.functional.pgroles import Roles, literal
+from tests.functional.pgroles import Roles, literal, roles  # roles: a fixture
 from tests.support import pgwire
 from bouncer.testing.process import BouncerProcess
 from bouncer.testing.ini import common_ini
@@ -30,12 +30,6 @@ ADMIN = "scramuser"
 #: Long enough to see a client waiting, short enough to keep the module quick.
 STILL_WAITING = 0.6
 
-
-@pytest.fixture(scope="module")
-def roles(pg: PgCluster) -> Iterator[Roles]:
-    created = Roles(pg)
-    yield created
-    created.drop_all()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional
 import psycopg2
 import pytest
 
-from tests.functional.pgroles import Roles, login_outcome
+from tests.functional.pgroles import login_outcome, roles  # roles: a fixture
 from tests.plugins import recorder
 from bouncer.testing.process import BouncerProcess, BouncerStartError
 from bouncer.testing.ini import common_ini
@@ -305,12 +305,6 @@ def test_hook_declare_settings_section_is_typed_reloaded_and_shown(start_with_ex
                       ["plugin.example_auth.secrets_file"] == str(other), 10)
     assert login_outcome(bouncer.connect, user="trustuser", password="second-pw") == "trustuser"
 
-
-@pytest.fixture(scope="module")
-def roles(pg) -> Iterator[Roles]:
-    created = Roles(pg)
-    yield created
-    created.drop_all()
 
 
 def test_example_plugin_chained_between_auth_file_and_auth_query(start_with_example,

@@ -12,7 +12,7 @@ import os
 import signal
 import socket
 import time
-from typing import Any, Callable, Iterator, List, Sequence, Tuple
+from typing import Any, Callable, List, Sequence, Tuple
 
 import pytest
 
@@ -20,7 +20,7 @@ from bouncer.testing.ini import common_ini
 from bouncer.testing.pgcluster import STANDARD_PASSWORDS, PgCluster
 from bouncer.testing.ports import wait_until
 from bouncer.testing.process import BouncerProcess
-from tests.functional.pgroles import Roles, literal
+from tests.functional.pgroles import Roles, literal, roles  # roles: a fixture
 from tests.functional.test_workers import private_dir, worker_pids
 from tests.support import pgwire
 from tests.support.observe import Background
@@ -29,12 +29,6 @@ PASSWORD = "wl-pw"
 #: Long enough for a client beyond a limit to have been served had the limit leaked.
 STILL_WAITING = 1.0
 
-
-@pytest.fixture(scope="module")
-def roles(pg: PgCluster) -> Iterator[Roles]:
-    created = Roles(pg)
-    yield created
-    created.drop_all()
 
 
 @pytest.fixture
