@@ -20,16 +20,10 @@ from bouncer.admin.worker_channel import control_socket_path
 from bouncer.testing.ini import common_ini
 from bouncer.testing.ports import wait_until
 from bouncer.testing.process import BouncerProcess
-from tests.functional.test_workers import WORKERS, private_dir, session, show_config, worker_pids
+# pooler: a fixture (two workers, both serving)
+from tests.functional.test_workers import (WORKERS, pooler, private_dir, session,  # noqa: F401
+                                           show_config, worker_pids)
 from tests.support import pgwire
-
-
-@pytest.fixture
-def pooler(pg, bouncer_factory) -> BouncerProcess:
-    bouncer = bouncer_factory(common_ini(pg, workers=2))
-    for index in WORKERS:
-        bouncer.wait_for_log(rf"worker {index} \(pid \d+\) is serving")
-    return bouncer
 
 
 def console(pooler: BouncerProcess, index: int, sql: str
