@@ -262,12 +262,18 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     unknown = set(options.targets) - set(TARGET_NAMES)
     if unknown:
         parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
-    wanted = comma_list(options.workloads)
-    unknown = set(wanted) - set(workload_names)
+    options.workloads = chosen_workloads(parser, options.workloads)
+    return options
+
+
+def chosen_workloads(parser: argparse.ArgumentParser, text: str) -> List[Workload]:
+    """The workloads a comma-separated ``--workloads`` names, in WORKLOADS' order; an unknown
+    name is a usage error."""
+    wanted = comma_list(text)
+    unknown = set(wanted) - {workload.name for workload in WORKLOADS}
     if unknown:
         parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")
-    options.workloads = [workload for workload in WORKLOADS if workload.name in wanted]
-    return options
+    return [workload for workload in WORKLOADS if workload.name in wanted]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -100,7 +100,7 @@ async def open_clients(target: Target, count: int, login: bool,
         batch = min(CONNECT_BATCH, count - len(clients))
         clients += await asyncio.gather(*(open_client(target, login) for _ in range(batch)))
         expected = descriptors_before + len(clients)
-        held = await wait_for_descriptors(target.pid, lambda n: n >= expected)
+        held = await wait_for_descriptors(target.pid, lambda n, goal=expected: n >= goal)
         if held < expected:
             raise RuntimeError(f"{target.name} holds only {held - descriptors_before} of "
                                f"{len(clients)} clients after {ACCEPT_TIMEOUT:.0f} s")

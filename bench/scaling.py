@@ -23,9 +23,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from harness import (PGBOUNCER_MISSING, POOL_SIZE, POOLER_NAMES, Target, environment_line,
                      markdown_table, pooler_ini, pooler_pid, pooler_target,
                      pgbouncer_version_line, progress, start_pgbouncer, start_postgres)
-from bench import (BENCH_USER, MAX_PGBENCH_THREADS, WORKLOADS, Results, Workload, comma_list,
-                   cpu_cell, median_cpu_us, median_tps, prepare_database, ratio, run_rounds,
-                   tps_cell)
+from bench import (BENCH_USER, MAX_PGBENCH_THREADS, WORKLOADS, Results, Workload,
+                   chosen_workloads, comma_list, cpu_cell, median_cpu_us, median_tps,
+                   prepare_database, ratio, run_rounds, tps_cell)
 from bouncer.testing.ini import render_ini
 from bouncer.testing.pgcluster import PgCluster
 from bouncer.testing.ports import accepts_connections, free_port, wait_until
@@ -281,11 +281,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--output", default="scaling.md", help="the Markdown file to write")
     parser.add_argument("--plot", default="scaling.png", help="the PNG file to write")
     options = parser.parse_args(argv)
-    wanted = comma_list(options.workloads)
-    unknown = set(wanted) - set(names)
-    if unknown:
-        parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")
-    options.workloads = [workload for workload in WORKLOADS if workload.name in wanted]
+    options.workloads = chosen_workloads(parser, options.workloads)
     return options
 
 
