@@ -25,6 +25,7 @@ from bouncer.proto import backend, frontend, sqlstate
 from bouncer.proto.constants import TXN_IDLE, Frontend
 
 if TYPE_CHECKING:  # pragma: no cover
+    from bouncer.app import App
     from bouncer.plugin.context import PluginContext
     from bouncer.session.client import ClientSession
 
@@ -48,6 +49,24 @@ def serve_admin(client: "ClientSession") -> None:
         console.serve()
     finally:
         console.close()
+
+
+def execute_for(app: "App", console: Any, query: str) -> Result:
+    """Run the command *query* for *console*'s user: access checked, then in every worker when
+    the command is marked so (``on_every_worker``), else here.
+
+    :raises InvalidCommand: no command matches (or its handler found the rest malformed).
+    :raises ClientError: the command failed or this user may not run it.
+    """
+    handler, args = find_command(app.admin_commands, query)
+    if not (is_stats_allowed(handler) or console.is_admin()):
+        raise admin_access_needed()
+    combine = every_worker_combine(handler)
+    channel = app.workers_channel
+    if combine is None or channel is None:
+        return handler(console, args)
+    return channel.run_everywhere(query, asker_of(console), lambda: handler(console, args),
+                                  combine)
 
 
 class Console:
@@ -151,15 +170,7 @@ class Console:
         :raises InvalidCommand: no command matches (or its handler found the rest malformed).
         :raises ClientError: the command failed or this user may not run it.
         """
-        handler, args = find_command(self.app.admin_commands, query)
-        if not (is_stats_allowed(handler) or self.is_admin()):
-            raise admin_access_needed()
-        combine = every_worker_combine(handler)
-        channel = self.app.workers_channel
-        if combine is None or channel is None:
-            return handler(self, args)
-        return channel.run_everywhere(query, asker_of(self), lambda: handler(self, args),
-                                      combine)
+        return execute_for(self.app, self, query)
 
     # -- replies ---------------------------------------------------------------------------
 

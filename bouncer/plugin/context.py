@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, 
 
 from bouncer.admin import show as tables
 from bouncer.admin.checks import CHECKS_COLUMNS, checks_table
+from bouncer.admin.commands import Asker
+from bouncer.admin.console import execute_for
+from bouncer.admin.worker_channel import ForwardedConsole
 from bouncer.admin.sockets import SOCKET_COLUMNS, client_table
 from bouncer.auth.hba import HbaRule, load_hba
 from bouncer.builtin.auth_hba import rule_for
@@ -21,6 +24,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from bouncer.app import App
     from bouncer.config import Config
     from bouncer.plugin.client import ClientInfo
+
+#: The console user plugins' SHOW requests run as in the other workers (for their logs).
+PLUGIN_ASKER = "(plugin)"
 
 _Table = Tuple[Sequence[Tuple[str, int]], Callable[["App"], Sequence[Sequence[Any]]]]
 
@@ -89,9 +95,16 @@ class PluginContext:
 
     def show(self, command: str) -> List[Dict[str, Any]]:
         """The rows of ``SHOW <command>`` as the console would answer now, each a mapping of
-        column name to value: one of :data:`SHOW_TABLES`.
+        column name to value: one of :data:`SHOW_TABLES`.  With ``workers`` above 1 they are
+        the whole pooler's, as any worker's console answers (asking the other workers: this
+        may wait, within the console's bounds).
 
         :raises KeyError: a command not offered here.
         """
         cols, build = SHOW_TABLES[command.upper()]
-        return tables.records(cols, build(self._app))
+        if self._app.workers_channel is None:
+            return tables.records(cols, build(self._app))
+        # A stats user's view: SHOW is all a plugin reads.
+        asker = ForwardedConsole(self._app, Asker(PLUGIN_ASKER, admin=False))
+        result = execute_for(self._app, asker, f"SHOW {command.upper()}")
+        return tables.records(result.columns, result.rows)

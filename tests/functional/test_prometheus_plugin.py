@@ -22,6 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.functional.pgroles import login_outcome
+from tests.functional.test_workers import WORKERS, private_dir, session
 from bouncer.testing.process import BouncerProcess, BouncerStartError
 from bouncer.testing.ini import common_ini
 from tests.support.plugininstall import install_plugin
@@ -296,3 +297,19 @@ def test_an_unknown_key_in_the_section_refuses_the_start(start) -> None:
     with pytest.raises(BouncerStartError) as failed:
         start(extra="listen_prot = 1\n")
     assert "listen_prot: unknown parameter" in failed.value.log
+
+
+def test_with_workers_the_metrics_are_the_whole_poolers(start) -> None:
+    """Whichever worker holds the port, /metrics counts the clients of every worker (through
+    the plugin context's SHOW, which asks the others as the console does)."""
+    bouncer, port = start(workers=2)
+    for index in WORKERS:
+        bouncer.wait_for_log(rf"worker {index} \(pid \d+\) is serving")
+    clients = [session(private_dir(bouncer), index)[0] for index in WORKERS]
+    try:
+        samples = scrape(port)
+    finally:
+        for sock in clients:
+            sock.close()
+    assert value(samples, "pgbouncer_pools_client_active_connections",
+                 database="testdb", user="md5user") == len(WORKERS)
