@@ -104,7 +104,7 @@ class PluginContext:
         cols, build = SHOW_TABLES[command.upper()]
         if self._app.workers_channel is None:
             return tables.records(cols, build(self._app))
-        # A stats user's view: SHOW is all a plugin reads.
-        asker = ForwardedConsole(self._app, Asker(PLUGIN_ASKER, admin=False))
-        result = execute_for(self._app, asker, f"SHOW {command.upper()}")
+        # A stats user's console: SHOW is all a plugin reads (and *command* is a known one).
+        console = ForwardedConsole(self._app, Asker(PLUGIN_ASKER, admin=False))
+        result = execute_for(self._app, console, f"SHOW {command.upper()}")
         return tables.records(result.columns, result.rows)
