@@ -47,21 +47,26 @@ def test_tcp_socket_buffer_sizes_the_kernel_buffers(pg, bouncer_factory) -> None
     assert "rb131072" in out and "tb131072" in out, out
 
 
-def _sockets(pid: int) -> set:
-    fd_dir = f"/proc/{pid}/fd"
-    links = set()
-    for fd in os.listdir(fd_dir):
-        with contextlib.suppress(FileNotFoundError):  # closed meanwhile
-            links.add(os.readlink(os.path.join(fd_dir, fd)))
-    return {link for link in links if link.startswith("socket:")}
+def _accepted(server_port: int, client_port: int) -> bool:
+    """Whether the server's end of this TCP connection belongs to a process yet: the kernel gives
+    it an inode only when accept() hands it out (other connections to the pooler do not count)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as rows:
+            for row in list(rows)[1:]:
+                fields = row.split()
+                local, remote, inode = fields[1], fields[2], fields[9]
+                if (int(local.rsplit(":", 1)[1], 16) == server_port
+                        and int(remote.rsplit(":", 1)[1], 16) == client_port):
+                    return inode != "0"
+    return False
 
 
 def _accepted_while_silent(bouncer) -> bool:
     """Whether the pooler accepts a TCP connection that has sent nothing yet."""
-    before = _sockets(bouncer.pid)
-    with socket.create_connection((bouncer.host, bouncer.port)):
+    with socket.create_connection((bouncer.host, bouncer.port)) as client:
+        client_port = client.getsockname()[1]
         # Deferred, the kernel holds it for a second (then resends its SYN-ACK).
-        return wait_until(lambda: bool(_sockets(bouncer.pid) - before), 0.5)
+        return wait_until(lambda: _accepted(bouncer.port, client_port), 0.5)
 
 
 def test_tcp_defer_accept_keeps_a_silent_connection_in_the_kernel(pg, bouncer_factory) -> None:
