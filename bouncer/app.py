@@ -182,6 +182,13 @@ class App:
         self.clients.add(client)
         client.run()
 
+    def hand_over_listeners(self) -> None:
+        """A new process serves our listening sockets too (SHOW FDS): the unix socket file
+        is its to remove now, not ours nor our supervisor's."""
+        self.listeners.handed_over()
+        if self.worker is not None:
+            self.worker.listeners_handed_over()
+
     def serve_handed_over(self, clients: List[Tuple[socket.socket, HandedOver]]) -> None:
         """Serve the clients an online restart took over, each in its own greenlet."""
         for sock, state in clients:

@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     _become_the_service(args, logs, app.config.pidfile)
     if taken is not None:  # once daemonized: their greenlets must not cross the fork
-        app.serve_handed_over(taken.clients)
+        app.serve_handed_over([(client.sock, client.state) for client in taken.clients])
     import gevent
     gevent.wait()  # returns only if every greenlet ended; shutdown() normally exits first
     return 0
@@ -124,14 +124,17 @@ def _serve_as_worker(app: "App", spec: "WorkerSpec") -> int:
     from bouncer import signals
     signals.install(app)
     spec.end_with_the_supervisor()  # after install: the SIGTERM must find our handler
-    sockets = spec.sockets()
-    app.listeners.adopt(sockets, "from the supervisor")
+    shared, private = spec.sockets()
+    taken_clients = spec.handed_over_clients()
+    app.listeners.adopt(shared, "from the supervisor")
+    app.listeners.adopt([private], "the worker's own", private=True)
     try:
-        app.start(sockets)
+        app.start([*shared, private])
     except (ConfigError, OSError, BouncerError) as err:
         log.critical("%s", err)
         return 1
     spec.ready()
+    app.serve_handed_over(taken_clients)
     import gevent
     gevent.wait()
     return 0
@@ -140,15 +143,15 @@ def _serve_as_worker(app: "App", spec: "WorkerSpec") -> int:
 def _supervise(config: "Config", args: argparse.Namespace, logs: "LogSetup") -> int:
     """``workers`` above 1: bind, drop privileges, daemonize, then run the supervisor."""
     from bouncer.supervisor import Supervisor
-    if args.reboot:
-        log.critical("-R is not supported with workers > 1")
-        return 1
     flags = (["-q"] if args.quiet else []) + ["-v"] * args.verbose
     supervisor = Supervisor(config, args.config, flags, logs)
     supervisor.install_signals()  # before binding, as for one process
     try:
-        supervisor.bind()
-    except ConfigError as err:
+        if args.reboot:
+            supervisor.take_over()
+        else:
+            supervisor.bind()
+    except (ConfigError, OSError, BouncerError) as err:
         log.critical("%s", err)
         return 1
     _become_the_service(args, logs, config.pidfile)

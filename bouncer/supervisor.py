@@ -1,9 +1,13 @@
 """The supervisor of a pooler with ``workers`` above 1 (gunicorn's arbiter, in small).
 
-It binds the listening sockets once and starts the workers, each a fresh ``python -m bouncer``
+It binds the listening sockets once (or takes them over from the running pooler, ``-R``:
+:meth:`Supervisor.take_over`) and starts the workers, each a fresh ``python -m bouncer``
 serving the inherited sockets (see :mod:`bouncer.worker`).  It passes the signals on to every
 worker, restarts a worker that dies, and exits once they have all exited after a shutdown.
 Everything waits on events (a child's exit, a signal, a worker's ready byte): no polling.
+Each worker has a line to the supervisor (:attr:`bouncer.worker.WorkerSpec.ready_fd`): the
+clients an online restart took over for it, then its ready byte, and later whether it handed
+the listening sockets to a new pooler (then the socket file is no longer ours to remove).
 
 Only the supervisor does what must happen once per pooler: binding, the pidfile, sd_notify
 and removing the unix socket file.  Each worker runs its own janitor, since it keeps the
@@ -20,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List, Optional, Tuple, cast
 
 import gevent
@@ -31,8 +35,10 @@ from bouncer.config import Config
 from bouncer.log import LogSetup
 from bouncer.net.listener import bind, remove_socket_file, unix_socket
 from bouncer.signals import SHUTDOWN_SIGNALS
+from bouncer.proto.cancel_key import key_peer
 from bouncer.slots.arbiter import Arbiter
-from bouncer.worker import ENV, WorkerSpec
+from bouncer.takeover import RunningBouncer, TakenClient, log_taken
+from bouncer.worker import ENV, HANDED_OVER, WorkerSpec, send_clients
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +47,9 @@ log = logging.getLogger(__name__)
 STABLE_AFTER = 10.0
 RESTART_DELAY = 0.5
 RESTART_DELAY_MAX = 30.0
+#: An online restart gives up (the old pooler serves on) if the workers do not all serve
+#: within this many seconds.
+TAKEOVER_TIMEOUT = 30.0
 
 #: Passed on only to workers that are serving: one still starting reads the file anyway, and
 #: before it installs its handlers SIGHUP would kill it.
@@ -53,6 +62,8 @@ class Worker:
     private: socket.socket
     process: Optional[subprocess.Popen] = None
     serving: bool = False
+    #: Clients an online restart took over for this worker, passed at its first start.
+    taken_clients: List[TakenClient] = field(default_factory=list)
 
 
 def restart_delay(previous: float, ran: float) -> float:
@@ -83,7 +94,10 @@ class Supervisor:
         self.peer_dir = ""
         self.arbiter: Optional[Arbiter] = None
         self.stopping = Event()
-        self._told_ready = False
+        self.all_serving = Event()
+        #: The pooler an online restart (-R) takes over, until its workers all serve.
+        self._running: Optional[RunningBouncer] = None
+        self._taken_clients: List[TakenClient] = []
         #: The unix socket file we bound, and its inode: ours to remove at exit.
         self._unix_file: Optional[Tuple[str, int]] = None
 
@@ -98,6 +112,23 @@ class Supervisor:
         self.listening = bind(config.listen_addr, config.listen_port, config.unix_socket_dir,
                               config.unix_socket_mode, config.listen_backlog,
                               config.so_reuseport, config.unix_socket_group)
+        self._own_unix_file()
+
+    def take_over(self) -> None:
+        """Online restart (-R): suspend the running pooler and take its listening sockets and
+        the clients it hands over; it shuts down once our workers serve (:meth:`run`).
+
+        :raises TakeoverError, OSError: it cannot be taken over.
+        """
+        running = RunningBouncer(self.config)
+        taken = running.suspend_and_take()
+        self._running = running
+        self.listening = taken.listening
+        self._taken_clients = taken.clients
+        self._own_unix_file()
+        log_taken(taken)
+
+    def _own_unix_file(self) -> None:
         for sock in self.listening:
             if sock.family == socket.AF_UNIX:
                 path = sock.getsockname()
@@ -112,10 +143,35 @@ class Supervisor:
         self.workers = [Worker(index, unix_socket(self.peer_dir, index, 0o600,
                                                   self.config.listen_backlog, ""))
                         for index in range(1, self.config.workers + 1)]
-        gevent.joinall([gevent.spawn(self._keep_running, worker) for worker in self.workers])
+        self._deal_taken_clients()
+        keepers = [gevent.spawn(self._keep_running, worker) for worker in self.workers]
+        if self._running is not None:
+            gevent.spawn(self._finish_takeover, self._running)
+        gevent.joinall(keepers)
         self._clean_up()
         log.info("exiting")
         return 0
+
+    def _deal_taken_clients(self) -> None:
+        """Give each client taken over to the worker whose peer id its cancel key carries
+        (the old pooler's worker of the same index issued it), else to the first worker."""
+        peer_ids = list(self.config.worker_peer_ids())
+        for client in self._taken_clients:
+            peer = key_peer(client.state.cancel_key[0])
+            index = peer_ids.index(peer) if peer in peer_ids else 0
+            self.workers[index].taken_clients.append(client)
+        self._taken_clients = []
+
+    def _finish_takeover(self, running: RunningBouncer) -> None:
+        """Once every worker serves, the old pooler may go; if they do not, it serves on."""
+        self._running = None
+        if self.all_serving.wait(TAKEOVER_TIMEOUT):
+            running.shut_down()
+            return
+        running.abandon()
+        log.critical("online restart: the workers did not all serve within %g s; the running "
+                     "pooler serves on, this one stops", TAKEOVER_TIMEOUT)
+        self._pass_on(signal.SIGINT)
 
     def _keep_running(self, worker: Worker) -> None:
         delay = 0.0
@@ -132,18 +188,42 @@ class Supervisor:
 
     def _run_once(self, worker: Worker) -> int:
         """Start the worker, wait for it to serve, then to exit; its return code."""
-        ours, theirs = socket.socketpair()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         slots = cast(Arbiter, self.arbiter).open_channel(worker.index)
         with ours:
             with theirs, slots:
                 worker.process = self._start(worker, theirs.fileno(), slots.fileno())
+            self._pass_taken_clients(worker, ours)
             if ours.recv(1):  # empty: it died before serving
                 worker.serving = True
                 log.info("worker %d (pid %d) is serving", worker.index, worker.process.pid)
                 self._notify_if_all_serving()
-        returncode = worker.process.wait()
+                listening = gevent.spawn(self._listen_to, ours)
+                returncode = worker.process.wait()
+                listening.kill()
+            else:
+                returncode = worker.process.wait()
         worker.serving = False
         return returncode
+
+    def _pass_taken_clients(self, worker: Worker, line: socket.socket) -> None:
+        try:
+            send_clients(line, worker.taken_clients)
+        except OSError as exc:  # it died at once: a restart starts it without them
+            log.warning("could not pass worker %d its clients: %s", worker.index, exc)
+        for client in worker.taken_clients:
+            client.sock.close()  # the worker has its own descriptor now
+        worker.taken_clients = []
+
+    def _listen_to(self, line: socket.socket) -> None:
+        """What a serving worker tells: a new pooler took the listening sockets (SHOW FDS)."""
+        while True:
+            news = line.recv(1)
+            if not news:
+                return
+            if news == HANDED_OVER and self._unix_file is not None:
+                log.info("the listening sockets were handed over to a new process")
+                self._unix_file = None  # the socket file is the new pooler's now
 
     def _start(self, worker: Worker, ready_fd: int, slot_fd: int) -> subprocess.Popen:
         fds = tuple(sock.fileno() for sock in self.listening) + (worker.private.fileno(),)
@@ -158,8 +238,8 @@ class Supervisor:
 
     def _notify_if_all_serving(self) -> None:
         # Once: a restarted worker is no news to systemd (the log line says it).
-        if not self._told_ready and all(worker.serving for worker in self.workers):
-            self._told_ready = True
+        if not self.all_serving.is_set() and all(worker.serving for worker in self.workers):
+            self.all_serving.set()
             systemd.notify("READY=1", f"STATUS={len(self.workers)} workers accepting "
                                       f"connections on port {self.config.listen_port}")
 

@@ -7,6 +7,9 @@ row arrives with its socket attached, SCM_RIGHTS: the listening sockets, then th
 idle between two messages, which the old process stops serving), starts serving those
 sockets, then sends ``SHUTDOWN WAIT_FOR_CLIENTS``: the old process serves the clients it kept
 (in a transaction, say) until they leave.
+
+A supervisor (``workers`` above 1) takes over in the same steps, but sends SHUTDOWN only once
+its workers serve, and passes each client to one of them (:mod:`bouncer.supervisor`).
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
+from bouncer.config import Config
 from bouncer.errors import BouncerError
 from bouncer.net.listener import unix_socket_path
 from bouncer.proto import backend, frontend
@@ -38,32 +42,77 @@ class TakeoverError(BouncerError):
 
 
 @dataclass
+class TakenClient:
+    """A client the running bouncer handed over: its socket, its SHOW FDS row as sent (a
+    supervisor passes the row on to the worker that will serve it) and the state in it."""
+
+    sock: socket.socket
+    row: Dict[str, Optional[str]]
+    state: HandedOver
+
+
+@dataclass
 class Takeover:
     """What the running bouncer handed over."""
 
     listening: List[socket.socket]
-    clients: List[Tuple[socket.socket, HandedOver]] = field(default_factory=list)
+    clients: List[TakenClient] = field(default_factory=list)
+
+
+class RunningBouncer:
+    """The admin console of the bouncer being taken over, held from SUSPEND to SHUTDOWN.
+
+    Until :meth:`shut_down` the running bouncer holds its clients; closing without it (as
+    :meth:`abandon` does) makes it serve them again, the listed ones included.
+    """
+
+    def __init__(self, config: Config) -> None:
+        if not config.unix_socket_dir:
+            raise TakeoverError("-R needs unix_socket_dir: the takeover talks over the unix "
+                                "socket")
+        self._path = unix_socket_path(config.unix_socket_dir, config.listen_port)
+        self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+
+    def suspend_and_take(self) -> Takeover:
+        """SUSPEND it and take its listening sockets and the clients it can hand over."""
+        try:
+            self._conn.settimeout(30)
+            self._conn.connect(self._path)
+            _login(self._conn)
+            _command(self._conn, "SUSPEND")
+            taken = _sockets(*_command(self._conn, "SHOW FDS"))
+        except (OSError, TakeoverError):
+            self._conn.close()
+            raise
+        if not taken.listening:
+            self._conn.close()
+            raise TakeoverError("the running bouncer passed no listening sockets")
+        return taken
+
+    def shut_down(self) -> None:
+        """Have it stop listening and end once the clients it kept have left."""
+        try:
+            _command(self._conn, "SHUTDOWN WAIT_FOR_CLIENTS")
+        finally:
+            self._conn.close()
+
+    def abandon(self) -> None:
+        self._conn.close()
 
 
 def take_over(app: "App") -> Takeover:
     """Suspend the running bouncer and take its listening sockets and idle clients."""
-    config = app.config
-    if not config.unix_socket_dir:
-        raise TakeoverError("-R needs unix_socket_dir: the takeover talks over the unix socket")
-    path = unix_socket_path(config.unix_socket_dir, config.listen_port)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-        conn.settimeout(30)
-        conn.connect(path)
-        _login(conn)
-        _command(conn, "SUSPEND")
-        taken = _sockets(*_command(conn, "SHOW FDS"))
-        if not taken.listening:
-            raise TakeoverError("the running bouncer passed no listening sockets")
-        app.listeners.adopt(taken.listening)
-        _command(conn, "SHUTDOWN WAIT_FOR_CLIENTS")
+    running = RunningBouncer(app.config)
+    taken = running.suspend_and_take()
+    app.listeners.adopt(taken.listening)  # before SHUTDOWN: no moment with nobody accepting
+    running.shut_down()
+    log_taken(taken)
+    return taken
+
+
+def log_taken(taken: Takeover) -> None:
     log.info("took over %d listening sockets and %d clients from the running bouncer",
              len(taken.listening), len(taken.clients))
-    return taken
 
 
 def _sockets(messages: List[Message], fds: List[int]) -> Takeover:
@@ -76,7 +125,7 @@ def _sockets(messages: List[Message], fds: List[int]) -> Takeover:
     for row, fd in zip(rows, fds):
         sock = socket.socket(fileno=fd)
         if row.get("task") == "client":
-            taken.clients.append((sock, _client_state(row, sock)))
+            taken.clients.append(TakenClient(sock, row, _client_state(row, sock)))
         else:
             taken.listening.append(sock)
     return taken

@@ -20,13 +20,23 @@ import signal
 import socket
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 from bouncer.config import Config, PeerDef
+from bouncer.session.handover import HandedOver, parse_client_row
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bouncer.takeover import TakenClient
 
 log = logging.getLogger(__name__)
 
 ENV = "BOUNCER_WORKER"
+#: What a worker writes on its line to the supervisor.
+READY = b"r"
+HANDED_OVER = b"h"
+#: What ends the supervisor's list of handed-over clients.
+_END = b"end"
+_MAX_RECORD = 65536
 #: prctl(2) option: the signal this process gets when its parent dies.
 _PR_SET_PDEATHSIG = 1
 
@@ -38,8 +48,12 @@ class WorkerSpec:
     :param index: 1 to ``workers``.
     :param peer_dir: the supervisor's private directory of the workers' cancel sockets;
         worker *i*'s is ``.s.PGSQL.i`` there (the "port" names the socket file).
-    :param listen_fds: the inherited listening sockets, the worker's private one included.
-    :param ready_fd: written to once the worker serves, then closed.
+    :param listen_fds: the inherited listening sockets: the pooler's, then the worker's
+        private one.
+    :param ready_fd: the worker's end of its line to the supervisor (a SOCK_SEQPACKET
+        socketpair): the supervisor first sends the clients an online restart took over for
+        this worker (:func:`send_clients`), the worker writes :data:`READY` once it serves,
+        and :data:`HANDED_OVER` if it hands the listening sockets to a new pooler.
     :param slot_fd: the worker's end of its slot channel to the supervisor (pool limits
         across the workers, see :mod:`bouncer.slots`).
     """
@@ -71,12 +85,32 @@ class WorkerSpec:
         return dataclasses.replace(config, settings=MappingProxyType(
             {**config.settings, "peer_id": self.peer_id}), peers=MappingProxyType(peers))
 
-    def sockets(self) -> List[socket.socket]:
-        return [socket.socket(fileno=fd) for fd in self.listen_fds]
+    def sockets(self) -> Tuple[List[socket.socket], socket.socket]:
+        """The pooler's listening sockets, and the worker's private one."""
+        *shared, private = [socket.socket(fileno=fd) for fd in self.listen_fds]
+        return shared, private
 
     def ready(self) -> None:
-        os.write(self.ready_fd, b"1")
-        os.close(self.ready_fd)
+        os.write(self.ready_fd, READY)
+
+    def listeners_handed_over(self) -> None:
+        """Tell the supervisor that a new pooler serves the listening sockets too (SHOW FDS):
+        the unix socket file is no longer the supervisor's to remove when it exits."""
+        os.write(self.ready_fd, HANDED_OVER)
+
+    def handed_over_clients(self) -> List[Tuple[socket.socket, HandedOver]]:
+        """The clients the supervisor passes this worker from an online restart (usually
+        none), each with the state its old process listed."""
+        line = socket.socket(fileno=self.ready_fd)
+        clients: List[Tuple[socket.socket, HandedOver]] = []
+        try:
+            while True:
+                record, fds, _, _ = socket.recv_fds(line, _MAX_RECORD, 1)
+                if not record or record == _END:
+                    return clients
+                clients.extend(_handed_over_client(record, fds))
+        finally:
+            line.detach()  # the descriptor stays open for ready() and the rest
 
     def owner_of(self, socket_id: int) -> int:
         """The worker that opened socket *socket_id*: worker *i* numbers its sockets *i*,
@@ -103,6 +137,27 @@ class WorkerSpec:
         """Whether the supervisor is still our parent (else a signal meant for it would reach
         whatever adopted us, init perhaps)."""
         return os.getppid() == self.supervisor_pid
+
+
+def send_clients(line: socket.socket, clients: Sequence["TakenClient"]) -> None:
+    """Pass *clients* to a starting worker over its *line* (see :attr:`WorkerSpec.ready_fd`),
+    each SHOW FDS row with its descriptor, then the end."""
+    for client in clients:
+        socket.send_fds(line, [json.dumps(client.row).encode()], [client.sock.fileno()])
+    line.send(_END)
+
+
+def _handed_over_client(record: bytes, fds: List[int]) -> List[Tuple[socket.socket, HandedOver]]:
+    if not fds:
+        log.warning("a client record from the supervisor came without its socket")
+        return []
+    sock = socket.socket(fileno=fds[0])
+    try:
+        return [(sock, parse_client_row(json.loads(record)))]
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("unreadable client record from the supervisor: %s", exc)
+        sock.close()
+        return []
 
 
 def from_environment() -> Optional[WorkerSpec]:

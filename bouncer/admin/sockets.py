@@ -178,7 +178,7 @@ def show_fds(console: "Console", args: str) -> Result:
     if not console.may_pass_fds():
         return Result("SHOW", FDS_COLUMNS, rows)
     fds = [sock.fileno() for sock in listening]
-    app.listeners.handed_over()
+    app.hand_over_listeners()
     if app.suspended:
         _hand_over_clients(app, rows, fds)
     return Result("SHOW", FDS_COLUMNS, rows, row_fds=fds)

@@ -110,6 +110,8 @@ class Listeners:
         self.servers: List[StreamServer] = []
         #: The sockets we listen on, as we made them (StreamServer keeps only the raw ones).
         self._sockets: List[socket.socket] = []
+        #: A worker's own socket among them, which a new pooler must not take over.
+        self._private: List[socket.socket] = []
         self.unix_path: Optional[str] = None
         self._unix_inode = 0
 
@@ -123,12 +125,16 @@ class Listeners:
             self._serve(sock)
             log.info("listening on %s", _describe(sock))
 
-    def adopt(self, sockets: Sequence[socket.socket], how: str = "taken over") -> None:
+    def adopt(self, sockets: Sequence[socket.socket], how: str = "taken over",
+              private: bool = False) -> None:
         """Serve sockets inherited from another process (online restart, or the supervisor
-        of the workers: *how* says which in the log line)."""
+        of the workers: *how* says which in the log line); *private*: a worker's own, left
+        out of :meth:`sockets`."""
         for sock in sockets:
             self._serve(sock)
             log.info("listening on %s (%s)", _describe(sock), how)
+        if private:
+            self._private.extend(sockets)
 
     def _serve(self, sock: socket.socket) -> None:
         server = _StreamServer(sock, self._handle, spawn=self._group.spawn)
@@ -204,7 +210,8 @@ class Listeners:
         self.unix_path = None
 
     def sockets(self) -> List[socket.socket]:
-        return list(self._sockets)
+        """The pooler's listening sockets (a worker's private one is not the pooler's)."""
+        return [sock for sock in self._sockets if sock not in self._private]
 
 
 def remove_socket_file(path: str, inode: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import threading
@@ -14,7 +15,9 @@ import psycopg2
 import psycopg2.errors
 import pytest
 
+from bouncer.proto.cancel_key import key_peer
 from bouncer.testing.ini import common_ini
+from tests.support import pgwire
 from tests.support.observe import Background, scalar
 from tests.support.pgbench import run_pgbench
 from bouncer.testing.ports import free_port, wait_until
@@ -233,3 +236,92 @@ def test_a_takeover_that_does_not_finish_leaves_the_clients_served(pg, bouncer_f
     old.wait_for_log("serving again 1 clients")
     assert scalar(held, "SELECT 'still old'") == "still old"
     held.close()
+
+
+# -- online restart with workers ------------------------------------------------------------
+
+def serving_workers(pooler, workers: int) -> None:
+    for index in range(1, workers + 1):
+        pooler.wait_for_log(rf"worker {index} \(pid \d+\) is serving")
+
+
+@pytest.mark.parametrize("old_workers, new_workers", [(2, 2), (1, 2), (2, 1)])
+def test_online_restart_with_workers_under_load_loses_nothing(pg, bouncer_factory, old_workers,
+                                                               new_workers) -> None:
+    """pgbench's connections stay with the old pooler or move to the new one, a client that
+    reconnects in a loop lands on whichever listens: no transaction fails either way."""
+    port = free_port()
+    old = bouncer_factory(common_ini(pg, listen_port=port, pool_mode="transaction",
+                                     workers=old_workers))
+    serving_workers(old, old_workers if old_workers > 1 else 0)
+    bench = Background(lambda: run_pgbench(old, ["-S", "-c", "8", "-j", "2", "-T", "6"]))
+    with Hammer(port) as hammer:
+        wait_until(lambda: hammer.done > 20, 10)
+        new = restart_online(pg, bouncer_factory, old, pool_mode="transaction",
+                             workers=new_workers)
+        before = hammer.done
+        wait_until(lambda: hammer.done > before + 50, 15)
+        result = bench.result(30)
+        assert old.wait(20) == 0, "the old pooler ends once its last client has left"
+    assert result.returncode == 0 and result.failed == 0 and result.processed, result.output
+    assert hammer.failures == []
+    assert hammer.done > before + 50, "the new pooler served the clients after the switch"
+    assert new.alive
+    assert os.path.exists(os.path.join(old.workdir, f".s.PGSQL.{port}")), \
+        "the old pooler left the unix socket file to the new one"
+    assert new.admin("SHOW VERSION")  # its console answers on that file
+
+
+def one_session_per_worker(pooler) -> dict:
+    """Worker index -> a logged-in raw session on it, through the shared TCP port."""
+    sessions: dict = {}
+    for _ in range(40):
+        sock, _, key = pgwire_session(pooler)
+        worker = key_peer(key[0])
+        if worker in sessions:
+            sock.close()
+        else:
+            sessions[worker] = (sock, key)
+        if len(sessions) == 2:
+            return sessions
+    pytest.fail(f"40 connections all landed on worker {list(sessions)}")
+
+
+def pgwire_session(pooler):
+    sock, messages = pgwire.open_session(pooler.host, pooler.port, "md5user", "md5pass")
+    return sock, messages, pgwire.backend_key(messages)
+
+
+def test_online_restart_with_workers_moves_the_clients_of_the_worker_it_reached(
+        pg, bouncer_factory) -> None:
+    """The takeover's console reaches one old worker: its idle client moves to the new
+    worker of the same peer id, whose cancels still find it; the other worker's client is
+    served by the old pooler until it leaves."""
+    old = bouncer_factory(common_ini(pg, listen_port=free_port(), pool_mode="transaction",
+                                     workers=2))
+    serving_workers(old, 2)
+    sessions = one_session_per_worker(old)
+    new = restart_online(pg, bouncer_factory, old, pool_mode="transaction", workers=2)
+    serving_workers(new, 2)
+    old_private = old.wait_for_log(r"listening on unix:(\S+)/\.s\.PGSQL\.1 ").group(1)
+    assert old_private not in new.log_text(), "a worker's own socket stays with its pooler"
+    pids = dict(re.findall(r"worker (\d) \(pid (\d+)\) is serving", old.log_text()))
+    moved = [worker for worker in sessions
+             if re.search(rf"\[{pids[str(worker)]}\] LOG handing 1 idle clients over",
+                          old.log_text())]
+    assert len(moved) == 1, old.log_text()
+    for sock, _ in sessions.values():
+        assert pgwire.first_error(pgwire.run_query(sock, "SELECT 1")) is None
+    sock, key = sessions[moved[0]]
+    sock.sendall(pgwire.query("SELECT pg_sleep(10)"))
+    time.sleep(0.3)
+    for _ in range(4):  # a cancel reaches the query whichever new worker gets it
+        with pgwire.connect(new.host, new.port) as cancel:
+            cancel.sendall(pgwire.cancel_request(*key))
+            assert pgwire.closed_by_peer(cancel, 5)
+    sock.settimeout(5)
+    assert pgwire.first_error(pgwire.read_until(sock, b"Z"))["C"] == "57014"
+    assert old.alive, "the other worker's client is still the old pooler's"
+    for sock, _ in sessions.values():
+        sock.close()
+    assert old.wait(10) == 0
