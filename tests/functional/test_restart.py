@@ -79,17 +79,25 @@ class Hammer:
                 self.failures.append(repr(exc))
 
 
-def test_rolling_restart_under_load_loses_nothing(pg, bouncer_factory) -> None:
+def serving_workers(pooler, workers: int) -> None:
+    for index in range(1, workers + 1):
+        pooler.wait_for_log(rf"worker {index} \(pid \d+\) is serving")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_rolling_restart_under_load_loses_nothing(pg, bouncer_factory, workers) -> None:
     """pgbench keeps its connections on the old process, which serves them to the end; a
     client reconnecting in a loop lands on whichever process listens: nothing fails."""
     port = free_port()
-    ini = common_ini(pg, listen_port=port, so_reuseport=1, pool_mode="transaction")
+    ini = common_ini(pg, listen_port=port, so_reuseport=1, pool_mode="transaction",
+                     workers=workers)
     old = bouncer_factory(ini)
     bench = Background(lambda: run_pgbench(old, ["-S", "-c", "8", "-j", "2", "-T", "6"]))
     with kernel_migrates_queued_connections(), Hammer(port) as hammer:
         wait_until(lambda: hammer.done > 20, 10)
         new = bouncer_factory(ini)
         new.wait_for_log(r"listening on 127\.0\.0\.1:%d" % port)
+        serving_workers(new, workers if workers > 1 else 0)
         before = hammer.done
         old.signal(signal.SIGTERM)
         wait_until(lambda: hammer.done > before + 50, 15)
@@ -239,11 +247,6 @@ def test_a_takeover_that_does_not_finish_leaves_the_clients_served(pg, bouncer_f
 
 
 # -- online restart with workers ------------------------------------------------------------
-
-def serving_workers(pooler, workers: int) -> None:
-    for index in range(1, workers + 1):
-        pooler.wait_for_log(rf"worker {index} \(pid \d+\) is serving")
-
 
 @pytest.mark.parametrize("old_workers, new_workers", [(2, 2), (1, 2), (2, 1)])
 def test_online_restart_with_workers_under_load_loses_nothing(pg, bouncer_factory, old_workers,
