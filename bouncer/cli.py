@@ -122,10 +122,11 @@ def _serve_as_worker(app: "App", spec: "WorkerSpec") -> int:
     """One worker of a supervisor: serve the sockets it passed; no pidfile, no daemonizing
     (the supervisor did both for the whole pooler)."""
     from bouncer import signals
+    from bouncer.admin import journal
     signals.install(app)
     spec.end_with_the_supervisor()  # after install: the SIGTERM must find our handler
     shared, private = spec.sockets()
-    taken_clients = spec.handed_over_clients()
+    start = spec.receive_start()
     app.listeners.adopt(shared, "from the supervisor")
     app.listeners.adopt([private], "the worker's own", private=True)
     try:
@@ -133,8 +134,9 @@ def _serve_as_worker(app: "App", spec: "WorkerSpec") -> int:
     except (ConfigError, OSError, BouncerError) as err:
         log.critical("%s", err)
         return 1
+    journal.replay(app, start.changes)  # at once: its first clients see what the others do
     spec.ready()
-    app.serve_handed_over(taken_clients)
+    app.serve_handed_over(start.clients)
     import gevent
     gevent.wait()
     return 0

@@ -25,20 +25,21 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple, cast
+from typing import Dict, List, Optional, Tuple, cast
 
 import gevent
 from gevent.event import Event
 
 from bouncer import VERSION_STRING, pidfile, systemd
 from bouncer.config import Config
+from bouncer.admin.journal import KEPT, Change, Journal
 from bouncer.log import LogSetup
 from bouncer.net.listener import bind, remove_socket_file, unix_socket
 from bouncer.signals import SHUTDOWN_SIGNALS
 from bouncer.proto.cancel_key import key_peer
 from bouncer.slots.arbiter import Arbiter
 from bouncer.takeover import RunningBouncer, TakenClient, log_taken
-from bouncer.worker import ENV, HANDED_OVER, WorkerSpec, send_clients
+from bouncer.worker import CHANGE, ENV, HANDED_OVER, WorkerSpec, send_start
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,10 @@ TAKEOVER_TIMEOUT = 30.0
 #: Passed on only to workers that are serving: one still starting reads the file anyway, and
 #: before it installs its handlers SIGHUP would kill it.
 _SERVING_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+#: The signals that change the pooler as a console command does (a restarted worker replays).
+_SIGNALLED_CHANGES: Dict[int, str] = {signal.SIGUSR1: "PAUSE", signal.SIGUSR2: "RESUME"}
+#: The longest record on a worker's line.
+_MAX_RECORD = 65536
 
 
 @dataclass
@@ -98,6 +103,8 @@ class Supervisor:
         #: The pooler an online restart (-R) takes over, until its workers all serve.
         self._running: Optional[RunningBouncer] = None
         self._taken_clients: List[TakenClient] = []
+        #: What the console changed at run time, for the workers started from now.
+        self.journal = Journal()
         #: The unix socket file we bound, and its inode: ours to remove at exit.
         self._unix_file: Optional[Tuple[str, int]] = None
 
@@ -193,7 +200,7 @@ class Supervisor:
         with ours:
             with theirs, slots:
                 worker.process = self._start(worker, theirs.fileno(), slots.fileno())
-            self._pass_taken_clients(worker, ours)
+            self._send_start(worker, ours)
             if ours.recv(1):  # empty: it died before serving
                 worker.serving = True
                 log.info("worker %d (pid %d) is serving", worker.index, worker.process.pid)
@@ -206,24 +213,33 @@ class Supervisor:
         worker.serving = False
         return returncode
 
-    def _pass_taken_clients(self, worker: Worker, line: socket.socket) -> None:
+    def _send_start(self, worker: Worker, line: socket.socket) -> None:
         try:
-            send_clients(line, worker.taken_clients)
-        except OSError as exc:  # it died at once: a restart starts it without them
-            log.warning("could not pass worker %d its clients: %s", worker.index, exc)
+            send_start(line, worker.taken_clients, self.journal.changes())
+        except OSError as exc:  # it died at once: a restart starts it without the clients
+            log.warning("could not pass worker %d what it starts with: %s", worker.index, exc)
         for client in worker.taken_clients:
             client.sock.close()  # the worker has its own descriptor now
         worker.taken_clients = []
 
     def _listen_to(self, line: socket.socket) -> None:
-        """What a serving worker tells: a new pooler took the listening sockets (SHOW FDS)."""
+        """What a serving worker tells: a runtime change, or that a new pooler took the
+        listening sockets (SHOW FDS)."""
         while True:
-            news = line.recv(1)
+            news = line.recv(_MAX_RECORD)
             if not news:
                 return
-            if news == HANDED_OVER and self._unix_file is not None:
+            if news[:1] == CHANGE:
+                self._record(news[1:])
+            elif news == HANDED_OVER and self._unix_file is not None:
                 log.info("the listening sockets were handed over to a new process")
                 self._unix_file = None  # the socket file is the new pooler's now
+
+    def _record(self, data: bytes) -> None:
+        try:
+            self.journal.record(Change.decode(data))
+        except (ValueError, TypeError, KeyError) as exc:
+            log.warning("unreadable runtime change from a worker: %s", exc)
 
     def _start(self, worker: Worker, ready_fd: int, slot_fd: int) -> subprocess.Popen:
         fds = tuple(sock.fileno() for sock in self.listening) + (worker.private.fileno(),)
@@ -247,6 +263,9 @@ class Supervisor:
         log.info("got %s, passing it on to the workers", signal.Signals(signum).name)
         if signum == signal.SIGHUP:
             self.logs.reopen()  # logrotate moved the file away from us too
+            self.journal.reloaded()
+        elif signum in _SIGNALLED_CHANGES:
+            self.journal.record(Change(KEPT, _SIGNALLED_CHANGES[signum], "pgbouncer", True))
         if signum in SHUTDOWN_SIGNALS and not self.stopping.is_set():
             systemd.notify("STOPPING=1")
             self.stopping.set()

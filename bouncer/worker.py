@@ -18,10 +18,11 @@ import logging
 import os
 import signal
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
+from bouncer.admin.journal import Change
 from bouncer.config import Config, PeerDef
 from bouncer.session.handover import HandedOver, parse_client_row
 
@@ -31,11 +32,12 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 ENV = "BOUNCER_WORKER"
-#: What a worker writes on its line to the supervisor.
+#: The records on a worker's line to its supervisor (the first byte says which).
 READY = b"r"
 HANDED_OVER = b"h"
-#: What ends the supervisor's list of handed-over clients.
-_END = b"end"
+CHANGE = b"j"
+_CLIENT = b"c"
+_END = b"e"
 _MAX_RECORD = 65536
 #: prctl(2) option: the signal this process gets when its parent dies.
 _PR_SET_PDEATHSIG = 1
@@ -51,9 +53,11 @@ class WorkerSpec:
     :param listen_fds: the inherited listening sockets: the pooler's, then the worker's
         private one.
     :param ready_fd: the worker's end of its line to the supervisor (a SOCK_SEQPACKET
-        socketpair): the supervisor first sends the clients an online restart took over for
-        this worker (:func:`send_clients`), the worker writes :data:`READY` once it serves,
-        and :data:`HANDED_OVER` if it hands the listening sockets to a new pooler.
+        socketpair, a record per message): the supervisor first sends what the worker starts
+        with (:func:`send_start`: the clients an online restart took over for it, the
+        pooler's runtime changes); the worker writes :data:`READY` once it serves, then a
+        record for each runtime change it made (:meth:`remember`) and :data:`HANDED_OVER` if
+        it hands the listening sockets to a new pooler.
     :param slot_fd: the worker's end of its slot channel to the supervisor (pool limits
         across the workers, see :mod:`bouncer.slots`).
     """
@@ -98,17 +102,20 @@ class WorkerSpec:
         the unix socket file is no longer the supervisor's to remove when it exits."""
         os.write(self.ready_fd, HANDED_OVER)
 
-    def handed_over_clients(self) -> List[Tuple[socket.socket, HandedOver]]:
-        """The clients the supervisor passes this worker from an online restart (usually
-        none), each with the state its old process listed."""
+    def remember(self, change: Change) -> None:
+        """Tell the supervisor of a runtime change, for the workers it starts from now."""
+        os.write(self.ready_fd, CHANGE + change.encode())
+
+    def receive_start(self) -> "Start":
+        """What the supervisor sends this worker to start with."""
         line = socket.socket(fileno=self.ready_fd)
-        clients: List[Tuple[socket.socket, HandedOver]] = []
+        start = Start()
         try:
             while True:
                 record, fds, _, _ = socket.recv_fds(line, _MAX_RECORD, 1)
                 if not record or record == _END:
-                    return clients
-                clients.extend(_handed_over_client(record, fds))
+                    return start
+                start.add(record, fds)
         finally:
             line.detach()  # the descriptor stays open for ready() and the rest
 
@@ -139,25 +146,41 @@ class WorkerSpec:
         return os.getppid() == self.supervisor_pid
 
 
-def send_clients(line: socket.socket, clients: Sequence["TakenClient"]) -> None:
-    """Pass *clients* to a starting worker over its *line* (see :attr:`WorkerSpec.ready_fd`),
-    each SHOW FDS row with its descriptor, then the end."""
+def send_start(line: socket.socket, clients: Sequence["TakenClient"],
+               changes: Sequence[Change]) -> None:
+    """Send a starting worker, over its *line* (see :attr:`WorkerSpec.ready_fd`), *clients*
+    (each SHOW FDS row with its descriptor) and *changes*, then the end."""
     for client in clients:
-        socket.send_fds(line, [json.dumps(client.row).encode()], [client.sock.fileno()])
+        socket.send_fds(line, [_CLIENT + json.dumps(client.row).encode()],
+                        [client.sock.fileno()])
+    for change in changes:
+        line.send(CHANGE + change.encode())
     line.send(_END)
 
 
-def _handed_over_client(record: bytes, fds: List[int]) -> List[Tuple[socket.socket, HandedOver]]:
-    if not fds:
-        log.warning("a client record from the supervisor came without its socket")
-        return []
-    sock = socket.socket(fileno=fds[0])
-    try:
-        return [(sock, parse_client_row(json.loads(record)))]
-    except (ValueError, KeyError, TypeError) as exc:
-        log.warning("unreadable client record from the supervisor: %s", exc)
-        sock.close()
-        return []
+@dataclass
+class Start:
+    """What a worker starts with: clients taken over by an online restart, and the
+    runtime changes to replay (:mod:`bouncer.admin.journal`)."""
+
+    clients: List[Tuple[socket.socket, HandedOver]] = field(default_factory=list)
+    changes: List[Change] = field(default_factory=list)
+
+    def add(self, record: bytes, fds: List[int]) -> None:
+        kind, body = record[:1], record[1:]
+        socks = [socket.socket(fileno=fd) for fd in fds]
+        try:
+            if kind == _CLIENT and len(socks) == 1:
+                state = parse_client_row(json.loads(body))
+                self.clients.append((socks.pop(), state))
+            elif kind == CHANGE:
+                self.changes.append(Change.decode(body))
+            else:
+                log.warning("unexpected record from the supervisor: %r", record[:40])
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("unreadable record from the supervisor: %s", exc)
+        for sock in socks:  # any left over belongs to no record we could read
+            sock.close()
 
 
 def from_environment() -> Optional[WorkerSpec]:

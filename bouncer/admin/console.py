@@ -15,7 +15,7 @@ import socket
 from typing import TYPE_CHECKING, Any, List, Optional, Sequence
 
 from bouncer import operations
-from bouncer.admin import grammar
+from bouncer.admin import grammar, journal
 from bouncer.admin.commands import (AdminError, InvalidCommand, Result, admin_access_needed,
                                     asker_of, every_worker_combine, find_command,
                                     is_stats_allowed)
@@ -64,9 +64,15 @@ def execute_for(app: "App", console: Any, query: str) -> Result:
     combine = every_worker_combine(handler)
     channel = app.workers_channel
     if combine is None or channel is None:
-        return handler(console, args)
-    return channel.run_everywhere(query, asker_of(console), lambda: handler(console, args),
-                                  combine)
+        result = handler(console, args)
+    else:
+        result = channel.run_everywhere(query, asker_of(console),
+                                        lambda: handler(console, args), combine)
+    kind = journal.kind_of(handler)
+    if kind is not None and app.worker is not None:
+        asker = asker_of(console)
+        app.worker.remember(journal.Change(kind, query, asker.user, asker.admin))
+    return result
 
 
 class Console:

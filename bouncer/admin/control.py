@@ -25,6 +25,7 @@ from bouncer.admin import grammar
 from bouncer.admin.commands import (AdminError, InvalidCommand, Notice, Result,
                                      admin_access_needed, asker_of, on_every_worker,
                                      stats_allowed)
+from bouncer.admin.journal import KEPT, RELOAD, UNTIL_RELOAD, replayed
 from bouncer.admin.merge import all_acted
 from bouncer.admin.show import FAKE_PARAMETERS
 from bouncer.config import SETTINGS_BY_NAME, Config, parse_setting, validate
@@ -77,6 +78,7 @@ def _log_issued(command: str, database: Optional[str]) -> None:
 
 @stats_allowed  # the faked driver parameters may be SET by anyone; real settings check below
 @on_every_worker(all_acted)
+@replayed(UNTIL_RELOAD)
 def set_setting(console: "Console", args: str) -> Result:
     key, raw = grammar.parse_set(args)
     if key.lower() in FAKE_PARAMETERS:
@@ -121,6 +123,7 @@ def changed_config(app: "App", key: str, raw: str) -> Config:
 
 # -- RELOAD, SHUTDOWN ------------------------------------------------------------------------
 
+@replayed(RELOAD)
 def reload(console: "Console", args: str) -> Result:
     grammar.no_arguments(args)
     log.info("RELOAD command issued")
@@ -163,6 +166,7 @@ def shutdown(console: "Console", args: str) -> Result:
 # -- PAUSE, RESUME, SUSPEND ------------------------------------------------------------------
 
 @on_every_worker(all_acted)
+@replayed(KEPT)
 def pause(console: "Console", args: str) -> Result:
     database = _database_argument(args, "cannot pause admin db")
     _refuse_when_paused(console.app)
@@ -172,6 +176,7 @@ def pause(console: "Console", args: str) -> Result:
 
 
 @on_every_worker(all_acted)
+@replayed(KEPT)
 def resume(console: "Console", args: str) -> Result:
     database = _database_argument(args, "cannot resume admin db")
     app = console.app
@@ -201,8 +206,9 @@ def suspend(console: "Console", args: str) -> Result:
 
 # -- DISABLE, ENABLE, RECONNECT, WAIT_CLOSE, KILL, KILL_CLIENT -------------------------------
 
-def _database_command(tag: str, operation, verb: str, required: bool):
-    """A command that names a database (optional unless *required*) and runs *operation*."""
+def _database_command(tag: str, operation, verb: str, required: bool, lasting: bool):
+    """A command that names a database (optional unless *required*) and runs *operation*;
+    *lasting*: what it changes holds until undone (a restarted worker replays it)."""
     def run(console: "Console", args: str) -> Result:
         refusal = f"cannot {verb} admin db"
         database = (_required_database if required else _database_argument)(args, refusal)
@@ -210,16 +216,20 @@ def _database_command(tag: str, operation, verb: str, required: bool):
         operation(console.app, database)
         return Result(tag)
     run.__name__ = tag.lower()
-    return on_every_worker(all_acted)(run)
+    return on_every_worker(all_acted)(replayed(KEPT)(run) if lasting else run)
 
 
-disable = _database_command("DISABLE", operations.disable, "disable", required=True)
-enable = _database_command("ENABLE", operations.enable, "enable", required=True)
-reconnect = _database_command("RECONNECT", operations.reconnect, "reconnect", required=False)
-wait_close = _database_command("WAIT_CLOSE", operations.wait_close, "wait in", required=False)
+disable = _database_command("DISABLE", operations.disable, "disable", required=True,
+                            lasting=True)
+enable = _database_command("ENABLE", operations.enable, "enable", required=True, lasting=True)
+reconnect = _database_command("RECONNECT", operations.reconnect, "reconnect", required=False,
+                              lasting=False)
+wait_close = _database_command("WAIT_CLOSE", operations.wait_close, "wait in",
+                               required=False, lasting=False)
 
 
 @on_every_worker(all_acted)
+@replayed(KEPT)
 def kill(console: "Console", args: str) -> Result:
     database = _database_argument(args, "cannot kill admin db")
     _refuse_when_paused(console.app)

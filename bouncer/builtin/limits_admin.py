@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Tuple
 
 from bouncer.admin import grammar
 from bouncer.admin.commands import AdminError, Result, on_every_worker
+from bouncer.admin.journal import UNTIL_RELOAD, replayed
 from bouncer.admin.merge import all_acted
 from bouncer.builtin.limits_shrink import apply_limits
 from bouncer.config import parse_pool_key, parse_pool_options, parse_user_options
@@ -86,6 +87,7 @@ def _set_failed(reason: str) -> AdminError:
 
 
 @on_every_worker(all_acted)
+@replayed(UNTIL_RELOAD)
 def set_user(console: "Console", args: str) -> Result:
     name, text = parse_assignment(args)
     try:
@@ -101,6 +103,7 @@ def set_user(console: "Console", args: str) -> Result:
 
 
 @on_every_worker(all_acted)
+@replayed(UNTIL_RELOAD)
 def set_pool(console: "Console", args: str) -> Result:
     key, text = parse_assignment(args)
     try:
