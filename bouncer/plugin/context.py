@@ -95,16 +95,22 @@ class PluginContext:
 
     def show(self, command: str) -> List[Dict[str, Any]]:
         """The rows of ``SHOW <command>`` as the console would answer now, each a mapping of
-        column name to value: one of :data:`SHOW_TABLES`.  With ``workers`` above 1 they are
-        the whole pooler's, as any worker's console answers (asking the other workers: this
-        may wait, within the console's bounds).
+        column name to value: one of :data:`SHOW_TABLES`, or a SHOW command a plugin
+        contributes (``bouncer_admin_commands``) that ``stats_users`` may run.  With
+        ``workers`` above 1 they are the whole pooler's, as any worker's console answers
+        (asking the other workers: this may wait, within the console's bounds); a plugin's
+        own command is whole when it is marked ``on_every_worker``.
 
         :raises KeyError: a command not offered here.
         """
-        cols, build = SHOW_TABLES[command.upper()]
-        if self._app.workers_channel is None:
+        name = command.upper()
+        table = SHOW_TABLES.get(name)
+        if table is not None and self._app.workers_channel is None:
+            cols, build = table
             return tables.records(cols, build(self._app))
+        if table is None and f"SHOW {name}" not in self._app.admin_commands:
+            raise KeyError(command)
         # A stats user's console: SHOW is all a plugin reads (and *command* is a known one).
         console = ForwardedConsole(self._app, Asker(PLUGIN_ASKER, admin=False))
-        result = execute_for(self._app, console, f"SHOW {command.upper()}")
+        result = execute_for(self._app, console, f"SHOW {name}")
         return tables.records(result.columns, result.rows)

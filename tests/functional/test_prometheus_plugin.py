@@ -25,6 +25,7 @@ from tests.functional.pgroles import login_outcome
 from tests.functional.test_workers import WORKERS, private_dir, session
 from bouncer.testing.process import BouncerProcess, BouncerStartError
 from bouncer.testing.ini import common_ini
+from tests.support import pgwire
 from tests.support.plugininstall import install_plugin
 from bouncer.testing.ports import free_port, wait_until
 
@@ -313,3 +314,33 @@ def test_with_workers_the_metrics_are_the_whole_poolers(start) -> None:
             sock.close()
     assert value(samples, "pgbouncer_pools_client_active_connections",
                  database="testdb", user="md5user") == len(WORKERS)
+
+
+def test_with_workers_login_failures_and_waits_add_up_over_the_workers(start) -> None:
+    """The hook-fed series (login failures, the wait histogram) count every worker's clients,
+    not only those of the worker that holds the port."""
+    bouncer, port = start(workers=2, pool_mode="transaction", default_pool_size=1)
+    for index in WORKERS:
+        bouncer.wait_for_log(rf"worker {index} \(pid \d+\) is serving")
+    directory = private_dir(bouncer)
+    before = scrape(port)
+    for index in WORKERS:  # one wrong password on each worker
+        with pytest.raises(AssertionError, match="login failed"):
+            pgwire.open_session(directory, index, "md5user", "not-the-password")
+    held = [session(directory, index)[0] for index in WORKERS]
+    held[0].sendall(pgwire.query("BEGIN; SELECT 1"))  # worker 1 keeps the only server
+    pgwire.read_until(held[0], b"Z")
+    held[1].sendall(pgwire.query("SELECT 1"))  # worker 2's client queues for it
+    time.sleep(0.3)
+    assert pgwire.first_error(pgwire.run_query(held[0], "COMMIT")) is None
+    held[1].settimeout(10)
+    assert pgwire.first_error(pgwire.read_until(held[1], b"Z")) is None
+    after = scrape(port)
+    for sock in held:
+        sock.close()
+    failures = "bouncer_client_login_failures_total"
+    assert (value(after, failures, reason="wrong_password")
+            - value(before, failures, reason="wrong_password")) == len(WORKERS)
+    # Worker 1's client waited for the pool's first server, worker 2's for that server.
+    assert value(after, "bouncer_pools_client_wait_seconds_count", database="testdb",
+                 user="md5user") == len(WORKERS)

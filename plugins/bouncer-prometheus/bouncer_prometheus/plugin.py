@@ -8,7 +8,7 @@ the observer hooks do nothing.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import gevent
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
@@ -18,6 +18,8 @@ from bouncer_prometheus.collector import EXPORTED_NAMES, PoolerCollector
 from bouncer_prometheus.health import health_problems
 from bouncer_prometheus.http import MetricsServer, make_app
 from bouncer_prometheus.logins import REASONS, failure_reason
+from bouncer_prometheus.pooled import (COMMAND, PooledCollector, console_command,
+                                       declared_families)
 
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.config import Config
@@ -50,11 +52,9 @@ LOGIN_FAILURES_METRIC = "bouncer_client_login_failures_total"
 
 
 def exported_names() -> Tuple[str, ...]:
-    """Every series name a scrape can show (what dashboards may query); prometheus_client adds
-    a ``_created`` series (the time a series started) to histograms and counters."""
-    waits = tuple(f"{WAIT_METRIC}_{suffix}" for suffix in ("bucket", "sum", "count", "created"))
-    failures = LOGIN_FAILURES_METRIC[:-len("_total")]
-    return EXPORTED_NAMES + waits + (LOGIN_FAILURES_METRIC, f"{failures}_created")
+    """Every series name a scrape can show (what dashboards may query)."""
+    waits = tuple(f"{WAIT_METRIC}_{suffix}" for suffix in ("bucket", "sum", "count"))
+    return EXPORTED_NAMES + waits + (LOGIN_FAILURES_METRIC,)
 
 
 class Exporter:
@@ -62,16 +62,21 @@ class Exporter:
 
     def __init__(self, context: "PluginContext", buckets: Sequence[float]) -> None:
         self.context = context
-        self.registry = CollectorRegistry()
-        self.registry.register(PoolerCollector(lambda: self.context))
-        ProcessCollector(registry=self.registry)
+        #: This process's own observations, served added up with the other workers'
+        #: (:mod:`bouncer_prometheus.pooled`).
+        self.observed = CollectorRegistry()
         self.waits = Histogram(WAIT_METRIC, "How long clients queued for a server connection, "
                                "for those that had to queue", ["database", "user"],
-                               buckets=tuple(buckets), registry=self.registry)
+                               buckets=tuple(buckets), registry=self.observed)
         self.login_failures = Counter(LOGIN_FAILURES_METRIC, "Client logins refused, by reason",
-                                      ["reason"], registry=self.registry)
+                                      ["reason"], registry=self.observed)
         for reason in REASONS:  # every series exists from the start: rate() needs a zero
             self.login_failures.labels(reason)
+        self.registry = CollectorRegistry()
+        self.registry.register(PoolerCollector(lambda: self.context))
+        self.registry.register(PooledCollector(lambda: self.context,
+                                               declared_families(self.observed)))
+        ProcessCollector(registry=self.registry)
         self.server: Optional[MetricsServer] = None
         self._retry: Optional[gevent.Greenlet] = None
 
@@ -179,6 +184,16 @@ def bouncer_shutdown() -> None:
     exporter = _running.pop(SECTION, None)
     if exporter is not None:
         exporter.stop()
+
+
+def _observed() -> Optional[CollectorRegistry]:
+    exporter = _exporter()
+    return exporter.observed if exporter is not None else None
+
+
+@hookimpl
+def bouncer_admin_commands() -> Dict[str, Callable[..., Any]]:
+    return {f"SHOW {COMMAND}": console_command(_observed)}
 
 
 @hookimpl
