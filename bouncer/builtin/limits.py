@@ -9,7 +9,8 @@ The SET USER / SET POOL commands are in :mod:`bouncer.builtin.limits_admin`, shr
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Optional, Sequence
 
 from bouncer.builtin import limits_admin, limits_shrink
 from bouncer.config.sections import ADMIN_DATABASE
@@ -17,6 +18,7 @@ from bouncer.plugin import Refusal, hookimpl
 from bouncer.pool.limits import database_cap, user_cap
 from bouncer.pool.registry import AUTODB
 from bouncer.proto import sqlstate
+from bouncer.slots.client_count import ALL, Scope
 
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.app import App
@@ -33,24 +35,54 @@ def _too_many(limit: str, whose: str, cap: int, where: str) -> Refusal:
                         "they do not use (SHOW CLIENTS on the admin console lists them)")
 
 
+@dataclass(frozen=True)
+class _ClientLimit:
+    """A limit on the clients of a scope, with what its refusal says."""
+    setting: str
+    whose: str
+    where: str
+    scope: Scope
+    cap: int
+
+
 @hookimpl
-def bouncer_client_admit(app: "App", client: "ClientInfo") -> None:
+def bouncer_client_admit(app: "App", client: "ClientInfo", session: Hashable) -> None:
+    over = _first_reached(app, session, _client_limits(app, client))
+    if over is not None:
+        raise _too_many(over.setting, over.whose, over.cap, over.where)
+
+
+def _client_limits(app: "App", client: "ClientInfo") -> List[_ClientLimit]:
+    """The client limits that apply to *client*, in the order they are checked."""
     config = app.config
-    if not _within_max_client_conn(app):
-        raise _too_many("max_client_conn", "bouncer", config.max_client_conn,
-                        "[pgbouncer], with the open files limit")
-    if client.database == ADMIN_DATABASE and client.user in config.admin_users:
-        return  # an operator is never locked out of the console by these two limits
-    db_limit = database_cap(config, _definition(app, client.database),
-                            "max_db_client_connections")
-    if db_limit and _clients_of(app, database=client.database) > db_limit:
-        raise _too_many("max_db_client_connections", f"database {client.database}", db_limit,
-                        "[pgbouncer] or the database's line")
-    user_limit = user_cap(config, app.registry.overrides, client.user,
-                          "max_user_client_connections")
-    if user_limit and _clients_of(app, user=client.user) > user_limit:
-        raise _too_many("max_user_client_connections", f"user {client.user}", user_limit,
-                        "[pgbouncer], the user's [users] line or SET USER")
+    # An operator is never locked out of the console by the database's and user's limits.
+    operator = client.database == ADMIN_DATABASE and client.user in config.admin_users
+    database_limit = 0 if operator else database_cap(
+        config, _definition(app, client.database), "max_db_client_connections")
+    user_limit = 0 if operator else user_cap(config, app.registry.overrides, client.user,
+                                             "max_user_client_connections")
+    return [
+        _ClientLimit("max_client_conn", "bouncer", "[pgbouncer], with the open files limit",
+                     ALL, config.max_client_conn),
+        _ClientLimit("max_db_client_connections", f"database {client.database}",
+                     "[pgbouncer] or the database's line", ("database", client.database),
+                     database_limit),
+        _ClientLimit("max_user_client_connections", f"user {client.user}",
+                     "[pgbouncer], the user's [users] line or SET USER", ("user", client.user),
+                     user_limit),
+    ]
+
+
+def _first_reached(app: "App", session: Hashable,
+                   limits: Sequence[_ClientLimit]) -> Optional[_ClientLimit]:
+    """The first limit (0: none) that this client, counted in app.clients already, takes
+    past its cap.  With workers, across all of them: the shared count counts every client in
+    every scope, so that it is right when a limit is raised from 0 later."""
+    if app.client_count is not None:
+        scope = app.client_count.admit(session, [(limit.scope, limit.cap) for limit in limits])
+        return next((limit for limit in limits if limit.scope == scope), None)
+    return next((limit for limit in limits
+                 if limit.cap and _clients_in(app, limit.scope) > limit.cap), None)
 
 
 @hookimpl
@@ -89,20 +121,13 @@ def bouncer_admin_commands(app: "App") -> Dict[str, Callable[..., Any]]:
     return limits_admin.COMMANDS
 
 
-def _within_max_client_conn(app: "App") -> bool:
-    """max_client_conn (0: unlimited) holds with this client, counted in app.clients already
-    (hence "<=" rather than "<").  With workers, across all of them: the shared count is kept
-    at every login, so it is right when the limit is raised from 0 later."""
-    limit = app.config.max_client_conn
-    if app.client_count is not None:
-        return app.client_count.admit(len(app.clients), limit)
-    return not limit or len(app.clients) <= limit
-
-
-def _clients_of(app: "App", database: Optional[str] = None, user: Optional[str] = None) -> int:
-    """Clients counted against a limit: every client that sent its startup packet."""
-    return sum(1 for c in app.clients
-               if (database is None or c.database == database) and (user is None or c.user == user))
+def _clients_in(app: "App", scope: Scope) -> int:
+    """This process's clients in *scope*: every client for the total, else every client that
+    sent its startup packet."""
+    if scope == ALL:
+        return len(app.clients)
+    kind, name = scope
+    return sum(1 for c in app.clients if (c.database if kind == "database" else c.user) == name)
 
 
 def _definition(app: "App", database: str) -> Any:

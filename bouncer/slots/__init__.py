@@ -32,8 +32,10 @@ PostgreSQL-shaped and sans-IO (:mod:`bouncer.slots.messages`), the I/O is
 :mod:`bouncer.slots.channel`, the two ends :mod:`bouncer.slots.arbiter` (supervisor) and
 :mod:`bouncer.slots.client` (worker).
 
-``max_client_conn`` is checked at every login, where a round trip to the supervisor would
-cost the connection-storm benchmark; it uses a shared count instead
-(:mod:`bouncer.slots.client_count`).  With ``workers = 1`` none of this exists: no channel,
-no shared file, and the pool's hot path is unchanged.
+The client limits (``max_client_conn``, ``max_db_client_connections``,
+``max_user_client_connections``) are checked at every login, where a round trip to the
+supervisor would cost the connection-storm benchmark; they use counts shared through a file
+instead (:mod:`bouncer.slots.client_count`), with the same refusals as one process.  With
+``workers = 1`` none of this exists: no channel, no shared file, and the pool's hot path is
+unchanged.
 """

@@ -12,7 +12,7 @@ import os
 import signal
 import socket
 import time
-from typing import Any, Callable, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import pytest
 
@@ -164,10 +164,10 @@ def test_set_pool_on_one_worker_shrinks_the_count_across_both(start, pg, tenants
     assert servers(pg, [user]) == 2
 
 
-def refusal(bouncer: BouncerProcess, worker: int, user: str) -> str:
+def refusal(bouncer: BouncerProcess, worker: int, user: str, db: str = "testdb") -> str:
     """The error a login on *worker* gets ("" when it is let in)."""
     with pgwire.connect(private_dir(bouncer), worker) as sock:
-        sock.sendall(pgwire.startup({"user": user, "database": "testdb"}))
+        sock.sendall(pgwire.startup({"user": user, "database": db}))
         error = pgwire.first_error(pgwire.login(sock, user, PASSWORD))
     return error["M"] if error else ""
 
@@ -181,6 +181,48 @@ def test_max_client_conn_counts_the_clients_of_both_workers(start, tenants) -> N
             "no more connections allowed (max_client_conn)"
     held.pop().close()
     assert wait_until(lambda: refusal(bouncer, 1, tenants[0]) == "", 5)
+    for sock in held:
+        sock.close()
+
+
+def client_limit(pg: PgCluster, tenants: List[str], case: str) -> Dict[str, Any]:
+    """The settings of each way to set a client limit of 3, for *case*."""
+    testdb = f"host=127.0.0.1 port={pg.port} dbname=testdb"
+    return {
+        "max_db_client_connections": dict(max_db_client_connections=3),
+        "database's max_db_client_connections": dict(
+            databases={"testdb": f"{testdb} max_db_client_connections=3"}),
+        "max_user_client_connections": dict(max_user_client_connections=3),
+        "user's max_user_client_connections": dict(
+            users={tenants[0]: "max_user_client_connections=3"}),
+    }[case]
+
+
+#: Per case, the (tenant, database) pairs logins cycle through, all in the limited scope.
+CLIENT_LIMITS = {
+    "max_db_client_connections": [(0, "testdb"), (1, "testdb")],
+    "database's max_db_client_connections": [(0, "testdb"), (1, "testdb")],
+    "max_user_client_connections": [(0, "testdb"), (0, "bench")],
+    "user's max_user_client_connections": [(0, "testdb"), (0, "bench")],
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLIENT_LIMITS))
+def test_a_client_limit_counts_the_clients_of_both_workers(start, pg, tenants, case) -> None:
+    bouncer = start(**client_limit(pg, tenants, case))
+    who = [(tenants[t], db) for t, db in CLIENT_LIMITS[case]]
+    held = [pgwire.open_session(private_dir(bouncer), worker, who[n % 2][0], PASSWORD,
+                                database=who[n % 2][1])[0]
+            for n, worker in enumerate((1, 2, 1))]
+    setting = case.split()[-1]
+    for worker in (1, 2):
+        for user, db in who:
+            assert refusal(bouncer, worker, user, db) == \
+                f"no more connections allowed ({setting})"
+    other = refusal(bouncer, 2, tenants[1], "bench")  # in neither scope: let in
+    assert other == "", other
+    held.pop().close()
+    assert wait_until(lambda: refusal(bouncer, 2, *who[0]) == "", 5)
     for sock in held:
         sock.close()
 

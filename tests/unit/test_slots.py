@@ -4,6 +4,7 @@ client count (bouncer.slots)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,6 +15,7 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from bouncer.slots import client_count
+from bouncer.slots.client_count import ALL
 from bouncer.slots.messages import (MAX_FRAME, Announce, Ask, Cancel, ChannelError,
                                     FrameReader, Granted, Queued, Release, Shrink, encode)
 from bouncer.slots.table import LIMITS, Caps, SlotTable, fair_shares, in_scope
@@ -237,18 +239,42 @@ def test_a_lowered_limit_has_every_holder_shrink_to_its_share() -> None:
 
 # -- the shared client count -------------------------------------------------------------------
 
-def test_the_client_count_holds_across_workers_and_a_dead_workers_goes(tmp_path: Path) -> None:
+DB, USER = ("database", "db1"), ("user", "u1")
+
+
+def test_client_counts_hold_across_workers_per_scope_and_a_dead_workers_go(tmp_path: Path
+                                                                           ) -> None:
     path = client_count.create(str(tmp_path), 2)
     first, second = client_count.ClientCount(path, 1), client_count.ClientCount(path, 2)
-    assert first.admit(2, 3)
-    assert not second.admit(2, 3)  # 2 + 2 > 3
-    assert second.admit(1, 3) and first.total() == 3
-    first.set(1)
-    assert second.admit(2, 3)
+    assert first.admit("a", [(ALL, 3), (DB, 2), (USER, 0)]) is None
+    assert second.admit("b", [(ALL, 3), (DB, 2), (USER, 0)]) is None
+    assert second.admit("c", [(ALL, 3), (DB, 2), (USER, 0)]) == DB  # 2 clients of db1 already
+    assert second.admit("c", [(ALL, 3), (("database", "db2"), 2), (USER, 0)]) is None
+    assert first.admit("d", [(ALL, 3)]) == ALL  # a refused client counted nowhere: still 3
+    first.leave("a")
+    first.leave("a")  # (twice, or never admitted: nothing)
+    assert first.admit("d", [(ALL, 3), (DB, 2), (USER, 2)]) == USER  # b and c are u1's
     client_count.reset(path, 2)
-    assert first.total() == 1 and first.admit(3, 3)
-    assert second.admit(5, 0)  # 0: no limit, but the count is kept
-    assert first.total() == 8
+    assert first.admit("d", [(ALL, 1), (DB, 1), (USER, 1)]) is None
+    first.close()
+    second.close()
+
+
+def test_the_client_table_grows_and_forgets_scopes_nobody_is_in(tmp_path: Path) -> None:
+    path = client_count.create(str(tmp_path), 2)
+    first, second = client_count.ClientCount(path, 1), client_count.ClientCount(path, 2)
+    size = os.path.getsize(path)
+    for number in range(3000):  # more scopes than the table has entries at first
+        assert first.admit(number, [(("user", f"u{number}"), 1)]) is None
+    assert os.path.getsize(path) > size
+    assert second.admit("x", [(("user", "u2999"), 1)]) == ("user", "u2999")  # mapped anew
+    for number in range(3000):
+        first.leave(number)
+    grown = os.path.getsize(path)
+    for number in range(3000, 30000):  # one at a time: entries are reused, or rebuilt
+        assert second.admit(number, [(("user", f"u{number}"), 1)]) is None
+        second.leave(number)
+    assert os.path.getsize(path) == grown
     first.close()
     second.close()
 
