@@ -227,6 +227,25 @@ def test_a_client_limit_counts_the_clients_of_both_workers(start, pg, tenants, c
         sock.close()
 
 
+def test_min_pool_size_is_kept_by_the_workers_together(start, pg, tenants) -> None:
+    user = tenants[0]
+    bouncer = start(min_pool_size=3, pool_mode="transaction")
+    first = pgwire.open_session(private_dir(bouncer), 1, user, PASSWORD)[0]
+    assert wait_until(lambda: servers(pg, [user]) == 3, 5), servers(pg, [user])
+    # Worker 2's login needs a server of its own (for the parameters it tells the client);
+    # past that one, it leaves the minimum to the servers worker 1 keeps.
+    second = pgwire.open_session(private_dir(bouncer), 2, user, PASSWORD)[0]
+    time.sleep(STILL_WAITING + 1.0)  # janitor ticks of both workers
+    assert servers(pg, [user]) == 4
+    # Worker 1's servers go with it: worker 2 is told to make up the minimum.
+    os.kill(worker_pids(bouncer)[1], signal.SIGKILL)
+    assert wait_until(lambda: servers(pg, [user]) == 3, 10), servers(pg, [user])
+    time.sleep(STILL_WAITING)
+    assert servers(pg, [user]) == 3
+    first.close()
+    second.close()
+
+
 def test_a_killed_workers_slots_come_back(start, pg, tenants) -> None:
     user = tenants[0]
     bouncer = start(default_pool_size=2)
