@@ -4,13 +4,16 @@ applying changed limits to live pools after RELOAD, SET, SET USER and SET POOL.
 
 Refusals use PgBouncer's wording; the pool's own size is enforced by the pool itself.  A pool
 held back by a cross-pool limit may close an idle server of a sibling pool, as PgBouncer does.
+With ``workers``, the client limits count the clients of every worker
+(:mod:`bouncer.slots.client_count`), and the supervisor holds the server limits across them
+as well (:mod:`bouncer.slots`).
 The SET USER / SET POOL commands are in :mod:`bouncer.builtin.limits_admin`, shrinking in
 :mod:`bouncer.builtin.limits_shrink`; this module is the plugin that registers them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
 from bouncer.builtin import limits_admin, limits_shrink
 from bouncer.config.sections import ADMIN_DATABASE
@@ -25,6 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from bouncer.config import Config
     from bouncer.plugin import ClientInfo
     from bouncer.pool.pool import Pool
+    from bouncer.session.client import ClientSession
 
 
 def _too_many(limit: str, whose: str, cap: int, where: str) -> Refusal:
@@ -46,7 +50,7 @@ class _ClientLimit:
 
 
 @hookimpl
-def bouncer_client_admit(app: "App", client: "ClientInfo", session: Hashable) -> None:
+def bouncer_client_admit(app: "App", client: "ClientInfo", session: "ClientSession") -> None:
     over = _first_reached(app, session, _client_limits(app, client))
     if over is not None:
         raise _too_many(over.setting, over.whose, over.cap, over.where)
@@ -73,11 +77,12 @@ def _client_limits(app: "App", client: "ClientInfo") -> List[_ClientLimit]:
     ]
 
 
-def _first_reached(app: "App", session: Hashable,
+def _first_reached(app: "App", session: "ClientSession",
                    limits: Sequence[_ClientLimit]) -> Optional[_ClientLimit]:
-    """The first limit (0: none) that this client, counted in app.clients already, takes
-    past its cap.  With workers, across all of them: the shared count counts every client in
-    every scope, so that it is right when a limit is raised from 0 later."""
+    """The first of *limits* (0: none) that this client takes past its cap.  In one process
+    the clients are those of app.clients, this one among them; with workers, those of the
+    shared count, across all of them, which counts every client in every scope so that it is
+    right when a limit is raised from 0 later (and uncounts this one when it leaves)."""
     if app.client_count is not None:
         scope = app.client_count.admit(session, [(limit.scope, limit.cap) for limit in limits])
         return next((limit for limit in limits if limit.scope == scope), None)
