@@ -246,6 +246,17 @@ def test_min_pool_size_is_kept_by_the_workers_together(start, pg, tenants) -> No
     second.close()
 
 
+def test_a_forced_users_min_pool_size_is_opened_once_for_both_workers(start, pg, tenants
+                                                                      ) -> None:
+    # Both workers make the pool at start, before any client, and ask for its servers at once.
+    user = tenants[0]
+    start(databases={"forced": f"host=127.0.0.1 port={pg.port} dbname=testdb user={user} "
+                               f"password={PASSWORD} min_pool_size=2"})
+    assert wait_until(lambda: servers(pg, [user]) == 2, 5), servers(pg, [user])
+    time.sleep(STILL_WAITING + 1.0)
+    assert servers(pg, [user]) == 2
+
+
 def test_a_killed_workers_slots_come_back(start, pg, tenants) -> None:
     user = tenants[0]
     bouncer = start(default_pool_size=2)
