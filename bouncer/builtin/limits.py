@@ -12,8 +12,7 @@ The SET USER / SET POOL commands are in :mod:`bouncer.builtin.limits_admin`, shr
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 from bouncer.builtin import limits_admin, limits_shrink
 from bouncer.config.sections import ADMIN_DATABASE
@@ -39,21 +38,30 @@ def _too_many(limit: str, whose: str, cap: int, where: str) -> Refusal:
                         "they do not use (SHOW CLIENTS on the admin console lists them)")
 
 
-@dataclass(frozen=True)
-class _ClientLimit:
-    """A limit on the clients of a scope, with what its refusal says."""
+#: Where each client limit is raised, as its refusal's hint says.
+_RAISED_IN = {
+    "max_client_conn": "[pgbouncer], with the open files limit",
+    "max_db_client_connections": "[pgbouncer] or the database's line",
+    "max_user_client_connections": "[pgbouncer], the user's [users] line or SET USER",
+}
+
+
+class _ClientLimit(NamedTuple):
+    """A limit on the clients of a scope (0: none)."""
     setting: str
-    whose: str
-    where: str
     scope: Scope
     cap: int
+
+    def refusal(self) -> Refusal:
+        whose = "bouncer" if self.scope == ALL else " ".join(self.scope)  # "user alice"
+        return _too_many(self.setting, whose, self.cap, _RAISED_IN[self.setting])
 
 
 @hookimpl
 def bouncer_client_admit(app: "App", client: "ClientInfo", session: "ClientSession") -> None:
     over = _first_reached(app, session, _client_limits(app, client))
     if over is not None:
-        raise _too_many(over.setting, over.whose, over.cap, over.where)
+        raise over.refusal()
 
 
 def _client_limits(app: "App", client: "ClientInfo") -> List[_ClientLimit]:
@@ -65,16 +73,10 @@ def _client_limits(app: "App", client: "ClientInfo") -> List[_ClientLimit]:
         config, _definition(app, client.database), "max_db_client_connections")
     user_limit = 0 if operator else user_cap(config, app.registry.overrides, client.user,
                                              "max_user_client_connections")
-    return [
-        _ClientLimit("max_client_conn", "bouncer", "[pgbouncer], with the open files limit",
-                     ALL, config.max_client_conn),
-        _ClientLimit("max_db_client_connections", f"database {client.database}",
-                     "[pgbouncer] or the database's line", ("database", client.database),
-                     database_limit),
-        _ClientLimit("max_user_client_connections", f"user {client.user}",
-                     "[pgbouncer], the user's [users] line or SET USER", ("user", client.user),
-                     user_limit),
-    ]
+    return [_ClientLimit("max_client_conn", ALL, config.max_client_conn),
+            _ClientLimit("max_db_client_connections", ("database", client.database),
+                         database_limit),
+            _ClientLimit("max_user_client_connections", ("user", client.user), user_limit)]
 
 
 def _first_reached(app: "App", session: "ClientSession",
