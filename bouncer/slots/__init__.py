@@ -48,7 +48,9 @@ PostgreSQL-shaped and sans-IO (:mod:`bouncer.slots.messages`), the I/O is
 The client limits (``max_client_conn``, ``max_db_client_connections``,
 ``max_user_client_connections``) are checked at every login, where a round trip to the
 supervisor would cost the connection-storm benchmark; they use counts shared through a file
-instead (:mod:`bouncer.slots.client_count`), with the same refusals as one process.  With
+instead (:mod:`bouncer.slots.client_count`), with the same refusals as one process.  There
+the shared hash table is all it takes: a client over a limit is refused, never woken later,
+and a dead worker's counts are zeroed by the supervisor, which restarts it.  With
 ``workers = 1`` none of this exists: no channel, no shared file, and the pool's hot path is
 unchanged.
 """
