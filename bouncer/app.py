@@ -204,7 +204,7 @@ class App:
         self.clients.discard(client)
         self.cancels.forget(client)
         if self.client_count is not None:
-            self.client_count.set(len(self.clients))
+            self.client_count.leave(client)
 
     def tune_socket(self, sock: socket.socket) -> None:
         """TCP keepalive settings, as PgBouncer applies them to both sides."""

@@ -11,7 +11,8 @@ the listening sockets to a new pooler (then the socket file is no longer ours to
 
 Only the supervisor does what must happen once per pooler: binding, the pidfile, sd_notify
 and removing the unix socket file.  Each worker runs its own janitor, since it keeps the
-pools it serves (their lifetimes, idle timeouts and min_pool_size are per process).
+pools it serves (their lifetimes and idle timeouts are per process; min_pool_size is counted
+across the workers through the slots, :mod:`bouncer.slots`).
 """
 from __future__ import annotations
 

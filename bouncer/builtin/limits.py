@@ -4,12 +4,15 @@ applying changed limits to live pools after RELOAD, SET, SET USER and SET POOL.
 
 Refusals use PgBouncer's wording; the pool's own size is enforced by the pool itself.  A pool
 held back by a cross-pool limit may close an idle server of a sibling pool, as PgBouncer does.
+With ``workers``, the client limits count the clients of every worker
+(:mod:`bouncer.slots.client_count`), and the supervisor holds the server limits across them
+as well (:mod:`bouncer.slots`).
 The SET USER / SET POOL commands are in :mod:`bouncer.builtin.limits_admin`, shrinking in
 :mod:`bouncer.builtin.limits_shrink`; this module is the plugin that registers them.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 from bouncer.builtin import limits_admin, limits_shrink
 from bouncer.config.sections import ADMIN_DATABASE
@@ -17,12 +20,14 @@ from bouncer.plugin import Refusal, hookimpl
 from bouncer.pool.limits import database_cap, user_cap
 from bouncer.pool.registry import AUTODB
 from bouncer.proto import sqlstate
+from bouncer.slots.client_count import ALL, Scope
 
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.app import App
     from bouncer.config import Config
     from bouncer.plugin import ClientInfo
     from bouncer.pool.pool import Pool
+    from bouncer.session.client import ClientSession
 
 
 def _too_many(limit: str, whose: str, cap: int, where: str) -> Refusal:
@@ -33,24 +38,58 @@ def _too_many(limit: str, whose: str, cap: int, where: str) -> Refusal:
                         "they do not use (SHOW CLIENTS on the admin console lists them)")
 
 
+#: Where each client limit is raised, as its refusal's hint says.
+_RAISED_IN = {
+    "max_client_conn": "[pgbouncer], with the open files limit",
+    "max_db_client_connections": "[pgbouncer] or the database's line",
+    "max_user_client_connections": "[pgbouncer], the user's [users] line or SET USER",
+}
+
+
+class _ClientLimit(NamedTuple):
+    """A limit on the clients of a scope (0: none)."""
+    setting: str
+    scope: Scope
+    cap: int
+
+    def refusal(self) -> Refusal:
+        whose = "bouncer" if self.scope == ALL else " ".join(self.scope)  # "user alice"
+        return _too_many(self.setting, whose, self.cap, _RAISED_IN[self.setting])
+
+
 @hookimpl
-def bouncer_client_admit(app: "App", client: "ClientInfo") -> None:
+def bouncer_client_admit(app: "App", client: "ClientInfo", session: "ClientSession") -> None:
+    over = _first_reached(app, session, _client_limits(app, client))
+    if over is not None:
+        raise over.refusal()
+
+
+def _client_limits(app: "App", client: "ClientInfo") -> List[_ClientLimit]:
+    """The client limits that apply to *client*, in the order they are checked."""
     config = app.config
-    if not _within_max_client_conn(app):
-        raise _too_many("max_client_conn", "bouncer", config.max_client_conn,
-                        "[pgbouncer], with the open files limit")
-    if client.database == ADMIN_DATABASE and client.user in config.admin_users:
-        return  # an operator is never locked out of the console by these two limits
-    db_limit = database_cap(config, _definition(app, client.database),
-                            "max_db_client_connections")
-    if db_limit and _clients_of(app, database=client.database) > db_limit:
-        raise _too_many("max_db_client_connections", f"database {client.database}", db_limit,
-                        "[pgbouncer] or the database's line")
-    user_limit = user_cap(config, app.registry.overrides, client.user,
-                          "max_user_client_connections")
-    if user_limit and _clients_of(app, user=client.user) > user_limit:
-        raise _too_many("max_user_client_connections", f"user {client.user}", user_limit,
-                        "[pgbouncer], the user's [users] line or SET USER")
+    # An operator is never locked out of the console by the database's and user's limits.
+    operator = client.database == ADMIN_DATABASE and client.user in config.admin_users
+    database_limit = 0 if operator else database_cap(
+        config, _definition(app, client.database), "max_db_client_connections")
+    user_limit = 0 if operator else user_cap(config, app.registry.overrides, client.user,
+                                             "max_user_client_connections")
+    return [_ClientLimit("max_client_conn", ALL, config.max_client_conn),
+            _ClientLimit("max_db_client_connections", ("database", client.database),
+                         database_limit),
+            _ClientLimit("max_user_client_connections", ("user", client.user), user_limit)]
+
+
+def _first_reached(app: "App", session: "ClientSession",
+                   limits: Sequence[_ClientLimit]) -> Optional[_ClientLimit]:
+    """The first of *limits* (0: none) that this client takes past its cap.  In one process
+    the clients are those of app.clients, this one among them; with workers, those of the
+    shared count, across all of them, which counts every client in every scope so that it is
+    right when a limit is raised from 0 later (and uncounts this one when it leaves)."""
+    if app.client_count is not None:
+        scope = app.client_count.admit(session, [(limit.scope, limit.cap) for limit in limits])
+        return next((limit for limit in limits if limit.scope == scope), None)
+    return next((limit for limit in limits
+                 if limit.cap and _clients_in(app, limit.scope) > limit.cap), None)
 
 
 @hookimpl
@@ -89,20 +128,13 @@ def bouncer_admin_commands(app: "App") -> Dict[str, Callable[..., Any]]:
     return limits_admin.COMMANDS
 
 
-def _within_max_client_conn(app: "App") -> bool:
-    """max_client_conn (0: unlimited) holds with this client, counted in app.clients already
-    (hence "<=" rather than "<").  With workers, across all of them: the shared count is kept
-    at every login, so it is right when the limit is raised from 0 later."""
-    limit = app.config.max_client_conn
-    if app.client_count is not None:
-        return app.client_count.admit(len(app.clients), limit)
-    return not limit or len(app.clients) <= limit
-
-
-def _clients_of(app: "App", database: Optional[str] = None, user: Optional[str] = None) -> int:
-    """Clients counted against a limit: every client that sent its startup packet."""
-    return sum(1 for c in app.clients
-               if (database is None or c.database == database) and (user is None or c.user == user))
+def _clients_in(app: "App", scope: Scope) -> int:
+    """This process's clients in *scope*: every client for the total, else every client that
+    sent its startup packet."""
+    if scope == ALL:
+        return len(app.clients)
+    kind, name = scope
+    return sum(1 for c in app.clients if (c.database if kind == "database" else c.user) == name)
 
 
 def _definition(app: "App", database: str) -> Any:

@@ -106,14 +106,17 @@ class Janitor:
                 age = now - pool.unused_since
                 self.app.registry.forget_pool(pool, f"pool idle timeout (age= {age:.0f}s)")  # sic
 
-    @staticmethod
-    def _fill_min(pool: "Pool") -> None:
-        """Keep min_pool_size servers for pools that have clients or a forced user."""
+    def _fill_min(self, pool: "Pool") -> None:
+        """Keep min_pool_size servers for pools that have clients or a forced user (with
+        workers, across all of them: bouncer.slots)."""
         minimum = pool.limits.min_pool_size()
         if not minimum or not (pool.clients or pool.database.definition.user):
             return
         if pool.last_login_failure is not None:
             return
+        slots = self.app.slots
+        if slots is not None and not slots.may_fill(pool):
+            return  # other workers keep them: the supervisor says when that changes
         while pool.server_count() < minimum and pool.may_open_another():
             pool.launch()
 

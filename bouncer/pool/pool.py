@@ -410,7 +410,8 @@ class Pool:
     def _connect(self, placeholder: "_Connecting") -> None:
         slots = self._slots
         if slots is not None and not slots.acquire(self):
-            self.login.discard(placeholder)  # nobody waits for it any more
+            self.login.discard(placeholder)  # nobody waits for it any more, or it was a fill
+            self.launch_if_needed()  # for clients that came while a fill was refused
             return
         try:
             server = self._connector(self)

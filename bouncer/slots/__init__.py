@@ -22,6 +22,19 @@ another worker.  PgBouncer, for ``max_db_connections``, closes an idle server of
 this is the same across processes.  A limit lowered on one worker (SET POOL, SET USER, RELOAD)
 is announced, and the supervisor has every worker shrink to its fair share of it.
 
+``min_pool_size`` holds for the pooler, as in one process: a pool keeps that many servers
+across the workers together, not that many in each (N times the connections PostgreSQL is
+budgeted for, idle).  A worker whose pool has clients (or a forced user) and fewer servers
+than that asks for a slot without waiting; the supervisor grants it only while the pool has
+fewer across the workers, so workers filling at once open the minimum between them.  A
+refused worker is remembered and told (``Refill``) once the slot would be granted, when a
+server of the pool closes or a worker dies; until then it does not ask again (no request at
+every janitor tick), and nobody closes a server for a connection that no client waits for.
+Whoever asks first keeps them: a share per worker would open servers for a worker with one
+idle client while another's clients are busy, and move them as clients come and go; clients
+of a worker that has none open their own within ``pool_size``, as a burst does in one
+process once the minimum is in use.
+
 Why a channel to the supervisor rather than shared memory: pools and users appear at run time
 (auto-databases, any user) and would need a shared hash table; a waiting worker must be woken
 when a slot frees in another process (shared memory would need a second mechanism, or
@@ -32,8 +45,12 @@ PostgreSQL-shaped and sans-IO (:mod:`bouncer.slots.messages`), the I/O is
 :mod:`bouncer.slots.channel`, the two ends :mod:`bouncer.slots.arbiter` (supervisor) and
 :mod:`bouncer.slots.client` (worker).
 
-``max_client_conn`` is checked at every login, where a round trip to the supervisor would
-cost the connection-storm benchmark; it uses a shared count instead
-(:mod:`bouncer.slots.client_count`).  With ``workers = 1`` none of this exists: no channel,
-no shared file, and the pool's hot path is unchanged.
+The client limits (``max_client_conn``, ``max_db_client_connections``,
+``max_user_client_connections``) are checked at every login, where a round trip to the
+supervisor would cost the connection-storm benchmark; they use counts shared through a file
+instead (:mod:`bouncer.slots.client_count`), with the same refusals as one process.  There
+the shared hash table is all it takes: a client over a limit is refused, never woken later,
+and a dead worker's counts are zeroed by the supervisor, which restarts it.  With
+``workers = 1`` none of this exists: no channel, no shared file, and the pool's hot path is
+unchanged.
 """

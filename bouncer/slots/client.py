@@ -1,6 +1,7 @@
 """A worker's end of the slot channel: asks the supervisor for a slot before a pool opens a
-server connection, returns it when the connection closes, and closes servers when the
-supervisor asks (another worker needs them, or a limit was lowered).  The design is in
+server connection, returns it when the connection closes, closes servers when the
+supervisor asks (another worker needs them, or a limit was lowered), and holds back the
+min_pool_size connections it refused until it says they would be granted.  The design is in
 :mod:`bouncer.slots`."""
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import logging
 import os
 import socket
 import time
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import gevent
 from gevent.event import Event
@@ -17,8 +18,8 @@ from gevent.event import Event
 from bouncer.pool.eviction import shrink_to
 from bouncer.slots import client_count
 from bouncer.slots.channel import Channel, serve
-from bouncer.slots.messages import (Announce, Ask, Cancel, Granted, Message, Queued, Release,
-                                    Shrink)
+from bouncer.slots.messages import (Announce, Ask, Cancel, Granted, Message, PoolKey, Queued,
+                                    Refill, Release, Shrink, pool_key)
 from bouncer.slots.table import MAX_DB, POOL_SIZE
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,12 +39,14 @@ def for_worker(spec: "WorkerSpec") -> Tuple["SlotClient", client_count.ClientCou
 
 
 class _Request:
-    __slots__ = ("pool", "wanted", "answered", "granted")
+    __slots__ = ("pool", "wanted", "fill", "answered", "granted")
 
     def __init__(self, pool: "Pool", wanted: Callable[[], bool]) -> None:
         self.pool = pool
         #: Whether the connection is still wanted (someone waits for it).
         self.wanted = wanted
+        #: Asked while nobody waited (for min_pool_size): a refusal is final.
+        self.fill = not wanted()
         #: Set once the request is settled: granted, or no longer wanted.
         self.answered = Event()
         self.granted = False
@@ -59,6 +62,8 @@ class SlotClient:
         self._requests: Dict[int, _Request] = {}
         #: The supervisor is gone: limits hold per worker (the workers are on their way out).
         self.lost = False
+        #: Pools refused a connection for min_pool_size, until a Refill or new limits.
+        self._unfilled: Set[PoolKey] = set()
 
     def start(self, app: "App") -> None:
         self._app = app
@@ -98,7 +103,7 @@ class SlotClient:
         limits = pool.limits
         self._channel.send(Ask(request_id, pool.database.name, pool.user.name, _pool_cap(pool),
                                limits.max_db_connections(), limits.max_user_connections(),
-                               wanted()))
+                               limits.min_pool_size(), not request.fill))
         try:
             while not request.answered.wait(check_after()):
                 if not wanted():
@@ -113,9 +118,15 @@ class SlotClient:
         """A server connection of *pool* that held a slot closed."""
         self._channel.send(Release(pool.database.name, pool.user.name))
 
+    def may_fill(self, pool: "Pool") -> bool:
+        """Whether *pool* may ask for connections for min_pool_size: not while the supervisor
+        has it wait for a Refill (the pool has that many servers across the workers)."""
+        return _key(pool) not in self._unfilled
+
     def announce(self, pools: Sequence["Pool"]) -> None:
         """The limits of *pools* may have changed (RELOAD, SET, SET USER, SET POOL)."""
         for pool in pools:
+            self._unfilled.discard(_key(pool))  # a raised min_pool_size is asked for again
             limits = pool.limits
             self._channel.send(Announce(pool.database.name, pool.user.name, _pool_cap(pool),
                                         limits.max_db_connections(),
@@ -138,6 +149,8 @@ class SlotClient:
             self._queued(message)
         elif isinstance(message, Shrink):
             self._shrink(message)
+        elif isinstance(message, Refill):
+            self._unfilled.discard(pool_key(message))
         else:
             raise ValueError(f"not a supervisor's message: {type(message).__name__}")
 
@@ -153,8 +166,12 @@ class SlotClient:
         request = self._requests.get(message.request)
         if request is None:
             return
+        if request.fill:
+            self._unfilled.add(_key(request.pool))
+            request.answered.set()
+            return
         request.pool.blocked_by = message.limit  # (named when its waiters time out)
-        if not request.wanted():  # asked without waiting, or nobody waits any more
+        if not request.wanted():  # nobody waits any more
             request.answered.set()
 
     def _shrink(self, message: Shrink) -> None:
@@ -167,6 +184,10 @@ class SlotClient:
                      if not request.answered.is_set() and request.pool in pools)
         grace = app.config.limit_shrink_timeout if message.forced else None
         shrink_to(pools, message.target + queued, message.reason, grace)
+
+
+def _key(pool: "Pool") -> PoolKey:
+    return pool.database.name, pool.user.name
 
 
 def _pool_cap(pool: "Pool") -> int:

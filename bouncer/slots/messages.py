@@ -36,7 +36,9 @@ class ChannelError(ValueError):
 class Ask:
     """May the worker open one more server connection for the pool (*database*, *user*)?
     The limits are those the worker applies now; 0 = unlimited.  Without *wait* (nobody
-    waits for the connection: min_pool_size), a full pool is an answer, not a queue."""
+    waits for the connection: it is for *min_pool_size*, which the pool keeps across the
+    workers), a refusal is an answer, not a queue, and a Refill follows when the connection
+    would be granted."""
     KIND: ClassVar[bytes] = b"A"
     request: int
     database: str
@@ -44,6 +46,7 @@ class Ask:
     pool_size: int
     max_db_connections: int
     max_user_connections: int
+    min_pool_size: int
     wait: bool
 
 
@@ -88,7 +91,8 @@ class Granted:
 @dataclass(frozen=True)
 class Queued:
     """No slot now: *limit* is reached across the workers; a Granted follows when one frees
-    (unless the Ask did not *wait*)."""
+    (a Refill if the Ask did not *wait*, whose *limit* may be ``min_pool_size``: the pool
+    has that many servers across the workers already)."""
     KIND: ClassVar[bytes] = b"Q"
     request: int
     limit: str
@@ -109,12 +113,21 @@ class Shrink:
     forced: bool
 
 
-Message = Union[Ask, Cancel, Release, Announce, Granted, Queued, Shrink]
+@dataclass(frozen=True)
+class Refill:
+    """A connection for ``min_pool_size`` of the pool, refused to the worker before, would be
+    granted now (a server of the pool closed, a worker died): the worker may ask again."""
+    KIND: ClassVar[bytes] = b"F"
+    database: str
+    user: str
+
+
+Message = Union[Ask, Cancel, Release, Announce, Granted, Queued, Shrink, Refill]
 _KINDS: Dict[bytes, Type[Any]] = {cls.KIND: cls for cls in (
-    Ask, Cancel, Release, Announce, Granted, Queued, Shrink)}
+    Ask, Cancel, Release, Announce, Granted, Queued, Shrink, Refill)}
 
 
-def pool_key(message: Union[Ask, Release, Announce, Granted, Shrink]) -> PoolKey:
+def pool_key(message: Union[Ask, Release, Announce, Granted, Shrink, Refill]) -> PoolKey:
     return message.database, message.user
 
 

@@ -1,5 +1,6 @@
 """The supervisor's count of server-connection slots: who holds how many, per pool, per
-database and per user, and who waits for one.  See :mod:`bouncer.slots` for the design.
+database and per user, who waits for one, and who was refused one for min_pool_size.  See
+:mod:`bouncer.slots` for the design.
 
 Sans-IO: each event (a worker asks, cancels, releases, announces limits or dies) returns the
 messages to send, addressed to workers; no socket, no gevent, no clock.
@@ -10,12 +11,14 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple, TypeVar, Union
 
-from bouncer.slots.messages import (Announce, Ask, Granted, Message, PoolKey, Queued, Shrink,
-                                    pool_key)
+from bouncer.slots.messages import (Announce, Ask, Granted, Message, PoolKey, Queued, Refill,
+                                    Shrink, pool_key)
 
 #: The limits that span a pool's servers, the scope each counts, in the order they are checked.
 POOL_SIZE, MAX_DB, MAX_USER = "pool_size", "max_db_connections", "max_user_connections"
 LIMITS = (POOL_SIZE, MAX_DB, MAX_USER)
+#: What a connection for min_pool_size is refused for when the pool has that many already.
+MIN_POOL = "min_pool_size"
 
 Worker = int
 T = TypeVar("T")
@@ -82,19 +85,39 @@ class SlotTable:
         self.users: "Counter[str]" = Counter()
         #: Requests waiting for a slot, oldest first.
         self.queue: List[Pending] = []
+        #: Workers refused a connection for min_pool_size, by pool: the caps and minimum they
+        #: asked with, to tell them when it would be granted.
+        self.fillers: Dict[Tuple[Worker, PoolKey], Tuple[Caps, int]] = {}
 
     # -- events ------------------------------------------------------------------------------
 
     def ask(self, worker: Worker, message: Ask) -> Outgoing:
         pending = Pending(worker, message.request, pool_key(message), Caps.of(message))
+        if not message.wait:
+            return self._fill(pending, message.min_pool_size)
         blocked = self.blocking_limit(pending.key, pending.caps)
         if blocked is None:
             return [self._grant(pending)]
-        refusal: Outgoing = [(worker, Queued(message.request, blocked))]
-        if not message.wait:
-            return refusal  # no worker closes a server for a connection nobody waits for
         self.queue.append(pending)
-        return refusal + self._make_room()
+        return [(worker, Queued(message.request, blocked))] + self._make_room()
+
+    def _fill(self, pending: Pending, minimum: int) -> Outgoing:
+        """A connection for min_pool_size, which the pool keeps across the workers together:
+        granted while it has fewer and no limit stops it.  Otherwise the worker is told when
+        that changes (Refill), so that it neither asks at every janitor tick nor has another
+        worker close a server for a connection nobody waits for."""
+        blocked = self.blocking_fill_limit(pending.key, pending.caps, minimum)
+        if blocked is None:
+            return [self._grant(pending)]
+        if minimum:  # (else it was for clients that left meanwhile)
+            self.fillers[(pending.worker, pending.key)] = (pending.caps, minimum)
+        return [(pending.worker, Queued(pending.request, blocked))]
+
+    def blocking_fill_limit(self, key: PoolKey, caps: Caps, minimum: int) -> Optional[str]:
+        """Why a connection of *key* for min_pool_size *minimum* is refused now, or None."""
+        if self.pools[key] >= minimum:
+            return MIN_POOL
+        return self.blocking_limit(key, caps)
 
     def cancel(self, worker: Worker, request: int) -> Outgoing:
         """A request withdrawn; one already granted is released by the worker instead."""
@@ -130,6 +153,8 @@ class SlotTable:
             _step(self.databases, key[0], -count)
             _step(self.users, key[1], -count)
         self.queue = [p for p in self.queue if p.worker != worker]
+        self.fillers = {filler: ask for filler, ask in self.fillers.items()
+                        if filler[0] != worker}
         return self._grant_queued()
 
     # -- counting ----------------------------------------------------------------------------
@@ -166,8 +191,9 @@ class SlotTable:
         return pending.worker, Granted(pending.request, *pending.key)
 
     def _grant_queued(self) -> Outgoing:
-        """Grant, oldest first, every waiting request that fits now; then ask for room for
-        those still waiting."""
+        """Grant, oldest first, every waiting request that fits now; then tell the workers
+        refused a connection for min_pool_size that would be granted now, and ask for room
+        for the requests still waiting."""
         out: Outgoing = []
         waiting = []
         for pending in self.queue:
@@ -176,7 +202,16 @@ class SlotTable:
             else:
                 waiting.append(pending)
         self.queue = waiting
-        return out + self._make_room()
+        return out + self._refills() + self._make_room()
+
+    def _refills(self) -> Outgoing:
+        """Every worker whose min_pool_size connection fits now asks again (all of them: one
+        that has no client of the pool any more would not), and the first asks get it."""
+        ready = [filler for filler, (caps, minimum) in self.fillers.items()
+                 if self.blocking_fill_limit(filler[1], caps, minimum) is None]
+        for filler in ready:
+            del self.fillers[filler]
+        return [(worker, Refill(*key)) for worker, key in ready]
 
     def _make_room(self) -> Outgoing:
         """For each scope that keeps requests waiting, ask the workers holding more than a

@@ -12,7 +12,7 @@ import os
 import signal
 import socket
 import time
-from typing import Any, Callable, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import pytest
 
@@ -164,10 +164,10 @@ def test_set_pool_on_one_worker_shrinks_the_count_across_both(start, pg, tenants
     assert servers(pg, [user]) == 2
 
 
-def refusal(bouncer: BouncerProcess, worker: int, user: str) -> str:
+def refusal(bouncer: BouncerProcess, worker: int, user: str, db: str = "testdb") -> str:
     """The error a login on *worker* gets ("" when it is let in)."""
     with pgwire.connect(private_dir(bouncer), worker) as sock:
-        sock.sendall(pgwire.startup({"user": user, "database": "testdb"}))
+        sock.sendall(pgwire.startup({"user": user, "database": db}))
         error = pgwire.first_error(pgwire.login(sock, user, PASSWORD))
     return error["M"] if error else ""
 
@@ -183,6 +183,78 @@ def test_max_client_conn_counts_the_clients_of_both_workers(start, tenants) -> N
     assert wait_until(lambda: refusal(bouncer, 1, tenants[0]) == "", 5)
     for sock in held:
         sock.close()
+
+
+def client_limit(pg: PgCluster, tenants: List[str], case: str) -> Dict[str, Any]:
+    """The settings of each way to set a client limit of 3, for *case*."""
+    testdb = f"host=127.0.0.1 port={pg.port} dbname=testdb"
+    return {
+        "max_db_client_connections": dict(max_db_client_connections=3),
+        "database's max_db_client_connections": dict(
+            databases={"testdb": f"{testdb} max_db_client_connections=3"}),
+        "max_user_client_connections": dict(max_user_client_connections=3),
+        "user's max_user_client_connections": dict(
+            users={tenants[0]: "max_user_client_connections=3"}),
+    }[case]
+
+
+#: Per case, the (tenant, database) pairs logins cycle through, all in the limited scope.
+CLIENT_LIMITS = {
+    "max_db_client_connections": [(0, "testdb"), (1, "testdb")],
+    "database's max_db_client_connections": [(0, "testdb"), (1, "testdb")],
+    "max_user_client_connections": [(0, "testdb"), (0, "bench")],
+    "user's max_user_client_connections": [(0, "testdb"), (0, "bench")],
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLIENT_LIMITS))
+def test_a_client_limit_counts_the_clients_of_both_workers(start, pg, tenants, case) -> None:
+    bouncer = start(**client_limit(pg, tenants, case))
+    who = [(tenants[t], db) for t, db in CLIENT_LIMITS[case]]
+    held = [pgwire.open_session(private_dir(bouncer), worker, who[n % 2][0], PASSWORD,
+                                database=who[n % 2][1])[0]
+            for n, worker in enumerate((1, 2, 1))]
+    setting = case.split()[-1]
+    for worker in (1, 2):
+        for user, db in who:
+            assert refusal(bouncer, worker, user, db) == \
+                f"no more connections allowed ({setting})"
+    other = refusal(bouncer, 2, tenants[1], "bench")  # in neither scope: let in
+    assert other == "", other
+    held.pop().close()
+    assert wait_until(lambda: refusal(bouncer, 2, *who[0]) == "", 5)
+    for sock in held:
+        sock.close()
+
+
+def test_min_pool_size_is_kept_by_the_workers_together(start, pg, tenants) -> None:
+    user = tenants[0]
+    bouncer = start(min_pool_size=3, pool_mode="transaction")
+    first = pgwire.open_session(private_dir(bouncer), 1, user, PASSWORD)[0]
+    assert wait_until(lambda: servers(pg, [user]) == 3, 5), servers(pg, [user])
+    # Worker 2's login needs a server of its own (for the parameters it tells the client);
+    # past that one, it leaves the minimum to the servers worker 1 keeps.
+    second = pgwire.open_session(private_dir(bouncer), 2, user, PASSWORD)[0]
+    time.sleep(STILL_WAITING + 1.0)  # janitor ticks of both workers
+    assert servers(pg, [user]) == 4
+    # Worker 1's servers go with it: worker 2 is told to make up the minimum.
+    os.kill(worker_pids(bouncer)[1], signal.SIGKILL)
+    assert wait_until(lambda: servers(pg, [user]) == 3, 10), servers(pg, [user])
+    time.sleep(STILL_WAITING)
+    assert servers(pg, [user]) == 3
+    first.close()
+    second.close()
+
+
+def test_a_forced_users_min_pool_size_is_opened_once_for_both_workers(start, pg, tenants
+                                                                      ) -> None:
+    # Both workers make the pool at start, before any client, and ask for its servers at once.
+    user = tenants[0]
+    start(databases={"forced": f"host=127.0.0.1 port={pg.port} dbname=testdb user={user} "
+                               f"password={PASSWORD} min_pool_size=2"})
+    assert wait_until(lambda: servers(pg, [user]) == 2, 5), servers(pg, [user])
+    time.sleep(STILL_WAITING + 1.0)
+    assert servers(pg, [user]) == 2
 
 
 def test_a_killed_workers_slots_come_back(start, pg, tenants) -> None:

@@ -4,22 +4,25 @@ client count (bouncer.slots)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Set, Tuple
 
 import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from bouncer.slots import client_count
+from bouncer.slots.client_count import ALL
 from bouncer.slots.messages import (MAX_FRAME, Announce, Ask, Cancel, ChannelError,
-                                    FrameReader, Granted, Queued, Release, Shrink, encode)
-from bouncer.slots.table import LIMITS, Caps, SlotTable, fair_shares, in_scope
+                                    FrameReader, Granted, Queued, Refill, Release, Shrink,
+                                    encode)
+from bouncer.slots.table import LIMITS, POOL_SIZE, Caps, SlotTable, fair_shares, in_scope
 from tests.unit.test_layering import imported_modules
 
-MESSAGES = (Ask, Cancel, Release, Announce, Granted, Queued, Shrink)
+MESSAGES = (Ask, Cancel, Release, Announce, Granted, Queued, Shrink, Refill)
 # Names as a startup packet can carry them: anything but NUL.
 names = st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)),
                 max_size=40)
@@ -126,6 +129,9 @@ class SlotTableMachine(RuleBasedStateMachine):
         self.table = SlotTable()
         self.held: Dict[int, "Counter[Tuple[str, str]]"] = {w: Counter() for w in WORKERS}
         self.asked: Dict[Tuple[int, int], Tuple[Tuple[str, str], Caps]] = {}
+        #: The min_pool_size of each fill asked for; the fills refused, told of by a Refill.
+        self.fills: Dict[Tuple[int, int], int] = {}
+        self.unfilled: Set[Tuple[int, Tuple[str, str]]] = set()
         self.next_request = 1
 
     def deliver(self, outgoing: List[Tuple[int, Any]]) -> None:
@@ -136,6 +142,10 @@ class SlotTableMachine(RuleBasedStateMachine):
                 self.held[worker][key] += 1
                 for limit in LIMITS:  # a grant never goes past the limits it was asked with
                     assert not caps.cap(limit) or self.model_count(limit, key) <= caps.cap(limit)
+                minimum = self.fills.pop((worker, message.request), None)
+                assert minimum is None or self.model_count(POOL_SIZE, key) <= minimum
+            elif isinstance(message, Refill):
+                self.unfilled.remove((worker, (message.database, message.user)))
             elif isinstance(message, Shrink):
                 assert message.target < self.table.worker_count(worker, message.limit,
                                                                 (message.database, message.user))
@@ -144,14 +154,18 @@ class SlotTableMachine(RuleBasedStateMachine):
 
     @rule(worker=st.sampled_from(WORKERS), key=st.sampled_from(KEYS),
           caps=st.tuples(st.integers(0, 3), st.integers(0, 4), st.integers(0, 4)),
-          wait=st.booleans())
-    def ask(self, worker, key, caps, wait) -> None:
+          minimum=st.integers(0, 3), wait=st.booleans())
+    def ask(self, worker, key, caps, minimum, wait) -> None:
         request, self.next_request = self.next_request, self.next_request + 1
         self.asked[(worker, request)] = (key, Caps(*caps))
-        out = self.table.ask(worker, Ask(request, *key, *caps, wait))
+        if not wait:
+            self.fills[(worker, request)] = minimum
+        out = self.table.ask(worker, Ask(request, *key, *caps, minimum, wait))
         if not wait and isinstance(out[0][1], Queued):
             assert out == [(worker, Queued(request, out[0][1].limit))]  # and no room made
-            del self.asked[(worker, request)]
+            del self.asked[(worker, request)], self.fills[(worker, request)]
+            if minimum:  # (a connection nobody wants any more: nothing to tell it)
+                self.unfilled.add((worker, key))
         else:
             self.deliver(out)
 
@@ -183,6 +197,7 @@ class SlotTableMachine(RuleBasedStateMachine):
     def dies(self, worker) -> None:
         self.held[worker] = Counter()
         self.asked = {ask: value for ask, value in self.asked.items() if ask[0] != worker}
+        self.unfilled = {(w, key) for w, key in self.unfilled if w != worker}
         self.deliver(self.table.worker_gone(worker))
 
     def model_count(self, limit: str, key: Tuple[str, str]) -> int:
@@ -201,6 +216,12 @@ class SlotTableMachine(RuleBasedStateMachine):
         for pending in self.table.queue:
             assert self.table.blocking_limit(pending.key, pending.caps) is not None
 
+    @invariant()
+    def a_refused_fill_hears_once_it_would_be_granted(self) -> None:
+        assert set(self.table.fillers) == self.unfilled
+        for (_, key), (caps, minimum) in self.table.fillers.items():
+            assert self.table.blocking_fill_limit(key, caps, minimum) is not None
+
 
 TestSlotTable = SlotTableMachine.TestCase
 TestSlotTable.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
@@ -214,14 +235,14 @@ def test_equal_loads_keep_the_servers_where_they_are() -> None:
 
 def test_a_full_pool_queues_then_grants_oldest_first_and_asks_the_holder_for_room() -> None:
     table, key, caps = SlotTable(), ("db", "u"), (2, 0, 0)
-    assert table.ask(1, Ask(1, *key, *caps, True)) == [(1, Granted(1, *key))]
-    assert table.ask(1, Ask(2, *key, *caps, True)) == [(1, Granted(2, *key))]
-    out = table.ask(2, Ask(3, *key, *caps, True))
+    assert table.ask(1, Ask(1, *key, *caps, 0, True)) == [(1, Granted(1, *key))]
+    assert table.ask(1, Ask(2, *key, *caps, 0, True)) == [(1, Granted(2, *key))]
+    out = table.ask(2, Ask(3, *key, *caps, 0, True))
     assert out[0] == (2, Queued(3, "pool_size"))
     # Worker 1 holds both: it is asked to come down to its fair share, keeping one.
     assert out[1:] == [(1, Shrink("pool_size", "db", "u", 1,
                                   "evicted for another worker: pool_size reached", False))]
-    table.ask(2, Ask(4, *key, *caps, True))
+    table.ask(2, Ask(4, *key, *caps, 0, True))
     assert table.release(1, key)[0] == (2, Granted(3, *key))
     assert table.worker_gone(1)[0] == (2, Granted(4, *key))
 
@@ -229,26 +250,61 @@ def test_a_full_pool_queues_then_grants_oldest_first_and_asks_the_holder_for_roo
 def test_a_lowered_limit_has_every_holder_shrink_to_its_share() -> None:
     table, key = SlotTable(), ("db", "u")
     for worker, request in ((1, 1), (1, 2), (2, 3), (2, 4)):
-        table.ask(worker, Ask(request, *key, 4, 0, 0, True))
+        table.ask(worker, Ask(request, *key, 4, 0, 0, 0, True))
     out = table.announce(1, Announce(*key, 2, 0, 0))
     assert [(worker, message.target) for worker, message in out] == [(1, 1), (2, 1)]
     assert all(message.forced for _, message in out)
 
 
+def test_min_pool_size_is_kept_by_the_workers_together_and_refilled_when_one_dies() -> None:
+    table, key, caps = SlotTable(), ("db", "u"), (10, 0, 0)
+    assert table.ask(1, Ask(1, *key, *caps, 2, False)) == [(1, Granted(1, *key))]
+    assert table.ask(2, Ask(2, *key, *caps, 2, False)) == [(2, Granted(2, *key))]
+    assert table.ask(2, Ask(3, *key, *caps, 2, False)) == [(2, Queued(3, "min_pool_size"))]
+    assert table.ask(1, Ask(4, *key, *caps, 2, False)) == [(1, Queued(4, "min_pool_size"))]
+    assert table.ask(1, Ask(5, *key, *caps, 2, True)) == [(1, Granted(5, *key))]  # a client's
+    assert table.release(1, key) == []  # still 2: nobody asks again
+    assert table.worker_gone(1) == [(2, Refill(*key))]
+
+
 # -- the shared client count -------------------------------------------------------------------
 
-def test_the_client_count_holds_across_workers_and_a_dead_workers_goes(tmp_path: Path) -> None:
+DB, USER = ("database", "db1"), ("user", "u1")
+
+
+def test_client_counts_hold_across_workers_per_scope_and_a_dead_workers_go(tmp_path: Path
+                                                                           ) -> None:
     path = client_count.create(str(tmp_path), 2)
     first, second = client_count.ClientCount(path, 1), client_count.ClientCount(path, 2)
-    assert first.admit(2, 3)
-    assert not second.admit(2, 3)  # 2 + 2 > 3
-    assert second.admit(1, 3) and first.total() == 3
-    first.set(1)
-    assert second.admit(2, 3)
+    assert first.admit("a", [(ALL, 3), (DB, 2), (USER, 0)]) is None
+    assert second.admit("b", [(ALL, 3), (DB, 2), (USER, 0)]) is None
+    assert second.admit("c", [(ALL, 3), (DB, 2), (USER, 0)]) == DB  # 2 clients of db1 already
+    assert second.admit("c", [(ALL, 3), (("database", "db2"), 2), (USER, 0)]) is None
+    assert first.admit("d", [(ALL, 3)]) == ALL  # a refused client counted nowhere: still 3
+    first.leave("a")
+    first.leave("a")  # (twice, or never admitted: nothing)
+    assert first.admit("d", [(ALL, 3), (DB, 2), (USER, 2)]) == USER  # b and c are u1's
     client_count.reset(path, 2)
-    assert first.total() == 1 and first.admit(3, 3)
-    assert second.admit(5, 0)  # 0: no limit, but the count is kept
-    assert first.total() == 8
+    assert first.admit("d", [(ALL, 1), (DB, 1), (USER, 1)]) is None
+    first.close()
+    second.close()
+
+
+def test_the_client_table_grows_and_forgets_scopes_nobody_is_in(tmp_path: Path) -> None:
+    path = client_count.create(str(tmp_path), 2)
+    first, second = client_count.ClientCount(path, 1), client_count.ClientCount(path, 2)
+    size = os.path.getsize(path)
+    for number in range(3000):  # more scopes than the table has entries at first
+        assert first.admit(number, [(("user", f"u{number}"), 1)]) is None
+    assert os.path.getsize(path) > size
+    assert second.admit("x", [(("user", "u2999"), 1)]) == ("user", "u2999")  # mapped anew
+    for number in range(3000):
+        first.leave(number)
+    grown = os.path.getsize(path)
+    for number in range(3000, 30000):  # one at a time: entries are reused, or rebuilt
+        assert second.admit(number, [(("user", f"u{number}"), 1)]) is None
+        second.leave(number)
+    assert os.path.getsize(path) == grown
     first.close()
     second.close()
 
@@ -286,7 +342,7 @@ def worker_end() -> Iterator[Tuple[Any, Supervisor]]:
 
 def fake_pool(waiters: int = 1) -> Any:
     limits = SimpleNamespace(query_wait_timeout=lambda: 0.2, max_db_connections=lambda: 5,
-                             max_user_connections=lambda: 0)
+                             max_user_connections=lambda: 0, min_pool_size=lambda: 1)
     return SimpleNamespace(database=SimpleNamespace(name="db"), user=SimpleNamespace(name="u"),
                            limits=limits, size=2, reserve=1, reserve_due=lambda: False,
                            waiters=[object()] * waiters, blocked_by=None)
@@ -298,7 +354,7 @@ def test_a_worker_asks_with_its_limits_and_opens_once_granted(worker_end) -> Non
     asking = gevent.spawn(client.acquire, fake_pool())
     gevent.sleep(0.01)
     ask = supervisor.receive()
-    assert ask == Ask(ask.request, "db", "u", 2, 5, 0, True)
+    assert ask == Ask(ask.request, "db", "u", 2, 5, 0, 1, True)
     supervisor.send(Granted(ask.request, "db", "u"))
     assert asking.get(timeout=2) is True
 
@@ -329,3 +385,20 @@ def test_without_the_supervisor_a_worker_keeps_serving(worker_end) -> None:
     gevent.sleep(0.01)
     supervisor.sock.close()
     assert asking.get(timeout=2) is True and client.lost
+
+
+def test_a_refused_fill_is_final_and_the_pool_waits_for_a_refill(worker_end) -> None:
+    import gevent
+    client, supervisor = worker_end
+    pool = fake_pool(waiters=0)
+    asking = gevent.spawn(client.acquire, pool)
+    gevent.sleep(0.01)
+    ask = supervisor.receive()
+    assert ask == Ask(ask.request, "db", "u", 2, 5, 0, 1, False)
+    pool.waiters.append(object())  # a client came meanwhile: its pool asks for it anew
+    supervisor.send(Queued(ask.request, "min_pool_size"))
+    assert asking.get(timeout=2) is False and not client.may_fill(pool)
+    assert supervisor.receive() == Cancel(ask.request)
+    supervisor.send(Refill("db", "u"))
+    gevent.sleep(0.05)
+    assert client.may_fill(pool)
