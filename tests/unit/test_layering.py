@@ -126,7 +126,7 @@ def test_the_daemon_never_imports_the_testing_package(module: str) -> None:
 
 #: What a plugin may import of bouncer when it runs (bouncer-plugins(7), THE PLUGIN API).
 PLUGIN_API = ("bouncer", "bouncer.plugin", "bouncer.plugin.context", "bouncer.admin",
-              "bouncer.admin.commands")
+              "bouncer.admin.commands", "bouncer.admin.merge")
 
 
 def plugin_sources() -> Iterator[str]:

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 
-from bouncer.admin import grammar
 from bouncer.admin.commands import Result, columns, on_every_worker, show, stats_allowed
 from bouncer.admin.merge import keyed, total
+from bouncer.plugin import Refusal
 
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.plugin.context import PluginContext
@@ -45,7 +45,8 @@ def console_command(get_registry: Callable[[], Optional[CollectorRegistry]]
     @stats_allowed
     @on_every_worker(keyed(3, [total]))
     def show_samples(console: Any, args: str) -> Result:
-        grammar.no_arguments(args)
+        if args.strip():
+            raise Refusal(f"SHOW {COMMAND} takes no arguments")
         return show(SAMPLE_COLUMNS, sample_rows(get_registry()))
     return show_samples
 
