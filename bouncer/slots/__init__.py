@@ -18,8 +18,10 @@ When requests wait on a scope (a pool, a database, a user), the supervisor asks 
 holding more than a max-min fair share of it to come down to that share: idle servers close at
 once, busy ones when they are released.  Without that, servers a worker keeps (pooled between
 transactions, they never close on their own) would starve clients that the kernel sent to
-another worker.  PgBouncer, for ``max_db_connections``, closes an idle server of another pool;
-this is the same across processes.  A limit lowered on one worker (SET POOL, SET USER, RELOAD)
+another worker.  A limit below one server per worker makes the shares 0; the slot left then
+goes to a worker that holds none, so a pool of one server passes between two workers (a new
+login each time) instead of staying with the first.  PgBouncer, for ``max_db_connections``,
+closes an idle server of another pool; this is the same across processes.  A limit lowered on one worker (SET POOL, SET USER, RELOAD)
 is announced, and the supervisor has every worker shrink to its fair share of it.
 
 ``min_pool_size`` holds for the pooler, as in one process: a pool keeps that many servers

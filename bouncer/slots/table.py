@@ -59,8 +59,10 @@ def fair_shares(demands: Dict[Worker, int], cap: int,
                 held: Optional[Dict[Worker, int]] = None) -> Dict[Worker, int]:
     """Max-min fair split of *cap* slots among workers wanting *demands*: nobody gets more
     than it wants, the shares sum to at most *cap*, all get the same level where they want
-    that much, and the few slots left above that level go to the workers *held* most now, so
-    that two equally loaded workers do not trade a server back and forth."""
+    that much, and the few slots left above that level go first to a worker that holds none
+    (below one slot a worker each, the level is 0: a server another worker keeps, idle
+    perhaps, would otherwise never come to its clients), then to the workers *held* most now,
+    so that two equally loaded workers do not trade a server back and forth."""
     level = 0
     while (level < max(demands.values(), default=0)
            and sum(min(demand, level + 1) for demand in demands.values()) <= cap):
@@ -68,7 +70,8 @@ def fair_shares(demands: Dict[Worker, int], cap: int,
     shares = {worker: min(demand, level) for worker, demand in demands.items()}
     left = cap - sum(shares.values())
     holding = held or {}
-    for worker in sorted(demands, key=lambda w: (-holding.get(w, 0), -demands[w], w)):
+    for worker in sorted(demands, key=lambda w: (holding.get(w, 0) > 0, -holding.get(w, 0),
+                                                 -demands[w], w)):
         if left and shares[worker] < demands[worker]:
             shares[worker] += 1
             left -= 1

@@ -300,3 +300,20 @@ def test_a_client_waiting_for_another_workers_server_gets_query_wait_timeout(sta
     assert error is not None and "query_wait_timeout" in error["M"], error
     assert 1.5 < time.monotonic() - started < 5
     holder.leave()
+
+
+def test_a_pool_of_one_server_serves_the_clients_of_both_workers(start, pg) -> None:
+    """pool_size below the number of workers: the server worker 1 keeps between its
+    transactions goes to worker 2's waiting client, which would otherwise wait until it
+    timed out (query_wait_timeout), and back again."""
+    bouncer = start(pool_mode="transaction", default_pool_size=1, query_wait_timeout=10)
+    directory = private_dir(bouncer)
+    for _ in range(2):
+        for index in (1, 2):
+            sock, _ = pgwire.open_session(directory, index, "md5user", "md5pass")
+            sock.settimeout(8)
+            started = time.monotonic()
+            assert pgwire.first_error(pgwire.run_query(sock, "SELECT 1")) is None
+            assert time.monotonic() - started < 5, f"worker {index} waited for the server"
+            sock.close()
+    assert servers(pg, ["md5user"]) <= 1

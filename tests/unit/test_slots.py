@@ -233,6 +233,13 @@ def test_equal_loads_keep_the_servers_where_they_are() -> None:
     assert fair_shares({1: 4, 2: 2}, 3, held={1: 2, 2: 1}) == {1: 2, 2: 1}
 
 
+def test_below_a_slot_per_worker_the_one_left_goes_to_a_worker_holding_none() -> None:
+    # pool_size 1, two workers: the server worker 1 keeps (idle between its transactions)
+    # goes to worker 2's waiting client instead of starving it.
+    assert fair_shares({1: 1, 2: 1}, 1, held={1: 1}) == {1: 0, 2: 1}
+    assert fair_shares({1: 2, 2: 1, 3: 1}, 2, held={1: 2}) == {1: 0, 2: 1, 3: 1}
+
+
 def test_a_full_pool_queues_then_grants_oldest_first_and_asks_the_holder_for_room() -> None:
     table, key, caps = SlotTable(), ("db", "u"), (2, 0, 0)
     assert table.ask(1, Ask(1, *key, *caps, 0, True)) == [(1, Granted(1, *key))]
