@@ -1,6 +1,7 @@
 """``workers``: the setting, and how a worker's configuration and peers are made."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 from pathlib import Path
@@ -94,3 +95,29 @@ def test_a_worker_numbers_its_sockets_apart_from_the_others() -> None:
         assert [session.next_socket_id() for _ in range(3)] == [2, 5, 8]
     finally:
         session._socket_ids = saved
+
+
+def test_a_starting_worker_receives_its_clients_and_changes_over_its_line() -> None:
+    """What the supervisor sends (send_start) is what the worker reads (receive_start): each
+    client's row with a working descriptor, then the journal, in order."""
+    import socket
+    from bouncer.admin.journal import KEPT, UNTIL_RELOAD, Change
+    from bouncer.session.handover import client_row
+    from bouncer.takeover import TakenClient
+    from bouncer.worker import send_start
+    from tests.unit.test_handover import as_received, fake_client
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    client_end, pooler_end = socket.socketpair()
+    row = as_received(client_row(fake_client()))
+    changes = [Change(UNTIL_RELOAD, "SET query_wait_timeout = 9", "admin", True),
+               Change(KEPT, "DISABLE bench", "admin", True)]
+    with ours, theirs, client_end, pooler_end:
+        ours.send(b"j{not json")  # a record the worker cannot read is dropped, with a warning
+        send_start(ours, [TakenClient(pooler_end, row, None)], changes)  # type: ignore[arg-type]
+        worker = dataclasses.replace(spec(1), ready_fd=theirs.fileno())
+        start = worker.receive_start()
+        (sock, state), = start.clients
+        assert start.changes == changes and state.user == "scramuser"
+        with sock:
+            sock.sendall(b"ping")
+            assert client_end.recv(4) == b"ping"
