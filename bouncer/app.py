@@ -374,9 +374,20 @@ class App:
                          "server" if mode == "wait_for_servers" else "client")
         self._exit()
 
+    def admits_login(self, unix: bool) -> bool:
+        """Whether a client that logs in now may stay: yes unless a shutdown is under way.
+        A shutdown that waits for the clients lets TCP clients finish their login too: the
+        TCP listeners are closed, so each was accepted before, or from a listener's queue as
+        it closed, and a rolling restart loses none of them (PgBouncer refuses them).  The
+        unix socket stays open for the admin console only."""
+        if self.shutdown_mode is None:
+            return True
+        return self.shutdown_mode == "wait_for_clients" and not unix
+
     def _shutdown_done(self, mode: str) -> bool:
-        if mode == "wait_for_clients":
-            return not any(client.logged_in and not client.is_admin for client in self.clients)
+        if mode == "wait_for_clients":  # a TCP client logging in is waited for (above)
+            return not any(not client.is_admin and (client.logged_in or not client.unix)
+                           for client in self.clients)
         return not any(pool.active for pool in self.registry.pools())
 
     def _exit(self) -> None:

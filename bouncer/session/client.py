@@ -388,7 +388,7 @@ class ClientSession:
                 f'database "{self.database}" is disabled', sqlstate.CONNECTION_FAILURE,
                 hint=f"an admin ran DISABLE {self.database} (or its [databases] line was "
                      f"removed); ENABLE {self.database} on the admin console lets clients in")
-        if self.app.shutdown_mode is not None:
+        if not self.app.admits_login(self.unix):
             raise ClientError("pooler is shutting down", sqlstate.CANNOT_CONNECT_NOW,
                               hint="connect to the pooler that replaces this one")
         self.db = db

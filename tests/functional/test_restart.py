@@ -109,6 +109,23 @@ def test_rolling_restart_under_load_loses_nothing(pg, bouncer_factory, workers) 
     assert new.alive
 
 
+def test_a_waiting_shutdown_lets_an_accepted_tcp_client_log_in(pg, bouncer_factory) -> None:
+    """A client accepted before SIGTERM (or from the listener's queue as it closes) that logs
+    in afterwards is served, not told "pooler is shutting down": in a rolling restart it
+    reached the old process before the new one could take it."""
+    bouncer = bouncer_factory(common_ini(pg, tcp_defer_accept=0))  # accepted before it speaks
+    sock = pgwire.connect(bouncer.host, bouncer.port)
+    time.sleep(0.3)
+    bouncer.signal(signal.SIGTERM)
+    bouncer.wait_for_log(r"shutting down \(wait for clients\)")
+    sock.sendall(pgwire.startup({"user": "md5user", "database": "testdb"}))
+    assert pgwire.first_error(pgwire.login(sock, "md5user", "md5pass")) is None
+    assert pgwire.first_error(pgwire.run_query(sock, "SELECT 1")) is None
+    assert bouncer.alive, "the shutdown waits for it"
+    sock.close()
+    assert bouncer.wait(10) == 0
+
+
 def test_sigterm_keeps_serving_an_open_client_until_it_leaves(pg, bouncer_factory) -> None:
     bouncer = bouncer_factory(common_ini(pg, pool_mode="transaction"))
     conn = bouncer.connect()
