@@ -5,14 +5,14 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Tuple
 
 import gevent
 
 from bouncer.config.sections import ADMIN_DATABASE
 from bouncer.errors import ClientError
 from bouncer.pool.limits import database_min_pool_size
-from bouncer.pool.stats import stats_line
+from bouncer.pool.stats import averages, counted_from, grand_totals, stats_line
 from bouncer.proto.constants import TXN_IDLE
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -45,6 +45,8 @@ class Janitor:
         self.app = app
         self.greenlet: Optional[gevent.Greenlet] = None
         self.period_start = time.monotonic()
+        #: With workers, the first worker's last look at the whole pooler's totals.
+        self._pooler_totals: Optional[Tuple[int, ...]] = None
 
     def start(self) -> None:
         self.greenlet = gevent.spawn(self._run)
@@ -140,9 +142,24 @@ class Janitor:
         self.period_start = time.monotonic()
         totals = [(db.name, db.stats) for db in self.app.registry.databases.values()]
         totals.append((ADMIN_DATABASE, self.app.admin_stats))
-        line = stats_line(self.app.stats_period.roll(totals, elapsed))
+        values = self.app.stats_period.roll(totals, elapsed)
+        worker = self.app.worker
+        if worker is None:
+            self._report(stats_line(values))
+        elif worker.index == 1:  # one line for the whole pooler, as one process writes
+            gevent.spawn(self._report_for_the_pooler, elapsed)  # (it asks the others)
+
+    def _report_for_the_pooler(self, elapsed: float) -> None:
+        """With workers: the stats line of every worker's traffic together, from the pooler's
+        totals now and at the last period (none the first time: no line then)."""
+        new = grand_totals(self.app.plugin_context.show("STATS_TOTALS"))
+        old, self._pooler_totals = self._pooler_totals, new
+        if old is not None:
+            self._report(stats_line(averages(counted_from(old, new), new, elapsed)))
+
+    def _report(self, line: str) -> None:
         self.app.notify_status(line)
-        if config.log_stats:
+        if self.app.config.log_stats:
             log.info("%s", line)
 
 

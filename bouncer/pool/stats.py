@@ -5,7 +5,7 @@ they must cost no more than an attribute increment.  Times are in microseconds, 
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Tuple
 
 #: SHOW STATS_TOTALS column names, in PgBouncer's order (after ``database``).
 FIELDS = ("server_assignment_count", "xact_count", "query_count", "bytes_received",
@@ -62,6 +62,17 @@ def averages(old: Tuple[int, ...], new: Tuple[int, ...], seconds: float) -> Dict
         count = delta[count_field]
         result[time_field] = delta[time_field] // count if count else 0
     return result
+
+
+def grand_totals(rows: Iterable[Mapping[str, Any]]) -> Tuple[int, ...]:
+    """SHOW STATS_TOTALS rows (one per database) added up, in :data:`FIELDS` order."""
+    return tuple(sum(int(row[name]) for row in rows) for name in FIELDS)
+
+
+def counted_from(old: Tuple[int, ...], new: Tuple[int, ...]) -> Tuple[int, ...]:
+    """*old* totals as the start of a period ending at *new*; a count that went down (a
+    worker restarted from zero) counts from zero."""
+    return tuple(before if before <= now else 0 for before, now in zip(old, new))
 
 
 def stats_line(avg: Dict[str, int]) -> str:

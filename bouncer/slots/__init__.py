@@ -21,8 +21,9 @@ transactions, they never close on their own) would starve clients that the kerne
 another worker.  A limit below one server per worker makes the shares 0; the slot left then
 goes to a worker that holds none, so a pool of one server passes between two workers (a new
 login each time) instead of staying with the first.  PgBouncer, for ``max_db_connections``,
-closes an idle server of another pool; this is the same across processes.  A limit lowered on one worker (SET POOL, SET USER, RELOAD)
-is announced, and the supervisor has every worker shrink to its fair share of it.
+closes an idle server of another pool; this is the same across processes.  A limit lowered
+on one worker (SET POOL, SET USER, RELOAD) is announced, and the supervisor has every worker
+shrink to its fair share of it.
 
 ``min_pool_size`` holds for the pooler, as in one process: a pool keeps that many servers
 across the workers together, not that many in each (N times the connections PostgreSQL is

@@ -119,3 +119,14 @@ def test_an_action_a_worker_missed_is_an_error_naming_it() -> None:
     assert raised.value.message == ("not done in every worker: worker 2 did not answer: "
                                     "no reply within 5 s")
     assert raised.value.detail == "done in worker 1"
+
+
+def test_the_poolers_stats_line_counts_every_database_and_a_restart_from_zero() -> None:
+    from bouncer.pool.stats import FIELDS, averages, counted_from, grand_totals
+    rows = [{name: 10 for name in FIELDS}, {name: "5" for name in FIELDS}]  # numeric text too
+    assert grand_totals(rows) == (15,) * len(FIELDS)
+    old, new = (100, 40) + (0,) * (len(FIELDS) - 2), (160, 10) + (0,) * (len(FIELDS) - 2)
+    start = counted_from(old, new)  # the second count fell: a worker restarted from zero
+    assert start[:2] == (100, 0)
+    rates = averages(start, new, 2.0)
+    assert (rates[FIELDS[0]], rates[FIELDS[1]]) == (30, 5)
