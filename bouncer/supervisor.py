@@ -5,9 +5,11 @@ It binds the listening sockets once (or takes them over from the running pooler,
 serving the inherited sockets (see :mod:`bouncer.worker`).  It passes the signals on to every
 worker, restarts a worker that dies, and exits once they have all exited after a shutdown.
 Everything waits on events (a child's exit, a signal, a worker's ready byte): no polling.
-Each worker has a line to the supervisor (:attr:`bouncer.worker.WorkerSpec.ready_fd`): the
-clients an online restart took over for it, then its ready byte, and later whether it handed
-the listening sockets to a new pooler (then the socket file is no longer ours to remove).
+Each worker has a line to the supervisor (:attr:`bouncer.worker.WorkerSpec.ready_fd`): down
+it go the clients an online restart took over for it and the runtime changes to replay
+(:mod:`bouncer.admin.journal`); up it come its ready byte, the runtime changes made on its
+console, and whether it handed the listening sockets to a new pooler (then the socket file is
+no longer ours to remove).
 
 Only the supervisor does what must happen once per pooler: binding, the pidfile, sd_notify
 and removing the unix socket file.  Each worker runs its own janitor, since it keeps the
@@ -39,7 +41,7 @@ from bouncer.net.listener import bind, remove_socket_file, unix_socket
 from bouncer.signals import SHUTDOWN_SIGNALS
 from bouncer.proto.cancel_key import key_peer
 from bouncer.slots.arbiter import Arbiter
-from bouncer.takeover import RunningBouncer, TakenClient, log_taken
+from bouncer.takeover import RunningBouncer, TakenClient, TakeoverError, log_taken
 from bouncer.worker import CHANGE, ENV, HANDED_OVER, WorkerSpec, send_start
 
 log = logging.getLogger(__name__)
@@ -174,7 +176,10 @@ class Supervisor:
         """Once every worker serves, the old pooler may go; if they do not, it serves on."""
         self._running = None
         if self.all_serving.wait(TAKEOVER_TIMEOUT):
-            running.shut_down()
+            try:
+                running.shut_down()
+            except (OSError, TakeoverError) as exc:  # it went away already: nothing to undo
+                log.warning("online restart: SHUTDOWN of the running pooler: %s", exc)
             return
         running.abandon()
         log.critical("online restart: the workers did not all serve within %g s; the running "
