@@ -24,6 +24,9 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
+from bouncer.admin.commands import Asker
+from bouncer.admin.worker_channel import run_here_only
+
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.app import App
 
@@ -100,8 +103,6 @@ class Journal:
 
 def replay(app: "App", changes: List[Change]) -> None:
     """Run *changes* in this worker only, as their console users gave them."""
-    from bouncer.admin.commands import Asker
-    from bouncer.admin.worker_channel import run_here_only
     failed = 0
     for change in changes:
         message, _ = run_here_only(app, change.command, Asker(change.user, change.admin))
