@@ -219,7 +219,14 @@ class ClientSession:
         if self.link is not None:  # it knows which greenlet serves the client (maybe none)
             self.link.throw(exc)
         else:
-            greenlet.kill(exc, block=False)
+            gevent.get_hub().loop.run_callback(self._throw_due, greenlet, exc)
+
+    def _throw_due(self, greenlet: Any, exc: Exception) -> None:
+        """In the hub, when *exc* is due: only if *greenlet* still serves this client.  It is
+        a spare one (:mod:`bouncer.net.greenlets`): by now the session may be over and the
+        greenlet parked for the next one, as a finished Greenlet would ignore its kill."""
+        if greenlet is self.greenlet and self in self.app.clients:
+            greenlet.throw(exc)
 
     def _cleanup(self) -> None:
         relay.unlink_on_exit(self)
