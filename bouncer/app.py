@@ -175,7 +175,7 @@ class App:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 self.tune_socket(sock)
             client = ClientSession(self, sock, address, unix)
-        except Exception:  # the peer has gone already (setsockopt, getsockname), or a bug
+        except Exception:  # the peer has gone already (setsockopt), or a bug
             sock.close()
             raise
         self.clients.add(client)

@@ -51,8 +51,8 @@ class ClientSession:
 
     # Slots, because there is one of these per client and more than 30 attributes: past
     # that, Python gives each instance a dict of its own (about 1.5 KB of an idle client).
-    __slots__ = ("app", "id", "sock", "engine", "unix", "addr", "port", "local_addr",
-                 "local_port", "user", "database", "params", "vars", "application_name", "tls",
+    __slots__ = ("app", "id", "sock", "engine", "unix", "addr", "port", "_local", "user",
+                 "database", "params", "vars", "application_name", "tls",
                  "peer_cert", "peer_pid", "peer_uid", "connect_time", "request_time", "db",
                  "pool", "server", "link", "logged_in", "is_admin", "wait_time_us",
                  "cancel_key", "close_reason", "closing_logged", "greenlet", "credentials",
@@ -72,7 +72,7 @@ class ClientSession:
         self.addr: str
         self.port: int
         self.addr, self.port = ("unix", 0) if unix else (addr[0], addr[1])
-        self.local_addr, self.local_port = self._local_address(sock, unix)
+        self._local: Optional[Tuple[str, int]] = ("unix", 0) if unix else None
         self.user = "(nouser)"
         self.database = "(nodb)"
         self.params: Dict[str, str] = {}
@@ -106,12 +106,22 @@ class ClientSession:
         self.handed_over = False
         self._info: Optional[ClientInfo] = None
 
-    @staticmethod
-    def _local_address(sock: socket.socket, unix: bool) -> Tuple[str, int]:
-        if unix:
-            return ("unix", 0)
-        local = sock.getsockname()
-        return (local[0], local[1])
+    @property
+    def local_addr(self) -> str:
+        return self._local_address()[0]
+
+    @property
+    def local_port(self) -> int:
+        return self._local_address()[1]
+
+    def _local_address(self) -> Tuple[str, int]:
+        """The address the client connected to, asked of the socket the first time it is
+        shown (SHOW CLIENTS): a login does without it, and a connection storm counts every
+        system call."""
+        if self._local is None:
+            local = self.sock.getsockname()
+            self._local = (local[0], local[1])
+        return self._local
 
     @property
     def prefix(self) -> str:
