@@ -46,6 +46,14 @@ _AUTHENTICATION_OK = backend.authentication(0)
 _READY_IDLE = backend.ready_for_query(TXN_IDLE)
 
 
+class LoginTimeout(ClientError):
+    """client_login_timeout expired.  A class for gevent.Timeout to raise: the error is made
+    only when a login does time out, not for every login."""
+
+    def __init__(self) -> None:
+        super().__init__("client_login_timeout", sqlstate.PROTOCOL_VIOLATION)
+
+
 class ClientSession:
     """State of one client connection (shown by SHOW CLIENTS)."""
 
@@ -279,9 +287,7 @@ class ClientSession:
 
     def _login(self) -> bool:
         """Everything up to ReadyForQuery; False when the connection was only a cancel."""
-        timeout = self.app.config.client_login_timeout or None
-        expired = ClientError("client_login_timeout", sqlstate.PROTOCOL_VIOLATION)
-        with gevent.Timeout(timeout, expired):
+        with gevent.Timeout(self.app.config.client_login_timeout or None, LoginTimeout):
             startup = self._read_startup()
             if startup is None:
                 return False
@@ -428,7 +434,7 @@ class ClientSession:
         else:
             if pool.welcome_params is None:
                 relay.fetch_welcome_params(self)
-            welcome = cast(Dict[str, str], pool.welcome_params)  # set by the line above
+            welcome = cast("Dict[str, str]", pool.welcome_params)  # set by the line above
         tracked = tracked_names(self.app.config.track_extra_parameters).values()
         params = dict(welcome)
         params.update(self.params)
