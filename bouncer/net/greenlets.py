@@ -43,5 +43,6 @@ def _serve(function: Callable[..., Any], args: Tuple[Any, ...]) -> None:
             hub.handle_error(me, *sys.exc_info())
         if len(_spare) >= SPARE_GREENLETS:
             return
+        del function, args  # parked, it holds nothing of the client it served
         _spare.append(me)
         function, args = hub.switch()
