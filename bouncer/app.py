@@ -12,7 +12,6 @@ import time
 from typing import Any, List, NamedTuple, Optional, Set, Tuple
 
 import gevent
-from gevent.pool import Group
 
 from bouncer import VERSION_STRING
 from bouncer.admin.worker_channel import WorkerChannel
@@ -23,6 +22,7 @@ from bouncer.config.validate import validate
 from bouncer.errors import ConfigError
 from bouncer.log import LogSetup
 from bouncer.net.dns import Resolver
+from bouncer.net.greenlets import spawn
 from bouncer.net.listener import Listeners
 from bouncer.net.stream import ConnectionLost, send_all
 from bouncer.net.tls import TlsSettings, describe_connection, servers_need_reconnect
@@ -119,8 +119,7 @@ class App:
         self.clients: Set[ClientSession] = set()
         #: Clients listed in SHOW FDS, parked until SHUTDOWN (or RESUME: no takeover).
         self.handing_over: List[ClientSession] = []
-        self.group = Group()
-        self.listeners = Listeners(self._handle_connection, self.group)
+        self.listeners = Listeners(self._handle_connection)
         self.janitor = Janitor(self)
         self.start_time = time.time()
         self.paused = False
@@ -176,7 +175,7 @@ class App:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 self.tune_socket(sock)
             client = ClientSession(self, sock, address, unix)
-        except Exception:  # the peer has gone already (setsockopt, getsockname), or a bug
+        except Exception:  # the peer has gone already (setsockopt), or a bug
             sock.close()
             raise
         self.clients.add(client)
@@ -192,7 +191,7 @@ class App:
     def serve_handed_over(self, clients: List[Tuple[socket.socket, HandedOver]]) -> None:
         """Serve the clients an online restart took over, each in its own greenlet."""
         for sock, state in clients:
-            self.group.spawn(self._serve_handed_over, sock, state)
+            spawn(self._serve_handed_over, sock, state)
 
     def _serve_handed_over(self, sock: socket.socket, state: HandedOver) -> None:
         unix = sock.family == socket.AF_UNIX

@@ -1,9 +1,10 @@
 """Listening sockets: one gevent StreamServer per TCP address, plus the unix socket.
 
-Handlers run in an unbounded Group: ``max_client_conn`` is enforced by sending the client a
-PostgreSQL error after accepting it, never by stalling the accept queue.  The handler owns
-the accepted socket and closes it: a client session outlives its first greenlet when it
-sleeps (see :mod:`bouncer.session.relay`).
+Each handler runs in a spare greenlet (:mod:`bouncer.net.greenlets`), as many at once as
+clients come: ``max_client_conn`` is enforced by sending the client a PostgreSQL error after
+accepting it, never by stalling the accept queue.  The handler owns the accepted socket and
+closes it: a client session outlives its first greenlet when it sleeps (see
+:mod:`bouncer.session.relay`).
 """
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ import os
 import socket
 from typing import Any, Callable, List, Optional, Sequence
 
-from gevent.pool import Group
 from gevent.server import StreamServer
 
 from bouncer.errors import ConfigError
+from bouncer.net.greenlets import spawn
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,10 @@ def unix_socket_path(directory: str, port: int) -> str:
 
 
 class _StreamServer(StreamServer):
-    """A StreamServer that leaves the socket open when the handler returns."""
+    """A StreamServer whose handlers run in spare greenlets and close their sockets."""
 
-    def do_close(self, sock: socket.socket, *args: Any) -> None:
-        pass  # the handler closes it (see the module's docstring)
+    def do_handle(self, sock: socket.socket, address: Any) -> None:
+        spawn(self._handle, sock, address)
 
 
 def bind(listen_addr: Sequence[str], port: int, unix_dir: str, unix_mode: int, backlog: int,
@@ -104,9 +105,8 @@ def unix_socket(directory: str, port: int, mode: int, backlog: int,
 class Listeners:
     """All of bouncer's listening sockets."""
 
-    def __init__(self, handle: Callable, group: Group) -> None:
+    def __init__(self, handle: Callable) -> None:
         self._handle = handle
-        self._group = group
         self.servers: List[StreamServer] = []
         #: The sockets we listen on, as we made them (StreamServer keeps only the raw ones).
         self._sockets: List[socket.socket] = []
@@ -137,7 +137,7 @@ class Listeners:
             self._private.extend(sockets)
 
     def _serve(self, sock: socket.socket) -> None:
-        server = _StreamServer(sock, self._handle, spawn=self._group.spawn)
+        server = _StreamServer(sock, self._handle)
         server.start()
         self.servers.append(server)
         self._sockets.append(sock)
@@ -203,7 +203,7 @@ class Listeners:
             except OSError:
                 return  # the queue is empty (or the socket already failed)
             conn.settimeout(None)
-            self._group.spawn(self._handle, conn, address)
+            spawn(self._handle, conn, address)
 
     def handed_over(self) -> None:
         """The sockets now belong to a new process too: leave the socket file to it."""

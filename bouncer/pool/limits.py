@@ -81,7 +81,8 @@ def _update(table: Dict[Any, Dict[str, Any]], name: Any,
 
 def user_value(config: "Config", overrides: Overrides, user: str, key: str) -> Optional[Any]:
     """A ``[users]`` key of *user*: the runtime override, else the ini's, else ``None``."""
-    return first_set(overrides.user_value(user, key), getattr(config.users.get(user), key, None))
+    value = overrides.user_value(user, key)  # (a login reads a dozen: no first_set call here)
+    return value if value is not None else getattr(config.users.get(user), key, None)
 
 
 def user_cap(config: "Config", overrides: Overrides, user: str, key: str) -> int:
@@ -183,19 +184,23 @@ class PoolLimits:
                          self._config().query_wait_timeout)
 
     def query_timeout(self) -> float:
-        return first_set(self._user_value("query_timeout"), self._config().query_timeout)
+        return self._user_or_config("query_timeout")
 
     def idle_transaction_timeout(self) -> float:
-        return first_set(self._user_value("idle_transaction_timeout"),
-                         self._config().idle_transaction_timeout)
+        return self._user_or_config("idle_transaction_timeout")
 
     def transaction_timeout(self) -> float:
-        return first_set(self._user_value("transaction_timeout"),
-                         self._config().transaction_timeout)
+        return self._user_or_config("transaction_timeout")
 
     def client_idle_timeout(self) -> float:
-        return first_set(self._user_value("client_idle_timeout"),
-                         self._config().client_idle_timeout)
+        return self._user_or_config("client_idle_timeout")
+
+    def _user_or_config(self, name: str) -> Any:
+        """The user's *name* (SET USER, then ``[users]``), else the ``[pgbouncer]`` one: read
+        with one look at the configuration, as every client's relay reads four of them."""
+        config = self._config()
+        value = user_value(config, self.overrides, self.user, name)
+        return value if value is not None else getattr(config, name)
 
     def server_lifetime(self) -> float:
         return first_set(self._field(self._db(), "server_lifetime"),

@@ -9,8 +9,9 @@ processes can share one peer group.
 """
 from __future__ import annotations
 
-import secrets
 from typing import NamedTuple, Optional, Tuple
+
+from bouncer.randomness import random_bytes
 
 CancelKey = Tuple[int, int]  # (pid, secret)
 
@@ -32,10 +33,11 @@ class Route(NamedTuple):
 def new_key(peer_id: int) -> CancelKey:
     """A fresh key for a client; with ``peer_id`` 0 (peering off) all its bits are random.
 
-    The secret is what stops strangers cancelling others' queries, hence ``secrets``.  The
-    pid stays positive: pg_basebackup, at least, chokes on a negative one.
+    The secret is what stops strangers cancelling others' queries, hence the OS's secure
+    generator.  The pid stays positive: pg_basebackup, at least, chokes on a negative one.
     """
-    pid, secret = secrets.randbits(31), secrets.randbits(32)
+    drawn = int.from_bytes(random_bytes(8), "little")
+    pid, secret = drawn & 0x7FFFFFFF, drawn >> 32
     if peer_id:
         pid = (pid & ~_PEER_BITS) | _peer_bits(peer_id)
         secret |= TTL_MASK

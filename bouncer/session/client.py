@@ -46,13 +46,21 @@ _AUTHENTICATION_OK = backend.authentication(0)
 _READY_IDLE = backend.ready_for_query(TXN_IDLE)
 
 
+class LoginTimeout(ClientError):
+    """client_login_timeout expired.  A class for gevent.Timeout to raise: the error is made
+    only when a login does time out, not for every login."""
+
+    def __init__(self) -> None:
+        super().__init__("client_login_timeout", sqlstate.PROTOCOL_VIOLATION)
+
+
 class ClientSession:
     """State of one client connection (shown by SHOW CLIENTS)."""
 
     # Slots, because there is one of these per client and more than 30 attributes: past
     # that, Python gives each instance a dict of its own (about 1.5 KB of an idle client).
-    __slots__ = ("app", "id", "sock", "engine", "unix", "addr", "port", "local_addr",
-                 "local_port", "user", "database", "params", "vars", "application_name", "tls",
+    __slots__ = ("app", "id", "sock", "engine", "unix", "addr", "port", "_local", "user",
+                 "database", "params", "vars", "application_name", "tls",
                  "peer_cert", "peer_pid", "peer_uid", "connect_time", "request_time", "db",
                  "pool", "server", "link", "logged_in", "is_admin", "wait_time_us",
                  "cancel_key", "close_reason", "closing_logged", "greenlet", "credentials",
@@ -72,7 +80,7 @@ class ClientSession:
         self.addr: str
         self.port: int
         self.addr, self.port = ("unix", 0) if unix else (addr[0], addr[1])
-        self.local_addr, self.local_port = self._local_address(sock, unix)
+        self._local: Optional[Tuple[str, int]] = ("unix", 0) if unix else None
         self.user = "(nouser)"
         self.database = "(nodb)"
         self.params: Dict[str, str] = {}
@@ -106,12 +114,22 @@ class ClientSession:
         self.handed_over = False
         self._info: Optional[ClientInfo] = None
 
-    @staticmethod
-    def _local_address(sock: socket.socket, unix: bool) -> Tuple[str, int]:
-        if unix:
-            return ("unix", 0)
-        local = sock.getsockname()
-        return (local[0], local[1])
+    @property
+    def local_addr(self) -> str:
+        return self._local_address()[0]
+
+    @property
+    def local_port(self) -> int:
+        return self._local_address()[1]
+
+    def _local_address(self) -> Tuple[str, int]:
+        """The address the client connected to, asked of the socket the first time it is
+        shown (SHOW CLIENTS): a login does without it, and a connection storm counts every
+        system call."""
+        if self._local is None:
+            local = self.sock.getsockname()
+            self._local = (local[0], local[1])
+        return self._local
 
     @property
     def prefix(self) -> str:
@@ -219,7 +237,14 @@ class ClientSession:
         if self.link is not None:  # it knows which greenlet serves the client (maybe none)
             self.link.throw(exc)
         else:
-            greenlet.kill(exc, block=False)
+            gevent.get_hub().loop.run_callback(self._throw_due, greenlet, exc)
+
+    def _throw_due(self, greenlet: Any, exc: Exception) -> None:
+        """In the hub, when *exc* is due: only if *greenlet* still serves this client.  It is
+        a spare one (:mod:`bouncer.net.greenlets`): by now the session may be over and the
+        greenlet parked for the next one, as a finished Greenlet would ignore its kill."""
+        if greenlet is self.greenlet and self in self.app.clients:
+            greenlet.throw(exc)
 
     def _cleanup(self) -> None:
         relay.unlink_on_exit(self)
@@ -262,9 +287,7 @@ class ClientSession:
 
     def _login(self) -> bool:
         """Everything up to ReadyForQuery; False when the connection was only a cancel."""
-        timeout = self.app.config.client_login_timeout or None
-        expired = ClientError("client_login_timeout", sqlstate.PROTOCOL_VIOLATION)
-        with gevent.Timeout(timeout, expired):
+        with gevent.Timeout(self.app.config.client_login_timeout or None, LoginTimeout):
             startup = self._read_startup()
             if startup is None:
                 return False
@@ -411,7 +434,7 @@ class ClientSession:
         else:
             if pool.welcome_params is None:
                 relay.fetch_welcome_params(self)
-            welcome = cast(Dict[str, str], pool.welcome_params)  # set by the line above
+            welcome = cast("Dict[str, str]", pool.welcome_params)  # set by the line above
         tracked = tracked_names(self.app.config.track_extra_parameters).values()
         params = dict(welcome)
         params.update(self.params)

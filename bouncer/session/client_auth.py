@@ -20,6 +20,7 @@ from bouncer.errors import AuthFailed, ClientError
 from bouncer.net.stream import read_message, send_all
 from bouncer.proto import backend, frontend, sqlstate
 from bouncer.proto.constants import AuthCode, Frontend
+from bouncer.randomness import random_bytes
 from bouncer.session.startup_checks import quoted
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -186,7 +187,7 @@ def _check_plain(client: "ClientSession", credentials: Optional[Credentials]) ->
 
 
 def _check_md5(client: "ClientSession", credentials: Optional[Credentials]) -> None:
-    salt = os.urandom(4)
+    salt = random_bytes(4)
     send_all(client.sock, backend.authentication(AuthCode.MD5_PASSWORD, salt))
     response = frontend.parse_password_message(_read_password_message(client)).decode(
         "ascii", "replace")

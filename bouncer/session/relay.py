@@ -16,8 +16,8 @@ its client, so replies never interleave.  No plugin calls and no per-message obj
 A client that waits idle, with no server linked, has no greenlet: a greenlet blocked in a wait
 holds about 7 KiB (its slice of the C stack and a page of Python frames), twice what the rest
 of an idle client costs (bench/README.md, "Memory per idle client"). Its watcher (or timer)
-wakes it in a spare greenlet, which goes back to the spares when the client sleeps again, so
-the wakeup costs one switch, as before.
+wakes it in a spare greenlet (:mod:`bouncer.net.greenlets`), which goes back to the spares
+when the client sleeps again, so the wakeup costs one switch, as before.
 """
 from __future__ import annotations
 
@@ -25,12 +25,12 @@ import contextlib
 import logging
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, NoReturn, Optional, cast
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, NoReturn, Optional, cast
 
 from gevent import get_hub, getcurrent
-from gevent.hub import RawGreenlet  # greenlet.greenlet
 
 from bouncer.errors import ClientError
+from bouncer.net.greenlets import spare_greenlet
 from bouncer.net.stream import ConnectionLost, raw_socket, send_through
 from bouncer.proto import sqlstate
 from bouncer.proto.client_engine import NEED_SERVER
@@ -59,11 +59,6 @@ _view = memoryview(_buffer)
 _CLIENT, _SERVER, _TIMER, _ASLEEP, _THROWN = 1, 2, 3, 4, 5
 _READ = 1  # libev's EV_READ
 
-#: Greenlets that served a woken client and wait for the next one to wake up.
-_spare: List[Any] = []
-#: More than that many at once would hold memory for clients that sleep again: they end.
-SPARE_GREENLETS = 32
-
 
 def serve(client: "ClientSession") -> bool:
     """Forward traffic until the client terminates, its connection ends or it sleeps.
@@ -74,17 +69,6 @@ def serve(client: "ClientSession") -> bool:
     """
     client.link = Link(client)
     return client.link.run()
-
-
-def _serve_woken(link: "Link", source: int) -> None:
-    """The life of a spare greenlet: serve woken clients until there are spares enough."""
-    hub = link.hub
-    while True:
-        link.client.run_woken(link.resume, source)
-        if len(_spare) >= SPARE_GREENLETS:
-            return
-        _spare.append(getcurrent())
-        link, source = hub.switch()
 
 
 def _size_buffer(size: int) -> None:
@@ -160,8 +144,8 @@ class Link:
         #: Listed in SHOW FDS for a new process: nothing more is read or written here.
         self.parked = False
         # Bound once: the watchers call them at every wakeup.
-        self._on_client = self._client_ready
-        self._on_server = self.server_ready
+        self._on_client: Optional[Callable[[], None]] = self._client_ready
+        self._on_server: Optional[Callable[[], None]] = self.server_ready
         #: The client stands between two messages of ours (an error may be sent).
         self.client_at_boundary = True
         self.query_start = 0.0
@@ -198,11 +182,17 @@ class Link:
         return True
 
     def close(self) -> None:
-        """The session is over: its watcher and timers go, and throw() does nothing more."""
+        """The session is over: its watcher and timers go, and throw() does nothing more.
+
+        The references that make the client, its Link and the bound callbacks a cycle go
+        too: reference counting frees a session at once then, where the cycle collector
+        ran every few dozen logins of a connection storm to find each one."""
         self.closed = True
         self.client_watch.close()
         for timer in self._timers.values():
             timer.close()
+        self._on_client = self._on_server = None
+        self.client.link = None
 
     # -- waiting -------------------------------------------------------------------------------
 
@@ -271,9 +261,9 @@ class Link:
         """From the hub: to the greenlet that waits, or a spare one when the client sleeps."""
         greenlet = self.greenlet
         if greenlet is None:
-            greenlet = _spare.pop() if _spare else RawGreenlet(_serve_woken, self.hub)
+            greenlet = spare_greenlet()
             self.client.greenlet = self.greenlet = greenlet
-            greenlet.switch(self, source)
+            greenlet.switch(self.client.run_woken, (self.resume, source))
         else:
             greenlet.switch(source)
 

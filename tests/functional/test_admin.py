@@ -526,6 +526,24 @@ def test_kill_client_drops_only_that_client(bouncer: BouncerProcess) -> None:
         bystander.close()
 
 
+def test_kill_client_reaches_a_client_still_logging_in(bouncer: BouncerProcess) -> None:
+    # Its login runs in a spare greenlet; the kill must reach it there, waiting for the password.
+    sock = pgwire.connect(bouncer.host, bouncer.port)
+    try:
+        sock.sendall(pgwire.startup({"user": "md5user", "database": "bench",
+                                     "application_name": "midlogin"}))
+        kind, payload = pgwire.read_message(sock)
+        assert (kind, pgwire.auth_code(payload)) == (b"R", 5)  # md5: it waits for the password
+        client_id = row_for(bouncer, "SHOW SOCKETS", application_name="midlogin")["id"]
+        admin = console(bouncer)
+        run(admin, f"KILL_CLIENT {client_id}")
+        admin.close()
+        error = pgwire.first_error(pgwire.read_until(sock, b"E"))
+        assert error is not None and error["M"] == "client killed by admin"
+    finally:
+        sock.close()
+
+
 def test_disable_refuses_new_logins_until_enable(bouncer: BouncerProcess) -> None:
     admin = console(bouncer)
     try:

@@ -11,7 +11,7 @@ import socket
 
 import pytest
 
-from bouncer.session.relay import SPARE_GREENLETS
+from bouncer.net.greenlets import SPARE_GREENLETS
 from tests.support import pgwire
 from bouncer.testing.ini import common_ini
 

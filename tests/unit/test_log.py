@@ -4,7 +4,7 @@ import logging
 import os
 import time
 
-from bouncer.log import LineHandler, PgBouncerFormatter
+from bouncer.log import LineHandler, PgBouncerFormatter, _LeanRecord
 
 
 def _record(created: float, message: str = "hello") -> logging.LogRecord:
@@ -51,3 +51,16 @@ def test_a_line_names_this_process_also_after_a_fork():
     os.close(reader)
     os.waitpid(child, 0)
     assert f" [{child}] LOG " in line
+
+
+def test_a_lean_record_has_the_fields_of_logging_s_own_with_the_switches_off(monkeypatch):
+    for switch in ("logThreads", "logProcesses", "logMultiprocessing"):
+        monkeypatch.setattr(logging, switch, False)
+    for args in (("bouncer.x", logging.INFO, "(unknown file)", 0, "a %s", ("b",), None),
+                 ("bouncer.x", logging.ERROR, "/a/mod.py", 7, "%(k)s", ({"k": 1},), None, "f")):
+        ours, theirs = vars(_LeanRecord(*args)), vars(logging.LogRecord(*args))
+        for timed in ("created", "msecs", "relativeCreated"):
+            ours.pop(timed), theirs.pop(timed)
+        ours.pop("taskName")  # (logging's own has it only from Python 3.12 on)
+        theirs.pop("taskName", None)
+        assert ours == theirs
