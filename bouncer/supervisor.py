@@ -4,6 +4,9 @@ It binds the listening sockets once and starts the workers, each a fresh ``pytho
 serving the inherited sockets (see :mod:`bouncer.worker`).  It passes the signals on to every
 worker, restarts a worker that dies, and exits once they have all exited after a shutdown.
 Everything waits on events (a child's exit, a signal, a worker's ready byte): no polling.
+A worker's admin console reaches it with real-time signals (:mod:`bouncer.signals`): a
+SHUTDOWN, which it passes on as it came (the worker that sent it waits for it: then the
+supervisor has stopped), and a RELOAD, for which it only reopens its log file.
 
 Only the supervisor does what must happen once per pooler: binding, the pidfile, sd_notify
 and removing the unix socket file.  Each worker runs its own janitor, since it keeps the
@@ -30,7 +33,8 @@ from bouncer import VERSION_STRING, pidfile, systemd
 from bouncer.config import Config
 from bouncer.log import LogSetup
 from bouncer.net.listener import bind, remove_socket_file, unix_socket
-from bouncer.signals import SHUTDOWN_SIGNALS
+from bouncer.signals import (POOLER_SHUTDOWN_SIGNALS, REOPEN_SUPERVISOR_LOG, SHUTDOWN_SIGNALS,
+                             signal_name)
 from bouncer.slots.arbiter import Arbiter
 from bouncer.worker import ENV, WorkerSpec
 
@@ -66,7 +70,7 @@ def restart_delay(previous: float, ran: float) -> float:
 def status_text(returncode: int) -> str:
     """A child's exit as PgBouncer-style log words."""
     if returncode < 0:
-        return f"was killed by signal {signal.Signals(-returncode).name}"
+        return f"was killed by signal {signal_name(-returncode)}"
     return f"exited with status {returncode}"
 
 
@@ -88,8 +92,9 @@ class Supervisor:
         self._unix_file: Optional[Tuple[str, int]] = None
 
     def install_signals(self) -> None:
-        for signum in (*_SERVING_SIGNALS, *SHUTDOWN_SIGNALS):
+        for signum in (*_SERVING_SIGNALS, *SHUTDOWN_SIGNALS, *POOLER_SHUTDOWN_SIGNALS):
             gevent.signal_handler(signum, self._pass_on, signum)
+        gevent.signal_handler(REOPEN_SUPERVISOR_LOG, self.logs.reopen)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
     def bind(self) -> None:
@@ -164,10 +169,15 @@ class Supervisor:
                                       f"connections on port {self.config.listen_port}")
 
     def _pass_on(self, signum: int) -> None:
-        log.info("got %s, passing it on to the workers", signal.Signals(signum).name)
+        if signum in POOLER_SHUTDOWN_SIGNALS:
+            log.info("a worker's console asked for a shutdown (%s), passing it on to the "
+                     "workers", POOLER_SHUTDOWN_SIGNALS[signum].replace("_", " "))
+        else:
+            log.info("got %s, passing it on to the workers", signal_name(signum))
         if signum == signal.SIGHUP:
             self.logs.reopen()  # logrotate moved the file away from us too
-        if signum in SHUTDOWN_SIGNALS and not self.stopping.is_set():
+        stops = signum in SHUTDOWN_SIGNALS or signum in POOLER_SHUTDOWN_SIGNALS
+        if stops and not self.stopping.is_set():
             systemd.notify("STOPPING=1")
             self.stopping.set()
             # Our copies would keep the sockets listening after the workers closed theirs:

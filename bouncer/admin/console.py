@@ -118,7 +118,7 @@ class Console:
         if self.suspended_pooler and self.app.suspended:
             log.info("admin disappeared when suspended, doing RESUME")
             # SUSPEND suspended every worker: SIGUSR2 resumes them all.
-            if not self.app.signal_all_workers(signal.SIGUSR2):
+            if not self.app.signal_supervisor(signal.SIGUSR2):
                 operations.resume(self.app, None)
 
     def _answer(self, kind: int, payload: bytes) -> None:

@@ -6,23 +6,24 @@ spreads connections.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import stat
 import threading
 import time
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
 from bouncer.admin.worker_channel import control_socket_path
 from bouncer.testing.ini import common_ini
-from bouncer.testing.ports import wait_until
 from bouncer.testing.process import BouncerProcess
 # pooler: a fixture (two workers, both serving)
-from tests.functional.test_workers import (WORKERS, pooler, private_dir, session,  # noqa: F401
-                                           show_config, worker_pids)
+from tests.functional.test_workers import (WORKERS, pooler, private_dir,  # noqa: F401
+                                           refuses_connections, session, show_config,
+                                           worker_pids)
 from tests.support import pgwire
 
 
@@ -203,7 +204,67 @@ def test_reload_of_a_bad_file_is_refused_as_by_one_process(pooler, pg) -> None:
     assert "got SIGHUP" not in pooler.log_text()[since:]  # no worker was asked to reload
     pooler.write_ini(common_ini(pg, workers=2, query_wait_timeout=79))
     console(pooler, 1, "RELOAD")
-    assert wait_until(lambda: show_config(pooler, 2, "query_wait_timeout") == "79", 5)
+    assert show_config(pooler, 2, "query_wait_timeout") == "79"
+
+
+@contextlib.contextmanager
+def stopped(pid: int, seconds: float = 60) -> Iterator[None]:
+    """Process *pid* stopped (SIGSTOP) for *seconds*, or until the block ends: what asks it
+    meanwhile waits for it, or gives up on it."""
+    os.kill(pid, signal.SIGSTOP)
+    timer = threading.Timer(seconds, os.kill, (pid, signal.SIGCONT))
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_reload_replies_once_every_worker_has_reloaded(pooler, pg) -> None:
+    pooler.write_ini(common_ini(pg, workers=2, query_wait_timeout=81))
+    with stopped(pooler.pid):  # nothing can go through the supervisor
+        console(pooler, 1, "RELOAD")
+        assert show_config(pooler, 2, "query_wait_timeout") == "81"
+
+
+def test_reload_names_a_worker_that_did_not_reload(pooler, pg) -> None:
+    pooler.write_ini(common_ini(pg, workers=2, query_wait_timeout=82))
+    with stopped(worker_pids(pooler)[2]):
+        with pytest.raises(Exception, match="not done in every worker: worker 2 did not "
+                                             "answer: no reply within 5 s"):
+            console(pooler, 1, "RELOAD")
+    assert show_config(pooler, 1, "query_wait_timeout") == "82"
+
+
+def test_a_waiting_shutdown_replies_once_nobody_new_gets_in(pooler) -> None:
+    (held,) = clients_on(pooler, {2: 1})
+    started = time.monotonic()
+    with stopped(pooler.pid, seconds=1):  # the reply waits for the supervisor to stop
+        _, _, notices = console(pooler, 1, "SHUTDOWN WAIT_FOR_CLIENTS")
+        assert refuses_connections(pooler) and notices == []
+    assert time.monotonic() - started > 1
+    assert pgwire.first_error(pgwire.run_query(held, "SELECT 1")) is None  # served until it goes
+    assert pooler.alive
+    held.close()
+    assert pooler.wait(10) == 0
+    assert "restarting" not in pooler.log_text()
+
+
+def test_shutdown_replies_once_every_worker_has_stopped(pooler) -> None:
+    with stopped(pooler.pid, seconds=1):
+        console(pooler, 2, "SHUTDOWN")
+        assert refuses_connections(pooler)
+    assert pooler.wait(10) == 0
+    assert "restarting" not in pooler.log_text()
+
+
+def test_a_worker_the_shutdown_missed_is_named_and_still_stops(pooler) -> None:
+    with stopped(worker_pids(pooler)[2]):
+        _, _, notices = console(pooler, 1, "SHUTDOWN WAIT_FOR_SERVERS")
+        assert len(notices) == 1 and ("worker 2 did not answer: no reply within 5 s; the "
+                                      "supervisor passed the shutdown on to it") in notices[0]
+    assert pooler.wait(10) == 0  # once it runs again, as the supervisor passed it on
 
 
 def test_a_killed_worker_does_not_hang_show(pooler) -> None:
