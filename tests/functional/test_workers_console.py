@@ -19,6 +19,7 @@ import pytest
 
 from bouncer.admin.worker_channel import control_socket_path
 from bouncer.testing.ini import common_ini
+from bouncer.testing.ports import wait_until
 from bouncer.testing.process import BouncerProcess
 # pooler: a fixture (two workers, both serving)
 from tests.functional.test_workers import (WORKERS, pooler, private_dir,  # noqa: F401
@@ -180,10 +181,15 @@ def test_set_on_one_worker_holds_in_the_other(pooler) -> None:
     assert user["pool_size"].strip() == "7"
 
 
-def test_a_stats_user_cannot_set_in_another_worker(pg, bouncer_factory) -> None:
-    pooler = bouncer_factory(common_ini(pg, workers=2, stats_users="md5user"))
+def two_workers(bouncer_factory: Any, ini: str) -> BouncerProcess:
+    pooler = bouncer_factory(ini)
     for index in WORKERS:
         pooler.wait_for_log(rf"worker {index} \(pid \d+\) is serving")
+    return pooler
+
+
+def test_a_stats_user_cannot_set_in_another_worker(pg, bouncer_factory) -> None:
+    pooler = two_workers(bouncer_factory, common_ini(pg, workers=2, stats_users="md5user"))
     with pytest.raises(Exception, match="admin access needed"):
         pooler.admin("SET query_wait_timeout = 93", user="md5user", host=private_dir(pooler),
                      port=1)
@@ -326,3 +332,40 @@ def test_one_worker_has_no_worker_column(pg, bouncer_factory) -> None:
             assert cursor.description[-1].name == "id"
     finally:
         conn.close()
+
+
+def state_of(pooler: BouncerProcess, index: int) -> Dict[str, str]:
+    _, rows, _ = console(pooler, index, "SHOW STATE")
+    return {row["key"]: row["value"] for row in rows}
+
+
+def test_show_state_is_paused_when_any_worker_is(pooler) -> None:
+    worker = worker_pids(pooler)[2]
+    os.kill(worker, signal.SIGUSR1)  # worker 2 alone pauses
+    assert wait_until(lambda: state_of(pooler, 1)["paused"] == "yes", 5)
+    assert state_of(pooler, 1) == {"active": "no", "paused": "yes", "suspended": "no"}
+    os.kill(worker, signal.SIGUSR2)
+    assert wait_until(lambda: state_of(pooler, 1)["active"] == "yes", 5)
+
+
+def test_show_dns_hosts_lists_the_hosts_any_worker_resolved(pg, bouncer_factory) -> None:
+    pooler = two_workers(bouncer_factory, common_ini(pg, workers=2, databases={
+        "byname": f"host=localhost port={pg.port} dbname=testdb"}))
+    sock, _ = pgwire.open_session(private_dir(pooler), 2, "md5user", "md5pass", "byname")
+    sock.close()
+    for index in WORKERS:
+        _, rows, notices = console(pooler, index, "SHOW DNS_HOSTS")
+        assert [row["hostname"] for row in rows] == ["localhost"] and notices == []
+
+
+def test_show_checks_has_the_latest_failure_of_any_worker(pg, bouncer_factory) -> None:
+    pooler = two_workers(bouncer_factory, common_ini(pg, workers=2, databases={
+        "wrongpw": f"host=127.0.0.1 port={pg.port} dbname=testdb user=md5user password=wrong"}))
+    with pytest.raises(AssertionError, match="password authentication failed"):
+        pgwire.open_session(private_dir(pooler), 2, "md5user", "md5pass", "wrongpw")
+    for index in WORKERS:
+        _, rows, _ = console(pooler, index, "SHOW CHECKS")
+        (row,) = [row for row in rows if row["database"] == "wrongpw"]  # worker 1's untried one
+        assert (row["user"], row["status"], row["last_failure_sqlstate"]) == (
+            "md5user", "failing", "28P01")
+        assert row["refusing_for"] > 0
