@@ -110,8 +110,11 @@ class Listeners:
         self.servers: List[StreamServer] = []
         #: The sockets we listen on, as we made them (StreamServer keeps only the raw ones).
         self._sockets: List[socket.socket] = []
+        #: The unix socket file we bound (not one adopted): ours to remove when we close it.
         self.unix_path: Optional[str] = None
         self._unix_inode = 0
+        #: SHOW FDS gave the sockets to a new process: a waiting shutdown keeps none open.
+        self._handed_over = False
 
     def open(self, listen_addr: Sequence[str], port: int, unix_dir: str, unix_mode: int,
              backlog: int, reuseport: bool, unix_group: str = "") -> None:
@@ -169,12 +172,13 @@ class Listeners:
         (Connections the kernel queues during the final microseconds are only saved by
         ``net.ipv4.tcp_migrate_req = 1``.)
 
-        :param keep_unix: keep the unix socket open, unless it was handed over to a new
+        :param keep_unix: keep the unix sockets open, unless they were handed over to a new
             process: a shutdown that waits still lets the admin console in that way, as
-            PgBouncer does.
+            PgBouncer does.  Adopted ones too: a worker's, which the supervisor closes as
+            the shutdown begins, are then the only way in.
         """
         kept = [(server, sock) for server, sock in zip(self.servers, self._sockets)
-                if keep_unix and self.unix_path and sock.family == socket.AF_UNIX]
+                if keep_unix and not self._handed_over and sock.family == socket.AF_UNIX]
         for server, sock in zip(self.servers, self._sockets):
             if (server, sock) not in kept:
                 server.stop_accepting()
@@ -202,6 +206,7 @@ class Listeners:
     def handed_over(self) -> None:
         """The sockets now belong to a new process too: leave the socket file to it."""
         self.unix_path = None
+        self._handed_over = True
 
     def sockets(self) -> List[socket.socket]:
         return list(self._sockets)

@@ -23,8 +23,8 @@ from bouncer.testing.ports import wait_until
 from bouncer.testing.process import BouncerProcess
 # pooler: a fixture (two workers, both serving)
 from tests.functional.test_workers import (WORKERS, pooler, private_dir,  # noqa: F401
-                                           refuses_connections, session, show_config,
-                                           worker_pids)
+                                           process_gone, refuses_connections, session,
+                                           show_config, worker_pids)
 from tests.support import pgwire
 
 
@@ -255,6 +255,23 @@ def test_a_waiting_shutdown_replies_once_nobody_new_gets_in(pooler) -> None:
     held.close()
     assert pooler.wait(10) == 0
     assert "restarting" not in pooler.log_text()
+
+
+def test_a_waiting_shutdown_still_lets_the_console_in_on_the_unix_socket(pooler) -> None:
+    (held,) = clients_on(pooler, {2: 1})
+    idle = worker_pids(pooler)[1]
+    console(pooler, 1, "SHUTDOWN WAIT_FOR_CLIENTS")
+    assert wait_until(lambda: process_gone(idle), 10)  # nothing to wait for in worker 1
+    conn = pooler.connect(dbname="pgbouncer", user="scramuser", host=pooler.socket_dir)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            cursor.execute("SHOW CLIENTS")
+            assert ("md5user", "testdb") in [tuple(row[1:3]) for row in cursor.fetchall()]
+    finally:
+        conn.close()
+    held.close()
+    assert pooler.wait(10) == 0
 
 
 def test_shutdown_replies_once_every_worker_has_stopped(pooler) -> None:
