@@ -5,7 +5,8 @@ second one of either exits at once), SIGQUIT exit at once, SIGUSR1 pause, SIGUSR
 
 With ``workers`` above 1 a few real-time signals pass between a worker and the supervisor,
 for the admin console (:mod:`bouncer.admin.control`): :data:`POOLER_SHUTDOWN_SIGNALS` and
-:data:`REOPEN_SUPERVISOR_LOG`.  They are not PgBouncer's to give: nobody else sends them.
+:data:`REOPEN_SUPERVISOR_LOG`.  PgBouncer has none of them: only bouncer's own processes
+send them.
 """
 from __future__ import annotations
 
