@@ -26,7 +26,7 @@ from bouncer.admin import grammar
 from bouncer.admin.commands import (AdminError, InvalidCommand, Notice, Result,
                                      admin_access_needed, asker_of, on_every_worker,
                                      stats_allowed)
-from bouncer.admin.merge import all_acted, all_stopped
+from bouncer.admin.merge import all_acted, all_reloaded, all_stopped
 from bouncer.admin.show import FAKE_PARAMETERS
 from bouncer.admin.worker_channel import TIMEOUT
 from bouncer.config import SETTINGS_BY_NAME, Config, parse_setting, validate
@@ -122,7 +122,7 @@ def changed_config(app: "App", key: str, raw: str) -> Config:
 
 # -- RELOAD, SHUTDOWN ------------------------------------------------------------------------
 
-@on_every_worker(all_acted)
+@on_every_worker(all_reloaded)
 def reload(console: "Console", args: str) -> Result:
     grammar.no_arguments(args)
     log.info("RELOAD command issued")

@@ -10,8 +10,9 @@ first.  Three shapes of command:
   per key, each column merged by its :data:`Rule` (counts add up, settings are the same
   everywhere, averages are weighted by their counts, the longest wait wins);
 - actions (KILL, SET, PAUSE db...): :func:`all_acted`, the reply of one process when every
-  worker acted, else an error naming the workers that did not; SHUTDOWN: :func:`all_stopped`,
-  which names them in a NOTICE instead (the supervisor passes the shutdown on to them).
+  worker acted, else an error naming the workers that did not; RELOAD: :func:`all_reloaded`,
+  for which a worker being restarted has acted; SHUTDOWN: :func:`all_stopped`, which names
+  them in a NOTICE instead (the supervisor passes the shutdown on to them).
 
 A worker that did not answer (dead, restarting, too slow) leaves its rows out of a SHOW and
 the reply says so in a NOTICE; an action it missed is an ERROR, since the operator must know
@@ -168,6 +169,19 @@ def all_acted(answers: Sequence[Answer]) -> Result:
     acted = [str(answer.worker) for answer in answers if answer.result is not None]
     raise AdminError("not done in every worker: " + "; ".join(a.failure() for a in failed),
                      detail=f"done in worker {', '.join(acted)}" if acted else None)
+
+
+def all_reloaded(answers: Sequence[Answer]) -> Result:
+    """RELOAD's reply: as :func:`all_acted`, but a worker that is gone (being restarted)
+    counts as reloaded: it reads the files as it starts.
+
+    :raises ClientError: some worker did not reload.
+    """
+    local = answers[0].result
+    if local is None:
+        return all_acted(answers)
+    return all_acted([Answer(answer.worker, result=local) if answer.gone else answer
+                      for answer in answers])
 
 
 def all_stopped(answers: Sequence[Answer]) -> Result:

@@ -243,6 +243,13 @@ def test_reload_names_a_worker_that_did_not_reload(pooler, pg) -> None:
     assert show_config(pooler, 1, "query_wait_timeout") == "82"
 
 
+def test_reload_counts_a_worker_being_restarted_as_reloaded(pooler, pg) -> None:
+    os.kill(worker_pids(pooler)[2], signal.SIGKILL)  # it will start with the file as it is
+    pooler.write_ini(common_ini(pg, workers=2, query_wait_timeout=83))
+    _, _, notices = console(pooler, 1, "RELOAD")
+    assert notices == [] and show_config(pooler, 1, "query_wait_timeout") == "83"
+
+
 def test_a_waiting_shutdown_replies_once_nobody_new_gets_in(pooler) -> None:
     (held,) = clients_on(pooler, {2: 1})
     started = time.monotonic()

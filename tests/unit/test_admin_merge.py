@@ -6,7 +6,7 @@ import pytest
 
 from bouncer.admin import checks, show, sockets
 from bouncer.admin.commands import AdminError, Result, every_worker_combine
-from bouncer.admin.merge import Answer, all_acted, all_stopped, union
+from bouncer.admin.merge import Answer, all_acted, all_reloaded, all_stopped, union
 from bouncer.pool.stats import FIELDS
 
 
@@ -119,6 +119,14 @@ def test_an_action_a_worker_missed_is_an_error_naming_it() -> None:
     assert raised.value.message == ("not done in every worker: worker 2 did not answer: "
                                     "no reply within 5 s")
     assert raised.value.detail == "done in worker 1"
+
+
+def test_a_reload_counts_a_worker_being_restarted_as_reloaded_but_not_a_hung_one() -> None:
+    done = Result("RELOAD")
+    assert all_reloaded([Answer(1, result=done),
+                         Answer(2, missing="connection refused", gone=True)]) is done
+    with pytest.raises(AdminError, match="worker 2 did not answer: no reply within 5 s"):
+        all_reloaded([Answer(1, result=done), Answer(2, missing="no reply within 5 s")])
 
 
 def test_a_shutdown_counts_a_worker_gone_as_stopped_and_names_one_that_did_not_answer() -> None:
