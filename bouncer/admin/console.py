@@ -160,9 +160,11 @@ class Console:
             error = AdminError(f"admin command failed: {exc}", sqlstate.INTERNAL_ERROR)
             self._send(self._error(error) + _READY)
             return
-        self._reply(result)
-        if result.after is not None:
-            result.after()
+        try:
+            self._reply(result)
+        finally:  # SHUTDOWN began before its reply: it must finish if the user left
+            if result.after is not None:
+                result.after()
 
     def execute(self, query: str) -> Result:
         """Find and run the command *query* names; access is checked before it runs.

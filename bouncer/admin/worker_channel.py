@@ -150,9 +150,11 @@ class WorkerChannel:
             frame = encode(reply)
         except (TypeError, FrameError) as exc:  # a row holds what JSON cannot carry
             frame = encode(error_message(AdminError(f"cannot pass the result on: {exc}")))
-        sock.sendall(frame)
-        if after is not None:
-            after()
+        try:
+            sock.sendall(frame)
+        finally:  # the asker may have given up on us: a SHUTDOWN begun here still finishes
+            if after is not None:
+                after()
 
     # -- asking ------------------------------------------------------------------------------
 

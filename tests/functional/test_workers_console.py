@@ -289,6 +289,16 @@ def test_shutdown_replies_once_every_worker_has_stopped(pooler) -> None:
     assert "restarting" not in pooler.log_text()
 
 
+def test_a_shutdown_whose_console_user_left_before_the_reply_still_ends(pooler) -> None:
+    with stopped(pooler.pid, seconds=1):  # the reply waits: the user is gone when it goes
+        sock, _ = pgwire.open_session(private_dir(pooler), 1, "scramuser", "scrampass",
+                                      "pgbouncer")
+        sock.sendall(pgwire.query("SHUTDOWN"))
+        time.sleep(0.2)  # it has begun: worker 1 stopped accepting
+        sock.close()
+    assert pooler.wait(10) == 0
+
+
 def test_a_worker_the_shutdown_missed_is_named_and_still_stops(pooler) -> None:
     with stopped(worker_pids(pooler)[2]):
         _, _, notices = console(pooler, 1, "SHUTDOWN WAIT_FOR_SERVERS")
