@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import ssl
 import sys
@@ -12,6 +11,7 @@ import time
 from typing import Any, List, NamedTuple, Optional, Set, Tuple
 
 import gevent
+from gevent.event import Event
 
 from bouncer import VERSION_STRING
 from bouncer.admin.worker_channel import WorkerChannel
@@ -37,6 +37,7 @@ from bouncer.session.client import ClientSession
 from bouncer.session import handover, number_socket_ids
 from bouncer.session.handover import HandedOver
 from bouncer.session.server import connect_server
+from bouncer.signals import signal_name
 from bouncer.slots.client import SlotClient, for_worker as slots_for_worker
 from bouncer.slots.client_count import ClientCount
 from bouncer.worker import WorkerSpec
@@ -125,6 +126,9 @@ class App:
         self.paused = False
         self.suspended = False
         self.shutdown_mode: Optional[str] = None
+        #: Set once the supervisor passed on a console's SHUTDOWN (workers above 1): it has
+        #: closed its copies of the listening sockets and restarts no worker.
+        self.supervisor_stopped = Event()
         self.tls = self._build_tls(self.config)
         self.admin_commands = self.hooks.admin_commands(self)
 
@@ -287,15 +291,6 @@ class App:
         systemd.notify("READY=1")
         return []
 
-    def reload_problems(self) -> List[str]:
-        """What a reload would refuse in the files as they are now; nothing is applied."""
-        try:
-            self._read_for_reload()
-        except (ConfigError, OSError, ssl.SSLError) as exc:
-            log.error("config reload failed, keeping the old configuration: %s", exc)
-            return [str(exc)]
-        return []
-
     def _read_for_reload(self) -> Tuple[Config, TlsContexts]:
         """The new configuration and its TLS contexts, all checked before anything changes.
 
@@ -347,7 +342,7 @@ class App:
     # -- pause and shutdown ------------------------------------------------------------------
 
     def shutdown(self, mode: str) -> None:
-        """Stop listening, wait as *mode* says, then exit.
+        """A shutdown signal: stop listening, wait as *mode* says, then exit.
 
         ``immediate``: exit now; ``wait_for_servers``: until no server is linked to a client
         (SIGINT); ``wait_for_clients``: until every client has gone (SIGTERM).  A second
@@ -355,6 +350,18 @@ class App:
         """
         if self.shutdown_mode is not None and mode != "immediate":
             mode = "immediate"
+        self.begin_shutdown(mode)
+        self.finish_shutdown()
+
+    def begin_shutdown(self, mode: str) -> bool:
+        """Stop accepting clients and set *mode*'s rules for those served (see
+        :meth:`shutdown`); then :meth:`finish_shutdown` waits and exits.
+
+        :return: False when a shutdown of *mode* is under way already (nothing changes: the
+            console's SHUTDOWN given twice is not a second signal, as in PgBouncer).
+        """
+        if self.shutdown_mode == mode:
+            return False
         log.info("shutting down (%s)", mode.replace("_", " "))
         self.shutdown_mode = mode
         handover.end_handed_over(self)
@@ -365,13 +372,26 @@ class App:
         elif mode == "wait_for_clients":
             for database in self.registry.databases.values():
                 database.resumed.set()  # a suspended process (online restart) serves its clients
-        if mode != "immediate":
-            while not self._shutdown_done(mode) and self.shutdown_mode == mode:
-                gevent.sleep(SHUTDOWN_POLL)
-            if self.shutdown_mode == mode:  # PgBouncer's lines
-                log.info("%s connections dropped, exiting",
-                         "server" if mode == "wait_for_servers" else "client")
+        return True
+
+    def finish_shutdown(self) -> None:
+        """Wait as the mode of the shutdown begun says, then exit; at once when the mode
+        becomes ``immediate`` meanwhile."""
+        while self.shutdown_mode != "immediate" and not self._shutdown_done():
+            gevent.sleep(SHUTDOWN_POLL)
+        if self.shutdown_mode != "immediate":  # PgBouncer's lines
+            log.info("%s connections dropped, exiting",
+                     "server" if self.shutdown_mode == "wait_for_servers" else "client")
         self._exit()
+
+    def join_pooler_shutdown(self, mode: str) -> None:
+        """The supervisor passed on a console's SHUTDOWN (:data:`~bouncer.signals.
+        POOLER_SHUTDOWN_SIGNALS`): it has stopped.  The console asked this worker to begin the
+        shutdown already, unless it could not reach it."""
+        began = self.begin_shutdown(mode)
+        self.supervisor_stopped.set()
+        if began:
+            self.finish_shutdown()
 
     def admits_login(self, unix: bool) -> bool:
         """Whether a client that logs in now may stay: yes unless a shutdown is under way.
@@ -383,8 +403,8 @@ class App:
             return True
         return self.shutdown_mode == "wait_for_clients" and not unix
 
-    def _shutdown_done(self, mode: str) -> bool:
-        if mode == "wait_for_clients":  # a TCP client logging in is waited for (above)
+    def _shutdown_done(self) -> bool:
+        if self.shutdown_mode == "wait_for_clients":  # a TCP client logging in is waited for
             return not any(not client.is_admin and (client.logged_in or not client.unix)
                            for client in self.clients)
         return not any(pool.active for pool in self.registry.pools())
@@ -410,10 +430,10 @@ class App:
     def resume(self, database: Optional[str]) -> None:
         operations.resume(self, database)
 
-    def signal_all_workers(self, signum: int) -> bool:
-        """With workers, have the supervisor pass *signum* to every worker, this one included:
-        how the console's RELOAD and SHUTDOWN act on the whole pooler (the supervisor must
-        know of both), and the RESUME after a suspending console user left.  The other
+    def signal_supervisor(self, signum: int) -> bool:
+        """With workers, send *signum* to the supervisor, which passes SIGUSR2 (the RESUME
+        after a suspending console user left) and :data:`~bouncer.signals.
+        POOLER_SHUTDOWN_SIGNALS` on to every worker, this one included.  The console's other
         commands reach the workers over :attr:`workers_channel`.
 
         :return: False in a pooler of one process (the caller acts itself).
@@ -424,7 +444,7 @@ class App:
             os.kill(self.worker.supervisor_pid, signum)
         else:
             log.error("the supervisor (pid %d) is gone: %s not passed on",
-                      self.worker.supervisor_pid, signal.Signals(signum).name)
+                      self.worker.supervisor_pid, signal_name(signum))
         return True
 
     def notify_status(self, line: str) -> None:

@@ -10,6 +10,9 @@ it go the clients an online restart took over for it and the runtime changes to 
 (:mod:`bouncer.admin.journal`); up it come its ready byte, the runtime changes made on its
 console, and whether it handed the listening sockets to a new pooler (then the socket file is
 no longer ours to remove).
+A worker's admin console reaches it with real-time signals (:mod:`bouncer.signals`): a
+SHUTDOWN, which it passes on as it came (the worker that sent it waits for it: then the
+supervisor has stopped), and a RELOAD, for which it only reopens its log file.
 
 Only the supervisor does what must happen once per pooler: binding, the pidfile, sd_notify
 and removing the unix socket file.  Each worker runs its own janitor, since it keeps the
@@ -38,8 +41,9 @@ from bouncer.config import Config
 from bouncer.admin.journal import KEPT, Change, Journal
 from bouncer.log import LogSetup
 from bouncer.net.listener import bind, remove_socket_file, unix_socket
-from bouncer.signals import SHUTDOWN_SIGNALS
 from bouncer.proto.cancel_key import key_peer
+from bouncer.signals import (LISTENERS_HANDED_OVER, POOLER_SHUTDOWN_SIGNALS,
+                             REOPEN_SUPERVISOR_LOG, SHUTDOWN_SIGNALS, signal_name)
 from bouncer.slots.arbiter import Arbiter
 from bouncer.takeover import RunningBouncer, TakenClient, TakeoverError, log_taken
 from bouncer.worker import CHANGE, ENV, HANDED_OVER, WorkerSpec, send_start
@@ -85,7 +89,7 @@ def restart_delay(previous: float, ran: float) -> float:
 def status_text(returncode: int) -> str:
     """A child's exit as PgBouncer-style log words."""
     if returncode < 0:
-        return f"was killed by signal {signal.Signals(-returncode).name}"
+        return f"was killed by signal {signal_name(-returncode)}"
     return f"exited with status {returncode}"
 
 
@@ -112,8 +116,9 @@ class Supervisor:
         self._unix_file: Optional[Tuple[str, int]] = None
 
     def install_signals(self) -> None:
-        for signum in (*_SERVING_SIGNALS, *SHUTDOWN_SIGNALS):
+        for signum in (*_SERVING_SIGNALS, *SHUTDOWN_SIGNALS, *POOLER_SHUTDOWN_SIGNALS):
             gevent.signal_handler(signum, self._pass_on, signum)
+        gevent.signal_handler(REOPEN_SUPERVISOR_LOG, self.logs.reopen)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
     def bind(self) -> None:
@@ -240,6 +245,7 @@ class Supervisor:
             elif news == HANDED_OVER and self._unix_file is not None:
                 log.info("the listening sockets were handed over to a new process")
                 self._unix_file = None  # the socket file is the new pooler's now
+                self._signal_serving(LISTENERS_HANDED_OVER)
 
     def _record(self, data: bytes) -> None:
         try:
@@ -266,13 +272,18 @@ class Supervisor:
                                       f"connections on port {self.config.listen_port}")
 
     def _pass_on(self, signum: int) -> None:
-        log.info("got %s, passing it on to the workers", signal.Signals(signum).name)
+        if signum in POOLER_SHUTDOWN_SIGNALS:
+            log.info("a worker's console asked for a shutdown (%s), passing it on to the "
+                     "workers", POOLER_SHUTDOWN_SIGNALS[signum].replace("_", " "))
+        else:
+            log.info("got %s, passing it on to the workers", signal_name(signum))
         if signum == signal.SIGHUP:
             self.logs.reopen()  # logrotate moved the file away from us too
             self.journal.reloaded()
         elif signum in _SIGNALLED_CHANGES:
             self.journal.record(Change(KEPT, _SIGNALLED_CHANGES[signum], "pgbouncer", True))
-        if signum in SHUTDOWN_SIGNALS and not self.stopping.is_set():
+        stops = signum in SHUTDOWN_SIGNALS or signum in POOLER_SHUTDOWN_SIGNALS
+        if stops and not self.stopping.is_set():
             systemd.notify("STOPPING=1")
             self.stopping.set()
             # Our copies would keep the sockets listening after the workers closed theirs:
@@ -282,6 +293,11 @@ class Supervisor:
             process = worker.process
             if process is not None and (worker.serving or signum not in _SERVING_SIGNALS):
                 process.send_signal(signum)
+
+    def _signal_serving(self, signum: int) -> None:
+        for worker in self.workers:
+            if worker.process is not None and worker.serving:
+                worker.process.send_signal(signum)
 
     def _close_listening(self) -> None:
         for sock in self.listening:

@@ -70,7 +70,8 @@ class Result:
     :param rows: one sequence of values per row, as many as ``columns``: ``None`` is NULL,
         ``bytes`` are sent as bytea hex, anything else as ``str(value)``.
     :param notices: sent before the rows.
-    :param after: called once the reply has been sent (``SHUTDOWN`` exits the process).
+    :param after: called once the reply has been sent, or has failed to go (the user left):
+        ``SHUTDOWN`` finishes the shutdown it began, and exits the process.
     :param row_fds: one file descriptor per row, passed with it over the unix socket
         (``SHOW FDS`` for an online restart); ignored unless the console may pass them.
     """

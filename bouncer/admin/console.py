@@ -124,7 +124,7 @@ class Console:
         if self.suspended_pooler and self.app.suspended:
             log.info("admin disappeared when suspended, doing RESUME")
             # SUSPEND suspended every worker: SIGUSR2 resumes them all.
-            if not self.app.signal_all_workers(signal.SIGUSR2):
+            if not self.app.signal_supervisor(signal.SIGUSR2):
                 operations.resume(self.app, None)
 
     def _answer(self, kind: int, payload: bytes) -> None:
@@ -166,9 +166,11 @@ class Console:
             error = AdminError(f"admin command failed: {exc}", sqlstate.INTERNAL_ERROR)
             self._send(self._error(error) + _READY)
             return
-        self._reply(result)
-        if result.after is not None:
-            result.after()
+        try:
+            self._reply(result)
+        finally:  # SHUTDOWN began before its reply: it must finish if the user left
+            if result.after is not None:
+                result.after()
 
     def execute(self, query: str) -> Result:
         """Find and run the command *query* names; access is checked before it runs.

@@ -4,18 +4,19 @@ DISABLE, ENABLE, RECONNECT, KILL, KILL_CLIENT, SHUTDOWN and WAIT_CLOSE.
 The work itself is done by :mod:`bouncer.operations` and the App; this module parses the
 arguments, checks what PgBouncer checks first, and answers with PgBouncer's tags and wording.
 
-With ``workers`` above 1 every command acts on the whole pooler.  RELOAD and SHUTDOWN go as
-signals through the supervisor (which reopens its own log file on SIGHUP, and must know of a
-shutdown) and reply at once, RELOAD after checking the files as a reload would; the others
-run in every worker over the control channel (:mod:`bouncer.admin.worker_channel`) and reply
-once all have acted, or with an error naming the worker that did not; KILL_CLIENT goes to the
-worker that owns the client.
+With ``workers`` above 1 every command acts on the whole pooler: it runs in every worker over
+the control channel (:mod:`bouncer.admin.worker_channel`) and replies once all have acted, or
+with an error naming the worker that did not; KILL_CLIENT goes to the worker that owns the
+client.  RELOAD and SHUTDOWN also tell the supervisor, with signals of their own
+(:mod:`bouncer.signals`): RELOAD has it reopen its log file; SHUTDOWN has it stop and pass the
+shutdown on, and each worker replies once it has stopped accepting and the supervisor has
+passed it on, so the reply comes when nobody new gets into the pooler.  A worker the console
+cannot reach still gets the shutdown that way.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
-import signal
 from typing import TYPE_CHECKING, List, Optional
 
 import gevent
@@ -26,14 +27,14 @@ from bouncer.admin.commands import (AdminError, InvalidCommand, Notice, Result,
                                      admin_access_needed, asker_of, on_every_worker,
                                      stats_allowed)
 from bouncer.admin.journal import KEPT, RELOAD, UNTIL_RELOAD, replayed
-from bouncer.admin.merge import all_acted
+from bouncer.admin.merge import all_acted, all_reloaded, all_stopped
 from bouncer.admin.show import FAKE_PARAMETERS
+from bouncer.admin.worker_channel import TIMEOUT
 from bouncer.config import SETTINGS_BY_NAME, Config, parse_setting, validate
 from bouncer.config.sections import ADMIN_DATABASE
 from bouncer.net.tls import is_tls_setting
 from bouncer.proto import sqlstate
-from bouncer.session import handover
-from bouncer.signals import SHUTDOWN_SIGNALS
+from bouncer.signals import POOLER_SHUTDOWN_SIGNALS, REOPEN_SUPERVISOR_LOG
 
 if TYPE_CHECKING:  # pragma: no cover
     from bouncer.admin.console import Console
@@ -123,25 +124,23 @@ def changed_config(app: "App", key: str, raw: str) -> Config:
 
 # -- RELOAD, SHUTDOWN ------------------------------------------------------------------------
 
+@on_every_worker(all_reloaded)
 @replayed(RELOAD)
 def reload(console: "Console", args: str) -> Result:
     grammar.no_arguments(args)
     log.info("RELOAD command issued")
     app = console.app
-    if app.worker is None:
-        problems = app.reload()
-    else:
-        # The workers read the same files: what they would refuse is refused here, as one
-        # process refuses it; else the supervisor has every worker reload (SIGHUP).
-        problems = app.reload_problems()
-        if not problems:
-            app.signal_all_workers(signal.SIGHUP)
+    problems = app.reload()
     if problems:
         raise AdminError("RELOAD failed, see logs for additional details",
                          sqlstate.CONFIG_FILE_ERROR, detail="; ".join(problems))
+    # Its log file only, as each worker reopens its own: the workers reload as the console
+    # asks them (a SIGHUP passed on would reload them twice).
+    app.signal_supervisor(REOPEN_SUPERVISOR_LOG)
     return Result("RELOAD")
 
 
+@on_every_worker(all_stopped)
 def shutdown(console: "Console", args: str) -> Result:
     word = grammar.optional_name(args)
     key = word.upper() if word is not None else None
@@ -149,18 +148,26 @@ def shutdown(console: "Console", args: str) -> Result:
         raise InvalidCommand()
     log.info("SHUTDOWN%s command issued", f" {key}" if key else "")
     app, mode = console.app, SHUTDOWN_MODES[key]
-    # Now, not in the shutdown's greenlet: the new process closes this console once it has
-    # the reply, and the RESUME that follows must not serve the clients it took.
-    handover.end_handed_over(app)
-    if app.worker is not None:
-        signum = next(number for number, name in SHUTDOWN_SIGNALS.items() if name == mode)
-
-        def pass_on() -> None:  # after the reply, as below
-            app.signal_all_workers(signum)
-        return Result("SHUTDOWN", after=pass_on)
-    # The reply goes out first; the shutdown runs in its own greenlet, so a waiting
+    # Before the reply, as PgBouncer closes its TCP sockets before it answers: once the reply
+    # is out nobody new gets in (with workers, in no worker: see all_stopped).  It also ends
+    # the handover of the clients SHOW FDS listed: the new process closes this console once
+    # it has the reply, and the RESUME that follows must not serve the clients it took.
+    began = app.begin_shutdown(mode)
+    _stop_the_supervisor(app, mode)
+    if not began:  # SHUTDOWN given twice: the first one waits and exits
+        return Result("SHUTDOWN")
+    # The reply goes out first; the wait and the exit run in their own greenlet, so a waiting
     # shutdown leaves this console usable (SHOW CLIENTS while clients drain).
-    return Result("SHUTDOWN", after=lambda: gevent.spawn(app.shutdown, mode))
+    return Result("SHUTDOWN", after=lambda: gevent.spawn(app.finish_shutdown))
+
+
+def _stop_the_supervisor(app: "App", mode: str) -> None:
+    """With workers, have the supervisor stop and pass the shutdown on to every worker (to
+    those the console cannot reach, too), and wait until it has: then it restarts no worker
+    that exits, and its copies of the listening sockets are closed."""
+    signum = next(number for number, name in POOLER_SHUTDOWN_SIGNALS.items() if name == mode)
+    if app.signal_supervisor(signum) and not app.supervisor_stopped.wait(TIMEOUT):
+        log.warning("the supervisor did not pass the shutdown on within %g s", TIMEOUT)
 
 
 # -- PAUSE, RESUME, SUSPEND ------------------------------------------------------------------

@@ -10,13 +10,17 @@ first.  Three shapes of command:
   per key, each column merged by its :data:`Rule` (counts add up, settings are the same
   everywhere, averages are weighted by their counts, the longest wait wins);
 - actions (KILL, SET, PAUSE db...): :func:`all_acted`, the reply of one process when every
-  worker acted, else an error naming the workers that did not.
+  worker acted, else an error naming the workers that did not; RELOAD: :func:`all_reloaded`,
+  for which a worker being restarted has acted; SHUTDOWN: :func:`all_stopped`, which names
+  them in a NOTICE instead (the supervisor passes the shutdown on to them).
 
 A worker that did not answer (dead, restarting, too slow) leaves its rows out of a SHOW and
-the reply says so in a NOTICE; an action it missed is an ERROR, since the operator must know.
+the reply says so in a NOTICE; an action it missed is an ERROR, since the operator must know
+(but for SHUTDOWN, which reaches it all the same).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -40,12 +44,15 @@ class Answer:
     :param result: what the command returned there.
     :param error: the command failed there.
     :param missing: the worker did not answer; why, in a few words.
+    :param gone: with *missing*: the worker is not running (its control socket refused the
+        connection, or closed it before answering), rather than too slow to answer.
     """
 
     worker: int
     result: Optional[Result] = None
     error: Optional[ClientError] = None
     missing: Optional[str] = None
+    gone: bool = False
 
     def failure(self) -> str:
         """Why this worker has no result, as a line of a NOTICE or an ERROR."""
@@ -162,3 +169,29 @@ def all_acted(answers: Sequence[Answer]) -> Result:
     acted = [str(answer.worker) for answer in answers if answer.result is not None]
     raise AdminError("not done in every worker: " + "; ".join(a.failure() for a in failed),
                      detail=f"done in worker {', '.join(acted)}" if acted else None)
+
+
+def all_reloaded(answers: Sequence[Answer]) -> Result:
+    """RELOAD's reply: as :func:`all_acted`, but a worker that is gone (being restarted)
+    counts as reloaded: it reads the files as it starts.
+
+    :raises ClientError: some worker did not reload.
+    """
+    local = answers[0].result
+    if local is None:
+        return all_acted(answers)
+    return all_acted([Answer(answer.worker, result=local) if answer.gone else answer
+                      for answer in answers])
+
+
+def all_stopped(answers: Sequence[Answer]) -> Result:
+    """SHUTDOWN's reply: this worker's, every worker having stopped accepting.  A worker that
+    is gone has stopped too (an immediate shutdown exits once it has answered, or before when
+    the supervisor's word reached it first).  One that did not answer gets the shutdown from
+    the supervisor, which passes it on to every worker, so the shutdown goes on: a NOTICE
+    names it, where an ERROR would say that the shutdown failed.
+    """
+    local, _, _ = results_of(answers)
+    notices = [Notice(f"{answer.failure()}; the supervisor passed the shutdown on to it")
+               for answer in answers if answer.result is None and not answer.gone]
+    return dataclasses.replace(local, notices=[*local.notices, *notices])

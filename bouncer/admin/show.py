@@ -8,8 +8,10 @@ sorted by name.  SHOW CLIENTS / SERVERS / SOCKETS / FDS live in :mod:`bouncer.ad
 The ``*_table(app)`` functions build the rows of a command; the console sends them and other
 readers (the metrics plugin) take them as they are, with :func:`records`, so every view of the
 pooler's state is computed in one place.  With ``workers`` above 1 the commands about pools,
-databases, users and statistics answer for the whole pooler: each says how its rows from
-every worker merge (:mod:`bouncer.admin.merge`).
+databases, users, statistics, the state and the DNS cache answer for the whole pooler: each
+says how its rows from every worker merge (:mod:`bouncer.admin.merge`).  SHOW CONFIG and SHOW
+PEERS answer for the worker reached: SET and RELOAD act on every worker, so all have the same
+settings (but peer_id, each its own, and a worker restarted since a SET has the file's).
 """
 from __future__ import annotations
 
@@ -358,7 +360,17 @@ def show_mem(console: "Console", args: str) -> Result:
     return show(MEM_COLUMNS, [[name, 0, count, 0, 0] for name, count in used])
 
 
+def _pooler_state(rows: Sequence[merge.Row], column: int) -> Any:
+    """``active`` when every worker is; ``paused`` and ``suspended`` when any worker is: its
+    clients wait (a worker restarted since the PAUSE is not paused)."""
+    values = {row[column] for row in rows}
+    if rows[0][0] == "active":
+        return "yes" if values == {"yes"} else "no"
+    return "yes" if "yes" in values else "no"
+
+
 @stats_allowed
+@on_every_worker(merge.keyed(1, [_pooler_state], sort=False))
 def show_state(console: "Console", args: str) -> Result:
     grammar.no_arguments(args)
     return show(STATE_COLUMNS, [[key, "yes" if value else "no"]
@@ -382,7 +394,14 @@ PEER_POOLS_COLUMNS = columns("iiiii", "peer_id", "cl_active_cancel_req",
                              "cl_waiting_cancel_req", "sv_active_cancel", "sv_login")
 
 
+def _freshest(rows: Sequence[merge.Row], column: int) -> Any:
+    """A host each worker resolved on its own: the answer of the one that resolved it last,
+    which has the longest ``ttl`` left."""
+    return max(rows, key=lambda row: row[1])[column]
+
+
 @stats_allowed
+@on_every_worker(merge.keyed(1, [_freshest, _freshest], sort=False))
 def show_dns_hosts(console: "Console", args: str) -> Result:
     grammar.no_arguments(args)
     rows = [[host, int(ttl), ",".join(_address_text(sockaddr) for _, sockaddr in addresses)]

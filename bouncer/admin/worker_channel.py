@@ -27,7 +27,10 @@ further.
   after :data:`TIMEOUT`.  A command that takes long (PAUSE waits for transactions to end)
   sends ``{"working": true}`` every :data:`HEARTBEAT` while it runs, so a slow command is
   waited for and a hung worker is not.  A worker that does not answer is named: its rows are
-  left out of a SHOW with a NOTICE saying so, and an action it missed is an ERROR.
+  left out of a SHOW with a NOTICE saying so, and an action it missed is an ERROR (SHUTDOWN,
+  which reaches it through the supervisor all the same, a NOTICE).  Whether it is gone (its
+  socket refuses, or closes before answering) or too slow is told apart: a worker that exits
+  for an immediate SHUTDOWN has done what it was asked.
 """
 from __future__ import annotations
 
@@ -147,9 +150,11 @@ class WorkerChannel:
             frame = encode(reply)
         except (TypeError, FrameError) as exc:  # a row holds what JSON cannot carry
             frame = encode(error_message(AdminError(f"cannot pass the result on: {exc}")))
-        sock.sendall(frame)
-        if after is not None:
-            after()
+        try:
+            sock.sendall(frame)
+        finally:  # the asker may have given up on us: a SHUTDOWN begun here still finishes
+            if after is not None:
+                after()
 
     # -- asking ------------------------------------------------------------------------------
 
@@ -184,6 +189,7 @@ class WorkerChannel:
 
     def ask(self, worker: int, query: str, asker: Asker) -> Answer:
         """*worker*'s answer to *query* of *asker*, or why there is none (never raises)."""
+        gone = False
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(TIMEOUT)
@@ -195,10 +201,11 @@ class WorkerChannel:
             missing = f"no reply within {TIMEOUT:g} s"
         except OSError as exc:
             missing = (exc.strerror or str(exc)).lower()
+            gone = isinstance(exc, (ConnectionError, FileNotFoundError))
         except FrameError as exc:
             missing = f"a malformed reply ({exc})"
         log.warning("worker %d did not answer %r: %s", worker, query, missing)
-        return Answer(worker, missing=missing)
+        return Answer(worker, missing=missing, gone=gone)
 
     def _others(self) -> List[int]:
         return [index for index in range(1, self.spec.workers + 1) if index != self.index]

@@ -112,8 +112,13 @@ class Listeners:
         self._sockets: List[socket.socket] = []
         #: A worker's own socket among them, which a new pooler must not take over.
         self._private: List[socket.socket] = []
+        #: The unix socket file we bound (not one adopted): ours to remove when we close it.
         self.unix_path: Optional[str] = None
         self._unix_inode = 0
+        #: SHOW FDS gave the sockets to a new process: a waiting shutdown keeps none open.
+        self._handed_over = False
+        #: close() ran: what is still served was kept for the admin console.
+        self._closing = False
 
     def open(self, listen_addr: Sequence[str], port: int, unix_dir: str, unix_mode: int,
              backlog: int, reuseport: bool, unix_group: str = "") -> None:
@@ -175,12 +180,16 @@ class Listeners:
         (Connections the kernel queues during the final microseconds are only saved by
         ``net.ipv4.tcp_migrate_req = 1``.)
 
-        :param keep_unix: keep the unix socket open, unless it was handed over to a new
+        :param keep_unix: keep the unix sockets open, unless they were handed over to a new
             process: a shutdown that waits still lets the admin console in that way, as
-            PgBouncer does.
+            PgBouncer does.  Adopted ones too: a worker's, which the supervisor closes as
+            the shutdown begins, are then the only way in (and its private one, which is
+            never handed over).
         """
+        self._closing = True
         kept = [(server, sock) for server, sock in zip(self.servers, self._sockets)
-                if keep_unix and self.unix_path and sock.family == socket.AF_UNIX]
+                if keep_unix and sock.family == socket.AF_UNIX
+                and (sock in self._private or not self._handed_over)]
         for server, sock in zip(self.servers, self._sockets):
             if (server, sock) not in kept:
                 server.stop_accepting()
@@ -206,8 +215,18 @@ class Listeners:
             spawn(self._handle, conn, address)
 
     def handed_over(self) -> None:
-        """The sockets now belong to a new process too: leave the socket file to it."""
+        """The sockets now belong to a new process too: leave the socket file to it, and
+        stop serving them if a waiting shutdown kept them (another worker handed them over
+        as this one shut down)."""
         self.unix_path = None
+        self._handed_over = True
+        if not self._closing:
+            return
+        for server, sock in list(zip(self.servers, self._sockets)):
+            if sock not in self._private:
+                server.close()
+                self.servers.remove(server)
+                self._sockets.remove(sock)
 
     def sockets(self) -> List[socket.socket]:
         """The pooler's listening sockets (a worker's private one is not the pooler's)."""

@@ -54,7 +54,8 @@ def hba_lines(config: "Config") -> Tuple[HbaRule, ...]:
 
 @dataclass(frozen=True)
 class ProcessState:
-    """SHOW STATE, and whether a shutdown is under way.
+    """SHOW STATE of this process, and whether a shutdown is under way (with ``workers``
+    above 1, this worker's: the console's SHOW STATE is the pooler's).
 
     :param paused: PAUSE of every database is in force.
     :param suspended: SUSPEND (or an online restart handing over) is in force.

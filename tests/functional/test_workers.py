@@ -138,15 +138,6 @@ def test_sighup_reloads_every_worker(pooler, pg) -> None:
         assert show_config(pooler, index, "query_wait_timeout") == "77"
 
 
-def test_console_reload_on_one_worker_reloads_both(pooler, pg) -> None:
-    pooler.write_ini(common_ini(pg, workers=2, query_wait_timeout=78))
-    pooler.admin("RELOAD", host=private_dir(pooler), port=1)
-    deadline = time.monotonic() + 5
-    while show_config(pooler, 2, "query_wait_timeout") != "78":
-        assert time.monotonic() < deadline, pooler.log_tail()
-        time.sleep(0.1)
-
-
 def test_a_killed_worker_is_restarted_and_the_others_see_nothing(pooler) -> None:
     directory = private_dir(pooler)
     survivor, _, _ = session(directory, 2)
@@ -193,11 +184,6 @@ def test_workers_end_with_a_supervisor_killed_with_sigkill(pooler) -> None:
     assert wait_until(lambda: refuses_connections(pooler), 5), "nobody new gets in"
     staying.close()
     assert wait_until(lambda: process_gone(pids[1]), 10)
-
-
-def test_console_shutdown_on_one_worker_stops_the_pooler(pooler) -> None:
-    pooler.admin("SHUTDOWN", host=private_dir(pooler), port=2)
-    assert pooler.wait(10) == 0
 
 
 def test_one_worker_is_one_process_as_before(pg, bouncer_factory) -> None:

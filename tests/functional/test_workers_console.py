@@ -6,13 +6,14 @@ spreads connections.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import stat
 import threading
 import time
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
@@ -21,7 +22,8 @@ from bouncer.testing.ini import common_ini
 from bouncer.testing.ports import wait_until
 from bouncer.testing.process import BouncerProcess
 # pooler: a fixture (two workers, both serving)
-from tests.functional.test_workers import (WORKERS, pooler, private_dir, session,  # noqa: F401
+from tests.functional.test_workers import (WORKERS, pooler, private_dir,  # noqa: F401
+                                           process_gone, refuses_connections, session,
                                            show_config, worker_pids)
 from tests.support import pgwire
 
@@ -179,10 +181,15 @@ def test_set_on_one_worker_holds_in_the_other(pooler) -> None:
     assert user["pool_size"].strip() == "7"
 
 
-def test_a_stats_user_cannot_set_in_another_worker(pg, bouncer_factory) -> None:
-    pooler = bouncer_factory(common_ini(pg, workers=2, stats_users="md5user"))
+def two_workers(bouncer_factory: Any, ini: str) -> BouncerProcess:
+    pooler = bouncer_factory(ini)
     for index in WORKERS:
         pooler.wait_for_log(rf"worker {index} \(pid \d+\) is serving")
+    return pooler
+
+
+def test_a_stats_user_cannot_set_in_another_worker(pg, bouncer_factory) -> None:
+    pooler = two_workers(bouncer_factory, common_ini(pg, workers=2, stats_users="md5user"))
     with pytest.raises(Exception, match="admin access needed"):
         pooler.admin("SET query_wait_timeout = 93", user="md5user", host=private_dir(pooler),
                      port=1)
@@ -203,7 +210,101 @@ def test_reload_of_a_bad_file_is_refused_as_by_one_process(pooler, pg) -> None:
     assert "got SIGHUP" not in pooler.log_text()[since:]  # no worker was asked to reload
     pooler.write_ini(common_ini(pg, workers=2, query_wait_timeout=79))
     console(pooler, 1, "RELOAD")
-    assert wait_until(lambda: show_config(pooler, 2, "query_wait_timeout") == "79", 5)
+    assert show_config(pooler, 2, "query_wait_timeout") == "79"
+
+
+@contextlib.contextmanager
+def stopped(pid: int, seconds: float = 60) -> Iterator[None]:
+    """Process *pid* stopped (SIGSTOP) for *seconds*, or until the block ends: what asks it
+    meanwhile waits for it, or gives up on it."""
+    os.kill(pid, signal.SIGSTOP)
+    timer = threading.Timer(seconds, os.kill, (pid, signal.SIGCONT))
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_reload_replies_once_every_worker_has_reloaded(pooler, pg) -> None:
+    pooler.write_ini(common_ini(pg, workers=2, query_wait_timeout=81))
+    with stopped(pooler.pid):  # nothing can go through the supervisor
+        console(pooler, 1, "RELOAD")
+        assert show_config(pooler, 2, "query_wait_timeout") == "81"
+
+
+def test_reload_names_a_worker_that_did_not_reload(pooler, pg) -> None:
+    pooler.write_ini(common_ini(pg, workers=2, query_wait_timeout=82))
+    with stopped(worker_pids(pooler)[2]):
+        with pytest.raises(Exception, match="not done in every worker: worker 2 did not "
+                                             "answer: no reply within 5 s"):
+            console(pooler, 1, "RELOAD")
+    assert show_config(pooler, 1, "query_wait_timeout") == "82"
+
+
+def test_reload_counts_a_worker_being_restarted_as_reloaded(pooler, pg) -> None:
+    os.kill(worker_pids(pooler)[2], signal.SIGKILL)  # it will start with the file as it is
+    pooler.write_ini(common_ini(pg, workers=2, query_wait_timeout=83))
+    _, _, notices = console(pooler, 1, "RELOAD")
+    assert notices == [] and show_config(pooler, 1, "query_wait_timeout") == "83"
+
+
+def test_a_waiting_shutdown_replies_once_nobody_new_gets_in(pooler) -> None:
+    (held,) = clients_on(pooler, {2: 1})
+    started = time.monotonic()
+    with stopped(pooler.pid, seconds=1):  # the reply waits for the supervisor to stop
+        _, _, notices = console(pooler, 1, "SHUTDOWN WAIT_FOR_CLIENTS")
+        assert refuses_connections(pooler) and notices == []
+    assert time.monotonic() - started > 1
+    assert pgwire.first_error(pgwire.run_query(held, "SELECT 1")) is None  # served until it goes
+    assert pooler.alive
+    held.close()
+    assert pooler.wait(10) == 0
+    assert "restarting" not in pooler.log_text()
+
+
+def test_a_waiting_shutdown_still_lets_the_console_in_on_the_unix_socket(pooler) -> None:
+    (held,) = clients_on(pooler, {2: 1})
+    idle = worker_pids(pooler)[1]
+    console(pooler, 1, "SHUTDOWN WAIT_FOR_CLIENTS")
+    assert wait_until(lambda: process_gone(idle), 10)  # nothing to wait for in worker 1
+    conn = pooler.connect(dbname="pgbouncer", user="scramuser", host=pooler.socket_dir)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            cursor.execute("SHOW CLIENTS")
+            assert ("md5user", "testdb") in [tuple(row[1:3]) for row in cursor.fetchall()]
+    finally:
+        conn.close()
+    held.close()
+    assert pooler.wait(10) == 0
+
+
+def test_shutdown_replies_once_every_worker_has_stopped(pooler) -> None:
+    with stopped(pooler.pid, seconds=1):
+        console(pooler, 2, "SHUTDOWN")
+        assert refuses_connections(pooler)
+    assert pooler.wait(10) == 0
+    assert "restarting" not in pooler.log_text()
+
+
+def test_a_shutdown_whose_console_user_left_before_the_reply_still_ends(pooler) -> None:
+    with stopped(pooler.pid, seconds=1):  # the reply waits: the user is gone when it goes
+        sock, _ = pgwire.open_session(private_dir(pooler), 1, "scramuser", "scrampass",
+                                      "pgbouncer")
+        sock.sendall(pgwire.query("SHUTDOWN"))
+        time.sleep(0.2)  # it has begun: worker 1 stopped accepting
+        sock.close()
+    assert pooler.wait(10) == 0
+
+
+def test_a_worker_the_shutdown_missed_is_named_and_still_stops(pooler) -> None:
+    with stopped(worker_pids(pooler)[2]):
+        _, _, notices = console(pooler, 1, "SHUTDOWN WAIT_FOR_SERVERS")
+        assert len(notices) == 1 and ("worker 2 did not answer: no reply within 5 s; the "
+                                      "supervisor passed the shutdown on to it") in notices[0]
+    assert pooler.wait(10) == 0  # once it runs again, as the supervisor passed it on
 
 
 def test_a_killed_worker_does_not_hang_show(pooler) -> None:
@@ -265,3 +366,40 @@ def test_one_worker_has_no_worker_column(pg, bouncer_factory) -> None:
             assert cursor.description[-1].name == "id"
     finally:
         conn.close()
+
+
+def state_of(pooler: BouncerProcess, index: int) -> Dict[str, str]:
+    _, rows, _ = console(pooler, index, "SHOW STATE")
+    return {row["key"]: row["value"] for row in rows}
+
+
+def test_show_state_is_paused_when_any_worker_is(pooler) -> None:
+    worker = worker_pids(pooler)[2]
+    os.kill(worker, signal.SIGUSR1)  # worker 2 alone pauses
+    assert wait_until(lambda: state_of(pooler, 1)["paused"] == "yes", 5)
+    assert state_of(pooler, 1) == {"active": "no", "paused": "yes", "suspended": "no"}
+    os.kill(worker, signal.SIGUSR2)
+    assert wait_until(lambda: state_of(pooler, 1)["active"] == "yes", 5)
+
+
+def test_show_dns_hosts_lists_the_hosts_any_worker_resolved(pg, bouncer_factory) -> None:
+    pooler = two_workers(bouncer_factory, common_ini(pg, workers=2, databases={
+        "byname": f"host=localhost port={pg.port} dbname=testdb"}))
+    sock, _ = pgwire.open_session(private_dir(pooler), 2, "md5user", "md5pass", "byname")
+    sock.close()
+    for index in WORKERS:
+        _, rows, notices = console(pooler, index, "SHOW DNS_HOSTS")
+        assert [row["hostname"] for row in rows] == ["localhost"] and notices == []
+
+
+def test_show_checks_has_the_latest_failure_of_any_worker(pg, bouncer_factory) -> None:
+    pooler = two_workers(bouncer_factory, common_ini(pg, workers=2, databases={
+        "wrongpw": f"host=127.0.0.1 port={pg.port} dbname=testdb user=md5user password=wrong"}))
+    with pytest.raises(AssertionError, match="password authentication failed"):
+        pgwire.open_session(private_dir(pooler), 2, "md5user", "md5pass", "wrongpw")
+    for index in WORKERS:
+        _, rows, _ = console(pooler, index, "SHOW CHECKS")
+        (row,) = [row for row in rows if row["database"] == "wrongpw"]  # worker 1's untried one
+        assert (row["user"], row["status"], row["last_failure_sqlstate"]) == (
+            "md5user", "failing", "28P01")
+        assert row["refusing_for"] > 0

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bouncer.admin import show, sockets
+from bouncer.admin import checks, show, sockets
 from bouncer.admin.commands import AdminError, Result, every_worker_combine
-from bouncer.admin.merge import Answer, all_acted, union
+from bouncer.admin.merge import Answer, all_acted, all_reloaded, all_stopped, union
 from bouncer.pool.stats import FIELDS
 
 
@@ -130,3 +130,64 @@ def test_the_poolers_stats_line_counts_every_database_and_a_restart_from_zero() 
     assert start[:2] == (100, 0)
     rates = averages(start, new, 2.0)
     assert (rates[FIELDS[0]], rates[FIELDS[1]]) == (30, 5)
+
+
+def test_a_reload_counts_a_worker_being_restarted_as_reloaded_but_not_a_hung_one() -> None:
+    done = Result("RELOAD")
+    assert all_reloaded([Answer(1, result=done),
+                         Answer(2, missing="connection refused", gone=True)]) is done
+    with pytest.raises(AdminError, match="worker 2 did not answer: no reply within 5 s"):
+        all_reloaded([Answer(1, result=done), Answer(2, missing="no reply within 5 s")])
+
+
+def test_a_shutdown_counts_a_worker_gone_as_stopped_and_names_one_that_did_not_answer() -> None:
+    here = Result("SHUTDOWN", after=print)
+    merged = all_stopped([Answer(1, result=here),
+                          Answer(2, missing="closed the connection before answering", gone=True),
+                          Answer(3, missing="no reply within 5 s")])
+    assert merged.tag == "SHUTDOWN" and merged.after is print  # this worker still exits
+    assert [n.message for n in merged.notices] == [
+        "worker 3 did not answer: no reply within 5 s; the supervisor passed the shutdown on "
+        "to it"]
+
+
+def state(paused, suspended):
+    return [["active", "no" if paused or suspended else "yes"],
+            ["paused", "yes" if paused else "no"], ["suspended", "yes" if suspended else "no"]]
+
+
+def test_the_poolers_state_is_paused_when_any_worker_is_and_active_when_all_are() -> None:
+    merge_state = combine_of(show.show_state)
+    paused = merge_state(answers(state(False, False), state(True, False),
+                                 columns=show.STATE_COLUMNS))
+    assert paused.rows == [["active", "no"], ["paused", "yes"], ["suspended", "no"]]
+    active = merge_state(answers(state(False, False), state(False, False),
+                                 columns=show.STATE_COLUMNS))
+    assert dict(active.rows)["active"] == "yes"
+
+
+def test_dns_hosts_are_one_row_each_with_the_freshest_answer() -> None:
+    merged = combine_of(show.show_dns_hosts)(answers(
+        [["db1", 10, "10.0.0.1:5432"]], [["db1", 50, "10.0.0.2:5432"], ["db2", 5, "x:1"]],
+        columns=show.DNS_HOSTS_COLUMNS))
+    assert merged.rows == [["db1", 50, "10.0.0.2:5432"], ["db2", 5, "x:1"]]
+
+
+def check_row(database, user, failure=None, success=None, refusing=0):
+    failed = failure is not None
+    return [database, user, "h", 5432, "?", "boom" if failed else None,
+            "08006" if failed else None, failure, success, refusing]
+
+
+def test_checks_take_the_latest_failure_and_drop_an_untried_row_where_a_pool_is_known() -> None:
+    merged = combine_of(checks.show_checks)(answers(
+        [check_row("a", "u", "2026-01-01 10:00:00 UTC", "2026-01-01 10:00:05 UTC"),
+         check_row("b", None)],
+        [check_row("a", "u", "2026-01-01 10:00:09 UTC", refusing=3), check_row("b", "v"),
+         check_row("c", None)],
+        columns=checks.CHECKS_COLUMNS))
+    assert [(row[0], row[1]) for row in merged.rows] == [("a", "u"), ("b", "v"), ("c", None)]
+    a = merged.rows[0]
+    assert a[4:] == ["failing", "boom", "08006", "2026-01-01 10:00:09 UTC",
+                     "2026-01-01 10:00:05 UTC", 3]
+    assert merged.rows[1][4] == "untried"
