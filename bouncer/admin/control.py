@@ -11,7 +11,8 @@ client.  RELOAD and SHUTDOWN also tell the supervisor, with signals of their own
 (:mod:`bouncer.signals`): RELOAD has it reopen its log file; SHUTDOWN has it stop and pass the
 shutdown on, and each worker replies once it has stopped accepting and the supervisor has
 passed it on, so the reply comes when nobody new gets into the pooler.  A worker the console
-cannot reach still gets the shutdown that way.
+cannot reach still gets the shutdown that way.  The commands whose change lasts are marked
+for the supervisor's journal, which a restarted worker replays (:mod:`bouncer.admin.journal`).
 """
 from __future__ import annotations
 

@@ -11,7 +11,8 @@ pooler's state is computed in one place.  With ``workers`` above 1 the commands 
 databases, users, statistics, the state and the DNS cache answer for the whole pooler: each
 says how its rows from every worker merge (:mod:`bouncer.admin.merge`).  SHOW CONFIG and SHOW
 PEERS answer for the worker reached: SET and RELOAD act on every worker, so all have the same
-settings (but peer_id, each its own, and a worker restarted since a SET has the file's).
+settings (but peer_id, each its own; a restarted worker replays the SETs,
+:mod:`bouncer.admin.journal`).
 """
 from __future__ import annotations
 
