@@ -38,8 +38,9 @@ PLUGIN_AUTH_TYPES = ("ldap", "pam")
 PasswordChecker = Callable[[PluginContext, ClientInfo, str], bool]
 
 
-def direct_caller(caller: pluggy.HookCaller) -> Callable[[Mapping[str, Any]], Any]:
-    """A function of the hook's arguments (one mapping) that calls *caller*'s
+def direct_caller(caller: Any) -> Callable[[Mapping[str, Any]], Any]:
+    """A function of the hook's arguments (one mapping) that calls *caller*'s (a pluggy
+    hook caller's)
     implementations as pluggy does (the one registered last first; a ``firstresult`` hook
     stops at the first answer that is not ``None``, the others return every such answer),
     without pluggy's checks, copies and frames at each call.
@@ -50,7 +51,8 @@ def direct_caller(caller: pluggy.HookCaller) -> Callable[[Mapping[str, Any]], An
     pluggy, which alone runs wrappers.
     """
     impls = caller.get_hookimpls()
-    if any(impl.wrapper or impl.hookwrapper for impl in impls):
+    # (new-style wrappers came with pluggy 1.1: bookworm's 1.0 knows only hookwrapper)
+    if any(getattr(impl, "wrapper", False) or impl.hookwrapper for impl in impls):
         return lambda kwargs: caller(**kwargs)
     calls = [(impl.function, impl.argnames) for impl in reversed(impls)]
     if caller.spec is not None and caller.spec.opts.get("firstresult"):
@@ -83,9 +85,10 @@ class PluginHooks:
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self.pm = pm
         self._relay = pm.hook
-        #: Hook name -> its direct_caller().
+        #: Hook name -> its direct_caller() (any hook caller: pluggy 1.0 exports no
+        #: HookCaller class to test for).
         self._callers = {name: direct_caller(caller) for name, caller in vars(pm.hook).items()
-                         if isinstance(caller, pluggy.HookCaller)}
+                         if hasattr(caller, "get_hookimpls")}
         self._checkers: Optional[Dict[str, PasswordChecker]] = None
 
     # -- decision hooks: exceptions become PluginFailure ------------------------------------
