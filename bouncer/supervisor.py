@@ -86,6 +86,15 @@ def restart_delay(previous: float, ran: float) -> float:
     return min(max(previous * 2, RESTART_DELAY), RESTART_DELAY_MAX)
 
 
+def _receive(line: socket.socket, size: int) -> bytes:
+    """A record from a worker's line; empty once the worker is gone (a worker that dies
+    before reading what we sent it resets the line instead of closing it)."""
+    try:
+        return line.recv(size)
+    except ConnectionError:
+        return b""
+
+
 def status_text(returncode: int) -> str:
     """A child's exit as PgBouncer-style log words."""
     if returncode < 0:
@@ -212,7 +221,7 @@ class Supervisor:
             with theirs, slots:
                 worker.process = self._start(worker, theirs.fileno(), slots.fileno())
             self._send_start(worker, ours)
-            if ours.recv(1):  # empty: it died before serving
+            if _receive(ours, 1):  # empty: it died before serving
                 worker.serving = True
                 log.info("worker %d (pid %d) is serving", worker.index, worker.process.pid)
                 self._notify_if_all_serving()
@@ -237,7 +246,7 @@ class Supervisor:
         """What a serving worker tells: a runtime change, or that a new pooler took the
         listening sockets (SHOW FDS)."""
         while True:
-            news = line.recv(_MAX_RECORD)
+            news = _receive(line, _MAX_RECORD)
             if not news:
                 return
             if news[:1] == CHANGE:

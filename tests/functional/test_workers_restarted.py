@@ -55,3 +55,21 @@ def test_a_signalled_pause_holds_in_a_restarted_worker(pooler) -> None:  # noqa:
     rows = console(pooler, 1, "SHOW STATE")[1]
     assert {"key": "paused", "value": "yes"} in rows
     pooler.signal(signal.SIGUSR2)
+
+
+def test_a_worker_that_cannot_start_is_tried_again_until_it_can(pooler, pg) -> None:  # noqa: F811
+    """A worker restarted onto a file it cannot load dies before it reads what the supervisor
+    sent it: the supervisor keeps retrying (with its back-off), and the worker serves again
+    once the file is mended."""
+    good = pooler.ini_text
+    since = len(pooler.log_text())
+    pooler.write_ini(good + "\n[pgbouncer\n")  # a section header never closed
+    victim = worker_pids(pooler)[1]
+    os.kill(victim, signal.SIGKILL)
+    pooler.wait_for_log(r"worker 1 \(pid \d+\) exited with status 1, restarting it in", since=since)
+    pooler.wait_for_log(r"worker 1 \(pid \d+\) exited with status 1, restarting it in 1 s",
+                        since=since)  # tried again, the pause doubled
+    pooler.write_ini(good)
+    pooler.wait_for_log(r"worker 1 \(pid \d+\) is serving", since=since, timeout=15)
+    assert pooler.alive
+    session_on(pooler, 1, "testdb").close()
