@@ -188,7 +188,6 @@ class Supervisor:
 
     def _finish_takeover(self, running: RunningBouncer) -> None:
         """Once every worker serves, the old pooler may go; if they do not, it serves on."""
-        self._running = None
         if self.all_serving.wait(TAKEOVER_TIMEOUT):
             try:
                 running.shut_down()
